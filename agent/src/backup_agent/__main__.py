@@ -1,0 +1,3 @@
+from backup_agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The command line: verbs → calls. Printing, --json and exit codes live here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from backup_agent import __version__
+from backup_agent import config as config_mod
+from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AgentError
+
+log = logging.getLogger("backup_agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2: scripts and humans both read it.
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="backup-agent", description="Back up this node to S3 and restore it.")
+    p.add_argument("-c", "--config", help="config file (default: $BACKUP_AGENT_CONFIG or "
+                   f"{config_mod.DEFAULT_CONFIG})")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"backup-agent {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    sub.add_parser("validate", help="check the config and print ok")
+    sub.add_parser("schema", help="print the config's JSON Schema")
+    s = sub.add_parser("run", help="run one job now")
+    s.add_argument("job")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("snapshots", help="list a job's complete snapshots, oldest first")
+    s.add_argument("job")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("restore", help="restore a snapshot into a directory")
+    s.add_argument("job")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--snapshot", help="snapshot id (default: the latest)")
+    which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
+    s.add_argument("--target", required=True, help="directory to restore into ('-' = stdout, command jobs)")
+    s.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
+    s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
+    s.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"], help="Glacier retrieval tier")
+    s.add_argument("--days", type=int, help="days a Glacier restore stays readable")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("prune", help="apply the job's retention")
+    s.add_argument("job")
+    s.add_argument("--dry-run", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("check", help="verify a job's snapshots")
+    s.add_argument("job")
+    s.add_argument("--read-data", action="store_true", help="download and re-hash all content")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", help="the last run of every job")
+    s.add_argument("--json", action="store_true")
+    sub.add_parser("daemon", help="run jobs on their schedules until SIGTERM")
+    s = sub.add_parser("bucket", help="bucket administration")
+    bsub = s.add_subparsers(dest="bucket_verb", required=True, parser_class=_Parser)
+    b = bsub.add_parser("setup", help="versioning, public access block, encryption, lifecycle")
+    b.add_argument("--dry-run", action="store_true")
+    b.add_argument("--json", action="store_true")
+    return p
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from backup_agent.logfmt import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # botocore at DEBUG prints request headers and bodies: keep it quiet whatever our level.
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "WARNING")
+    as_json = bool(getattr(args, "json", False))
+    try:
+        return _dispatch(args, as_json)
+    except AgentError as exc:
+        if as_json:
+            print(json.dumps({"status": "failed", "error": str(exc), **exc.details}, default=str))
+        print(f"backup-agent: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("backup-agent: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback with -v
+        log.debug("unexpected error", exc_info=True)
+        if as_json:
+            print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}))
+        print(f"backup-agent: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
+    if args.verb == "schema":
+        from backup_agent.config_schema import full_schema
+
+        print(json.dumps(full_schema(), indent=2))
+        return EXIT_OK
+    cfg = config_mod.load(config_mod.config_path(args.config))
+    setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format)
+    if args.verb == "validate":
+        print("ok")
+        return EXIT_OK
+    if args.verb == "status":
+        from backup_agent.status import render_status
+
+        return _emit(render_status(cfg), as_json, text=None)
+    if args.verb == "daemon":
+        from backup_agent.daemon import run_daemon
+
+        return run_daemon(cfg.path)
+    if args.verb == "bucket":
+        from backup_agent.storage.bucket import setup_bucket
+
+        plan = setup_bucket(cfg, dry_run=args.dry_run)
+        return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
+
+    from backup_agent.jobs import runner_for
+
+    job = cfg.job(args.job)
+    if args.verb == "run":
+        from backup_agent.execute import run_job
+
+        result = run_job(cfg, job)
+        code = EXIT_PARTIAL if result.status == "partial" else EXIT_OK
+        for f in result.failed:
+            print(f"backup-agent: could not read {f['path']}: {f['error']}", file=sys.stderr)
+        text = (f"snapshot {result.snapshot} ({result.status}): {result.files_new} new, "
+                f"{result.files_changed} changed, {result.files_unchanged} unchanged, "
+                f"{result.files_failed} failed, {result.bytes_uploaded} bytes uploaded in {result.duration_s:.1f}s")
+        _emit(result.to_json(), as_json, text)
+        return code
+    runner = runner_for(cfg, job)
+    if args.verb == "snapshots":
+        snaps = [s.to_json() for s in runner.snapshots()]
+        return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
+    if args.verb == "restore":
+        if args.days is not None and args.days < 1:
+            raise config_mod.ConfigError("--days: must be at least 1")
+        kwargs: dict[str, Any] = {}
+        if args.tier or args.days:
+            kwargs.update(tier=args.tier, days=args.days)
+        out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
+                             wait=args.wait, **kwargs)
+        if args.target == "-":
+            return EXIT_OK
+        return _emit(out, as_json, f"restored snapshot {out.get('snapshot')}: {out.get('files', 0)} files, "
+                     f"{out.get('bytes', 0)} bytes into {out.get('target')}")
+    if args.verb == "prune":
+        out = runner.prune(dry_run=args.dry_run)
+        verb = "would forget" if args.dry_run else "forgot"
+        text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
+                f"deleted {out.get('objects_deleted', 0)} object(s), {out.get('bytes_freed', 0)} bytes")
+        if out.get("note"):
+            text += f"\nnote: {out['note']}"
+        return _emit(out, as_json, text)
+    if args.verb == "check":
+        out = runner.check(read_data=args.read_data)
+        return _emit(out, as_json, f"ok: {out['snapshots_checked']} snapshot(s) verified"
+                     + (" with data" if args.read_data else ""))
+    raise AssertionError(args.verb)
+
+
+def _emit(doc: Any, as_json: bool, text: str | None) -> int:
+    if as_json:
+        print(json.dumps(doc, default=str))
+    elif text is not None:
+        print(text)
+    else:
+        print(json.dumps(doc, indent=2, default=str))
+    return EXIT_OK

@@ -1,0 +1,209 @@
+"""The config file's JSON Schema: one place that documents, validates and fills defaults.
+
+Per-job-type keys live in JOB_TYPES so `type` picks exactly one set of allowed keys and an
+unknown key is reported against the job's own type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STORAGE_CLASSES = ["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"]
+RESTORE_TIERS = ["Expedited", "Standard", "Bulk"]
+
+_str = {"type": "string", "minLength": 1}
+_bool = {"type": "boolean"}
+_url = {"type": "string", "pattern": "^https?://[^\\s]+$"}
+_abs_path = {"type": "string", "pattern": "^/"}
+_seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": 31 * 86400}
+_count = {"type": "integer", "minimum": 0, "maximum": 100000}
+_string_list = {"type": "array", "items": _str}
+_str_map = {"type": "object", "additionalProperties": {"type": "string"}}
+
+RETENTION = {
+    "type": "object",
+    "description": "restic-style retention; a snapshot kept by any rule survives",
+    "additionalProperties": False,
+    "properties": {
+        key: _count
+        for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+    },
+}
+
+HOOK = {
+    "type": "array",
+    "description": "argv of a command run before (pre) or after (post) the job",
+    "items": {"type": "string"},
+    "minItems": 1,
+}
+
+COMMON_JOB_KEYS: dict[str, Any] = {
+    "type": {"enum": ["files", "command", "ebs_snapshot"]},
+    "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
+    "splay": {"type": "integer", "minimum": 0, "maximum": 86400, "description": "seconds of spread"},
+    "catch_up": {**_bool, "default": True, "description": "run once after downtime if a run was missed"},
+    "retention": RETENTION,
+    "timeout": _seconds,
+}
+
+JOB_TYPES: dict[str, dict[str, Any]] = {
+    "files": {
+        "required": ["paths"],
+        "properties": {
+            "paths": {"type": "array", "items": _abs_path, "minItems": 1},
+            "exclude": {**_string_list, "default": []},
+            "one_file_system": {**_bool, "default": True},
+            "follow_symlinks": {**_bool, "default": False},
+            "storage_class": {"enum": STORAGE_CLASSES, "default": "STANDARD"},
+            "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard"},
+            "restore_days": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7},
+            "pre": HOOK,
+            "post": HOOK,
+        },
+    },
+    "command": {
+        "required": [],
+        "properties": {
+            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "shell": {**_bool, "default": False},
+            "preset": {"enum": ["postgresql", "mysql"]},
+            "database": _str,
+            "tables": _string_list,
+            "schemas": _string_list,
+            "host": _str,
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "username": _str,
+            "password": {"type": "string"},
+            "env": _str_map,
+            "user": _str,
+            "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip"},
+            "storage_class": {"enum": STORAGE_CLASSES, "default": "STANDARD"},
+            "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard"},
+            "restore_days": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7},
+            "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        },
+    },
+    "ebs_snapshot": {
+        "required": [],
+        "properties": {
+            "volumes": {
+                "default": "all",
+                "oneOf": [
+                    {"const": "all"},
+                    {"type": "array", "items": {"type": "string", "pattern": "^(vol-[0-9a-f]+|/dev/.+)$"},
+                     "minItems": 1},
+                ],
+            },
+            "exclude_root": {**_bool, "default": False},
+            "multi_volume": {**_bool, "default": True,
+                             "description": "one crash-consistent CreateSnapshots call for all volumes"},
+            "tags": _str_map,
+            "wait": {**_bool, "default": False},
+            "wait_timeout": {**_seconds, "default": 3600},
+            "copy_to_regions": _string_list,
+            "copy_kms_key_id": _str,
+            "freeze": {"type": "array", "items": _abs_path},
+            "pre": HOOK,
+            "post": HOOK,
+            "hook_timeout": {**_seconds, "default": 60},
+        },
+    },
+}
+
+JOB_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+TOP_LEVEL: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["storage"],
+    "properties": {
+        "node": {**_str, "description": "node name; default: the host name"},
+        "environment": {**_str, "description": "Chef environment, used in tags and status"},
+        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent"},
+        "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
+        "log_format": {"enum": ["text", "json"], "default": "text"},
+        "splay": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0},
+        "max_parallel_jobs": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
+        "stop_timeout": {**_seconds, "default": 60},
+        "storage": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["bucket"],
+            "properties": {
+                "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+                "prefix": {"type": "string", "pattern": "^[^/].*[^/]$|^[^/]$"},
+                "region": {**_str, "default": "us-east-1"},
+                "endpoint_url": _url,
+                "access_key_id": _str,
+                "secret_access_key": _str,
+                "session_token": _str,
+                "sse": {"enum": ["AES256", "aws:kms"]},
+                "kms_key_id": _str,
+                "pack_size_mb": {"type": "integer", "minimum": 1, "maximum": 512, "default": 16},
+                "large_file_mb": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 8},
+                "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
+                "noncurrent_version_days": {"type": "integer", "minimum": 1, "default": 30},
+                "abort_multipart_days": {"type": "integer", "minimum": 1, "default": 7},
+            },
+        },
+        "aws": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "ec2_endpoint_url": _url,
+                "imds_endpoint": _url,
+                "instance_id": {"type": "string", "pattern": "^i-[0-9a-f]+$"},
+                "region": _str,
+            },
+        },
+        "jobs": {
+            "type": "object",
+            "default": {},
+            "propertyNames": {"pattern": JOB_NAME_PATTERN},
+            "additionalProperties": {"type": "object", "required": ["type"]},
+        },
+        "notify": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "healthchecks_url": _url,
+                "webhook_url": _url,
+                "timeout": {**_seconds, "default": 10},
+            },
+        },
+        "metrics": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"textfile": _abs_path},
+        },
+    },
+}
+
+
+def job_schema(job_type: str) -> dict[str, Any]:
+    spec = JOB_TYPES[job_type]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", *spec["required"]],
+        "properties": {**COMMON_JOB_KEYS, **spec["properties"]},
+    }
+
+
+def full_schema() -> dict[str, Any]:
+    """The whole config as one JSON Schema document (what `backup-agent schema` prints)."""
+    jobs = dict(TOP_LEVEL["properties"]["jobs"])
+    jobs["additionalProperties"] = {
+        "type": "object",
+        "required": ["type"],
+        "properties": {"type": COMMON_JOB_KEYS["type"]},
+        "allOf": [
+            {"if": {"properties": {"type": {"const": name}}}, "then": job_schema(name)} for name in JOB_TYPES
+        ],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "backup-agent config",
+        **TOP_LEVEL,
+        "properties": {**TOP_LEVEL["properties"], "jobs": jobs},
+    }

@@ -1,0 +1,286 @@
+"""What every job type shares: the verbs' result shapes and, for S3-stored jobs, snapshot
+listing, selection, retention and verification over manifests."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backup_agent import retention
+from backup_agent.config import Config, Job
+from backup_agent.errors import ConfigError, IntegrityError, JobFailed
+from backup_agent.storage import layout
+from backup_agent.storage.manifest import Entry, ManifestError, read
+from backup_agent.storage.s3 import describe, is_not_found, make_client
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at: '{text}' is not an RFC 3339 time (e.g. 2026-11-27T02:00:00Z)") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@dataclass
+class RunResult:
+    job: str
+    snapshot: str | None
+    status: str = "success"
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    files_failed: int = 0
+    bytes_uploaded: int = 0
+    bytes_total: int = 0
+    duration_s: float = 0.0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d["duration_s"] = round(self.duration_s, 3)
+        return {**d, **self.extra}
+
+
+@dataclass
+class Snapshot:
+    id: str
+    time: datetime
+    size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "time": rfc3339(self.time), "manifest_bytes": self.size, **self.extra}
+
+
+class JobRunner:
+    """The interface cli.py and the scheduler use; each job type implements it."""
+
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow) -> None:
+        self.cfg = cfg
+        self.job = job
+        self.clock = clock
+
+    def run(self) -> RunResult:
+        raise NotImplementedError
+
+    def snapshots(self) -> list[Snapshot]:
+        raise NotImplementedError
+
+    def restore(self, *, snapshot: str | None, at: str | None, target: str, paths: list[str],
+                wait: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def prune(self, *, dry_run: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check(self, *, read_data: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class S3Job(JobRunner):
+    """Jobs whose snapshots are manifests under `<prefix>/<job>/snapshots/` in the bucket."""
+
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
+        super().__init__(cfg, job, clock)
+        self.s3 = s3 or make_client(cfg.storage)
+        self.bucket = cfg.storage.bucket
+        self.root = layout.job_root(cfg.storage.prefix, job.name)
+
+    # --- listing and selecting -----------------------------------------------------------------
+
+    def list_keys(self, sub: str) -> Iterator[dict[str, Any]]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + sub):
+                yield from page.get("Contents", [])
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"cannot list s3://{self.bucket}/{self.root}{sub}: {describe(exc)}") from None
+
+    def snapshots(self) -> list[Snapshot]:
+        out = []
+        for obj in self.list_keys("snapshots/"):
+            sid = layout.snapshot_id_from_key(obj["Key"][len(self.root) :])
+            if sid:
+                out.append(Snapshot(sid, layout.snapshot_time(sid), int(obj.get("Size", 0))))
+        return sorted(out, key=lambda s: (s.time, s.id))
+
+    def select(self, snapshot: str | None, at: str | None) -> Snapshot:
+        snaps = self.snapshots()
+        if not snaps:
+            raise JobFailed(f"job {self.job.name} has no snapshots in s3://{self.bucket}/{self.root}")
+        if snapshot:
+            for s in snaps:
+                if s.id == snapshot or (len(snapshot) >= 8 and s.id.startswith(snapshot)):
+                    return s
+            raise JobFailed(f"job {self.job.name}: no snapshot {snapshot}")
+        if at:
+            when = parse_time(at)
+            earlier = [s for s in snaps if s.time <= when]
+            if not earlier:
+                raise JobFailed(f"job {self.job.name}: no snapshot at or before {rfc3339(when)}")
+            return earlier[-1]
+        return snaps[-1]
+
+    @contextmanager
+    def open_manifest(self, sid: str) -> Iterator[tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]]:
+        """Spool the manifest to a temp file (not memory) and stream its entries."""
+        key = self.root + layout.manifest_key(sid)
+        with tempfile.TemporaryFile() as spool:
+            try:
+                self.s3.download_fileobj(self.bucket, key, spool)
+            except (ClientError, BotoCoreError) as exc:
+                raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
+            spool.seek(0)
+            try:
+                yield read(spool, f"snapshot {sid}")
+            except ManifestError as exc:
+                raise IntegrityError(str(exc)) from None
+
+    def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
+        spool.seek(0)
+        # Manifests stay in an instantly readable class whatever the data's class is.
+        extra = {"ContentType": "application/gzip", **self._sse_args()}
+        self.s3.upload_fileobj(spool, self.bucket, self.root + layout.manifest_key(sid), ExtraArgs=extra)
+
+    def _sse_args(self) -> dict[str, str]:
+        from backup_agent.storage.s3 import put_args
+
+        return put_args(self.cfg.storage)
+
+    def manifest_exists(self, sid: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
+            return True
+        except ClientError as exc:
+            if is_not_found(exc):
+                return False
+            raise
+
+    def warn_if_unversioned(self, result: RunResult) -> None:
+        try:
+            status = self.s3.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except (ClientError, BotoCoreError) as exc:
+            log.debug("cannot read bucket versioning: %s", describe(exc))
+            return
+        if status != "Enabled":
+            msg = (f"bucket {self.bucket} has versioning off: a deleted or overwritten object cannot be "
+                   "recovered; run `backup-agent bucket setup`")
+            log.warning(msg)
+            result.warnings.append(msg)
+
+    # --- prune ---------------------------------------------------------------------------------
+
+    def referenced_objects(self, sid: str) -> set[str]:
+        with self.open_manifest(sid) as (_, entries, _):
+            return {e.object for e in entries if e.type == "file" and e.object}
+
+    def forget_cached(self, objects: set[str]) -> None:
+        """Hook for jobs with a local cache of stored content."""
+
+    def prune(self, *, dry_run: bool) -> dict[str, Any]:
+        snaps = self.snapshots()
+        decision = retention.apply([(s.id, s.time) for s in snaps], self.job.retention)
+        result: dict[str, Any] = {
+            "job": self.job.name,
+            "dry_run": dry_run,
+            "keep": [{"id": s, "reasons": decision.reasons[s]} for s in decision.keep],
+            "forget": decision.forget,
+            "objects_deleted": 0,
+            "bytes_freed": 0,
+            "foreign_keys": 0,
+        }
+        if not self.job.retention:
+            result["note"] = f"jobs.{self.job.name}.retention is not set: every snapshot is kept"
+        if dry_run or (not decision.forget and not snaps):
+            return result
+        # Manifests first: a snapshot disappears whole before any of its data does.
+        self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
+        referenced: set[str] = set()
+        for sid in decision.keep:
+            referenced |= self.referenced_objects(sid)
+        garbage: list[str] = []
+        freed = 0
+        for obj in self.list_keys(""):
+            rel = obj["Key"][len(self.root) :]
+            if rel.startswith("snapshots/"):
+                continue
+            if not layout.is_owned(rel):
+                result["foreign_keys"] += 1
+                continue
+            if rel not in referenced:
+                garbage.append(obj["Key"])
+                freed += int(obj.get("Size", 0))
+        self._delete(garbage)
+        self.forget_cached({k[len(self.root) :] for k in garbage})
+        result.update(objects_deleted=len(garbage), bytes_freed=freed)
+        return result
+
+    def _delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[i : i + 1000]]
+            try:
+                resp = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (ClientError, BotoCoreError) as exc:
+                raise JobFailed(f"prune: delete failed: {describe(exc)}") from None
+            if resp.get("Errors"):
+                err = resp["Errors"][0]
+                raise JobFailed(f"prune: cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}")
+
+    # --- check ---------------------------------------------------------------------------------
+
+    def check(self, *, read_data: bool) -> dict[str, Any]:
+        from backup_agent.storage.reader import verify_entries
+
+        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in self.list_keys("")
+                 if layout.is_owned(o["Key"][len(self.root) :])}
+        problems: list[str] = []
+        checked = 0
+        snaps = self.snapshots()
+        for snap in snaps:
+            try:
+                with self.open_manifest(snap.id) as (_, entries, _):
+                    files = [e for e in entries if e.type == "file" and e.size > 0]
+            except (IntegrityError, JobFailed) as exc:
+                problems.append(str(exc))
+                continue
+            for e in files:
+                assert e.object is not None
+                have = sizes.get(e.object)
+                if have is None:
+                    problems.append(f"snapshot {snap.id}: {e.path}: object {e.object} is missing")
+                elif have < e.offset + e.size:
+                    problems.append(f"snapshot {snap.id}: {e.path}: object {e.object} is {have} bytes, "
+                                    f"needs {e.offset + e.size}")
+            if read_data:
+                good = [e for e in files if sizes.get(e.object or "", -1) >= e.offset + e.size]
+                problems += [f"snapshot {snap.id}: {p}" for p in verify_entries(self.s3, self.bucket, self.root,
+                                                                                 good, self.cfg.storage)]
+            checked += 1
+        result = {"job": self.job.name, "snapshots_checked": checked, "read_data": read_data,
+                  "errors": problems, "status": "ok" if not problems else "error"}
+        if problems:
+            raise IntegrityError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5
+                                                            else ""), result)
+        return result

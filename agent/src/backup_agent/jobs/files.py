@@ -1,0 +1,320 @@
+"""`files` jobs: incremental, deduplicated, point-in-time backups of directories.
+
+Small files are packed into larger objects (fewer requests, cheaper cold storage); large files
+get their own readable key. Change detection uses the local cache, so an unchanged rerun reads
+no file contents and makes no LIST call; the manifest is uploaded last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backup_agent.config import Config, Job
+from backup_agent.errors import ConfigError, IntegrityError, JobFailed
+from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
+from backup_agent.jobs.restore_files import restore_entries
+from backup_agent.jobs.scan import Excluder, Found, walk
+from backup_agent.state import FileCache, JobLock, ensure_dir
+from backup_agent.storage import layout
+from backup_agent.storage.manifest import Entry, ManifestWriter
+from backup_agent.storage.s3 import describe, put_args, transfer_config
+
+log = logging.getLogger(__name__)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+STAGE_BATCH = 2000
+
+
+class PackUploader:
+    """Collects small files into a pack and uploads full packs in the background.
+
+    At most `in_flight` packs wait for upload at once, which bounds memory to about
+    (in_flight + 1) × pack_size.
+    """
+
+    def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int) -> None:
+        self.job = job
+        self.pool = pool
+        self.slots = threading.Semaphore(in_flight)
+        self.buf = bytearray()
+        self.key = layout.new_pack_key()
+        self.blobs: list[tuple[str, str, int, int]] = []
+        self.known: dict[str, tuple[str, int]] = {}  # content packed in this run, not yet in the cache
+        self.futures: list[Future[int]] = []
+
+    def add(self, data: bytes, sha256: str) -> tuple[str, int]:
+        offset = len(self.buf)
+        self.buf += data
+        self.blobs.append((sha256, self.key, offset, len(data)))
+        loc = (self.key, offset)
+        self.known[sha256] = loc
+        if len(self.buf) >= self.job.cfg.storage.pack_size:
+            self.seal()
+        return loc
+
+    def seal(self) -> None:
+        if not self.buf:
+            return
+        self.slots.acquire()
+        body, key, blobs = bytes(self.buf), self.key, self.blobs
+        self.buf, self.key, self.blobs = bytearray(), layout.new_pack_key(), []
+        self.futures.append(self.pool.submit(self._upload, key, body, blobs))
+
+    def _upload(self, key: str, body: bytes, blobs: list[tuple[str, str, int, int]]) -> int:
+        try:
+            self.job.s3.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
+                                   **self.job.data_put_args)
+            self.job.cache.add_blobs(blobs)
+            return len(body)
+        finally:
+            self.slots.release()
+
+
+class FilesJob(S3Job):
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
+        super().__init__(cfg, job, clock, s3)
+        self.opts = job.options
+        self.data_put_args = put_args(cfg.storage, self.opts["storage_class"])
+        self._cache: FileCache | None = None
+
+    @property
+    def cache(self) -> FileCache:
+        if self._cache is None:
+            st = self.cfg.storage
+            target = f"{st.endpoint_url or 'aws'}|{self.bucket}|{self.root}"
+            self._cache = FileCache(self.cfg.state_dir, self.job.name, target)
+        return self._cache
+
+    def forget_cached(self, objects: set[str]) -> None:
+        self.cache.forget_objects(objects)
+
+    # --- run -----------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        ensure_dir(self.cfg.state_dir)
+        with JobLock(self.cfg.state_dir, self.job.name):
+            try:
+                return self._run(started)
+            finally:
+                if self._cache is not None:
+                    self._cache.close()
+                    self._cache = None
+
+    def _run(self, started: float) -> RunResult:
+        now = self.clock()
+        sid = layout.new_snapshot_id(now)
+        result = RunResult(job=self.job.name, snapshot=None)
+        last = self.cache.get_meta("last_snapshot")
+        try:
+            if last and not self.manifest_exists(last):
+                # Someone removed our last snapshot: the cache may point at deleted data.
+                log.warning("last snapshot %s is gone from the bucket: rescanning from scratch", last)
+                self.cache.reset()
+            self.warn_if_unversioned(result)
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
+
+        tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
+        excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
+        with tempfile.TemporaryFile(dir=tmp_dir) as spool:
+            header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
+                      "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
+                      "storage_class": self.opts["storage_class"]}
+            writer = ManifestWriter(spool, header)
+            self.cache.begin_files()
+            conc = self.cfg.storage.concurrency
+            with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool:
+                packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
+                large: list[Future[tuple[Entry, tuple[Any, ...], int] | None]] = []
+                staged: list[tuple[Any, ...]] = []
+                try:
+                    for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
+                                      self.opts["follow_symlinks"]):
+                        self._one(found, writer, packer, pool, large, staged, result)
+                        if len(staged) >= STAGE_BATCH:
+                            self.cache.stage_files(staged)
+                            staged = []
+                    packer.seal()
+                    for fut in packer.futures:
+                        result.bytes_uploaded += fut.result()
+                    for lf in large:
+                        done = lf.result()
+                        if done is not None:
+                            entry, row, uploaded = done
+                            writer.add(entry)
+                            staged.append(row)
+                            result.bytes_uploaded += uploaded
+                    self.cache.stage_files(staged)
+                except (ClientError, BotoCoreError) as exc:
+                    for f in [*packer.futures, *large]:
+                        f.cancel()
+                    raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {describe(exc)}") from None
+            result.files_failed = len(result.failed)
+            result.duration_s = time.monotonic() - started
+            summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
+                                                       "files_failed", "bytes_uploaded", "bytes_total")}
+            writer.close(summary)
+            try:
+                self.upload_manifest(sid, spool)
+            except (ClientError, BotoCoreError) as exc:
+                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
+                                f"{describe(exc)}") from None
+        self.cache.commit_files(sid)
+        result.snapshot = sid
+        result.status = "partial" if result.failed else "success"
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+             large: list[Future[tuple[Entry, tuple[Any, ...], int] | None]], staged: list[tuple[Any, ...]],
+             result: RunResult) -> None:
+        if found.st is None:
+            result.failed.append({"path": found.path.rstrip("/"), "error": found.error or "unreadable"})
+            log.warning("cannot read %s: %s", found.path, found.error)
+            return
+        st, path = found.st, found.path
+        base = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                    mtime_ns=st.st_mtime_ns)
+        if stat.S_ISDIR(st.st_mode):
+            writer.add(Entry(type="dir", **base))  # type: ignore[arg-type]
+            return
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(path)
+            except OSError as exc:
+                result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+                return
+            writer.add(Entry(type="symlink", target=target, **base))  # type: ignore[arg-type]
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return  # sockets, fifos, devices: not content a restore could use
+        result.bytes_total += st.st_size
+        row = self.cache.lookup_file(path)
+        if row and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+            result.files_unchanged += 1
+            writer.add(Entry(type="file", size=st.st_size, sha256=row[4], object=row[5], offset=row[6], **base))
+            staged.append((path, *row[:4], *row[4:]))
+            return
+        if row:
+            result.files_changed += 1
+        else:
+            result.files_new += 1
+        if st.st_size == 0:
+            self._add_file(writer, staged, base, st, EMPTY_SHA256, "", 0, 0)
+            return
+        if st.st_size >= self.cfg.storage.large_file_size:
+            large.append(pool.submit(self._store_large, path, st, base, result))
+            return
+        try:
+            data, st = self._read_small(path, st, result)
+        except FileNotFoundError:
+            log.info("%s vanished during the run", path)
+            return
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            log.warning("cannot read %s: %s", path, exc.strerror)
+            return
+        if data is None:  # grew past the large-file threshold while we looked
+            large.append(pool.submit(self._store_large, path, st, base, result))
+            return
+        base["mtime_ns"] = st.st_mtime_ns
+        sha = hashlib.sha256(data).hexdigest()
+        loc = self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)
+        self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
+
+    @staticmethod
+    def _add_file(writer: ManifestWriter, staged: list[tuple[Any, ...]], base: dict[str, Any],
+                  st: os.stat_result, sha: str, obj: str, offset: int, size: int) -> None:
+        writer.add(Entry(type="file", size=size, sha256=sha, object=obj, offset=offset, **base))
+        staged.append((base["path"], size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset))
+
+    def _read_small(self, path: str, st: os.stat_result, result: RunResult) -> tuple[bytes | None, os.stat_result]:
+        limit = self.cfg.storage.large_file_size
+        for attempt in range(2):
+            with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+                data = fh.read(limit)
+                after = os.fstat(fh.fileno())
+            if len(data) >= limit:
+                return None, after
+            if after.st_size == len(data) and after.st_mtime_ns == st.st_mtime_ns:
+                return data, after
+            st = after
+            if attempt == 0:
+                log.info("%s changed while read: reading it again", path)
+        result.warnings.append(f"{path}: changed while read twice; stored the bytes as last read")
+        return data, st
+
+    def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any],
+                     result: RunResult) -> tuple[Entry, tuple[Any, ...], int] | None:
+        for attempt in range(2):
+            try:
+                sha, size = _hash_file(path)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+                return None
+            uploaded = 0
+            found = self.cache.lookup_blob(sha)
+            if found:
+                obj, offset = found
+            else:
+                obj, offset = layout.large_file_key(path, sha), 0
+                self.s3.upload_file(path, self.bucket, self.root + obj, ExtraArgs=self.data_put_args,
+                                    Config=transfer_config(self.cfg.storage))
+                self.cache.add_blobs([(sha, obj, 0, size)])
+                uploaded = size
+            after = os.stat(path)
+            if (after.st_size, after.st_mtime_ns) == (size, st.st_mtime_ns) or attempt == 1:
+                if attempt == 1 and (after.st_size, after.st_mtime_ns) != (size, st.st_mtime_ns):
+                    result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
+                entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
+                              **{**base, "mtime_ns": st.st_mtime_ns})
+                row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
+                return entry, row, uploaded
+            log.info("%s changed while read: reading it again", path)
+            st = after
+        return None
+
+    # --- restore -------------------------------------------------------------------------------
+
+    def restore(self, *, snapshot: str | None, at: str | None, target: str, paths: list[str],
+                wait: bool = False) -> dict[str, Any]:
+        if target == "-":
+            raise ConfigError("--target -: only command jobs can restore to stdout; give a directory")
+        for p in paths:
+            if not p.startswith("/"):
+                raise ConfigError(f"--path {p}: must be an absolute path as backed up (e.g. /etc/hosts)")
+        snap = self.select(snapshot, at)
+        with self.open_manifest(snap.id) as (_, entries, _):
+            wanted = [p.rstrip("/") or "/" for p in paths]
+            selected = [e for e in entries if not wanted or any(
+                e.path == w or e.path.startswith(w.rstrip("/") + "/") for w in wanted)]
+        if paths and not selected:
+            raise JobFailed(f"snapshot {snap.id}: no entry matches {', '.join(paths)}")
+        summary = restore_entries(self, selected, Path(target))
+        summary.update(job=self.job.name, snapshot=snap.id, target=str(Path(target).resolve()))
+        if summary["errors"]:
+            raise IntegrityError(f"snapshot {snap.id}: " + "; ".join(summary["errors"][:5]), summary)
+        return summary
+
+
+def _hash_file(path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+        while chunk := fh.read(4 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n

@@ -1,0 +1,164 @@
+"""Writing a snapshot's entries under a target directory, never outside it.
+
+Order matters for safety: directories, then file contents (each written to a temp name and
+renamed only once its sha256 matched), then symlinks last so no link from the snapshot can
+redirect a later write, then directory metadata deepest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backup_agent.storage.manifest import Entry, ManifestError, safe_relative
+from backup_agent.storage.reader import Piece, hashing, read_all
+
+if TYPE_CHECKING:
+    from backup_agent.jobs.base import S3Job
+
+IS_ROOT = os.geteuid() == 0
+
+
+class Target:
+    def __init__(self, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        self.root = os.path.realpath(target)
+
+    def dest(self, path: str) -> str:
+        rel = safe_relative(path, "restore")
+        dest = os.path.join(self.root, rel) if rel else self.root
+        parent = os.path.realpath(os.path.dirname(dest))
+        if parent != self.root and not parent.startswith(self.root + os.sep):
+            raise ManifestError(f"{path}: would be written outside the target through a symlink")
+        return dest
+
+
+def _apply_meta(dest: str, e: Entry, link: bool = False) -> None:
+    if IS_ROOT:
+        with contextlib.suppress(OSError):
+            os.lchown(dest, e.uid, e.gid)
+    if not link:
+        os.chmod(dest, e.mode)
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not link)
+
+
+def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[str, Any]:
+    target = Target(target_dir)
+    errors: list[str] = []
+    counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+    lock = threading.Lock()
+    progress = _Progress(sum(e.size for e in entries if e.type == "file"))
+
+    def dest_or_error(e: Entry) -> str | None:
+        try:
+            return target.dest(e.path)
+        except ManifestError as exc:
+            errors.append(str(exc))
+            return None
+
+    dirs = [e for e in entries if e.type == "dir"]
+    for e in dirs:
+        d = dest_or_error(e)
+        if d is not None:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            counts["dirs"] += 1
+
+    files = [e for e in entries if e.type == "file"]
+    empty = [e for e in files if e.size == 0]
+    for e in empty:
+        d = dest_or_error(e)
+        if d is not None:
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            with open(d, "wb"):
+                pass
+            _apply_meta(d, e)
+            counts["files"] += 1
+
+    def sink(piece: Piece, chunks: Iterator[bytes]) -> str | None:
+        dests = []
+        for e in piece.entries:
+            d = dest_or_error(e)
+            if d is not None:
+                dests.append((e, d))
+        handles = []
+        try:
+            for _, d in dests:
+                os.makedirs(os.path.dirname(d), exist_ok=True)
+                tmp = f"{d}.restore-tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                handles.append((os.fdopen(fd, "wb"), tmp))
+
+            def write(chunk: bytes) -> None:
+                for fh, _ in handles:
+                    fh.write(chunk)
+                progress.add(len(chunk))
+
+            problem = hashing(chunks, piece, write)
+        finally:
+            for fh, _ in handles:
+                fh.close()
+        if problem:
+            for _, tmp in handles:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return problem
+        for (e, d), (_, tmp) in zip(dests, handles, strict=True):
+            os.replace(tmp, d)
+            _apply_meta(d, e)
+        with lock:
+            counts["files"] += len(dests)
+            counts["bytes"] += piece.size * len(dests)
+        return None
+
+    errors += read_all(job.s3, job.bucket, job.root, [e for e in files if e.size > 0], job.cfg.storage, sink)
+    progress.close()
+
+    for e in entries:
+        if e.type != "symlink":
+            continue
+        d = dest_or_error(e)
+        if d is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.islink(d) or os.path.isfile(d):
+                os.unlink(d)
+        os.makedirs(os.path.dirname(d), exist_ok=True)
+        assert e.target is not None
+        os.symlink(e.target, d)
+        _apply_meta(d, e, link=True)
+        counts["symlinks"] += 1
+
+    for e in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
+        d = dest_or_error(e)
+        if d is not None:
+            _apply_meta(d, e)
+    return {**counts, "errors": errors}
+
+
+class _Progress:
+    """A progress bar on a terminal, nothing otherwise (logs and --json stay clean)."""
+
+    def __init__(self, total: int) -> None:
+        self.bar: Any = None
+        self.lock = threading.Lock()
+        if sys.stderr.isatty() and total > 0:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="restore", file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

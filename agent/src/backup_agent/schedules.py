@@ -1,0 +1,64 @@
+"""Schedule strings of the config (CONTRACT.md) parsed into plain values; no I/O, no clock."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+UNITS = ("seconds", "minutes", "hours", "days")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+_EVERY = re.compile(r"every (?P<n>[1-9][0-9]*) (?P<unit>second|minute|hour|day)s?")
+_HOURLY = re.compile(r"hourly at :(?P<mm>[0-5][0-9])")
+_DAILY = re.compile(r"daily at (?P<hh>[01][0-9]|2[0-3]):(?P<mm>[0-5][0-9])")
+_WEEKLY = re.compile(r"weekly on (?P<day>[a-z]+) at (?P<hh>[01][0-9]|2[0-3]):(?P<mm>[0-5][0-9])")
+
+FORMS = (
+    "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' "
+    "or 'weekly on <weekday> at HH:MM', optionally followed by ' UTC'"
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One parsed schedule. `kind` is every|hourly|daily|weekly."""
+
+    text: str
+    kind: str
+    interval: int = 1
+    unit: str = ""
+    minute: int = 0
+    hour: int = 0
+    weekday: str = ""
+    utc: bool = False
+
+    @property
+    def period_seconds(self) -> int:
+        """How often it fires: the basis for "stale" and catch-up decisions."""
+        if self.kind == "every":
+            return self.interval * {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}[self.unit]
+        return {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}[self.kind]
+
+
+class ScheduleError(ValueError):
+    pass
+
+
+def parse_schedule(text: str) -> Schedule:
+    """Parse a schedule string; raise ScheduleError saying which forms are accepted."""
+    raw = " ".join(str(text).split())
+    utc = False
+    body = raw.lower()
+    if body.endswith(" utc"):
+        utc, body = True, body[: -len(" utc")]
+    if m := _EVERY.fullmatch(body):
+        return Schedule(raw, "every", interval=int(m["n"]), unit=m["unit"] + "s", utc=utc)
+    if m := _HOURLY.fullmatch(body):
+        return Schedule(raw, "hourly", minute=int(m["mm"]), utc=utc)
+    if m := _DAILY.fullmatch(body):
+        return Schedule(raw, "daily", hour=int(m["hh"]), minute=int(m["mm"]), utc=utc)
+    if m := _WEEKLY.fullmatch(body):
+        if m["day"] not in WEEKDAYS:
+            raise ScheduleError(f"unknown weekday '{m['day']}' in '{text}'")
+        return Schedule(raw, "weekly", hour=int(m["hh"]), minute=int(m["mm"]), weekday=m["day"], utc=utc)
+    raise ScheduleError(f"'{text}' is not a schedule: use {FORMS}")

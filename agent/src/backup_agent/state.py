@@ -1,0 +1,200 @@
+"""Local state under state_dir: per-job locks, last-run status, and the change-detection cache.
+
+Everything here is a cache or a record: losing state_dir costs a rescan and re-hash, never a
+wrong backup (the bucket is the truth).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from backup_agent.errors import JobFailed, Locked
+
+T = TypeVar("T")
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobFailed(f"state_dir: cannot create {path}: {exc.strerror}") from None
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a file so readers see the old or the new content, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class JobLock:
+    """An exclusive flock per job. The kernel drops it when the holder dies, so no stale locks."""
+
+    def __init__(self, state_dir: Path, job: str) -> None:
+        self.path = ensure_dir(state_dir / "locks") / f"{job}.lock"
+        self.job = job
+        self._fd: int | None = None
+
+    def __enter__(self) -> JobLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise Locked(f"job {self.job} is locked by another run (pid {holder}); try again later") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def status_path(state_dir: Path, job: str) -> Path:
+    return state_dir / "status" / f"{job}.json"
+
+
+def read_status(state_dir: Path, job: str) -> dict[str, Any]:
+    try:
+        data = json.loads(status_path(state_dir, job).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(state_dir: Path, job: str, status: dict[str, Any]) -> None:
+    atomic_write(status_path(state_dir, job), json.dumps(status, indent=2, sort_keys=True).encode())
+
+
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(method)
+    def wrapper(self: FileCache, *args: Any, **kwargs: Any) -> T:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class FileCache:
+    """What the last complete snapshot held (stat keys → content), and where content lives.
+
+    `files` answers "did this path change?" without reading it; `blobs` answers "is this content
+    already stored?" so nothing is uploaded twice. Both are tied to one storage target: a
+    different bucket/prefix/endpoint starts from empty.
+    """
+
+    def __init__(self, state_dir: Path, job: str, target: str) -> None:
+        path = ensure_dir(state_dir / "cache") / f"{job}.sqlite"
+        # Upload threads record blobs while the scan thread looks them up: one lock serialises both.
+        self.lock = threading.RLock()
+        self.target = target
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+                CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,
+                    ctime_ns INT, sha256 TEXT, object TEXT, offset INT);
+                CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, object TEXT, offset INT, size INT);
+                """
+            )
+        except sqlite3.DatabaseError as exc:
+            raise JobFailed(f"state_dir: cache {path} is unusable ({exc}); delete it to rebuild") from None
+        if self.get_meta("target") != target:
+            self.reset()
+
+    def _tx(self, statements: list[tuple[str, Any]]) -> None:
+        self.db.execute("BEGIN")
+        try:
+            for sql, params in statements:
+                if isinstance(params, list):
+                    self.db.executemany(sql, params)
+                else:
+                    self.db.execute(sql, params)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    @_locked
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @_locked
+    def reset(self) -> None:
+        self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM meta", ()),
+                  ("INSERT INTO meta VALUES ('target', ?)", (self.target,))])
+
+    @_locked
+    def lookup_file(self, path: str) -> tuple[Any, ...] | None:
+        return self.db.execute(  # type: ignore[no-any-return]
+            "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?", (path,)
+        ).fetchone()
+
+    @_locked
+    def lookup_blob(self, sha256: str) -> tuple[str, int] | None:
+        row = self.db.execute("SELECT object, offset FROM blobs WHERE sha256=?", (sha256,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    @_locked
+    def add_blobs(self, rows: list[tuple[str, str, int, int]]) -> None:
+        """Record content that is durably stored, even if the run later fails (reused next time)."""
+        self._tx([("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)])
+
+    @_locked
+    def begin_files(self) -> None:
+        """Stage the next baseline in its own table; the old one stays valid until commit."""
+        self._tx([("DROP TABLE IF EXISTS files_next", ()),
+                  ("CREATE TABLE files_next (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,"
+                   " ctime_ns INT, sha256 TEXT, object TEXT, offset INT)", ())])
+
+    @_locked
+    def stage_files(self, rows: list[tuple[Any, ...]]) -> None:
+        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)])
+
+    @_locked
+    def commit_files(self, snapshot_id: str) -> None:
+        """After a snapshot is complete: it becomes the baseline for the next run's change detection."""
+        self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()),
+                  ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))])
+
+    @_locked
+    def forget_objects(self, objects: set[str]) -> None:
+        """Prune deleted these objects: content that lived there must be uploaded again."""
+        params = [(o,) for o in objects]
+        self._tx([("DELETE FROM blobs WHERE object=?", params), ("DELETE FROM files WHERE object=?", params)])
+
+    def close(self) -> None:
+        self.db.close()

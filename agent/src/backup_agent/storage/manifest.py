@@ -1,0 +1,159 @@
+"""Snapshot manifests: gzip'd JSON lines, streamed in and out so memory stays flat.
+
+Line 1 is a header, then one line per entry in scan order, then a trailer with the entry count.
+A manifest without its trailer (truncated) or with an entry that does not validate is refused:
+restore never acts on a path it has not checked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+FORMAT = "backup-agent-manifest"
+VERSION = 1
+ENTRY_TYPES = ("file", "dir", "symlink")
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass
+class Entry:
+    path: str
+    type: str
+    size: int = 0
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    sha256: str | None = None
+    object: str | None = None
+    offset: int = 0
+    target: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid,
+                             "gid": self.gid, "mtime_ns": self.mtime_ns}
+        if self.type == "file":
+            d.update(size=self.size, sha256=self.sha256, object=self.object, offset=self.offset)
+        elif self.type == "symlink":
+            d["target"] = self.target
+        return d
+
+
+class ManifestWriter:
+    def __init__(self, fileobj: IO[bytes], header: dict[str, Any]) -> None:
+        self._gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=6)
+        self.count = 0
+        self._line({"format": FORMAT, "version": VERSION, **header})
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        # ensure_ascii keeps undecodable file names (surrogate escapes) representable.
+        self._gz.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n")
+
+    def add(self, entry: Entry) -> None:
+        self._line(entry.to_json())
+        self.count += 1
+
+    def close(self, summary: dict[str, Any]) -> None:
+        self._line({"end": True, "entries": self.count, "summary": summary})
+        self._gz.close()
+
+
+def read_header(fileobj: IO[bytes], name: str) -> dict[str, Any]:
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as gz:
+        return _header(gz.readline(), name)
+
+
+def _header(line: bytes, name: str) -> dict[str, Any]:
+    try:
+        head = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestError(f"{name}: header is not JSON") from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        raise ManifestError(f"{name}: not a backup-agent manifest")
+    if head.get("version") != VERSION:
+        raise ManifestError(f"{name}: manifest version {head.get('version')!r} is not supported")
+    return head
+
+
+def read(fileobj: IO[bytes], name: str) -> tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]:
+    """Return (header, entries, trailer). `trailer` is filled once `entries` is exhausted."""
+    gz = gzip.GzipFile(fileobj=fileobj, mode="rb")
+    try:
+        header = _header(gz.readline(), name)
+    except (OSError, EOFError) as exc:
+        raise ManifestError(f"{name}: unreadable ({exc})") from None
+    trailer: dict[str, Any] = {}
+
+    def entries() -> Iterator[Entry]:
+        count = 0
+        try:
+            for raw in gz:
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    raise ManifestError(f"{name}: entry {count + 1} is not JSON") from None
+                if isinstance(obj, dict) and obj.get("end") is True:
+                    if obj.get("entries") != count:
+                        raise ManifestError(f"{name}: trailer says {obj.get('entries')} entries, found {count}")
+                    trailer.update(obj)
+                    return
+                yield parse_entry(obj, f"{name}: entry {count + 1}")
+                count += 1
+        except (OSError, EOFError) as exc:
+            raise ManifestError(f"{name}: truncated or corrupt ({exc})") from None
+        finally:
+            gz.close()
+        raise ManifestError(f"{name}: truncated (no trailer after {count} entries)")
+
+    return header, entries(), trailer
+
+
+def safe_relative(path: Any, where: str) -> str:
+    """Check an absolute manifest path and return it relative ('etc/hosts'); refuse escapes."""
+    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+        raise ManifestError(f"{where}: path {path!r} is not an absolute path")
+    parts = PurePosixPath(path).parts[1:]
+    if any(p in ("..", ".") for p in parts) or (path != "/" + "/".join(parts) and path != "/"):
+        raise ManifestError(f"{where}: path {path!r} is not normalised (would escape the restore target)")
+    return "/".join(parts)
+
+
+def parse_entry(obj: Any, where: str) -> Entry:
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: not an object")
+    path = obj.get("path")
+    safe_relative(path, where)
+    etype = obj.get("type")
+    if etype not in ENTRY_TYPES:
+        raise ManifestError(f"{where}: unknown type {etype!r}")
+
+    def num(key: str, default: int = 0) -> int:
+        v = obj.get(key, default)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ManifestError(f"{where}: {key} must be a non-negative integer")
+        return v
+
+    entry = Entry(path=path, type=etype, mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
+                  mtime_ns=num("mtime_ns"))
+    if etype == "file":
+        entry.size, entry.offset = num("size"), num("offset")
+        sha, objkey = obj.get("sha256"), obj.get("object")
+        if not isinstance(sha, str) or len(sha) != 64:
+            raise ManifestError(f"{where}: sha256 missing or malformed")
+        if not isinstance(objkey, str) or ".." in objkey.split("/") or objkey.startswith("/"):
+            raise ManifestError(f"{where}: object key missing or malformed")
+        entry.sha256, entry.object = sha, objkey
+    elif etype == "symlink":
+        target = obj.get("target")
+        if not isinstance(target, str) or "\x00" in target:
+            raise ManifestError(f"{where}: symlink target missing")
+        entry.target = target
+    return entry

@@ -1,0 +1,145 @@
+"""Reading content back: group manifest entries by object, fetch each object once with ranged
+GETs, and hand each piece of content (hashed on the way) to a sink. Restore and
+`check --read-data` share it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backup_agent.config import Storage
+from backup_agent.errors import JobFailed, NotReady
+from backup_agent.storage.manifest import Entry
+from backup_agent.storage.s3 import describe, error_code
+
+CHUNK = 1 << 20
+# Entries in one object closer than this are fetched with one GET (reading the gap is cheaper
+# than another request).
+MAX_GAP = 1 << 20
+
+
+@dataclass
+class Piece:
+    """One stored byte range and every manifest entry whose content it is."""
+
+    object: str
+    offset: int
+    size: int
+    sha256: str
+    entries: list[Entry]
+
+
+# A sink receives a piece and an iterator of its bytes; it returns a problem text or None.
+Sink = Callable[[Piece, Iterator[bytes]], "str | None"]
+
+
+def group(entries: Iterable[Entry]) -> dict[str, list[Piece]]:
+    pieces: dict[tuple[str, int, int], Piece] = {}
+    for e in entries:
+        assert e.object is not None and e.sha256 is not None
+        key = (e.object, e.offset, e.size)
+        if key in pieces:
+            pieces[key].entries.append(e)
+        else:
+            pieces[key] = Piece(e.object, e.offset, e.size, e.sha256, [e])
+    by_object: dict[str, list[Piece]] = defaultdict(list)
+    for p in pieces.values():
+        by_object[p.object].append(p)
+    for plist in by_object.values():
+        plist.sort(key=lambda p: p.offset)
+    return by_object
+
+
+def _runs(pieces: list[Piece]) -> Iterator[list[Piece]]:
+    run: list[Piece] = []
+    end = 0
+    for p in pieces:
+        if run and p.offset > end + MAX_GAP:
+            yield run
+            run = []
+        if not run:
+            end = p.offset
+        run.append(p)
+        end = max(end, p.offset + p.size)
+    if run:
+        yield run
+
+
+def read_all(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage: Storage, sink: Sink,
+             concurrency: int | None = None) -> list[str]:
+    """Fetch every piece once and feed it to `sink`; return the problems found."""
+    work = [(obj, run) for obj, plist in group(entries).items() for run in _runs(plist)]
+    problems: list[str] = []
+    with ThreadPoolExecutor(max_workers=concurrency or storage.concurrency) as pool:
+        for found in pool.map(lambda w: _fetch_run(s3, bucket, root + w[0], w[1], sink), work):
+            problems += found
+    return problems
+
+
+def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink) -> list[str]:
+    start = run[0].offset
+    end = max(p.offset + p.size for p in run)
+    try:
+        resp = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+    except (ClientError, BotoCoreError) as exc:
+        if error_code(exc) == "InvalidObjectState":
+            raise NotReady(f"{key} is archived and not restored yet") from None
+        raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
+    body = resp["Body"]
+    problems: list[str] = []
+    pos = start
+    try:
+        for p in run:
+            if p.offset < pos:
+                # Overlapping pieces (only from a crafted manifest) are fetched on their own.
+                problems += _fetch_run(s3, bucket, key, [p], sink)
+                continue
+            while pos < p.offset:  # skip the gap
+                chunk = body.read(min(CHUNK, p.offset - pos))
+                if not chunk:
+                    break
+                pos += len(chunk)
+
+            def chunks(piece: Piece = p) -> Iterator[bytes]:
+                nonlocal pos
+                left = piece.size
+                while left > 0:
+                    chunk = body.read(min(CHUNK, left))
+                    if not chunk:
+                        return
+                    pos += len(chunk)
+                    left -= len(chunk)
+                    yield chunk
+
+            problem = sink(p, chunks())
+            if problem:
+                problems.append(problem)
+    finally:
+        body.close()
+    return problems
+
+
+def hashing(chunks: Iterator[bytes], piece: Piece, each: Callable[[bytes], None]) -> str | None:
+    """Pass chunks to `each`, then compare size and sha256 with what the manifest says."""
+    h = hashlib.sha256()
+    n = 0
+    for c in chunks:
+        h.update(c)
+        each(c)
+        n += len(c)
+    if n != piece.size:
+        return f"{piece.entries[0].path}: {piece.object} ended after {n} of {piece.size} bytes"
+    if h.hexdigest() != piece.sha256:
+        return f"{piece.entries[0].path}: content of {piece.object} does not match its sha256"
+    return None
+
+
+def verify_entries(s3: Any, bucket: str, root: str, entries: list[Entry], storage: Storage) -> list[str]:
+    return read_all(s3, bucket, root, entries, storage,
+                    lambda piece, chunks: hashing(chunks, piece, lambda _c: None))
