@@ -1,0 +1,13 @@
+name              'backup_agent'
+maintainer        'backup_agent maintainers'
+maintainer_email  'backup-agent@example.com'
+license           'Apache-2.0'
+description       'Installs, configures and runs backup-agent (file, command and EBS snapshot backups to S3)'
+version           '0.1.0'
+chef_version      '>= 18'
+
+supports 'ubuntu'
+supports 'debian'
+supports 'amazon'
+supports 'almalinux'
+supports 'redhat'
