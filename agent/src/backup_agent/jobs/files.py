@@ -75,6 +75,8 @@ class PackUploader:
             self.job.s3.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
                                    **self.job.data_put_args)
             self.job.cache.add_blobs(blobs)
+            for sha, *_ in blobs:  # the cache answers for them now; keeps `known` small on huge trees
+                self.known.pop(sha, None)
             return len(body)
         finally:
             self.slots.release()
@@ -121,6 +123,9 @@ class FilesJob(S3Job):
                 # Someone removed our last snapshot: the cache may point at deleted data.
                 log.warning("last snapshot %s is gone from the bucket: rescanning from scratch", last)
                 self.cache.reset()
+                last = None
+            if not last:
+                self._seed_cache_from_bucket()
             self.warn_if_unversioned(result)
         except (ClientError, BotoCoreError) as exc:
             raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
@@ -286,6 +291,23 @@ class FilesJob(S3Job):
             log.info("%s changed while read: reading it again", path)
             st = after
         return None
+
+    def _seed_cache_from_bucket(self) -> None:
+        """A new disk or node has no cache: learn what content the latest snapshot already stores,
+        so losing state_dir costs a rescan and re-hash, not a second upload of everything."""
+        snaps = self.snapshots()
+        if not snaps:
+            return
+        batch: list[tuple[str, str, int, int]] = []
+        with self.open_manifest(snaps[-1].id) as (_, entries, _):
+            for e in entries:
+                if e.type == "file" and e.size > 0 and e.sha256 and e.object:
+                    batch.append((e.sha256, e.object, e.offset, e.size))
+                    if len(batch) >= STAGE_BATCH:
+                        self.cache.add_blobs(batch)
+                        batch = []
+        self.cache.add_blobs(batch)
+        log.info("no local cache: reusing content stored by snapshot %s", snaps[-1].id)
 
     # --- restore -------------------------------------------------------------------------------
 

@@ -1,0 +1,63 @@
+# Two commands for users: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The offline wheelhouse beside the checkout, when there is one (CI and the dev machines);
+# elsewhere pip uses its normal index.
+WHEELHOUSE ?= $(wildcard $(abspath ../shared/wheelhouse))
+PIP_ENV := $(if $(WHEELHOUSE),PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE),)
+export CHEF_LICENSE := accept-no-persist
+export BACKUP_AGENT_WHEELHOUSE := $(WHEELHOUSE)
+export BACKUP_AGENT_WHEELS := $(abspath build/wheels)
+
+.PHONY: demo test deps venv bundle wheel lint lint-python lint-ruby chefspec pytest test-converge bench clean
+
+demo: venv
+	$(BIN)/python tests/support/demo.py
+
+test: deps venv bundle wheel lint chefspec pytest
+
+deps:
+	bash .ci/deps.sh
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: agent/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP_ENV) $(BIN)/pip install --quiet --upgrade pip
+	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev]'
+	touch $@
+
+bundle: vendor/bundle/.installed
+vendor/bundle/.installed: Gemfile Gemfile.lock
+	bundle config set --local path vendor/bundle
+	bundle install --jobs 2 --quiet
+	touch $@
+
+# The agent as a wheel: what the cookbook installs on nodes (offered with the wheelhouse as find-links).
+wheel: venv
+	rm -rf build/wheels && mkdir -p build/wheels
+	$(PIP_ENV) $(BIN)/pip wheel --quiet --no-deps -w build/wheels ./agent
+
+lint: lint-python lint-ruby
+lint-python: venv
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/mypy --config-file agent/pyproject.toml
+lint-ruby: bundle
+	bundle exec cookstyle cookbooks/backup_agent
+
+chefspec: bundle
+	cd cookbooks/backup_agent && bundle exec rspec
+
+# The converge test changes this machine (packages, /etc, /opt): it runs where CI=true, or here.
+pytest: venv wheel
+	$(BIN)/pytest -n 2 --dist loadfile
+
+test-converge: venv wheel bundle
+	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v
+
+bench: venv
+	$(BIN)/python bench/files_bench.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

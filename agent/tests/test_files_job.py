@@ -1,0 +1,206 @@
+"""The files job against a real SeaweedFS: what a user sees from run, snapshots, restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from treeutil import capture
+
+
+def make_tree(root: Path) -> None:
+    (root / "dir with spaces" / "ünïcødé").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "dir with spaces" / "ünïcødé" / "naïve café.txt").write_text("crème brûlée\n")
+    (root / "line\nbreak").write_text("a newline in the name\n")
+    (root / "empty").write_bytes(b"")
+    (root / "small.bin").write_bytes(os.urandom(5000))
+    (root / "same-content.bin").write_bytes((root / "small.bin").read_bytes())
+    (root / "big.bin").write_bytes(os.urandom(20 << 20))  # above the multipart threshold
+    (root / "link-to-small").symlink_to("small.bin")
+    (root / "dangling").symlink_to("/nonexistent/target")
+    os.link(root / "small.bin", root / "hardlink.bin")
+    deep = root
+    for i in range(60):
+        deep = deep / f"d{i}"
+    deep.mkdir(parents=True)
+    (deep / "leaf.txt").write_text("deep\n")
+    (root / "small.bin").chmod(0o640)
+    os.utime(root / "empty", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+
+
+def test_backup_restore_roundtrip_every_snapshot(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    agent.job("data", type="files", paths=[str(src)])
+    states, ids = [], []
+    for step in range(3):
+        out = agent.json("run", "data")
+        assert out["status"] == "success" and out["files_failed"] == 0
+        ids.append(out["snapshot"])
+        states.append(capture(src))
+        # change the tree between snapshots: edit, add, delete
+        (src / "small.bin").write_bytes(os.urandom(3000 + step))
+        (src / f"new-{step}.txt").write_text(f"step {step}\n")
+        if step == 0:
+            (src / "dir with spaces" / "ünïcødé" / "naïve café.txt").unlink()
+        time.sleep(1.1)  # snapshot ids have second resolution
+    listed = agent.json("snapshots", "data")
+    assert [s["id"] for s in listed] == ids
+    for sid, state in zip(ids, states, strict=True):
+        target = tmp_path / f"restore-{sid}"
+        proc = agent.run("restore", "data", "--snapshot", sid, "--target", str(target))
+        assert proc.returncode == 0, proc.stderr
+        assert capture(target / str(src).lstrip("/")) == state
+
+
+def test_unchanged_rerun_uploads_nothing_and_changes_are_detected(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    agent.job("data", type="files", paths=[str(src)])
+    first = agent.json("run", "data")
+    assert first["bytes_uploaded"] >= 20 << 20
+    second = agent.json("run", "data")
+    assert second["bytes_uploaded"] == 0
+    assert second["files_new"] == second["files_changed"] == 0
+    assert second["files_unchanged"] == first["files_new"]
+    (src / "small.bin").write_bytes(b"changed")
+    third = agent.json("run", "data")
+    # small.bin and its hard link changed; their shared new content is uploaded once
+    assert third["files_changed"] == 2 and third["bytes_uploaded"] == len(b"changed")
+
+
+def test_lost_state_costs_a_rescan_not_a_reupload(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    agent.job("data", type="files", paths=[str(src)])
+    agent.json("run", "data")
+    shutil.rmtree(agent.data["state_dir"])
+    again = agent.json("run", "data")
+    assert again["bytes_uploaded"] == 0
+    assert again["files_new"] > 0  # everything was re-hashed
+    target = tmp_path / "r"
+    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
+    assert capture(target / str(src).lstrip("/")) == capture(src)
+
+
+def test_restore_single_path_and_at_time(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    agent.job("data", type="files", paths=[str(src)])
+    first = agent.json("run", "data")
+    time.sleep(1.1)
+    (src / "small.bin").write_bytes(b"second version")
+    agent.json("run", "data")
+    at = agent.json("snapshots", "data")[0]["time"]
+    target = tmp_path / "one"
+    proc = agent.run("restore", "data", "--at", at, "--target", str(target), "--path", str(src / "small.bin"))
+    assert proc.returncode == 0, proc.stderr
+    restored = target / str(src).lstrip("/")
+    assert sorted(p.name for p in restored.iterdir()) == ["small.bin"]
+    assert (restored / "small.bin").read_bytes() != b"second version"
+    assert first["snapshot"] in proc.stdout
+
+
+def test_large_file_has_a_readable_key(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "database.img").write_bytes(os.urandom(9 << 20))
+    agent.job("data", type="files", paths=[str(src)])
+    agent.json("run", "data")
+    keys = agent.keys()
+    readable = [k for k in keys if k.startswith(f"test-node/data/files{src}/database.img@")]
+    assert len(readable) == 1
+    body = agent.s3.get_object(Bucket=agent.bucket, Key=readable[0])["Body"].read()
+    assert body == (src / "database.img").read_bytes()
+
+
+def test_excludes_and_one_file_system(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "cache").mkdir(parents=True)
+    (src / "cache" / "x").write_text("x")
+    (src / "keep.txt").write_text("k")
+    (src / "skip.tmp").write_text("t")
+    (src / "sub").mkdir()
+    (src / "sub" / "also.tmp").write_text("t")
+    agent.job("data", type="files", paths=[str(src)], exclude=["*.tmp", str(src / "cache")])
+    agent.json("run", "data")
+    target = tmp_path / "r"
+    agent.run("restore", "data", "--target", str(target))
+    got = sorted(capture(target / str(src).lstrip("/")))
+    assert got == ["keep.txt", "sub"]
+
+
+def test_missing_path_is_partial_exit_3(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    agent.job("data", type="files", paths=[str(src), str(tmp_path / "does-not-exist")])
+    proc = agent.run("run", "data", "--json")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["status"] == "partial" and out["files_failed"] == 1
+    assert "does-not-exist" in proc.stderr
+    assert agent.json("snapshots", "data")  # the snapshot of what could be read exists
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as another user")
+def test_permission_denied_file_is_listed_and_run_exits_3(agent, tmp_path: Path) -> None:
+    # root reads everything, so run the agent as `nobody` over a tree with one unreadable file.
+    base = Path(tmp_path.parent.parent) / f"perm-{os.getpid()}-{tmp_path.name}"
+    base.mkdir(mode=0o755)
+    try:
+        src = base / "src"
+        src.mkdir()
+        (src / "ok.txt").write_text("ok")
+        (src / "secret.txt").write_text("no")
+        (src / "secret.txt").chmod(0o000)
+        os.chmod(tmp_path.parent.parent, 0o755)
+        os.chmod(tmp_path.parent, 0o755)
+        os.chmod(tmp_path, 0o755)
+        state = base / "state"
+        state.mkdir()
+        os.chown(state, 65534, 65534)
+        agent.data["state_dir"] = str(state)
+        agent.job("data", type="files", paths=[str(src)])
+        agent.path.chmod(0o644)
+        import subprocess
+        from conftest import AGENT
+
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", AGENT, "-c",
+                               str(agent.path), "run", "data", "--json"], capture_output=True, text=True)
+        assert proc.returncode == 3, proc.stderr
+        out = json.loads(proc.stdout)
+        assert [f["path"] for f in out["failed"]] == [str(src / "secret.txt")]
+        assert "Permission denied" in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_second_concurrent_run_exits_75(agent, tmp_path: Path) -> None:
+    from backup_agent.state import JobLock
+
+    src = tmp_path / "src"
+    src.mkdir()
+    agent.job("data", type="files", paths=[str(src)])
+    with JobLock(Path(agent.data["state_dir"]), "data"):
+        proc = agent.run("run", "data")
+    assert proc.returncode == 75
+    assert "locked by another run" in proc.stderr
+    assert agent.run("run", "data").returncode == 0  # the lock is gone with its holder
+
+
+def test_unknown_job_and_bad_config_exit_2(agent, tmp_path: Path) -> None:
+    proc = agent.run("run", "nope")
+    assert proc.returncode == 2 and "jobs.nope: no such job" in proc.stderr
+    agent.data["jobs"] = {"x": {"type": "files", "paths": ["/tmp"], "retention": {"keep_daily": "many"}}}
+    agent.write()
+    proc = agent.run("validate")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "jobs.x.retention.keep_daily: must be an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
