@@ -6,6 +6,7 @@ Every problem becomes a ConfigError with one line: `<file>: <dotted.key>: <what 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
         raise ConfigError(f"{name}: {where}: a command job needs 'command' or 'preset'")
     if raw["type"] == "command" and raw.get("preset") and not raw.get("database"):
         raise ConfigError(f"{name}: {where}.database: required with preset '{raw['preset']}'")
+    if raw["type"] == "command":
+        from backup_agent.jobs.presets import check as check_command_job
+
+        check_command_job(raw, name, where)
 
 
 # --- schema plumbing -------------------------------------------------------------------------
@@ -260,7 +265,7 @@ def _message(err: jsonschema.ValidationError) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

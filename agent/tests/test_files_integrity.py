@@ -1,0 +1,146 @@
+"""Prune, check and hostile manifests: the data-safety promises of the files job."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from backup_agent import config
+from backup_agent.jobs.files import FilesJob
+from backup_agent.retention import apply
+from backup_agent.storage.s3 import make_client
+
+
+def in_process(agent, name: str, clock=None) -> FilesJob:
+    cfg = config.load(str(agent.path))
+    s3 = make_client(cfg.storage)
+    return FilesJob(cfg, cfg.job(name), clock=clock or (lambda: datetime.now(UTC)), s3=s3)
+
+
+def test_unchanged_rerun_makes_no_list_call(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").write_text(str(i) * 100)
+    agent.job("data", type="files", paths=[str(src)])
+    assert agent.run("run", "data").returncode == 0
+    job = in_process(agent, "data")
+    calls: list[str] = []
+    job.s3.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    result = job.run()
+    assert result.bytes_uploaded == 0
+    assert not [c for c in calls if c.startswith("List")], calls
+    assert "PutObject" in calls or "CreateMultipartUpload" in calls  # only the manifest
+
+
+def test_prune_over_a_simulated_year_keeps_what_retention_says(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    policy = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+    agent.job("data", type="files", paths=[str(src)], retention=policy)
+    now = [datetime(2026, 1, 1, 2, 0, tzinfo=UTC)]
+    history: dict[str, bytes] = {}
+    for day in range(0, 240, 3):
+        (src / "state.txt").write_bytes(f"day {day}\n".encode() * (day + 1))
+        now[0] = datetime(2026, 1, 1, 2, 0, tzinfo=UTC) + timedelta(days=day)
+        job = in_process(agent, "data", clock=lambda: now[0])
+        history[job.run().snapshot] = (src / "state.txt").read_bytes()  # type: ignore[index]
+    expected = apply([(s.id, s.time) for s in in_process(agent, "data").snapshots()], policy)
+    out = agent.json("prune", "data")
+    assert sorted(out["forget"]) == sorted(expected.forget)
+    assert out["objects_deleted"] > 0
+    left = [s["id"] for s in agent.json("snapshots", "data")]
+    assert left == expected.keep
+    assert agent.run("check", "data", "--read-data").returncode == 0
+    for sid in left[:3] + left[-2:]:  # the kept snapshots still restore what they held
+        target = tmp_path / f"r-{sid}"
+        assert agent.run("restore", "data", "--snapshot", sid, "--target", str(target)).returncode == 0
+        assert (target / str(src).lstrip("/") / "state.txt").read_bytes() == history[sid]
+
+
+def test_prune_dry_run_deletes_nothing_and_foreign_keys_survive(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    agent.job("data", type="files", paths=[str(src)], retention={"keep_last": 1})
+    agent.json("run", "data")
+    (src / "a").write_text("b")
+    import time
+
+    time.sleep(1.1)
+    agent.json("run", "data")
+    agent.s3.put_object(Bucket=agent.bucket, Key="test-node/data/notes/user-file.txt", Body=b"mine")
+    before = agent.keys()
+    dry = agent.json("prune", "data", "--dry-run")
+    assert len(dry["forget"]) == 1 and agent.keys() == before
+    out = agent.json("prune", "data")
+    assert out["foreign_keys"] == 1
+    assert "test-node/data/notes/user-file.txt" in agent.keys()
+    assert len(agent.json("snapshots", "data")) == 1
+
+
+def test_check_finds_missing_and_corrupt_data(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_text("important\n" * 100)
+    (src / "big.bin").write_bytes(os.urandom(9 << 20))
+    agent.job("data", type="files", paths=[str(src)])
+    sid = agent.json("run", "data")["snapshot"]
+    assert agent.run("check", "data", "--read-data").returncode == 0
+    pack = next(k for k in agent.keys() if "/packs/" in k)
+    body = bytearray(agent.s3.get_object(Bucket=agent.bucket, Key=pack)["Body"].read())
+    body[10] ^= 0xFF  # same size, different bytes: only --read-data can tell
+    agent.s3.put_object(Bucket=agent.bucket, Key=pack, Body=bytes(body))
+    assert agent.run("check", "data").returncode == 0
+    proc = agent.run("check", "data", "--read-data", "--json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert any(sid in e and "small.txt" in e for e in report["errors"])
+    big = next(k for k in agent.keys() if "/files/" in k)
+    agent.s3.delete_object(Bucket=agent.bucket, Key=big)
+    proc = agent.run("check", "data")
+    assert proc.returncode == 1 and "big.bin" in proc.stderr and "missing" in proc.stderr
+    # a restore of corrupt content fails loudly instead of writing wrong bytes
+    target = tmp_path / "r"
+    proc = agent.run("restore", "data", "--target", str(target), "--path", str(src / "small.txt"))
+    assert proc.returncode == 1
+    assert not (target / str(src).lstrip("/") / "small.txt").exists()
+
+
+def _put_manifest(agent, sid: str, entries: list[dict]) -> None:
+    lines = [{"format": "backup-agent-manifest", "version": 1, "snapshot": sid, "job": "data"}, *entries,
+             {"end": True, "entries": len(entries), "summary": {}}]
+    body = gzip.compress(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+    agent.s3.put_object(Bucket=agent.bucket, Key=f"test-node/data/snapshots/{sid}.json.gz", Body=body)
+
+
+def test_hostile_manifest_never_writes_outside_target(agent, tmp_path: Path) -> None:
+    agent.job("data", type="files", paths=[str(tmp_path)])
+    agent.s3.put_object(Bucket=agent.bucket, Key="test-node/data/packs/aa/evil", Body=b"pwned")
+    sha = "a" * 64
+    escape = {"path": "/../../escaped.txt", "type": "file", "size": 5, "sha256": sha,
+              "object": "packs/aa/evil", "offset": 0, "mode": 420, "uid": 0, "gid": 0, "mtime_ns": 0}
+    _put_manifest(agent, "20260101T000000Z-aaaaaa", [escape])
+    target = tmp_path / "deep" / "target"
+    proc = agent.run("restore", "data", "--target", str(target))
+    assert proc.returncode == 1 and "not normalised" in proc.stderr
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "deep" / "escaped.txt").exists()
+    # a symlink in the snapshot cannot redirect a later file outside the target
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    link = {"path": "/d", "type": "symlink", "target": str(outside), "mode": 511, "uid": 0, "gid": 0,
+            "mtime_ns": 0}
+    through = {**escape, "path": "/d/file.txt"}
+    _put_manifest(agent, "20260102T000000Z-bbbbbb", [link, through])
+    proc = agent.run("restore", "data", "--target", str(target))
+    assert proc.returncode == 1
+    assert list(outside.iterdir()) == []
+    # truncated manifests are refused
+    good = gzip.compress(b'{"format":"backup-agent-manifest","version":1}\n')
+    agent.s3.put_object(Bucket=agent.bucket, Key="test-node/data/snapshots/20260103T000000Z-cccccc.json.gz",
+                        Body=good)
+    proc = agent.run("restore", "data", "--target", str(target))
+    assert proc.returncode == 1 and "truncated" in proc.stderr
