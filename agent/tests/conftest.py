@@ -58,7 +58,7 @@ class Agent:
         assert proc.returncode in (0, 3), proc.stderr
         return json.loads(proc.stdout)
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def object_keys(self, prefix: str = "") -> list[str]:
         out: list[str] = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             out += [o["Key"] for o in page.get("Contents", [])]

@@ -73,12 +73,12 @@ def test_prune_dry_run_deletes_nothing_and_foreign_keys_survive(agent, tmp_path:
     time.sleep(1.1)
     agent.json("run", "data")
     agent.s3.put_object(Bucket=agent.bucket, Key="test-node/data/notes/user-file.txt", Body=b"mine")
-    before = agent.keys()
+    before = agent.object_keys()
     dry = agent.json("prune", "data", "--dry-run")
-    assert len(dry["forget"]) == 1 and agent.keys() == before
+    assert len(dry["forget"]) == 1 and agent.object_keys() == before
     out = agent.json("prune", "data")
     assert out["foreign_keys"] == 1
-    assert "test-node/data/notes/user-file.txt" in agent.keys()
+    assert "test-node/data/notes/user-file.txt" in agent.object_keys()
     assert len(agent.json("snapshots", "data")) == 1
 
 
@@ -90,7 +90,7 @@ def test_check_finds_missing_and_corrupt_data(agent, tmp_path: Path) -> None:
     agent.job("data", type="files", paths=[str(src)])
     sid = agent.json("run", "data")["snapshot"]
     assert agent.run("check", "data", "--read-data").returncode == 0
-    pack = next(k for k in agent.keys() if "/packs/" in k)
+    pack = next(k for k in agent.object_keys() if "/packs/" in k)
     body = bytearray(agent.s3.get_object(Bucket=agent.bucket, Key=pack)["Body"].read())
     body[10] ^= 0xFF  # same size, different bytes: only --read-data can tell
     agent.s3.put_object(Bucket=agent.bucket, Key=pack, Body=bytes(body))
@@ -99,7 +99,7 @@ def test_check_finds_missing_and_corrupt_data(agent, tmp_path: Path) -> None:
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
     assert any(sid in e and "small.txt" in e for e in report["errors"])
-    big = next(k for k in agent.keys() if "/files/" in k)
+    big = next(k for k in agent.object_keys() if "/files/" in k)
     agent.s3.delete_object(Bucket=agent.bucket, Key=big)
     proc = agent.run("check", "data")
     assert proc.returncode == 1 and "big.bin" in proc.stderr and "missing" in proc.stderr

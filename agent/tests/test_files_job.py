@@ -112,7 +112,7 @@ def test_large_file_has_a_readable_key(agent, tmp_path: Path) -> None:
     (src / "database.img").write_bytes(os.urandom(9 << 20))
     agent.job("data", type="files", paths=[str(src)])
     agent.json("run", "data")
-    keys = agent.keys()
+    keys = agent.object_keys()
     readable = [k for k in keys if k.startswith(f"test-node/data/files{src}/database.img@")]
     assert len(readable) == 1
     body = agent.s3.get_object(Bucket=agent.bucket, Key=readable[0])["Body"].read()
@@ -169,6 +169,7 @@ def test_permission_denied_file_is_listed_and_run_exits_3(agent, tmp_path: Path)
         agent.job("data", type="files", paths=[str(src)])
         agent.path.chmod(0o644)
         import subprocess
+
         from conftest import AGENT
 
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", AGENT, "-c",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support.seaweedfs import SeaweedFS  # noqa: E402
+from support.seaweedfs import SeaweedFS
 
 AGENT = str(Path(sys.executable).parent / "backup-agent")
 

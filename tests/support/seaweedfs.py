@@ -6,6 +6,7 @@ unix sockets SeaweedFS makes under /tmp (see ENVIRONMENT.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -152,10 +153,8 @@ class SeaweedFS:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=10)
         self.proc = None
         if self._own_dir:

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from backup_agent import __version__
 from backup_agent import config as config_mod
-from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AgentError
+from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AgentError, ConfigError
 
 log = logging.getLogger("backup_agent")
 
@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     which = s.add_mutually_exclusive_group()
     which.add_argument("--snapshot", help="snapshot id (default: the latest)")
     which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
-    s.add_argument("--target", required=True, help="directory to restore into ('-' = stdout, command jobs)")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="directory to restore into ('-' = stdout, command jobs)")
+    where.add_argument("--into", metavar="DATABASE",
+                       help="command jobs: pipe the dump into the preset's restore tool (or restore_command)")
     s.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
     s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
     s.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"], help="Glacier retrieval tier")
@@ -155,10 +158,15 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
-            raise config_mod.ConfigError("--days: must be at least 1")
+            raise ConfigError("--days: must be at least 1")
         kwargs: dict[str, Any] = {}
         if args.tier or args.days:
             kwargs.update(tier=args.tier, days=args.days)
+        if args.into:
+            if job.type != "command":
+
+                raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
+            kwargs["into"] = args.into
         out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
                              wait=args.wait, **kwargs)
         if args.target == "-":

@@ -235,7 +235,7 @@ def _message(err: jsonschema.ValidationError) -> str:
     v, s, inst = err.validator, err.validator_value, err.instance
     if v == "type":
         types = s if isinstance(s, list) else [s]
-        return f"must be {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, not {_show(inst)}"
+        return f"must be {' or '.join(_TYPE_WORDS.get(str(t), str(t)) for t in types)}, not {_show(inst)}"
     if v == "enum":
         return f"must be one of {', '.join(map(str, s))}, not {_show(inst)}"
     if v in ("minimum", "exclusiveMinimum"):
@@ -261,7 +261,7 @@ def _message(err: jsonschema.ValidationError) -> str:
         return f"does not match {s}: {_show(inst)}"
     if v == "oneOf" and isinstance(inst, str):
         return f"must be 'all' or a list of volume ids or device paths, not {_show(inst)}"
-    return err.message
+    return str(err.message)
 
 
 def _show(value: Any) -> str:

@@ -33,13 +33,15 @@ from backup_agent.storage.s3 import describe, put_args, transfer_config
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STAGE_BATCH = 2000
+# A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
+LargeResult = tuple[Entry, tuple[Any, ...], int] | None
 
 
 class PackUploader:
     """Collects small files into a pack and uploads full packs in the background.
 
     At most `in_flight` packs wait for upload at once, which bounds memory to about
-    (in_flight + 1) × pack_size.
+    (in_flight + 1) * pack_size.
     """
 
     def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int) -> None:
@@ -141,7 +143,7 @@ class FilesJob(S3Job):
             conc = self.cfg.storage.concurrency
             with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool:
                 packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
-                large: list[Future[tuple[Entry, tuple[Any, ...], int] | None]] = []
+                large: list[Future[LargeResult]] = []
                 staged: list[tuple[Any, ...]] = []
                 try:
                     for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
@@ -162,8 +164,10 @@ class FilesJob(S3Job):
                             result.bytes_uploaded += uploaded
                     self.cache.stage_files(staged)
                 except (ClientError, BotoCoreError) as exc:
-                    for f in [*packer.futures, *large]:
+                    for f in packer.futures:
                         f.cancel()
+                    for lf in large:
+                        lf.cancel()
                     raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {describe(exc)}") from None
             result.files_failed = len(result.failed)
             result.duration_s = time.monotonic() - started
@@ -182,17 +186,17 @@ class FilesJob(S3Job):
         return result
 
     def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
-             large: list[Future[tuple[Entry, tuple[Any, ...], int] | None]], staged: list[tuple[Any, ...]],
+             large: list[Future[LargeResult]], staged: list[tuple[Any, ...]],
              result: RunResult) -> None:
         if found.st is None:
             result.failed.append({"path": found.path.rstrip("/"), "error": found.error or "unreadable"})
             log.warning("cannot read %s: %s", found.path, found.error)
             return
         st, path = found.st, found.path
-        base = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
-                    mtime_ns=st.st_mtime_ns)
+        base: dict[str, Any] = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+                                    mtime_ns=st.st_mtime_ns)
         if stat.S_ISDIR(st.st_mode):
-            writer.add(Entry(type="dir", **base))  # type: ignore[arg-type]
+            writer.add(Entry(type="dir", **base))
             return
         if stat.S_ISLNK(st.st_mode):
             try:
@@ -200,7 +204,7 @@ class FilesJob(S3Job):
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return
-            writer.add(Entry(type="symlink", target=target, **base))  # type: ignore[arg-type]
+            writer.add(Entry(type="symlink", target=target, **base))
             return
         if not stat.S_ISREG(st.st_mode):
             return  # sockets, fifos, devices: not content a restore could use
@@ -261,7 +265,7 @@ class FilesJob(S3Job):
         return data, st
 
     def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any],
-                     result: RunResult) -> tuple[Entry, tuple[Any, ...], int] | None:
+                     result: RunResult) -> LargeResult:
         for attempt in range(2):
             try:
                 sha, size = _hash_file(path)

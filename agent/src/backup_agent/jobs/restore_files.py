@@ -149,7 +149,7 @@ class _Progress:
         self.lock = threading.Lock()
         if sys.stderr.isatty() and total > 0:
             try:
-                from tqdm import tqdm
+                from tqdm import tqdm  # type: ignore[import-untyped]
             except ImportError:
                 return
             self.bar = tqdm(total=total, unit="B", unit_scale=True, desc="restore", file=sys.stderr)

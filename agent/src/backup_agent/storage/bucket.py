@@ -80,7 +80,7 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
 
     step("bucket exists", bucket_exists, create)
     if dry_run and steps[-1]["result"] == "would change":
-        return {"bucket": bucket, "dry_run": True, "steps": steps + [{"step": "rest", "result": "after creation"}]}
+        return {"bucket": bucket, "dry_run": True, "steps": [*steps, {"step": "rest", "result": "after creation"}]}
 
     step("versioning", lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled",
          lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))

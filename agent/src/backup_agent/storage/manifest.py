@@ -141,7 +141,7 @@ def parse_entry(obj: Any, where: str) -> Entry:
             raise ManifestError(f"{where}: {key} must be a non-negative integer")
         return v
 
-    entry = Entry(path=path, type=etype, mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
+    entry = Entry(path=str(path), type=etype, mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
                   mtime_ns=num("mtime_ns"))
     if etype == "file":
         entry.size, entry.offset = num("size"), num("offset")
