@@ -164,7 +164,6 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
             kwargs.update(tier=args.tier, days=args.days)
         if args.into:
             if job.type != "command":
-
                 raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
             kwargs["into"] = args.into
         out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
