@@ -95,7 +95,8 @@ module BackupAgentCookbook
       result = shell_out(backup_agent_bin, '-c', path, 'validate')
       return true if result.exitstatus == 0
 
-      reason = result.stderr.to_s.strip.lines.last.to_s.strip
+      # The agent's one-line error is its last line on stderr (log lines may come before it).
+      reason = result.stderr.to_s.lines.map(&:strip).reject { |line| line.match?(/\A[[:punct:]]*\z/) }.last.to_s
       reason = "exit status #{result.exitstatus}" if reason.empty?
       raise BackupAgentCookbook::ConfigError,
             "backup_agent: `backup-agent validate` rejected the new #{backup_agent_config_path}, " \

@@ -49,7 +49,7 @@ describe BackupAgentCookbook::Helpers do
     end
 
     it "raises with the agent's one-line reason when it rejects the config" do
-      fake_agent('echo "$2: jobs.etc.bogus: unknown key" >&2; exit 2')
+      fake_agent('echo "a log line" >&2; echo "$2: jobs.etc.bogus: unknown key" >&2; echo ... >&2; exit 2')
       expect { helper.backup_agent_validate_config('/tmp/x.yaml') }.to raise_error(
         BackupAgentCookbook::ConfigError,
         'backup_agent: `backup-agent validate` rejected the new /etc/backup-agent/config.yaml, which is left ' \
