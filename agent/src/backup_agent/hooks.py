@@ -1,0 +1,253 @@
+"""Application-consistent capture: `pre`/`post` commands and fsfreeze around a short critical section.
+
+    pre → freeze → capture → thaw → post
+
+- `post` runs whenever `pre` succeeded: after a failed capture, a hook failure in between, or SIGTERM
+  (it gets BACKUP_AGENT_RESULT=success|failed).
+- Every mountpoint the agent tried to freeze is thawed in a `finally`, with a hard timeout per
+  command, and a watchdog thaws them anyway if the capture outlives the timeout: a frozen
+  filesystem blocks every writer on the node, which is worse than a missed backup.
+- SIGTERM raises `Terminated` in the main thread during the section so the cleanup runs; a signal
+  arriving during cleanup waits until the cleanup is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from types import FrameType
+from typing import Any
+
+from backup_agent.errors import JobFailed
+
+log = logging.getLogger(__name__)
+
+
+class HookFailed(JobFailed):
+    """A hook or fsfreeze command failed, hung, or could not start."""
+
+
+class PostHookFailed(HookFailed):
+    """`post` failed after a successful capture: what was captured is complete and kept."""
+
+
+class Terminated(JobFailed):
+    """SIGTERM arrived while the job held hooks or frozen filesystems."""
+
+
+class FreezeExpired(JobFailed):
+    """The watchdog thawed the filesystems before the capture returned: it is not consistent."""
+
+
+def run_command(argv: Sequence[str], *, timeout: float, what: str, env: dict[str, str] | None = None) -> None:
+    """Run argv (no shell) with a hard timeout; the whole process group dies on timeout or interrupt."""
+    shown = shlex.join(argv)
+    started = time.monotonic()
+    # Output goes to a file, not a pipe: a hook that leaves a background child holding the pipe
+    # open must not make us wait for that child.
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})}, start_new_session=True)
+        except OSError as exc:
+            raise HookFailed(f"{what}: cannot start `{shown}`: {exc.strerror or exc}") from None
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise HookFailed(f"{what}: `{shown}` did not finish within {timeout:g}s (killed)") from None
+        except BaseException:
+            _kill(proc)
+            raise
+        out.seek(0)
+        tail = out.read()[-2000:].decode(errors="replace").strip()
+    if code != 0:
+        last = tail.splitlines()[-1][:200] if tail else "no output"
+        raise HookFailed(f"{what}: `{shown}` exited with {_exit_text(code)}: {last}")
+    log.info("%s: `%s` ok in %.1fs", what, shown, time.monotonic() - started)
+    if tail:
+        log.debug("%s output: %s", what, tail)
+
+
+def _kill(proc: subprocess.Popen[Any]) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _exit_text(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"status {code}"
+
+
+class SigtermGuard:
+    """While active (main thread only), SIGTERM raises Terminated once; later ones are deferred."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.received = False
+        self.raised = False
+        self._depth = 0
+        self._old: Any = None
+
+    def __enter__(self) -> SigtermGuard:
+        # signal.signal only works in the main thread; a daemon running jobs in worker threads
+        # handles SIGTERM itself and waits for the job.
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.active:
+            return
+        signal.signal(signal.SIGTERM, self._old)
+        self.active = False
+        if self.received and callable(self._old):
+            self._old(signal.SIGTERM, None)  # let whoever installed it know too (e.g. a daemon loop)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+        if self._depth == 0 and not self.raised:
+            self.raised = True
+            raise Terminated("interrupted by SIGTERM")
+        log.warning("SIGTERM received: finishing cleanup first")
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A cleanup section: SIGTERM is remembered, and raised only once the cleanup is done."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self.received and not self.raised and self._depth == 0:
+            self.raised = True
+            raise Terminated("interrupted by SIGTERM")
+
+
+def find_fsfreeze() -> str:
+    found = shutil.which("fsfreeze") or next(
+        (p for p in ("/usr/sbin/fsfreeze", "/sbin/fsfreeze") if os.access(p, os.X_OK)), None)
+    if not found:
+        raise HookFailed("freeze: fsfreeze not found on PATH (package util-linux)")
+    return found
+
+
+class Freezer:
+    """Freezes mountpoints and guarantees each one it touched gets a thaw attempt, exactly once."""
+
+    def __init__(self, mounts: Sequence[str], *, timeout: float, max_frozen: float, fsfreeze: str) -> None:
+        self.mounts = list(mounts)
+        self.timeout = timeout
+        self.max_frozen = max_frozen
+        self.fsfreeze = fsfreeze
+        self.lock = threading.Lock()
+        self.frozen: list[str] = []  # confirmed frozen
+        self.unsure: list[str] = []  # freeze failed or timed out: it may have frozen anyway
+        self.expired = False
+        self.errors: list[str] = []
+        self._watchdog: threading.Timer | None = None
+
+    def freeze(self) -> None:
+        for mount in self.mounts:
+            with self.lock:
+                self.unsure.append(mount)
+            run_command([self.fsfreeze, "-f", mount], timeout=self.timeout, what=f"freeze {mount}")
+            with self.lock:
+                self.unsure.remove(mount)
+                self.frozen.append(mount)
+        self._watchdog = threading.Timer(self.max_frozen, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _expire(self) -> None:
+        with self.lock:
+            if not self.frozen:
+                return
+            self.expired = True
+        log.error("filesystems frozen for %gs: thawing them now, the capture will not be used", self.max_frozen)
+        self.thaw()
+
+    def thaw(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        with self.lock:
+            for mount in reversed(self.frozen):
+                self._thaw_one(mount, must=True)
+            for mount in reversed(self.unsure):
+                self._thaw_one(mount, must=False)
+            self.frozen.clear()
+            self.unsure.clear()
+
+    def _thaw_one(self, mount: str, *, must: bool) -> None:
+        last: HookFailed | None = None
+        for _ in range(2 if must else 1):
+            try:
+                run_command([self.fsfreeze, "-u", mount], timeout=self.timeout, what=f"thaw {mount}")
+                return
+            except HookFailed as exc:
+                last = exc
+        if must and last is not None:
+            msg = f"{last}; {mount} may still be frozen: run `fsfreeze -u {mount}`"
+            log.error("%s", msg)
+            self.errors.append(msg)
+
+
+@contextmanager
+def consistent(*, pre: Sequence[str] | None, post: Sequence[str] | None, freeze: Sequence[str] | None,
+               timeout: float, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Run the body between the job's hooks; see the module docstring for the guarantees."""
+    env = dict(env or {})
+    fsfreeze = find_fsfreeze() if freeze else ""
+    with SigtermGuard() as guard:
+        if pre:
+            run_command(pre, timeout=timeout, what="pre hook", env={**env, "BACKUP_AGENT_HOOK": "pre"})
+        failure: BaseException | None = None
+        try:
+            if freeze:
+                with _frozen(Freezer(freeze, timeout=timeout, max_frozen=timeout, fsfreeze=fsfreeze), guard):
+                    yield
+            else:
+                yield
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if post:
+                with guard.deferred():
+                    _post(post, timeout, env, failure)
+
+
+@contextmanager
+def _frozen(freezer: Freezer, guard: SigtermGuard) -> Iterator[None]:
+    try:
+        freezer.freeze()
+        yield
+    finally:
+        with guard.deferred():
+            freezer.thaw()
+    if freezer.expired:
+        raise FreezeExpired(f"the capture took longer than {freezer.max_frozen:g}s (hook_timeout) with "
+                            "filesystems frozen; they were thawed first, so it was discarded")
+    if freezer.errors:
+        raise HookFailed("; ".join(freezer.errors))
+
+
+def _post(post: Sequence[str], timeout: float, env: dict[str, str], failure: BaseException | None) -> None:
+    result = "failed" if failure is not None else "success"
+    try:
+        run_command(post, timeout=timeout, what="post hook",
+                    env={**env, "BACKUP_AGENT_HOOK": "post", "BACKUP_AGENT_RESULT": result})
+    except HookFailed as exc:
+        if failure is None:
+            raise PostHookFailed(str(exc)) from None
+        log.error("%s", exc)  # the capture's own failure is the one to report
