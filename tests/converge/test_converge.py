@@ -103,7 +103,9 @@ class Converge:
 class ChefRepo:
     """client.rb, attributes and node state in a temp dir; the chef repo is this checkout."""
 
-    def __init__(self, workdir: Path, sample_source: Path) -> None:
+    def __init__(
+        self, workdir: Path, sample_source: Path, secret: Path = FIXTURES / "encrypted_data_bag_secret"
+    ) -> None:
         self.workdir = workdir
         self.sample_source = sample_source
         self.node_path = workdir / "nodes"
@@ -120,7 +122,7 @@ class ChefRepo:
             "client_key": workdir / "client.pem",
             "file_cache_path": self.cache,
             "file_backup_path": workdir / "backup",
-            "encrypted_data_bag_secret": FIXTURES / "encrypted_data_bag_secret",
+            "encrypted_data_bag_secret": secret,
         }
         lines = [
             "local_mode true",
@@ -296,3 +298,21 @@ def test_config_the_agent_rejects_leaves_the_old_file(repo: ChefRepo, first: Con
     assert not (repo.cache / "failed_validations").exists()
     for key in ("access_key_id", "secret_access_key"):
         assert plain_item()[key] not in result.output
+
+
+def test_wrong_secret_fails_naming_bag_item_and_key(
+    first: Converge, sample: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    before = CONFIG.read_bytes()
+    wrong = tmp_path / "wrong_secret"
+    wrong.write_text(os.urandom(384).hex())
+    result = ChefRepo(tmp_path / "chef", sample[0], secret=wrong).converge()
+
+    assert result.returncode != 0
+    assert (
+        f"cannot decrypt key 'bucket' of data bag item 'backup_agent/{ENVIRONMENT}' with the secret from {wrong}"
+        in result.output
+    )
+    # Secrets load at compile time: the run stops before it changes anything.
+    assert "Infra Phase failed. 0 resources updated" in result.output
+    assert CONFIG.read_bytes() == before
