@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from backup_agent import __version__
 from backup_agent import config as config_mod
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AgentError, ConfigError
+from backup_agent.logfmt import secret_values, setup_logging
 
 log = logging.getLogger("backup_agent")
 
@@ -71,24 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        from backup_agent.logfmt import JsonFormatter
-
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
-    # botocore at DEBUG prints request headers and bodies: keep it quiet whatever our level.
-    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging("DEBUG" if args.verbose else "WARNING")
@@ -119,14 +102,15 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         print(json.dumps(full_schema(), indent=2))
         return EXIT_OK
     cfg = config_mod.load(config_mod.config_path(args.config))
-    setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format)
+    setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))
     if args.verb == "validate":
         print("ok")
         return EXIT_OK
     if args.verb == "status":
-        from backup_agent.status import render_status
+        from backup_agent.status import format_table, render_status
 
-        return _emit(render_status(cfg), as_json, text=None)
+        doc = render_status(cfg)
+        return _emit(doc, as_json, text=None if as_json else format_table(doc))
     if args.verb == "daemon":
         from backup_agent.daemon import run_daemon
 

@@ -1,59 +1,122 @@
-"""Running one job and recording what happened: the path shared by `run` and the daemon."""
+"""Running one job and recording what happened: the path shared by `run` and the daemon.
+
+Every run ends in `_finish`: status in state_dir, the metrics textfile, notifications. The
+daemon imports this module too (to record a job process it had to abort), so the job modules
+and boto3 are imported inside `run_job` only and the long-lived daemon stays small.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
-from backup_agent.errors import AgentError, Locked
-from backup_agent.jobs import runner_for
-from backup_agent.jobs.base import RunResult, rfc3339, utcnow
-from backup_agent.state import read_status, write_status
+from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Locked
+from backup_agent.state import JobLock, read_status, write_status
+
+if TYPE_CHECKING:
+    from backup_agent.jobs.base import JobRunner, RunResult
+    from backup_agent.notify import Notifier
 
 log = logging.getLogger(__name__)
 
 
+def _now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def run_job(cfg: Config, job: Job) -> RunResult:
     """Run `job` now. Status is persisted whatever happens; AgentErrors propagate to the caller."""
-    previous = read_status(cfg.state_dir, job.name)
-    started = utcnow()
+    from backup_agent.jobs import runner_for
+
+    # Probe the lock first so a run that would be refused sends no /start ping; the runner
+    # takes the lock for real (a race in between ends as Locked, which is fine).
+    with JobLock(cfg.state_dir, job.name):
+        pass
+    record = _new_record(cfg, job)
     t0 = time.monotonic()
-    record: dict[str, Any] = {
-        "job": job.name,
-        "type": job.type,
-        "schedule": job.schedule.text if job.schedule else None,
-        "last_start": rfc3339(started),
-        "last_success": previous.get("last_success"),
-        "last_snapshot": previous.get("last_snapshot"),
-        "consecutive_failures": previous.get("consecutive_failures", 0),
-    }
+    notifier = _notifier(cfg)
+    if notifier is not None:
+        notifier.start(job.name)
     log.info("job %s: starting", job.name)
+    runner: JobRunner | None = None
     try:
-        result = runner_for(cfg, job).run()
+        runner = runner_for(cfg, job)
+        result = runner.run()
     except Locked:
         raise  # another run owns the job and its status
     except AgentError as exc:
-        _finish(cfg, record, t0, result="failed", error=str(exc))
+        _finish(cfg, record, t0, notifier, exc.exit_code, result="failed", error=str(exc))
         raise
     except Exception as exc:
-        _finish(cfg, record, t0, result="failed", error=f"{type(exc).__name__}: {exc}")
+        _finish(cfg, record, t0, notifier, EXIT_FAILED, result="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     record["last_snapshot"] = result.snapshot
-    record["last_success"] = rfc3339(utcnow())
-    _finish(cfg, record, t0, result=result.status, bytes_uploaded=result.bytes_uploaded,
-            bytes_total=result.bytes_total, files_failed=result.files_failed, error=None)
+    record["last_success"] = _now_text()
+    record["snapshots"] = _count_snapshots(runner, record.get("snapshots"))
+    _finish(cfg, record, t0, notifier, EXIT_PARTIAL if result.status == "partial" else EXIT_OK,
+            result=result.status, bytes_uploaded=result.bytes_uploaded, bytes_total=result.bytes_total,
+            files_failed=result.files_failed, error=None)
     log.info("job %s: %s, snapshot %s, %d bytes uploaded in %.1fs", job.name, result.status, result.snapshot,
              result.bytes_uploaded, result.duration_s)
     return result
 
 
-def _finish(cfg: Config, record: dict[str, Any], t0: float, **fields: Any) -> None:
+def record_failure(cfg: Config, job: Job, *, started: str, duration_s: float, error: str,
+                   result: str = "failed", exit_code: int | None = None) -> Notifier | None:
+    """Record a run whose process could not record itself (aborted, killed, crashed).
+
+    Used by the daemon, which must not wait for the notifications: it gets the notifier back to
+    give it a bounded moment at shutdown. `started` is when it launched the run (RFC 3339 UTC).
+    """
+    record = _new_record(cfg, job)
+    record["last_start"] = started
+    notifier = _notifier(cfg)
+    _finish(cfg, record, time.monotonic() - duration_s, notifier, exit_code, wait=False,
+            result=result, error=error)
+    return notifier
+
+
+def _new_record(cfg: Config, job: Job) -> dict[str, Any]:
+    previous = read_status(cfg.state_dir, job.name)
+    return {
+        "job": job.name,
+        "type": job.type,
+        "schedule": job.schedule.text if job.schedule else None,
+        "last_start": _now_text(),
+        "last_success": previous.get("last_success"),
+        "last_snapshot": previous.get("last_snapshot"),
+        "snapshots": previous.get("snapshots"),
+        "consecutive_failures": previous.get("consecutive_failures", 0),
+    }
+
+
+def _notifier(cfg: Config) -> Notifier | None:
+    if not (cfg.notify.get("healthchecks_url") or cfg.notify.get("webhook_url")):
+        return None  # requests is only imported when there is something to send
+    from backup_agent.notify import Notifier
+
+    return Notifier(cfg.notify, node=cfg.node, environment=cfg.environment)
+
+
+def _count_snapshots(runner: JobRunner | None, previous: Any) -> Any:
+    """How many snapshots the job has now, for the metrics; a listing problem is not a failure."""
+    try:
+        return len(runner.snapshots()) if runner is not None else previous
+    except Exception as exc:
+        log.warning("job: cannot count snapshots for the metrics: %s", exc)
+        return previous
+
+
+def _finish(cfg: Config, record: dict[str, Any], t0: float, notifier: Notifier | None,
+            exit_code: int | None, *, wait: bool = True, **fields: Any) -> None:
     record.update(fields)
-    record["last_end"] = rfc3339(utcnow())
+    record["last_end"] = _now_text()
     record["duration_s"] = round(time.monotonic() - t0, 3)
-    if fields["result"] == "failed":
+    record["exit_code"] = exit_code
+    if fields["result"] in ("failed", "aborted"):
         record["consecutive_failures"] = int(record.get("consecutive_failures") or 0) + 1
     else:
         record["consecutive_failures"] = 0
@@ -61,3 +124,14 @@ def _finish(cfg: Config, record: dict[str, Any], t0: float, **fields: Any) -> No
         write_status(cfg.state_dir, record["job"], record)
     except OSError as exc:
         log.error("cannot write status for job %s: %s", record["job"], exc)
+    if cfg.metrics.get("textfile"):
+        from backup_agent.metrics import write_textfile
+
+        write_textfile(cfg.metrics["textfile"], cfg.state_dir, list(cfg.jobs))
+    if notifier is not None:
+        notifier.finish(record, exit_code)
+        if not wait:
+            return
+        # Bounded: a hanging endpoint delays this process's exit by at most notify.timeout + 5 s.
+        if not notifier.wait():
+            log.warning("job %s: notifications still pending at exit; giving up on them", record["job"])

@@ -1,0 +1,91 @@
+"""node_exporter textfile metrics (`metrics.textfile`), rewritten from state_dir after every run.
+
+The file is rebuilt from all jobs' status records rather than patched, so concurrent writers
+(two jobs ending together, the daemon after a reap) can only ever publish a whole, consistent
+file; the temp + rename makes sure node_exporter never scrapes half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backup_agent.state import atomic_write, read_status
+
+log = logging.getLogger(__name__)
+
+# The CLI's exit codes, so an alert reads like a failed cron job: != 0 is bad.
+STATUS_VALUES = {"success": 0, "failed": 1, "aborted": 1, "partial": 3}
+
+# name, type, help
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("backup_agent_last_success_timestamp_seconds", "gauge",
+     "Unix time the job last completed successfully (partial runs count)."),
+    ("backup_agent_last_run_timestamp_seconds", "gauge", "Unix time the job's last run ended."),
+    ("backup_agent_last_run_duration_seconds", "gauge", "Duration of the job's last run."),
+    ("backup_agent_last_run_bytes", "gauge", "Bytes uploaded by the job's last run."),
+    ("backup_agent_last_run_status", "gauge",
+     "Outcome of the job's last run as an exit code: 0 success, 1 failed or aborted, 3 partial."),
+    ("backup_agent_consecutive_failures", "gauge", "Failed runs of the job since its last success."),
+    ("backup_agent_snapshots", "gauge", "Snapshots of the job in storage after its last successful run."),
+)
+
+
+def _timestamp(text: Any) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
+    def number(key: str) -> float | None:
+        v = st.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    status = STATUS_VALUES.get(str(st.get("result")))
+    return {
+        "backup_agent_last_success_timestamp_seconds": _timestamp(st.get("last_success")),
+        "backup_agent_last_run_timestamp_seconds": _timestamp(st.get("last_end")),
+        "backup_agent_last_run_duration_seconds": number("duration_s"),
+        "backup_agent_last_run_bytes": number("bytes_uploaded"),
+        "backup_agent_last_run_status": None if status is None else float(status),
+        "backup_agent_consecutive_failures": number("consecutive_failures"),
+        "backup_agent_snapshots": number("snapshots"),
+    }
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
+def render(statuses: Mapping[str, Mapping[str, Any]]) -> str:
+    """Prometheus text exposition format for jobs → their status records. Pure."""
+    values = {job: _values(st) for job, st in sorted(statuses.items()) if st}
+    lines: list[str] = []
+    for name, kind, help_text in METRICS:
+        samples = [(job, v[name]) for job, v in values.items() if v[name] is not None]
+        if not samples:
+            continue
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f'{name}{{job="{_label(job)}"}} {_number(v)}' for job, v in samples if v is not None]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def write_textfile(path: str | Path, state_dir: Path, jobs: list[str]) -> None:
+    """Rewrite the textfile from the status of `jobs`. Never raises: metrics must not fail a backup."""
+    try:
+        text = render({job: read_status(state_dir, job) for job in jobs})
+        # node_exporter usually runs as its own user: the file must be world-readable.
+        atomic_write(Path(path), text.encode(), mode=0o644)
+    except OSError as exc:
+        log.error("metrics: cannot write %s: %s", path, exc.strerror or exc)
