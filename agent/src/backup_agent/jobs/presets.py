@@ -130,7 +130,9 @@ def mysql_conn_args(opts: dict[str, Any]) -> list[str]:
 def mysql_tool(preferred: str, fallback: str, path: str | None) -> str:
     # Debian's MariaDB ships mysqldump/mysql as links to mariadb-dump/mariadb; newer MariaDB
     # releases drop the old names, MySQL never had the new ones.
-    return preferred if shutil.which(preferred, path=path) or not shutil.which(fallback, path=path) else fallback
+    if shutil.which(preferred, path=path) or not shutil.which(fallback, path=path):
+        return preferred
+    return fallback
 
 
 def mysqldump_argv(opts: dict[str, Any], defaults_file: str | None, tool: str = "mysqldump") -> list[str]:
@@ -141,7 +143,8 @@ def mysqldump_argv(opts: dict[str, Any], defaults_file: str | None, tool: str = 
     return [*argv, "--", opts["database"], *(opts.get("tables") or [])]
 
 
-def mysql_restore_argv(opts: dict[str, Any], defaults_file: str | None, into: str, tool: str = "mysql") -> list[str]:
+def mysql_restore_argv(opts: dict[str, Any], defaults_file: str | None, into: str,
+                       tool: str = "mysql") -> list[str]:
     return [tool, *([f"--defaults-extra-file={defaults_file}"] if defaults_file else []),
             MYSQL_CHARSET, *mysql_conn_args(opts), f"--database={into}"]
 
@@ -154,7 +157,8 @@ class Prepared:
     env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
 
 
-def dump_argv(opts: dict[str, Any], secret: str | None, *, we_compress: bool, path: str | None = None) -> Prepared:
+def dump_argv(opts: dict[str, Any], secret: str | None, *, we_compress: bool,
+              path: str | None = None) -> Prepared:
     if opts["preset"] == "postgresql":
         env = pg_env(opts)
         if secret:

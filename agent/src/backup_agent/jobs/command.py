@@ -1,0 +1,668 @@
+"""`command` jobs: a program's standard output (a database dump, usually) streamed to S3.
+
+A snapshot is one dump object under `dumps/<snapshot id>.dump[.gz|.zst]` plus a manifest with a
+single `file` entry describing the stored bytes, so listing, retention, prune and
+`check --read-data` work exactly as for file jobs.
+
+The output is compressed and hashed on the way and sent as a multipart upload whose parts leave
+while the command still writes: memory stays at a few parts whatever the dump's size, and
+nothing touches the local disk. A non-zero exit, a timeout or a signal aborts the upload, so no
+snapshot and no parts remain (the bucket's abort-incomplete-multipart rule catches a crash of
+the agent itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from backup_agent.config import Config, Job
+from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
+from backup_agent.jobs import presets
+from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
+from backup_agent.state import JobLock, ensure_dir
+from backup_agent.storage import layout
+from backup_agent.storage.manifest import Entry, ManifestWriter
+from backup_agent.storage.s3 import describe, error_code, put_args
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 8 << 20
+IN_FLIGHT = 2  # parts uploading while the next one fills: memory is about (IN_FLIGHT + 2) parts
+READ_SIZE = 1 << 20
+RANGE_SIZE = 64 << 20  # restore reads in ranges so a dropped connection resumes, not restarts
+READ_RETRIES = 5
+KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+STDERR_TAIL = 5
+SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+ARCHIVED = ("GLACIER", "DEEP_ARCHIVE")
+GLACIER_POLL = 60.0
+# Credentials the agent itself may hold; a command run as another user must not inherit them.
+AGENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def part_size(part_number: int) -> int:
+    """Size to reach before sending part `part_number` (1-based).
+
+    S3 allows 10,000 parts; growing by 8 MiB every 1,000 parts keeps dumps up to 8 GB at
+    8 MiB parts (the least memory) and still reaches 440 GB before the part numbers run out.
+    """
+    return PART_SIZE * (1 + (part_number - 1) // 1000)
+
+
+# --- compression ---------------------------------------------------------------------------------
+
+class Codec(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError:
+        raise ConfigError("compression: zstd needs the Python package zstandard "
+                          "(pip install zstandard), or use gzip") from None
+    return zstandard
+
+
+def compressor(kind: str) -> Codec:
+    if kind == "gzip":
+        return zlib.compressobj(6, zlib.DEFLATED, 31)  # wbits 31: gzip framing with its CRC
+    if kind == "zstd":
+        codec: Codec = _zstd().ZstdCompressor(level=3, write_checksum=True).compressobj()
+        return codec
+    return _Identity()
+
+
+class Decoder:
+    """Undo `compressor(kind)`; `finish` refuses a stream that ended early."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.obj: Any = None
+        if kind == "gzip":
+            self.obj = zlib.decompressobj(31)
+        elif kind == "zstd":
+            self.obj = _zstd().ZstdDecompressor().decompressobj()
+
+    def feed(self, data: bytes) -> bytes:
+        if self.obj is None:
+            return data
+        if self.obj.eof:
+            raise ValueError("data after the end of the compressed stream")
+        return self.obj.decompress(data)  # type: ignore[no-any-return]
+
+    def finish(self) -> bytes:
+        if self.obj is None:
+            return b""
+        tail: bytes = self.obj.flush() if self.kind == "gzip" else b""
+        if not self.obj.eof:
+            raise ValueError("the compressed stream ends early")
+        if self.obj.unused_data:
+            raise ValueError("data after the end of the compressed stream")
+        return tail
+
+
+# --- the child process ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]
+    home: str
+
+
+def resolve_user(name: str | None, where: str) -> RunAs | None:
+    if not name:
+        return None
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"{where}.user: no such user '{name}' on this node") from None
+    if pw.pw_uid == os.geteuid():
+        return None  # already that user: nothing to switch
+    if os.geteuid() != 0:
+        raise ConfigError(f"{where}.user: running the command as '{name}' needs the agent to run as root")
+    groups = os.getgrouplist(name, pw.pw_gid)
+    return RunAs(name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
+
+
+def child_env(base: dict[str, str], job_env: dict[str, str], extra: dict[str, str],
+              run_as: RunAs | None) -> dict[str, str]:
+    env = dict(base)
+    if run_as is not None:
+        for key in AGENT_SECRETS:
+            env.pop(key, None)
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    # The preset's settings win over inherited ones (a stray PGHOST must not redirect a dump);
+    # the job's own env wins over both, as the most explicit.
+    return {**env, **extra, **job_env}
+
+
+class Child:
+    """A command in its own process group, its stderr sent to the log, and a deadline."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], run_as: RunAs | None, *, job: str,
+                 redact: str | None = None, stdin: int | None = subprocess.DEVNULL,
+                 stdout: int | None = subprocess.PIPE, timeout: float | None = None) -> None:
+        self.label = os.path.basename(argv[0]) if argv else "command"
+        self.job = job
+        self.redact = redact or None
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.timed_out = False
+        kwargs: dict[str, Any] = {}
+        if run_as is not None:
+            kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=run_as.groups,
+                          cwd=run_as.home if os.path.isdir(run_as.home) else "/")
+        try:
+            # A new session: a timeout kills the whole pipeline (sh -c 'a | b'), not just its head,
+            # and a Ctrl-C at the terminal reaches the agent, which then cleans up in order.
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
+                                         start_new_session=True, **kwargs)
+        except OSError as exc:
+            raise JobFailed(f"job {job}: cannot start {argv[0]}: {exc.strerror or exc}") from None
+        self._stderr = threading.Thread(target=self._read_stderr, name=f"{self.label}-stderr", daemon=True)
+        self._stderr.start()
+        self._timer: threading.Timer | None = None
+        if timeout:
+            self._timer = threading.Timer(timeout, self._on_timeout)
+            self._timer.daemon = True
+            self._timer.start()
+        if stdout == subprocess.PIPE and self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                # A 1 MiB pipe (the unprivileged maximum) means fewer, larger reads.
+                fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_SIZE)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()[:2000]
+            if not line:
+                continue
+            if self.redact:
+                line = line.replace(self.redact, "***")
+            self.tail.append(line)
+            log.warning("job %s: %s: %s", self.job, self.label, line)
+
+    def _on_timeout(self) -> None:
+        self.timed_out = True
+        log.warning("job %s: %s still running at the timeout: stopping it", self.job, self.label)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGTERM the process group, SIGKILL what is left after a grace period."""
+        self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+        # Members of the group that outlive the leader still get the KILL.
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stderr.join(5)
+        return code
+
+    def failure(self, code: int, timeout: float | None) -> str:
+        """One line: why the command failed, with the end of its stderr."""
+        if self.timed_out:
+            why = f"{self.label} timed out after {timeout:g}s"
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = f"{self.label} was killed by {name}"
+        else:
+            why = f"{self.label} exited with status {code}"
+        said = " | ".join(self.tail)
+        return f"{why}: {said}" if said else why
+
+
+# --- streaming upload ----------------------------------------------------------------------------
+
+class StreamUpload:
+    """Bytes in, one S3 object out: a single PUT if it stays under one part, multipart otherwise.
+
+    Parts upload in the background, at most IN_FLIGHT at a time; `write` blocks when they are
+    all busy, which in turn blocks the command on its pipe: back-pressure instead of buffering.
+    """
+
+    def __init__(self, s3: Any, bucket: str, key: str, extra: dict[str, str]) -> None:
+        self.s3, self.bucket, self.key, self.extra = s3, bucket, key, extra
+        self.buf = bytearray()
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.upload_id: str | None = None
+        self.parts: list[Future[dict[str, Any]]] = []
+        self.slots = threading.Semaphore(IN_FLIGHT)
+        self.pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="part")
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.sha.update(data)
+        self.size += len(data)
+        self.buf += data
+        if len(self.buf) >= part_size(len(self.parts) + 1):
+            self._send()
+
+    def _send(self) -> None:
+        self._raise_failed()
+        if self.upload_id is None:
+            resp = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra)
+            self.upload_id = resp["UploadId"]
+        body, self.buf = bytes(self.buf), bytearray()
+        self.slots.acquire()
+        number = len(self.parts) + 1
+        self.parts.append(self.pool.submit(self._part, number, body))
+
+    def _part(self, number: int, body: bytes) -> dict[str, Any]:
+        try:
+            resp = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                       PartNumber=number, Body=body)
+            return {"PartNumber": number, "ETag": resp["ETag"]}
+        finally:
+            self.slots.release()
+
+    def _raise_failed(self) -> None:
+        for f in self.parts:
+            if f.done() and f.exception() is not None:
+                f.result()
+
+    def finish(self) -> int:
+        """Complete the object; returns the number of parts (0 = single PUT)."""
+        if self.upload_id is None:
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buf), **self.extra)
+            self.buf = bytearray()
+            self.pool.shutdown()
+            return 0
+        if self.buf:
+            self._send()  # the last part may be smaller than the minimum
+        parts = [f.result() for f in self.parts]
+        self.pool.shutdown()
+        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                          MultipartUpload={"Parts": parts})
+        return len(parts)
+
+    def abort(self) -> None:
+        """Drop everything sent so far; safe to call in any state."""
+        for f in self.parts:
+            f.cancel()
+        self.pool.shutdown(wait=True)
+        if self.upload_id is None:
+            return
+        try:
+            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("cannot abort the upload of %s (the bucket's lifecycle rule will): %s",
+                        self.key, describe(exc))
+
+
+# --- the job -------------------------------------------------------------------------------------
+
+class CommandJob(S3Job):
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
+        super().__init__(cfg, job, clock, s3)
+        self.opts = job.options
+        self.where = f"{cfg.path}: jobs.{job.name}"
+        self.compression = self.opts["compression"]
+
+    # --- run -----------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        started = time.monotonic()
+        run_as = resolve_user(self.opts.get("user"), self.where)
+        if self.compression == "zstd":
+            _zstd()
+        ensure_dir(self.cfg.state_dir)
+        with JobLock(self.cfg.state_dir, self.job.name):
+            return self._run(started, run_as)
+
+    def _argv(self, secret: str | None) -> presets.Prepared:
+        if self.opts.get("preset"):
+            return presets.dump_argv(self.opts, secret, we_compress=self.compression != "none",
+                                     path=os.environ.get("PATH"))
+        command = list(self.opts["command"])
+        if self.opts.get("shell"):
+            return presets.Prepared(["/bin/sh", "-c", " ".join(command)])
+        return presets.Prepared(command)
+
+    def _run(self, started: float, run_as: RunAs | None) -> RunResult:
+        now = self.clock()
+        sid = layout.new_snapshot_id(now)
+        result = RunResult(job=self.job.name, snapshot=None)
+        self.warn_if_unversioned(result)
+        name = f"{self.job.name}.dump{SUFFIX[self.compression]}"
+        obj = f"dumps/{sid}.dump{SUFFIX[self.compression]}"
+        key = self.root + obj
+        upload = StreamUpload(self.s3, self.bucket, key,
+                              put_args(self.cfg.storage, self.opts["storage_class"]))
+        owner = (run_as.uid, run_as.gid) if run_as else None
+        with presets.secret_file(self.opts, owner) as secret:
+            prepared = self._argv(secret)
+            env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
+            log.info("job %s: running %s", self.job.name, prepared.argv[0])
+            child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
+                          timeout=self.job.timeout)
+            raw = self._stream(child, upload)
+        parts = self._finish(upload)
+        log.info("job %s: stored %d bytes (%d before %s) in %s", self.job.name, upload.size, raw,
+                 self.compression, "one PUT" if not parts else f"{parts} parts")
+        if raw == 0:
+            msg = f"{prepared.argv[0]} wrote nothing: the snapshot holds an empty dump"
+            log.warning("job %s: %s", self.job.name, msg)
+            result.warnings.append(msg)
+
+        result.duration_s = time.monotonic() - started
+        summary = {"files_new": 1, "bytes_uploaded": upload.size, "bytes_total": raw, "bytes_raw": raw,
+                   "bytes_stored": upload.size, "parts": parts, "duration_s": round(result.duration_s, 3)}
+        header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "command",
+                  "environment": self.cfg.environment, "time": rfc3339(now),
+                  "preset": self.opts.get("preset"),
+                  "tool": os.path.basename(prepared.argv[0]), "compression": self.compression,
+                  "storage_class": self.opts["storage_class"], "extension": presets.extension(self.opts)}
+        with tempfile.TemporaryFile(dir=ensure_dir(self.cfg.state_dir / "tmp")) as spool:
+            writer = ManifestWriter(spool, header)
+            writer.add(Entry(path=f"/{name}", type="file", size=upload.size, sha256=upload.sha.hexdigest(),
+                             object=obj, offset=0, mode=0o600, mtime_ns=int(now.timestamp() * 1e9)))
+            writer.close(summary)
+            try:
+                self.upload_manifest(sid, spool)
+            except (ClientError, BotoCoreError) as exc:
+                self._discard(key)
+                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
+                                f"{describe(exc)}") from None
+        result.snapshot = sid
+        result.files_new = 1
+        result.bytes_uploaded = upload.size
+        result.bytes_total = raw
+        result.extra.update(bytes_raw=raw, bytes_stored=upload.size, compression=self.compression, object=obj)
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _stream(self, child: Child, upload: StreamUpload) -> int:
+        """Pump the command's stdout through the compressor into the upload; return raw bytes."""
+        codec = compressor(self.compression)
+        raw = 0
+        assert child.proc.stdout is not None
+        fd = child.proc.stdout.fileno()
+        try:
+            while chunk := os.read(fd, READ_SIZE):
+                raw += len(chunk)
+                upload.write(codec.compress(chunk))
+            upload.write(codec.flush())
+            code = child.wait()
+        except (ClientError, BotoCoreError) as exc:
+            child.kill()
+            child.wait()
+            upload.abort()
+            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: "
+                            f"{describe(exc)}") from None
+        except BaseException:
+            child.kill()
+            child.wait()
+            upload.abort()
+            raise
+        finally:
+            child.proc.stdout.close()
+        if code != 0 or child.timed_out:
+            upload.abort()
+            raise JobFailed(f"job {self.job.name}: {child.failure(code, self.job.timeout)}; no snapshot made")
+        return raw
+
+    def _finish(self, upload: StreamUpload) -> int:
+        try:
+            parts = upload.finish()
+        except (ClientError, BotoCoreError) as exc:
+            upload.abort()
+            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: "
+                            f"{describe(exc)}") from None
+        except BaseException:
+            upload.abort()
+            raise
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=upload.key)
+        except (ClientError, BotoCoreError) as exc:
+            self._discard(upload.key)
+            raise JobFailed(f"job {self.job.name}: cannot verify the stored dump, no snapshot made: "
+                            f"{describe(exc)}") from None
+        if int(head.get("ContentLength", -1)) != upload.size:
+            self._discard(upload.key)
+            raise JobFailed(f"job {self.job.name}: the store holds {head.get('ContentLength')} bytes of "
+                            f"{upload.size} sent; no snapshot made")
+        return parts
+
+    def _discard(self, key: str) -> None:
+        # Without a manifest nothing references the object; prune would delete it later anyway.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+    # --- restore -------------------------------------------------------------------------------
+
+    def restore(self, *, snapshot: str | None, at: str | None, target: str | None, paths: list[str],
+                wait: bool = False, tier: str | None = None, days: int | None = None,
+                into: str | None = None) -> dict[str, Any]:
+        if paths:
+            raise ConfigError("--path: a command job's snapshot is one dump; restore it whole")
+        if into is None and not target:
+            raise ConfigError("restore: give --target FILE|DIR|- or --into DATABASE")
+        if into is not None and not self.opts.get("preset") and not self.opts.get("restore_command"):
+            raise ConfigError(f"{self.where}.restore_command: --into needs a preset or restore_command "
+                              "(or use --target - and pipe it yourself)")
+        snap = self.select(snapshot, at)
+        with self.open_manifest(snap.id) as (header, entries, _):
+            files = [e for e in entries if e.type == "file"]
+        if header.get("type") != "command" or len(files) != 1:
+            raise IntegrityError(f"snapshot {snap.id}: not a command job's snapshot (one dump expected)")
+        entry = files[0]
+        kind = header.get("compression", "none")
+        if kind not in SUFFIX:
+            raise IntegrityError(f"snapshot {snap.id}: unknown compression {kind!r}")
+        assert entry.object is not None
+        key = self.root + entry.object
+        self._ensure_readable(key, wait, tier, days)
+        out: dict[str, Any] = {"job": self.job.name, "snapshot": snap.id, "files": 1,
+                               "bytes_stored": entry.size}
+        if into is not None:
+            out.update(self._restore_into(snap.id, entry, key, kind, into))
+        elif target == "-":
+            out.update(target="-", bytes=self._download(snap.id, entry, key, kind, _stdout_write))
+        else:
+            assert target is not None
+            out.update(self._restore_file(snap.id, entry, key, kind, Path(target), header))
+        return out
+
+    def _restore_file(self, sid: str, entry: Entry, key: str, kind: str, target: Path,
+                      header: dict[str, Any]) -> dict[str, Any]:
+        dest = target / f"{self.job.name}.{header.get('extension') or 'dump'}" if target.is_dir() else target
+        if not dest.parent.is_dir():
+            raise ConfigError(f"--target {target}: directory {dest.parent} does not exist")
+        tmp = dest.with_name(f".{dest.name}.restore-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                size = self._download(sid, entry, key, kind, fh.write)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)  # only a verified dump gets the real name
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return {"target": str(dest.resolve()), "bytes": size}
+
+    def _restore_into(self, sid: str, entry: Entry, key: str, kind: str, into: str) -> dict[str, Any]:
+        run_as = resolve_user(self.opts.get("user"), self.where)
+        owner = (run_as.uid, run_as.gid) if run_as else None
+        with presets.secret_file(self.opts, owner) as secret:
+            if self.opts.get("restore_command"):
+                prepared = presets.Prepared([a.replace("{into}", into) for a in self.opts["restore_command"]])
+                if self.opts.get("preset") == "postgresql":
+                    prepared.env = presets.pg_env(self.opts) | ({"PGPASSFILE": secret} if secret else {})
+            else:
+                prepared = presets.restore_argv(self.opts, secret, into, path=os.environ.get("PATH"))
+            env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
+            log.info("job %s: restoring snapshot %s with %s into %s", self.job.name, sid,
+                     prepared.argv[0], into)
+            # The tool's stdout goes to our stderr: stdout stays clean for --json.
+            child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
+                          stdin=subprocess.PIPE, stdout=sys.stderr.fileno())
+            assert child.proc.stdin is not None
+            stdin = child.proc.stdin
+
+            def write(data: bytes) -> None:
+                try:
+                    stdin.write(data)
+                except BrokenPipeError:
+                    code = child.wait()
+                    raise JobFailed(f"job {self.job.name}: {child.failure(code, None)}") from None
+
+            try:
+                size = self._download(sid, entry, key, kind, write)
+            except BaseException:
+                # Killed before its input ends, the tool cannot take a truncated dump for a whole one.
+                child.kill()
+                child.wait()
+                raise
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+            code = child.wait()
+        if code != 0:
+            raise JobFailed(f"job {self.job.name}: restore into {into}: {child.failure(code, None)}")
+        return {"target": f"{self.opts.get('preset') or 'restore_command'} database {into}", "bytes": size}
+
+    def _download(self, sid: str, entry: Entry, key: str, kind: str, write: Callable[[bytes], Any]) -> int:
+        """Stream the stored object through the decoder into `write`; verify size and sha256."""
+        decoder = Decoder(kind)
+
+        def deliver(data: bytes) -> None:
+            # Kept apart from read errors: a full disk must fail the restore, not be retried.
+            try:
+                write(data)
+            except OSError as exc:
+                raise JobFailed(f"restore: cannot write the dump: {exc.strerror or exc}") from None
+
+        sha = hashlib.sha256()
+        pos = raw = 0
+        failures = 0
+        while pos < entry.size:
+            end = min(pos + RANGE_SIZE, entry.size) - 1
+            try:
+                resp = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={pos}-{end}")
+                for chunk in _chunks(resp["Body"]):
+                    sha.update(chunk)
+                    pos += len(chunk)
+                    out = _decode(decoder, chunk, sid)
+                    raw += len(out)
+                    deliver(out)
+                if pos <= end:
+                    raise OSError(f"{key}: the store returned fewer bytes than asked")
+                failures = 0
+            except (ClientError, BotoCoreError, OSError) as exc:
+                if isinstance(exc, ClientError) and error_code(exc) == "InvalidObjectState":
+                    raise NotReady(f"{key} is archived and not restored yet") from None
+                if isinstance(exc, ClientError) and error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
+                    raise JobFailed(f"snapshot {sid}: cannot read {key}: {describe(exc)}") from None
+                failures += 1
+                if failures > READ_RETRIES:
+                    raise JobFailed(f"snapshot {sid}: cannot read {key}: {describe(exc)}") from None
+                log.warning("reading %s at byte %d failed (%s): resuming", key, pos, describe(exc))
+                time.sleep(min(2**failures, 30))
+        if sha.hexdigest() != entry.sha256:
+            raise IntegrityError(f"snapshot {sid}: {key} does not match its sha256; "
+                                 "the restored dump is unusable")
+        try:
+            tail = decoder.finish()
+        except Exception as exc:  # zlib.error, ValueError, zstandard.ZstdError
+            raise IntegrityError(f"snapshot {sid}: {key}: {exc}") from None
+        if tail:
+            deliver(tail)
+        return raw + len(tail)
+
+    def _ensure_readable(self, key: str, wait: bool, tier: str | None, days: int | None) -> None:
+        """Archived dumps must be restored (thawed) by S3 before they can be read."""
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
+        thawed = 'ongoing-request="false"' in (head.get("Restore") or "")
+        if head.get("StorageClass") not in ARCHIVED or thawed:
+            return
+        tier = tier or self.opts["restore_tier"]
+        if not head.get("Restore"):
+            request = {"Days": days or self.opts["restore_days"], "GlacierJobParameters": {"Tier": tier}}
+            try:
+                self.s3.restore_object(Bucket=self.bucket, Key=key, RestoreRequest=request)
+            except ClientError as exc:
+                if error_code(exc) != "RestoreAlreadyInProgress":
+                    raise JobFailed(f"cannot request the restore of {key}: {describe(exc)}") from None
+            log.info("requested the %s restore of %s from %s", tier, key, head.get("StorageClass"))
+        if not wait:
+            raise NotReady(f"{key} is in {head.get('StorageClass')}; a {tier} restore is under way: "
+                           "rerun later, or use --wait")
+        while True:
+            time.sleep(GLACIER_POLL)
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+            if 'ongoing-request="false"' in (head.get("Restore") or ""):
+                return
+
+
+def _chunks(body: Any) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(READ_SIZE)
+    finally:
+        body.close()
+
+
+def _decode(decoder: Decoder, chunk: bytes, sid: str) -> bytes:
+    try:
+        return decoder.feed(chunk)
+    except Exception as exc:  # zlib.error, ValueError, zstandard.ZstdError
+        raise IntegrityError(f"snapshot {sid}: the dump does not decompress: {exc}") from None
+
+
+def _stdout_write(data: bytes) -> None:
+    out: IO[bytes] = sys.stdout.buffer
+    try:
+        out.write(data)
+    except BrokenPipeError:
+        raise JobFailed("restore: stdout was closed before the dump ended") from None
+
