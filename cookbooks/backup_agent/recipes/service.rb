@@ -9,6 +9,11 @@ service_settings = node['backup_agent']['service']
 unit_path = service_settings['unit_path']
 managed = backup_agent_service_managed?
 
+# Minimal container images may lack it; an existing directory is left as it is.
+directory ::File.dirname(unit_path) do
+  recursive true
+end
+
 template unit_path do
   source 'backup-agent.service.erb'
   owner 'root'
