@@ -152,6 +152,8 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
             kwargs["into"] = args.into
         out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
                              wait=args.wait, **kwargs)
+        if "instructions" in out:  # ebs_snapshot jobs write nothing: they say how to get the volumes back
+            return _emit(out, as_json, out["instructions"])
         if args.target == "-":
             return EXIT_OK
         return _emit(out, as_json, f"restored snapshot {out.get('snapshot')}: {out.get('files', 0)} files, "
