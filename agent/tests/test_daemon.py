@@ -1,0 +1,312 @@
+"""The daemon as a real process against SeaweedFS: scheduled snapshots, SIGHUP reloads (good
+and bad), catch-up after downtime, no overlap, and SIGTERM while a run is going (it finishes
+within stop_timeout, or is aborted cleanly without a visible snapshot)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from conftest import AGENT
+from httpreceiver import Receiver
+
+UUID = "0b6f1e0a-3c1d-4d7e-8f5a-9e2b7c4d1f00"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Daemon:
+    """`backup-agent daemon` in the background, its stderr (and its runs') in a file."""
+
+    def __init__(self, agent: Any, tmp_path: Path) -> None:
+        self.log_path = tmp_path / "daemon.log"
+        self.proc = subprocess.Popen([AGENT, "-c", str(agent.path), "daemon"], stdout=subprocess.DEVNULL,
+                                     stderr=self.log_path.open("wb"), env=os.environ.copy())
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        wait_until(lambda: self.log.count(text) >= count or self.proc.poll() is not None, timeout, repr(text))
+        assert self.log.count(text) >= count, f"daemon exited ({self.proc.returncode}):\n{self.log}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[[Any], Daemon]]:
+    started: list[Daemon] = []
+
+    def start(agent: Any) -> Daemon:
+        d = Daemon(agent, tmp_path)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+class DelayProxy:
+    """A TCP proxy in front of SeaweedFS that holds every new connection for `delay` seconds,
+    to make a run slow (or hang) at will."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parts = urlsplit(upstream_url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.delay = 0.0
+        self.closing = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        if self.closing.wait(self.delay):
+            conn.close()
+            return
+        up = socket.create_connection(self.upstream)
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closing.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy(seaweed: Any) -> Iterator[DelayProxy]:
+    p = DelayProxy(seaweed.endpoint_url)
+    yield p
+    p.close()
+
+
+def snapshots(agent: Any, job: str = "etc") -> int:
+    return len(agent.object_keys(f"test-node/{job}/snapshots/"))
+
+
+def daemon_state(agent: Any) -> dict[str, Any]:
+    return json.loads((Path(agent.data["state_dir"]) / "daemon.json").read_text())  # type: ignore[no-any-return]
+
+
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    for i in range(3):
+        (d / f"file{i}").write_bytes(os.urandom(2000))
+    return d
+
+
+def assert_no_secret(agent: Any, *texts: str) -> None:
+    secret = agent.data["storage"]["secret_access_key"]
+    for text in texts:
+        assert secret not in text
+    state = Path(agent.data["state_dir"])
+    for p in [*state.rglob("*.json"), *state.parent.rglob("*.prom"), *state.parent.rglob("*.log")]:
+        assert secret not in p.read_text(errors="replace"), p
+
+
+def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path, start_daemon: Any) -> None:
+    agent.write(log_format="json", stop_timeout=30, metrics={"textfile": str(tmp_path / "backup_agent.prom")})
+    agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 2 seconds")
+    d = start_daemon(agent)
+    wait_until(lambda: snapshots(agent) >= 3, 60, "three snapshots")
+
+    status = agent.json("status")
+    (job,) = status["jobs"]
+    assert status["daemon"]["running"] and status["daemon"]["pid"] == d.proc.pid
+    assert job["schedule"] == "every 2 seconds" and job["result"] == "success"
+    assert job["snapshot"] and job["last_start"] and job["last_end"] and job["consecutive_failures"] == 0
+    assert job["next_run"] is not None and job["duration_s"] is not None and job["bytes"] is not None
+    table = agent.run("status")
+    assert table.returncode == 0
+    header, row = table.stdout.splitlines()[1:3]
+    assert header.split()[:3] == ["JOB", "SCHEDULE", "NEXT"]
+    assert row.startswith("etc") and "every 2 seconds" in row
+
+    # A broken config on SIGHUP is refused; the runs keep using the config that was validated.
+    good = dict(agent.data)
+    agent.path.write_text(yaml.safe_dump({**good, "bogus_key": 1}))
+    d.signal(signal.SIGHUP)
+    d.wait_log("reload rejected")
+    assert "bogus_key" in d.log
+    before = snapshots(agent)
+    wait_until(lambda: snapshots(agent) >= before + 1, 30, "a snapshot after the rejected reload")
+    assert d.proc.poll() is None
+
+    # A good config with a new schedule takes over at the next SIGHUP.
+    agent.data["jobs"]["etc"]["schedule"] = "every 1 hour"
+    agent.write()
+    d.signal(signal.SIGHUP)
+    d.wait_log("config reloaded")
+    plan = daemon_state(agent)["jobs"]["etc"]
+    assert plan["schedule"] == "every 1 hour"
+    ahead = datetime.fromisoformat(plan["next_run"].replace("Z", "+00:00")) - datetime.now(UTC)
+    assert timedelta(minutes=55) < ahead <= timedelta(hours=1)
+    wait_until(lambda: daemon_state(agent)["jobs"]["etc"]["running_since"] is None, 30, "the last run to end")
+    settled = snapshots(agent)
+    time.sleep(3)
+    assert snapshots(agent) == settled
+
+    assert d.stop() == 0
+    lines = d.log.splitlines()
+    assert all(json.loads(line)["message"] for line in lines)  # JSON lines, daemon and runs alike
+    assert "daemon stopped" in d.log
+    assert_no_secret(agent, d.log, table.stdout, agent.run("status", "--json").stdout)
+
+
+def test_sigterm_lets_a_running_job_finish(agent: Any, tmp_path: Path, proxy: DelayProxy,
+                                           start_daemon: Any) -> None:
+    proxy.delay = 1.0
+    agent.write(stop_timeout=60, storage={**agent.data["storage"], "endpoint_url": proxy.url})
+    agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 1 hour")
+    d = start_daemon(agent)
+    d.wait_log("job etc: starting")  # no history: an `every` job starts at once
+    assert d.stop(60) == 0
+    assert "waiting up to 60s for etc to finish" in d.log
+    assert "run finished" in d.log and "aborting" not in d.log
+    assert snapshots(agent) == 1
+    assert agent.json("status")["jobs"][0]["result"] == "success"
+
+
+def test_sigterm_aborts_a_hanging_job_cleanly(agent: Any, tmp_path: Path, proxy: DelayProxy,
+                                              start_daemon: Any) -> None:
+    proxy.delay = 120  # the run hangs on its first S3 request
+    with Receiver() as receiver:
+        agent.write(stop_timeout=1, storage={**agent.data["storage"], "endpoint_url": proxy.url},
+                    metrics={"textfile": str(tmp_path / "backup_agent.prom")},
+                    notify={"healthchecks_url": f"{receiver.url}/ping/{UUID}", "webhook_url": f"{receiver.url}/hook"})
+        agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 1 second")
+        d = start_daemon(agent)
+        d.wait_log("job etc: starting")
+        receiver.wait_for(lambda r: bool(r.matching(f"/ping/{UUID}/start")))
+        d.wait_log("is still going: skipping this run")  # no overlap: the next ticks are skipped
+        t0 = time.monotonic()
+        assert d.stop(30) == 0
+        assert time.monotonic() - t0 < 15
+        assert "aborting the run" in d.log and "stop_timeout (1s) has passed" in d.log
+        assert "run aborted" in d.log
+        receiver.wait_for(lambda r: bool(r.matching("/hook")))
+        (hook,) = receiver.matching("/hook")
+        assert hook.json()["result"] == "aborted"
+        assert any(p.startswith(f"/ping/{UUID}/start") for p in receiver.paths())
+        assert any(p.startswith(f"/ping/{UUID}/fail") for p in receiver.paths())
+
+    assert snapshots(agent) == 0  # nothing half-done is visible
+    status = agent.json("status")
+    (job,) = status["jobs"]
+    assert job["result"] == "aborted" and job["consecutive_failures"] == 1
+    assert "stop_timeout" in job["error"]
+    assert not status["daemon"]["running"]
+    assert "backup_agent_last_run_status{job=\"etc\"} 1" in (tmp_path / "backup_agent.prom").read_text()
+    # The lock died with the run: the next run works.
+    proxy.delay = 0
+    agent.write(notify={})
+    assert agent.json("run", "etc")["status"] == "success"
+    assert_no_secret(agent, d.log, agent.run("status").stdout)
+
+
+def test_a_run_missed_while_down_is_caught_up_once(agent: Any, tmp_path: Path, start_daemon: Any) -> None:
+    # A daily slot 12 hours away, and state saying the last two were missed.
+    slot = (datetime.now() + timedelta(hours=12)).strftime("%H:%M")
+    agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule=f"daily at {slot}")
+    state = Path(agent.data["state_dir"])
+    (state / "status").mkdir(parents=True)
+    long_ago = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    missed = (datetime.now(UTC) - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (state / "status" / "etc.json").write_text(json.dumps({"job": "etc", "last_start": long_ago,
+                                                           "result": "success"}))
+    (state / "daemon.json").write_text(json.dumps({"pid": 1, "jobs": {"etc": {"next_run": missed}}}))
+    d = start_daemon(agent)
+    d.wait_log("catching up")
+    d.wait_log("run finished", timeout=60)
+    time.sleep(2)
+    assert snapshots(agent) == 1  # once, not once per missed day
+    ahead = datetime.fromisoformat(daemon_state(agent)["jobs"]["etc"]["next_run"].replace("Z", "+00:00"))
+    assert ahead - datetime.now(UTC) > timedelta(hours=11)
+    assert d.stop() == 0
+
+
+def test_max_parallel_jobs_queues_and_never_stacks(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's bookkeeping without processes: one slot, two due jobs, repeated ticks."""
+    from backup_agent import daemon as daemon_mod
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "node": "n", "state_dir": str(tmp_path / "state"), "max_parallel_jobs": 1,
+        "storage": {"bucket": "b-test", "endpoint_url": "http://127.0.0.1:9"},
+        "jobs": {name: {"type": "files", "paths": ["/etc"], "schedule": "every 1 minute"} for name in ("a", "b")},
+    }))
+    d = daemon_mod.Daemon(str(cfg))
+    started: list[str] = []
+
+    class FakeProc:
+        pid = 4242
+
+    def fake_start(job: Any) -> None:
+        started.append(job.name)
+        d.runs[job.name] = daemon_mod.Run(job, d.cfg, FakeProc())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(d, "_start", fake_start)
+    d._due("a")
+    d._due("b")
+    d._start_queued()
+    assert started == ["a"] and list(d.queue) == ["b"]
+    d._due("a")
+    d._due("b")
+    assert list(d.queue) == ["b"]  # neither tick stacked another run
+    assert "job a: the previous run (pid 4242" in caplog.text
+    assert "job b: still waiting for a free slot (max_parallel_jobs=1)" in caplog.text
+    del d.runs["a"]
+    d._start_queued()
+    assert started == ["a", "b"] and not d.queue
