@@ -310,3 +310,22 @@ def test_max_parallel_jobs_queues_and_never_stacks(tmp_path: Path, caplog: pytes
     del d.runs["a"]
     d._start_queued()
     assert started == ["a", "b"] and not d.queue
+
+
+def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "node": "n", "state_dir": str(tmp_path / "state"),
+        "storage": {"bucket": "b-test", "endpoint_url": "http://127.0.0.1:9"},
+        "jobs": {"etc": {"type": "files", "paths": ["/etc"], "schedule": "weekly on sunday at 03:00"}},
+    }))
+    first = subprocess.Popen([AGENT, "-c", str(cfg), "daemon"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "state" / "daemon.json").exists(), 30, "the first daemon")
+        second = subprocess.run([AGENT, "-c", str(cfg), "daemon"], capture_output=True, text=True, timeout=30)
+        assert second.returncode == 75
+        assert second.stderr.strip() == (f"backup-agent: another daemon (pid {first.pid}) is running with "
+                                         f"state_dir {tmp_path / 'state'}")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0

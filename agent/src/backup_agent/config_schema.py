@@ -40,8 +40,11 @@ HOOK = {
 COMMON_JOB_KEYS: dict[str, Any] = {
     "type": {"enum": ["files", "command", "ebs_snapshot"]},
     "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
-    "splay": {"type": "integer", "minimum": 0, "maximum": 86400, "description": "seconds of spread"},
-    "catch_up": {**_bool, "default": True, "description": "run once after downtime if a run was missed"},
+    "splay": {"type": "integer", "minimum": 0, "maximum": 86400,
+              "description": "seconds over which a fleet's runs of this job are spread (default: the global "
+                             "splay); each node's offset is stable, derived from node and job name"},
+    "catch_up": {**_bool, "default": True,
+                 "description": "a run missed while the daemon or node was down runs once soon after start"},
     "retention": RETENTION,
     "timeout": _seconds,
 }
@@ -121,10 +124,15 @@ TOP_LEVEL: dict[str, Any] = {
         "environment": {**_str, "description": "Chef environment, used in tags and status"},
         "state_dir": {**_abs_path, "default": "/var/lib/backup-agent"},
         "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
-        "log_format": {"enum": ["text", "json"], "default": "text"},
-        "splay": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0},
-        "max_parallel_jobs": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
-        "stop_timeout": {**_seconds, "default": 60},
+        "log_format": {"enum": ["text", "json"], "default": "text",
+                       "description": "stderr logs as text (journald) or JSON lines"},
+        "splay": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0,
+                  "description": "default splay of every job, in seconds"},
+        "max_parallel_jobs": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1,
+                              "description": "runs the daemon starts at once; due jobs wait for a free slot"},
+        "stop_timeout": {**_seconds, "default": 60,
+                         "description": "on SIGTERM the daemon lets running jobs finish this long, then aborts "
+                                        "them (an aborted run leaves no visible snapshot)"},
         "storage": {
             "type": "object",
             "additionalProperties": False,
@@ -166,15 +174,21 @@ TOP_LEVEL: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "healthchecks_url": _url,
-                "webhook_url": _url,
-                "timeout": {**_seconds, "default": 10},
+                "healthchecks_url": {**_url, "description": "healthchecks.io ping URL: /start when a run "
+                                     "starts, the bare URL on success, /<exit code> on failure; {job} and "
+                                     "{node} in it are replaced, to give every job its own (slug) check"},
+                "webhook_url": {**_url, "description": "receives one JSON POST per run (node, job, result, "
+                                "snapshot, bytes, duration, error)"},
+                "timeout": {**_seconds, "default": 10,
+                            "description": "seconds per notification request; failures are retried a few "
+                                           "times and never fail or delay a backup"},
             },
         },
         "metrics": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"textfile": _abs_path},
+            "properties": {"textfile": {**_abs_path, "description": "node_exporter textfile, rewritten "
+                                        "(temp file + rename) after every run"}},
         },
     },
 }

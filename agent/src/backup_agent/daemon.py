@@ -14,6 +14,7 @@ daemon costs nothing but a wake-up a minute.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import yaml
 
 from backup_agent import config as config_mod
 from backup_agent.config import Config, Job
-from backup_agent.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, ConfigError
+from backup_agent.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, ConfigError, Locked
 from backup_agent.logfmt import secret_values, setup_logging
 from backup_agent.scheduler import PlannedJob, add_job, admit, can_start, make_plan
 from backup_agent.state import atomic_write, read_status
@@ -63,6 +64,22 @@ def load_snapshot(path: str) -> tuple[Config, str]:
         config_mod.load(path)  # raises the one-line error `validate` would print
         raise ConfigError(f"{path}: changed while being read; try again") from None
     return config_mod.from_dict(data, path), text
+
+
+def single_instance(state_dir: Path) -> int:
+    """Hold `state_dir/daemon.lock` for the daemon's lifetime: two daemons would both start
+    every run. The kernel drops the lock with the process, so a crash leaves nothing stale."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Locked(f"another daemon (pid {holder}) is running with state_dir {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def sd_notify(message: str) -> None:
@@ -133,6 +150,7 @@ class Daemon:
         self.pending_notifications: list[Any] = []
         self.started_text = _rfc3339(datetime.now(UTC))
         self._written: dict[str, Any] | None = None
+        self._state_error: str | None = None
         self._wake_r, self._wake_w = socket.socketpair()
 
     # --- signals -------------------------------------------------------------------------------
@@ -168,6 +186,7 @@ class Daemon:
     # --- the loop ------------------------------------------------------------------------------
 
     def serve(self) -> int:
+        lock = single_instance(self.cfg.state_dir)
         self._install_signals()
         try:
             self._plan(self.cfg)
@@ -195,6 +214,7 @@ class Daemon:
             return EXIT_OK
         finally:
             self._restore_signals()
+            os.close(lock)
 
     def _wait_time(self) -> float:
         idle = self.scheduler.idle_seconds
@@ -409,9 +429,12 @@ class Daemon:
         try:
             text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
             atomic_write(daemon_state_path(self.cfg.state_dir), text.encode(), mode=0o644)
-            self._written = doc
+            self._written, self._state_error = doc, None
         except OSError as exc:
-            log.error("cannot write %s: %s", daemon_state_path(self.cfg.state_dir), exc)
+            error = f"cannot write {daemon_state_path(self.cfg.state_dir)}: {exc.strerror or exc}"
+            if error != self._state_error:  # once, not at every tick of the loop
+                log.error("%s", error)
+            self._state_error = error
 
 
 def run_daemon(config_path: str) -> int:
