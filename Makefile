@@ -44,7 +44,7 @@ lint-python: venv
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/mypy --config-file agent/pyproject.toml
 lint-ruby: bundle
-	bundle exec cookstyle cookbooks/backup_agent
+	bundle exec cookstyle cookbooks/backup_agent Berksfile
 
 chefspec: bundle
 	cd cookbooks/backup_agent && bundle exec rspec

@@ -36,6 +36,7 @@ def make_tree(root: Path) -> None:
 def test_backup_restore_roundtrip_every_snapshot(agent, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src)
+    agent.data["storage"]["multipart_chunk_mb"] = 8  # so big.bin goes up as a multipart upload
     agent.job("data", type="files", paths=[str(src)])
     states, ids = [], []
     for step in range(3):

@@ -37,6 +37,7 @@ class Storage:
     pack_size: int = 16 << 20
     large_file_size: int = 8 << 20
     concurrency: int = 8
+    multipart_chunk_size: int = 64 << 20
     noncurrent_version_days: int = 30
     abort_multipart_days: int = 7
 
@@ -134,6 +135,7 @@ def from_dict(data: Any, name: str = "config") -> Config:
         pack_size=st["pack_size_mb"] << 20,
         large_file_size=st["large_file_mb"] << 20,
         concurrency=st["concurrency"],
+        multipart_chunk_size=st["multipart_chunk_mb"] << 20,
         noncurrent_version_days=st["noncurrent_version_days"],
         abort_multipart_days=st["abort_multipart_days"],
     )
@@ -184,6 +186,10 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
     for i, p in enumerate(raw.get("paths") or []):
         if ".." in PurePosixPath(p).parts:
             raise ConfigError(f"{name}: {where}.paths[{i}]: '{p}' must not contain '..'")
+    if raw.get("transition_days") is not None:
+        from backup_agent.storage.cold import check_job as check_transition
+
+        check_transition(raw, name, where)
     if raw["type"] == "command" and not raw.get("command") and not raw.get("preset"):
         raise ConfigError(f"{name}: {where}: a command job needs 'command' or 'preset'")
     if raw["type"] == "command" and raw.get("preset") and not raw.get("database"):

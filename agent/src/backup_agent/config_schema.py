@@ -37,6 +37,22 @@ HOOK = {
     "minItems": 1,
 }
 
+# Where a job's data lives and how archived data comes back (docs/COLD_STORAGE.md). Manifests
+# always stay STANDARD, so listing, check and prune never need a retrieval.
+COLD_KEYS: dict[str, Any] = {
+    "storage_class": {"enum": STORAGE_CLASSES, "default": "STANDARD",
+                      "description": "S3 storage class the job's data is written in"},
+    "transition_days": {"type": "integer", "minimum": 1, "maximum": 36500,
+                        "description": "`bucket setup` adds a lifecycle rule moving the job's data (never its "
+                                       "manifests) to transition_class this many days after upload"},
+    "transition_class": {"enum": ["STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"], "default": "GLACIER",
+                         "description": "the class transition_days moves data to; colder than storage_class"},
+    "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard",
+                     "description": "Glacier retrieval tier restore asks for (restore --tier overrides)"},
+    "restore_days": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7,
+                     "description": "days a restored copy of archived data stays readable (restore --days)"},
+}
+
 COMMON_JOB_KEYS: dict[str, Any] = {
     "type": {"enum": ["files", "command", "ebs_snapshot"]},
     "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
@@ -57,9 +73,7 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "exclude": {**_string_list, "default": []},
             "one_file_system": {**_bool, "default": True},
             "follow_symlinks": {**_bool, "default": False},
-            "storage_class": {"enum": STORAGE_CLASSES, "default": "STANDARD"},
-            "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard"},
-            "restore_days": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7},
+            **COLD_KEYS,
             "pre": HOOK,
             "post": HOOK,
         },
@@ -80,9 +94,7 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "env": _str_map,
             "user": _str,
             "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip"},
-            "storage_class": {"enum": STORAGE_CLASSES, "default": "STANDARD"},
-            "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard"},
-            "restore_days": {"type": "integer", "minimum": 1, "maximum": 365, "default": 7},
+            **COLD_KEYS,
             "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         },
     },
@@ -150,6 +162,8 @@ TOP_LEVEL: dict[str, Any] = {
                 "pack_size_mb": {"type": "integer", "minimum": 1, "maximum": 512, "default": 16},
                 "large_file_mb": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 8},
                 "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
+                "multipart_chunk_mb": {"type": "integer", "minimum": 5, "maximum": 5000, "default": 64,
+                                       "description": "part size of multipart uploads; files under two parts use one PUT"},
                 "noncurrent_version_days": {"type": "integer", "minimum": 1, "default": 30},
                 "abort_multipart_days": {"type": "integer", "minimum": 1, "default": 7},
             },

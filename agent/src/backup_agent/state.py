@@ -119,7 +119,8 @@ class FileCache:
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            # A cache: losing the last writes to a crash costs a re-hash, so skip the fsyncs.
+            self.db.execute("PRAGMA synchronous=OFF")
             self.db.executescript(
                 """
                 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);

@@ -37,9 +37,12 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
 
 
 def transfer_config(storage: Storage) -> TransferConfig:
+    # Few large parts beat many small ones: each part is a request and (on SeaweedFS and others)
+    # a piece to stitch together at completion; measured on SeaweedFS, 2 x 200 MiB took 29 s in
+    # 8 MiB parts and 11 s in 64 MiB parts. A file below two parts goes up in one PUT.
     return TransferConfig(
-        multipart_threshold=storage.large_file_size,
-        multipart_chunksize=max(8 << 20, storage.large_file_size),
+        multipart_threshold=2 * storage.multipart_chunk_size,
+        multipart_chunksize=storage.multipart_chunk_size,
         max_concurrency=storage.concurrency,
         use_threads=True,
     )
