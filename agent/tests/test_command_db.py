@@ -1,0 +1,299 @@
+"""Database presets against real servers from Debian (PostgreSQL 15, MariaDB), each started by
+this module on a free loopback port in a temp dir and stopped by PID.
+
+Needs root (the servers run as the `postgres` and `mysql` users) and the packages
+`postgresql` and `mariadb-server`; without them the tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+# Characters each secret-file format must escape: ':' and '\' (.pgpass), '"', '#', '\' (my.cnf).
+PASSWORD = "b4ck:up\"#p\\ss w'rd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wait_until(ready: Any, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early: {log.read_text()[-2000:]}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")
+
+
+def private_dir(owner: str) -> Path:
+    # Not pytest's tmp_path: it is 0700 root, and the servers run as their own users.
+    d = Path(tempfile.mkdtemp(prefix=f"ba-{owner}-"))
+    pw = pwd.getpwnam(owner)
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    return d
+
+
+def assert_nothing_left(agent: Any, job: str) -> None:
+    assert agent.object_keys(f"test-node/{job}/") == []
+    assert agent.s3.list_multipart_uploads(Bucket=agent.bucket).get("Uploads", []) == []
+
+
+def run_ok(agent: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = agent.run(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert PASSWORD not in proc.stderr + proc.stdout
+    return proc
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+def _pg_bindir() -> str | None:
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    return os.path.dirname(dirs[-1]) if dirs else None
+
+
+@dataclass
+class Postgres:
+    bindir: str
+    sockdir: Path
+    port: int
+
+    def sql(self, sql: str, db: str = "postgres") -> str:
+        proc = subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
+                               "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres", "-d", db],
+                              input=sql, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def fingerprint(self, db: str, tables: list[str]) -> dict[str, str]:
+        return {t: self.sql(f"SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)), 0) FROM {t} x", db)
+                for t in tables}
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    if not IS_ROOT:
+        pytest.skip("starting PostgreSQL as the postgres user needs root")
+    base = private_dir("postgres")
+    pwfile = base / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    shutil.chown(pwfile, "postgres")
+    subprocess.run([f"{bindir}/initdb", "-D", str(base / "data"), "-U", "postgres", "-E", "UTF8", "--locale=C",
+                    "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"],
+                   user="postgres", cwd=base, check=True, capture_output=True, timeout=120)
+    port = free_port()
+    log = base / "server.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([f"{bindir}/postgres", "-D", str(base / "data"), "-p", str(port), "-k", str(base),
+                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+                                 "-c", "synchronous_commit=off", "-c", "max_wal_size=2GB"],
+                                user="postgres", cwd=base, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+
+    def ready() -> bool:
+        return subprocess.run([f"{bindir}/pg_isready", "-q", "-h", str(base), "-p", str(port)]).returncode == 0
+
+    try:
+        wait_until(ready, proc, log, "postgres")
+        server = Postgres(bindir, base, port)
+        server.sql("CREATE DATABASE app")
+        # ~110 MB of dump text, made by the server itself in a few seconds.
+        server.sql("""
+            CREATE TABLE big (id bigint PRIMARY KEY, grp int NOT NULL, payload text NOT NULL,
+                              created timestamptz NOT NULL);
+            INSERT INTO big SELECT i, i % 1000, repeat(md5(i::text), 3),
+                                   '2020-01-01'::timestamptz + i * interval '1 second'
+                            FROM generate_series(1, 850000) i;
+            CREATE TABLE small (id int PRIMARY KEY, name text, note text);
+            INSERT INTO small SELECT i, 'name ' || i, CASE WHEN i % 7 = 0 THEN NULL ELSE 'ünïcødé ☃ ' || i END
+                              FROM generate_series(1, 500) i;
+            CREATE SCHEMA sales;
+            CREATE TABLE sales.orders (id serial PRIMARY KEY, small_id int REFERENCES small(id),
+                                       amount numeric(12, 2));
+            INSERT INTO sales.orders (small_id, amount) SELECT 1 + i % 500, i * 1.25 FROM generate_series(1, 20000) i;
+            CREATE VIEW sales.totals AS SELECT small_id, sum(amount) AS total FROM sales.orders GROUP BY 1;
+        """, "app")
+        yield server
+    finally:
+        stop(proc, signal.SIGINT)  # "fast" shutdown
+        shutil.rmtree(base, ignore_errors=True)
+
+
+TABLES = ["public.big", "public.small", "sales.orders", "sales.totals"]
+
+
+def test_postgresql_dump_and_restore_into_a_fresh_database(agent: Any, pg: Postgres) -> None:
+    agent.job("pg", type="command", preset="postgresql", database="app", host="127.0.0.1", port=pg.port,
+              username="postgres", password=PASSWORD, compression="zstd")
+    out = json.loads(run_ok(agent, "run", "pg", "--json").stdout)
+    assert out["status"] == "success" and out["bytes_raw"] > 80_000_000
+    assert out["bytes_stored"] < out["bytes_raw"]
+    pg.sql("CREATE DATABASE app_copy")
+    run_ok(agent, "restore", "pg", "--into", "app_copy")
+    assert pg.fingerprint("app_copy", TABLES) == pg.fingerprint("app", TABLES)
+    assert pg.sql("SELECT last_value FROM sales.orders_id_seq", "app_copy") == "20000"
+    assert json.loads(run_ok(agent, "check", "pg", "--read-data", "--json").stdout)["status"] == "ok"
+
+
+def test_postgresql_some_tables_over_the_socket_as_postgres(agent: Any, pg: Postgres, tmp_path: Path) -> None:
+    # No password: peer-style trust on the socket, with pg_dump running as the postgres user.
+    agent.job("pg_part", type="command", preset="postgresql", database="app", host=str(pg.sockdir),
+              port=pg.port, user="postgres", tables=["public.small"])
+    run_ok(agent, "run", "pg_part")
+    dump = tmp_path / "part.pgdump"
+    run_ok(agent, "restore", "pg_part", "--target", str(dump))
+    listing = subprocess.run([f"{pg.bindir}/pg_restore", "--list", str(dump)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "TABLE public small" in listing and "big" not in listing and "orders" not in listing
+    pg.sql("CREATE DATABASE app_part")
+    run_ok(agent, "restore", "pg_part", "--into", "app_part")
+    assert pg.fingerprint("app_part", ["public.small"]) == pg.fingerprint("app", ["public.small"])
+    assert pg.sql("SELECT to_regclass('public.big') IS NULL, to_regclass('sales.orders') IS NULL",
+                  "app_part") == "t|t"
+
+
+def test_postgresql_bad_database_leaves_nothing(agent: Any, pg: Postgres) -> None:
+    agent.job("pg_bad", type="command", preset="postgresql", database="nope", host="127.0.0.1", port=pg.port,
+              username="postgres", password=PASSWORD)
+    proc = agent.run("run", "pg_bad")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert 'pg_dump exited with status 1' in last and 'database "nope" does not exist' in last, last
+    assert PASSWORD not in proc.stderr
+    assert_nothing_left(agent, "pg_bad")
+
+
+# --- MariaDB -------------------------------------------------------------------------------------
+
+@dataclass
+class MariaDB:
+    socket: Path
+    port: int
+
+    def sql(self, sql: str, db: str | None = None) -> str:
+        argv = ["mariadb", "--no-defaults", "--default-character-set=utf8mb4", "-S", str(self.socket),
+                "-u", "root", "-N", "-B", *([db] if db else [])]
+        proc = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def fingerprint(self, db: str, tables: list[str]) -> dict[str, tuple[str, str]]:
+        out = {}
+        for t in tables:
+            count = self.sql(f"SELECT count(*) FROM `{db}`.`{t}`")
+            checksum = self.sql(f"CHECKSUM TABLE `{db}`.`{t}`").split("\t")[1]
+            out[t] = (count, checksum)
+        return out
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+@pytest.fixture(scope="module")
+def maria() -> Iterator[MariaDB]:
+    if not (shutil.which("mariadbd") or os.path.exists("/usr/sbin/mariadbd")) or not shutil.which("mariadb-install-db"):
+        pytest.skip("MariaDB server binaries not found (apt-get install mariadb-server)")
+    if not IS_ROOT:
+        pytest.skip("starting MariaDB as the mysql user needs root")
+    mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    base = private_dir("mysql")
+    data = base / "data"
+    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
+                    "--auth-root-authentication-method=socket", "--skip-test-db", "--skip-name-resolve"],
+                   check=True, capture_output=True, timeout=180)
+    port = free_port()
+    sock = base / "mysqld.sock"
+    log = base / "error.log"
+    proc = subprocess.Popen([mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
+                             "--bind-address=127.0.0.1", "--user=mysql", f"--pid-file={base / 'mysqld.pid'}",
+                             f"--log-error={log}", "--skip-log-bin", "--skip-name-resolve",
+                             "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+                             "--character-set-server=utf8mb4", "--innodb-buffer-pool-dump-at-shutdown=0",
+                             "--innodb-buffer-pool-load-at-startup=0", "--innodb-fast-shutdown=2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    server = MariaDB(sock, port)
+
+    def ready() -> bool:
+        return subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-u", "root", "-e", "SELECT 1"],
+                              capture_output=True).returncode == 0
+
+    try:
+        log.touch()
+        wait_until(ready, proc, log, "mariadbd")
+        server.sql(f"""
+            CREATE DATABASE shop CHARACTER SET utf8mb4;
+            USE shop;
+            CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100), note TEXT) ENGINE=InnoDB;
+            INSERT INTO customers SELECT seq, CONCAT('customer ', seq),
+                                         IF(seq % 5 = 0, NULL, CONCAT('emoji \U0001F600 ', seq))
+                                  FROM seq_1_to_2000;
+            CREATE TABLE orders (id INT AUTO_INCREMENT PRIMARY KEY, customer_id INT, amount DECIMAL(10, 2),
+                                 digest VARBINARY(16), FOREIGN KEY (customer_id) REFERENCES customers (id))
+                                 ENGINE=InnoDB;
+            INSERT INTO orders (customer_id, amount, digest)
+                SELECT 1 + seq % 2000, seq * 1.5, UNHEX(MD5(seq)) FROM seq_1_to_50000;
+            CREATE PROCEDURE order_count(OUT n INT) SELECT COUNT(*) INTO n FROM orders;
+            CREATE USER 'backup'@'127.0.0.1' IDENTIFIED BY {_sql_string(PASSWORD)};
+            GRANT ALL ON *.* TO 'backup'@'127.0.0.1';
+        """)
+        yield server
+    finally:
+        stop(proc, signal.SIGTERM)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_mariadb_dump_and_restore(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria", type="command", preset="mysql", database="shop", host="127.0.0.1", port=maria.port,
+              username="backup", password=PASSWORD)
+    out = json.loads(run_ok(agent, "run", "maria", "--json").stdout)
+    assert out["status"] == "success" and out["bytes_raw"] > 1_000_000
+    maria.sql("CREATE DATABASE shop_copy CHARACTER SET utf8mb4")
+    run_ok(agent, "restore", "maria", "--into", "shop_copy")
+    assert maria.fingerprint("shop_copy", ["customers", "orders"]) == maria.fingerprint("shop", ["customers", "orders"])
+    assert "order_count" in maria.sql("SHOW PROCEDURE STATUS WHERE Db = 'shop_copy'")
+    assert maria.sql("SELECT note FROM shop_copy.customers WHERE id = 1") == "emoji \U0001F600 1"
+
+
+def test_mariadb_some_tables_over_the_socket(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria_part", type="command", preset="mysql", database="shop", host=str(maria.socket),
+              username="root", tables=["customers"], compression="zstd")
+    run_ok(agent, "run", "maria_part")
+    maria.sql("CREATE DATABASE shop_part CHARACTER SET utf8mb4")
+    run_ok(agent, "restore", "maria_part", "--into", "shop_part")
+    assert maria.sql("SHOW TABLES", "shop_part") == "customers"
+    assert maria.fingerprint("shop_part", ["customers"]) == maria.fingerprint("shop", ["customers"])
