@@ -138,7 +138,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return code
     runner = runner_for(cfg, job)
     if args.verb == "snapshots":
-        snaps = [s.to_json() for s in runner.snapshots()]
+        snaps = [s.to_json() for s in (runner.describe_snapshots() if as_json else runner.snapshots())]
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
         if args.days is not None and args.days < 1:

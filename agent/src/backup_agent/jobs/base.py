@@ -3,9 +3,12 @@ listing, selection, retention and verification over manifests."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,9 +18,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent import retention
 from backup_agent.config import Config, Job
-from backup_agent.errors import ConfigError, IntegrityError, JobFailed
-from backup_agent.storage import layout
-from backup_agent.storage.manifest import Entry, ManifestError, read
+from backup_agent.errors import AgentError, ConfigError, IntegrityError, JobFailed, NotReady
+from backup_agent.storage import cold, layout
+from backup_agent.storage.manifest import Entry, ManifestError, read, read_header
 from backup_agent.storage.s3 import describe, is_not_found, make_client
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,10 @@ class JobRunner:
     def snapshots(self) -> list[Snapshot]:
         raise NotImplementedError
 
+    def describe_snapshots(self) -> list[Snapshot]:
+        """What `snapshots` prints; may read more than snapshots() needs for selecting."""
+        return self.snapshots()
+
     def restore(self, *, snapshot: str | None, at: str | None, target: str, paths: list[str],
                 wait: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -125,6 +132,70 @@ class S3Job(JobRunner):
             if sid:
                 out.append(Snapshot(sid, layout.snapshot_time(sid), int(obj.get("Size", 0))))
         return sorted(out, key=lambda s: (s.time, s.id))
+
+    def describe_snapshots(self) -> list[Snapshot]:
+        """Snapshots with the class their data was written in (manifest header) and whether they
+        restore without a Glacier retrieval: one LIST says which objects are archived; only then
+        are manifests read for what each references (cached: a manifest never changes)."""
+        snaps = self.snapshots()
+        archived = {}
+        for obj in self.list_keys(""):
+            rel = obj["Key"][len(self.root) :]
+            if layout.is_owned(rel) and cold.is_archived(obj.get("StorageClass")):
+                archived[rel] = int(obj.get("Size", 0))
+        infos = self._snapshot_infos([s.id for s in snaps], with_objects=bool(archived))
+        refs: dict[str, set[str] | None] = {}
+        for sid, info in infos.items():
+            objs = info.get("objects")
+            refs[sid] = set(objs) if objs is not None else (None if archived else set())
+        verdict = cold.restorability(refs, archived)
+        for s in snaps:
+            s.extra.update(storage_class=infos[s.id].get("storage_class"), **verdict[s.id])
+        return snaps
+
+    def _snapshot_infos(self, ids: list[str], *, with_objects: bool) -> dict[str, dict[str, Any]]:
+        path = self.cfg.state_dir / "cache" / f"{self.job.name}.snapshots.json"
+        try:
+            cached = json.loads(path.read_text())
+            cached = cached if isinstance(cached, dict) else {}
+        except (OSError, ValueError):
+            cached = {}
+        infos = {sid: cached[sid] for sid in ids if isinstance(cached.get(sid), dict)
+                 and (not with_objects or cached[sid].get("objects") is not None)}
+        todo = [sid for sid in ids if sid not in infos]
+
+        def fetch(sid: str) -> dict[str, Any]:
+            try:
+                if with_objects:
+                    with self.open_manifest(sid) as (header, entries, _):
+                        objs = sorted({e.object for e in entries if e.type == "file" and e.object})
+                    return {"storage_class": header.get("storage_class", "STANDARD"), "objects": objs}
+                return {"storage_class": self._manifest_header(sid).get("storage_class", "STANDARD")}
+            except (AgentError, ClientError, BotoCoreError, ManifestError) as exc:
+                log.warning("snapshot %s: cannot read its manifest: %s", sid, exc)
+                return {"storage_class": None, "unreadable": True}
+
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(len(todo), self.cfg.storage.concurrency)) as pool:
+                infos.update(zip(todo, pool.map(fetch, todo), strict=True))
+            keep = {sid: i for sid, i in {**cached, **infos}.items() if sid in ids and not i.get("unreadable")}
+            try:
+                from backup_agent.state import atomic_write
+
+                atomic_write(path, json.dumps(keep, separators=(",", ":")).encode())
+            except OSError as exc:  # e.g. a user without write access to state_dir: only slower
+                log.debug("cannot cache snapshot details in %s: %s", path, exc)
+        return infos
+
+    def _manifest_header(self, sid: str) -> dict[str, Any]:
+        # The header is the first line: a ranged GET spares reading a manifest of millions of entries.
+        key = self.root + layout.manifest_key(sid)
+        head = self.s3.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-65535")["Body"].read()
+        try:
+            return read_header(io.BytesIO(head), f"snapshot {sid}")
+        except (EOFError, OSError):
+            with self.open_manifest(sid) as (header, _, _):
+                return header
 
     def select(self, snapshot: str | None, at: str | None) -> Snapshot:
         snaps = self.snapshots()
@@ -168,6 +239,13 @@ class S3Job(JobRunner):
         from backup_agent.storage.s3 import put_args
 
         return put_args(self.cfg.storage)
+
+    def thaw(self, tier: str | None = None, days: int | None = None) -> cold.Thaw:
+        """Glacier restores for this job, with its restore_tier/restore_days unless overridden."""
+        return cold.Thaw(self.s3, self.bucket, self.root, self.cfg.state_dir, self.job.name,
+                         tier=tier or self.job.options.get("restore_tier", "Standard"),
+                         days=days or self.job.options.get("restore_days", 7),
+                         concurrency=self.cfg.storage.concurrency, clock=self.clock)
 
     def manifest_exists(self, sid: str) -> bool:
         try:
@@ -221,7 +299,8 @@ class S3Job(JobRunner):
         for sid in decision.keep:
             referenced |= self.referenced_objects(sid)
         garbage: list[str] = []
-        freed = 0
+        freed = early = 0
+        now = self.clock()
         for obj in self.list_keys(""):
             rel = obj["Key"][len(self.root) :]
             if rel.startswith("snapshots/"):
@@ -232,9 +311,11 @@ class S3Job(JobRunner):
             if rel not in referenced:
                 garbage.append(obj["Key"])
                 freed += int(obj.get("Size", 0))
+                early += cold.early_deletion(obj.get("StorageClass"), obj.get("LastModified"), now)
         self._delete(garbage)
         self.forget_cached({k[len(self.root) :] for k in garbage})
-        result.update(objects_deleted=len(garbage), bytes_freed=freed)
+        # S3 bills cold objects deleted before their class's minimum duration for the rest of it.
+        result.update(objects_deleted=len(garbage), bytes_freed=freed, objects_deleted_early=early)
         return result
 
     def _delete(self, keys: list[str]) -> None:
@@ -250,14 +331,34 @@ class S3Job(JobRunner):
 
     # --- check ---------------------------------------------------------------------------------
 
+    def _thaw_for_reading(self, snaps: list[Snapshot], archived: set[str]) -> None:
+        """`check --read-data` on archived data asks for restores the way `restore` does."""
+        if not archived:
+            return
+        needed: set[str] = set()
+        for snap in snaps:
+            try:
+                needed |= {self.root + o for o in self.referenced_objects(snap.id)} & archived
+            except (IntegrityError, JobFailed):
+                continue  # the check itself reports the unreadable manifest
+        if not needed:
+            return
+        thaw = self.thaw()
+        survey = thaw.prepare(sorted(needed))
+        if survey.waiting:
+            raise NotReady(thaw.pending_message(survey, f"check --read-data {self.job.name}"),
+                           {"job": self.job.name, **thaw.pending_details(survey)})
+
     def check(self, *, read_data: bool) -> dict[str, Any]:
         from backup_agent.storage.reader import verify_entries
 
-        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in self.list_keys("")
-                 if layout.is_owned(o["Key"][len(self.root) :])}
+        listing = [o for o in self.list_keys("") if layout.is_owned(o["Key"][len(self.root) :])]
+        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in listing}
         problems: list[str] = []
         checked = 0
         snaps = self.snapshots()
+        if read_data:
+            self._thaw_for_reading(snaps, {o["Key"] for o in listing if cold.is_archived(o.get("StorageClass"))})
         for snap in snaps:
             try:
                 with self.open_manifest(snap.id) as (_, entries, _):

@@ -21,12 +21,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
-from backup_agent.errors import ConfigError, IntegrityError, JobFailed
+from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
 from backup_agent.jobs.restore_files import restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, ensure_dir
-from backup_agent.storage import layout
+from backup_agent.storage import cold, layout
 from backup_agent.storage.manifest import Entry, ManifestWriter
 from backup_agent.storage.s3 import describe, put_args, transfer_config
 
@@ -316,7 +316,7 @@ class FilesJob(S3Job):
     # --- restore -------------------------------------------------------------------------------
 
     def restore(self, *, snapshot: str | None, at: str | None, target: str, paths: list[str],
-                wait: bool = False) -> dict[str, Any]:
+                wait: bool = False, tier: str | None = None, days: int | None = None) -> dict[str, Any]:
         if target == "-":
             raise ConfigError("--target -: only command jobs can restore to stdout; give a directory")
         for p in paths:
@@ -329,11 +329,61 @@ class FilesJob(S3Job):
                 e.path == w or e.path.startswith(w.rstrip("/") + "/") for w in wanted)]
         if paths and not selected:
             raise JobFailed(f"snapshot {snap.id}: no entry matches {', '.join(paths)}")
-        summary = restore_entries(self, selected, Path(target))
-        summary.update(job=self.job.name, snapshot=snap.id, target=str(Path(target).resolve()))
-        if summary["errors"]:
-            raise IntegrityError(f"snapshot {snap.id}: " + "; ".join(summary["errors"][:5]), summary)
-        return summary
+        return self._restore_selected(snap.id, selected, Path(target), wait=wait, tier=tier, days=days)
+
+    def _restore_selected(self, sid: str, selected: list[Entry], target: Path, *, wait: bool, tier: str | None,
+                          days: int | None) -> dict[str, Any]:
+        """Readable content is restored at once; archived objects are requested from Glacier and
+        restored as they arrive (--wait) or by a rerun, which skips what an earlier run wrote.
+        Directory metadata and symlinks come last, once all content is in place."""
+        started = time.monotonic()
+        root = os.path.realpath(target)
+        progress_key = f"{sid}|{root}"
+        thaw = self.thaw(tier, days)
+        done = set(thaw.record.progress.get(progress_key, []))
+        content = [e for e in selected if e.type == "file" and e.size > 0]
+        rest = [e for e in selected if not (e.type == "file" and e.size > 0)]
+        resumed = [e.object in done and _already_restored(root, e) for e in content]
+        todo = [e for e, skip in zip(content, resumed, strict=True) if not skip]
+        needed = sorted({self.root + str(e.object) for e in todo})
+        survey = thaw.prepare(needed)
+        totals = {"files": sum(resumed), "dirs": 0, "symlinks": 0, "bytes": 0}
+        while True:
+            final = not survey.waiting
+            ready_keys = survey.ready
+            ready = [e for e in todo if self.root + str(e.object) in ready_keys]
+            part = restore_entries(self, ready + (rest if final else []), target)
+            for k in totals:
+                totals[k] += part[k]
+            if part["errors"]:
+                raise IntegrityError(f"snapshot {sid}: " + "; ".join(part["errors"][:5]),
+                                     {**totals, "errors": part["errors"]})
+            done |= {str(e.object) for e in ready}
+            todo = [e for e in todo if self.root + str(e.object) not in ready_keys]
+            if final:
+                break
+            thaw.record.progress[progress_key] = sorted(done)
+            thaw.record.save()
+            if not wait:
+                raise NotReady(thaw.pending_message(survey, f"restore {self.job.name}")
+                               + f"; {totals['files']} file(s) of {len(content)} restored so far",
+                               {"job": self.job.name, "snapshot": sid, "target": root,
+                                "files_restored": totals["files"], **thaw.pending_details(survey)})
+            survey = thaw.wait_for_more(survey, started)
+        thaw.finish(needed, progress_key)
+        archived = sum(cold.is_archived(c) for c in survey.storage_class.values())
+        return {**totals, "files_already_restored": sum(resumed), "archived_objects": archived,
+                "restores_requested": survey.requested_now, "errors": [], "job": self.job.name,
+                "snapshot": sid, "target": root}
+
+
+def _already_restored(root: str, e: Entry) -> bool:
+    """Written by an earlier run of the same restore: a verified file gets its mtime last."""
+    try:
+        st = os.lstat(os.path.join(root, e.path.lstrip("/")))
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
 
 
 def _hash_file(path: str) -> tuple[str, int]:

@@ -1,24 +1,30 @@
 """`backup-agent bucket setup`: versioning (the safety net), public access block, default
 encryption and lifecycle rules derived from the config. Idempotent; `--dry-run` only reads.
 
-Lifecycle rules we own carry the id prefix `backup-agent-`; rules with other ids are the user's
-and are kept as they are.
+Lifecycle rules we own carry the id prefix `backup-agent-` and this node's storage prefix; rules
+with other ids (the user's, or other nodes' sharing the bucket) are kept as they are.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config
 from backup_agent.errors import JobFailed
+from backup_agent.storage import layout
+from backup_agent.storage.cold import is_archived
 from backup_agent.storage.s3 import describe, error_code, is_not_found, make_client
 
 log = logging.getLogger(__name__)
 RULE_PREFIX = "backup-agent-"
 UNSUPPORTED = ("NotImplemented", "NotImplementedError", "MethodNotAllowed", "501")
+# Where each job type keeps its data: transition rules cover these, never snapshots/ (manifests).
+DATA_DIRS = {"files": ("packs/", "files/", "blobs/"), "command": ("dumps/",)}
+_JOB_RULE = re.compile(r"[^/]+/(packs|files|blobs|dumps)")
 
 
 def desired_rules(cfg: Config) -> list[dict[str, Any]]:
@@ -33,19 +39,103 @@ def desired_rules(cfg: Config) -> list[dict[str, Any]]:
             "NoncurrentVersionExpiration": {"NoncurrentDays": st.noncurrent_version_days},
         }
     ]
+    for job in sorted(cfg.jobs.values(), key=lambda j: j.name):
+        days = job.options.get("transition_days")
+        if not days:
+            continue
+        root = layout.job_root(st.prefix, job.name)
+        for sub in DATA_DIRS.get(job.type, ()):
+            rules.append({
+                "ID": f"{RULE_PREFIX}{st.prefix}/{job.name}/{sub.rstrip('/')}",
+                "Filter": {"Prefix": root + sub},
+                "Status": "Enabled",
+                "Transitions": [{"Days": days, "StorageClass": job.options["transition_class"]}],
+            })
     return rules
 
 
-def merge_rules(current: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def is_ours(rule_id: str, prefix: str) -> bool:
+    """Rules this node's config owns. Other nodes writing to the same bucket under another prefix
+    own theirs: replacing every `backup-agent-` rule would make a fleet undo each other."""
+    if rule_id == f"{RULE_PREFIX}{prefix}-housekeeping":
+        return True
+    head = f"{RULE_PREFIX}{prefix}/"
+    return rule_id.startswith(head) and bool(_JOB_RULE.fullmatch(rule_id[len(head):]))
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    parts = []
+    where = _rule_prefix(rule)
+    for t in rule.get("Transitions") or []:
+        parts.append(f"move {where or 'everything'} to {t.get('StorageClass')} after {t.get('Days')} days")
+    if "AbortIncompleteMultipartUpload" in rule:
+        parts.append(f"abort incomplete uploads after "
+                     f"{rule['AbortIncompleteMultipartUpload'].get('DaysAfterInitiation')} days")
+    if "NoncurrentVersionExpiration" in rule:
+        parts.append(f"expire noncurrent versions after "
+                     f"{rule['NoncurrentVersionExpiration'].get('NoncurrentDays')} days")
+    if "Expiration" in rule:
+        parts.append(f"expire {where or 'everything'} ({rule['Expiration']})")
+    status = "" if rule.get("Status", "Enabled") == "Enabled" else f" ({rule.get('Status')})"
+    return ("; ".join(parts) or "other actions") + status
+
+
+def lifecycle_diff(current: list[dict[str, Any]], ours: list[dict[str, Any]], prefix: str) -> list[dict[str, str]]:
+    """What applying `ours` changes among the rules this node owns (add / update / remove)."""
+    have = {str(r.get("ID", "")): r for r in current if is_ours(str(r.get("ID", "")), prefix)}
+    want = {r["ID"]: r for r in ours}
+    diff = []
+    for rid, rule in want.items():
+        if rid not in have:
+            diff.append({"rule": rid, "change": "add", "what": describe_rule(rule)})
+        elif not _same_rule(have[rid], rule):
+            diff.append({"rule": rid, "change": "update", "what": describe_rule(rule),
+                         "was": describe_rule(have[rid])})
+    diff += [{"rule": rid, "change": "remove", "what": describe_rule(r)} for rid, r in have.items() if rid not in want]
+    return diff
+
+
+def manifest_warnings(current: list[dict[str, Any]], cfg: Config) -> list[str]:
+    """Rules we do not own that would archive manifests: listing, check, prune and restore
+    planning would then need a Glacier retrieval first (restic#4583)."""
+    out = []
+    for rule in current:
+        rid = str(rule.get("ID", ""))
+        if is_ours(rid, cfg.storage.prefix) or rule.get("Status") != "Enabled" or _has_tag_filter(rule):
+            continue
+        cold = [t.get("StorageClass") for t in rule.get("Transitions") or [] if is_archived(t.get("StorageClass"))]
+        if not cold:
+            continue
+        where = _rule_prefix(rule)
+        for name in sorted(cfg.jobs):
+            manifests = layout.job_root(cfg.storage.prefix, name) + "snapshots/"
+            if manifests.startswith(where) or where.startswith(manifests):
+                out.append(f"rule {rid or '(no id)'} moves s3://{cfg.storage.bucket}/{manifests} to {cold[0]}: "
+                           "manifests must stay instantly readable; narrow its prefix to the data")
+    return out
+
+
+def _rule_prefix(rule: dict[str, Any]) -> str:
+    f = rule.get("Filter") or {}
+    return str(f.get("Prefix") or (f.get("And") or {}).get("Prefix") or rule.get("Prefix") or "")
+
+
+def _has_tag_filter(rule: dict[str, Any]) -> bool:
+    # Our objects carry no tags, so a rule that needs one never touches them.
+    f = rule.get("Filter") or {}
+    return "Tag" in f or bool((f.get("And") or {}).get("Tags"))
+
+
+def merge_rules(current: list[dict[str, Any]], ours: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     """Keep every rule we did not create; replace ours with what the config says now."""
-    kept = [r for r in current if not str(r.get("ID", "")).startswith(RULE_PREFIX)]
+    kept = [r for r in current if not is_ours(str(r.get("ID", "")), prefix)]
     return kept + ours
 
 
 def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
     s3 = make_client(cfg.storage)
     bucket = cfg.storage.bucket
-    steps: list[dict[str, str]] = []
+    steps: list[dict[str, Any]] = []
 
     def step(name: str, check: Any, apply: Any) -> None:
         try:
@@ -127,12 +217,29 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
                 return []
             raise
 
+    prefix = cfg.storage.prefix
+    seen: dict[str, Any] = {}
+
     def lifecycle_set() -> bool:
-        cur = {r.get("ID"): r for r in current_rules() if str(r.get("ID", "")).startswith(RULE_PREFIX)}
-        return all(_same_rule(cur.get(r["ID"]), r) for r in ours) and len(cur) == len(ours)
+        seen["current"] = current_rules()
+        seen["diff"] = lifecycle_diff(seen["current"], ours, prefix)
+        return not seen["diff"]
 
     step("lifecycle rules", lifecycle_set, lambda: s3.put_bucket_lifecycle_configuration(
-        Bucket=bucket, LifecycleConfiguration={"Rules": merge_rules(current_rules(), ours)}))
+        Bucket=bucket, LifecycleConfiguration={"Rules": merge_rules(seen["current"], ours, prefix)}))
+    if "current" in seen:
+        last = steps[-1]
+        marks = {"add": "+", "update": "~", "remove": "-"}
+        lines = [f"  {marks[d['change']]} {d['rule']}: {d['what']}" for d in seen["diff"]]
+        kept = [str(r.get("ID", "(no id)")) for r in seen["current"] if not is_ours(str(r.get("ID", "")), prefix)]
+        lines += [f"  = {rid}: kept (not ours)" for rid in kept]
+        warnings = manifest_warnings(seen["current"], cfg)
+        lines += [f"  warning: {w}" for w in warnings]
+        last.update(diff=seen["diff"], kept=kept, warnings=warnings)
+        if lines:
+            last["result"] += "\n" + "\n".join(lines)
+        for w in warnings:
+            log.warning("%s", w)
     return {"bucket": bucket, "dry_run": dry_run, "steps": steps}
 
 
