@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 MASK = "***"
 # Shorter values would mask ordinary words and numbers all over the log.
 _MIN_SECRET_LEN = 6
+# URL path segments and query values this long are credentials (a check's uuid, a hook token).
+_MIN_TOKEN_LEN = 16
 _SECRET_ENV_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
 
 _secrets: tuple[str, ...] = ()
@@ -33,8 +35,10 @@ def secret_values(cfg: Config) -> list[str]:
     # Ping and webhook URLs carry their credential in the path (a check's uuid, a hook token).
     for url in (cfg.notify.get("healthchecks_url"), cfg.notify.get("webhook_url")):
         if url:
-            # urllib3's retry warnings name only the path, so mask that on its own too.
-            out += [url, urlsplit(url).path]
+            # urllib3's retry warnings name only the path, and an error may name just the token.
+            parts = urlsplit(url)
+            tokens = [t for t in re.split(r"[/?&=]", f"{parts.path}?{parts.query}") if len(t) >= _MIN_TOKEN_LEN]
+            out += [url, parts.path, *tokens]
     for job in cfg.jobs.values():
         out.append(job.options.get("password"))
         for name, value in (job.options.get("env") or {}).items():
