@@ -42,7 +42,11 @@ def _daemon_alive(pid: Any) -> bool:
 
 
 def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    planned = (daemon if daemon is not None else read_daemon_state(cfg.state_dir)).get("jobs") or {}
+    """Per job: its last run, and (while a daemon runs) its next run and the run going now."""
+    if daemon is None:
+        daemon = read_daemon_state(cfg.state_dir)
+    # A stopped daemon's plans are history (kept for its catch-up), not a promise.
+    planned = (daemon.get("jobs") or {}) if _daemon_alive(daemon.get("pid")) else {}
     out = []
     for name, job in sorted(cfg.jobs.items()):
         st = read_status(cfg.state_dir, name)
