@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -210,15 +211,19 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
     assert_no_secret(agent, d.log, table.stdout, agent.run("status", "--json").stdout)
 
 
-def test_sigterm_lets_a_running_job_finish(agent: Any, tmp_path: Path, proxy: DelayProxy,
+def test_sigterm_lets_a_running_job_finish_even_if_it_got_sigterm_too(agent: Any, tmp_path: Path, proxy: DelayProxy,
                                            start_daemon: Any) -> None:
     proxy.delay = 1.0
     agent.write(stop_timeout=60, storage={**agent.data["storage"], "endpoint_url": proxy.url})
     agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 1 hour")
     d = start_daemon(agent)
     d.wait_log("job etc: starting")  # no history: an `every` job starts at once
+    # Like systemd's default KillMode: SIGTERM to every process of the service at once.
+    run_pid = int(re.search(r"run started \(pid (\d+)\)", d.log)[1])  # type: ignore[index]
+    os.killpg(run_pid, signal.SIGTERM)
     assert d.stop(60) == 0
     assert "waiting up to 60s for etc to finish" in d.log
+    assert "SIGTERM ignored: this run belongs to the daemon" in d.log
     assert "run finished" in d.log and "aborting" not in d.log
     assert snapshots(agent) == 1
     assert agent.json("status")["jobs"][0]["result"] == "success"

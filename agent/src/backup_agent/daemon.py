@@ -37,6 +37,7 @@ import yaml
 from backup_agent import config as config_mod
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, ConfigError, Locked
+from backup_agent.execute import DAEMON_PID_ENV
 from backup_agent.logfmt import secret_values, setup_logging
 from backup_agent.scheduler import PlannedJob, add_job, admit, can_start, make_plan
 from backup_agent.state import atomic_write, read_status
@@ -303,6 +304,7 @@ class Daemon:
 
     def _start(self, job: Job) -> None:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        env[DAEMON_PID_ENV] = str(os.getpid())
         argv = [sys.executable, "-m", "backup_agent", "-c", "/dev/stdin", "run", job.name]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,

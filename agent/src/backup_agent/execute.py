@@ -8,8 +8,12 @@ and boto3 are imported inside `run_job` only and the long-lived daemon stays sma
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from datetime import UTC, datetime
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
@@ -31,6 +35,7 @@ def run_job(cfg: Config, job: Job) -> RunResult:
     """Run `job` now. Status is persisted whatever happens; AgentErrors propagate to the caller."""
     from backup_agent.jobs import runner_for
 
+    _obey_the_daemon()
     # Probe the lock first so a run that would be refused sends no /start ping; the runner
     # takes the lock for real (a race in between ends as Locked, which is fine).
     with JobLock(cfg.state_dir, job.name):
@@ -62,6 +67,29 @@ def run_job(cfg: Config, job: Job) -> RunResult:
     log.info("job %s: %s, snapshot %s, %d bytes uploaded in %.1fs", job.name, result.status, result.snapshot,
              result.bytes_uploaded, result.duration_s)
     return result
+
+
+# Set by the daemon for the runs it starts.
+DAEMON_PID_ENV = "BACKUP_AGENT_DAEMON_PID"
+
+
+def _obey_the_daemon() -> None:
+    """In a run the daemon started, SIGTERM is ignored: the daemon decides when a run stops.
+
+    systemd's default KillMode sends SIGTERM to every process of the service at once; the
+    daemon then lets runs finish up to stop_timeout and aborts the rest with SIGINT (which
+    unwinds the run cleanly). A handler, unlike SIG_IGN, is not inherited by the commands a
+    run starts, so those still stop on SIGTERM.
+    """
+    daemon = os.environ.get(DAEMON_PID_ENV)
+    if not daemon or threading.current_thread() is not threading.main_thread():
+        return
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM ignored: this run belongs to the daemon (pid %s), which stops it; "
+                    "send SIGINT to abort it", daemon)
+
+    signal.signal(signal.SIGTERM, ignore)
 
 
 def record_failure(cfg: Config, job: Job, *, started: str, duration_s: float, error: str,
