@@ -37,7 +37,7 @@ import yaml
 from backup_agent import config as config_mod
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, ConfigError, Locked
-from backup_agent.execute import DAEMON_PID_ENV
+from backup_agent.execute import DAEMON_PID_ENV, record_failure
 from backup_agent.logfmt import secret_values, setup_logging
 from backup_agent.scheduler import PlannedJob, add_job, admit, can_start, make_plan
 from backup_agent.state import atomic_write, read_status
@@ -50,6 +50,8 @@ ABORT_GRACE = 10.0
 # A job's `timeout` is enforced by the job itself where it can (command jobs stop their
 # command); the daemon stops the whole run only if it is still going this much later.
 TIMEOUT_GRACE = 60.0
+# At exit, notifications still in flight (about aborted runs) get this long in total.
+NOTIFY_GRACE = 5.0
 # Longest sleep while idle: bounds the effect of clock jumps and suspend/resume.
 IDLE_WAKE = 60.0
 # While runs are going, wake up this often to enforce timeouts and kill deadlines.
@@ -209,8 +211,9 @@ class Daemon:
                 self._write_state()
                 self._sleep(self._wait_time())
             self._write_state()
+            deadline = time.monotonic() + NOTIFY_GRACE
             for n in self.pending_notifications:
-                n.wait(5.0)
+                n.wait(max(0.0, deadline - time.monotonic()))
             log.info("daemon stopped")
             return EXIT_OK
         finally:
@@ -362,12 +365,12 @@ class Daemon:
         took = time.monotonic() - run.started
         extra = {"job": name, "exit_code": code}
         recorded = str(read_status(run.cfg.state_dir, name).get("last_start") or "") >= run.started_text
-        if run.abort_reason is not None:
-            log.warning("job %s: run aborted after %.1fs (%s)", name, took, _describe_exit(code), extra=extra)
-            self._record(run, took, "aborted", f"aborted: {run.abort_reason}")
-        elif code in (EXIT_OK, EXIT_PARTIAL):
+        if code in (EXIT_OK, EXIT_PARTIAL):  # even if an abort came too late to stop it
             log.info("job %s: run finished in %.1fs (%s)", name, took, "success" if code == EXIT_OK else "partial",
                      extra=extra)
+        elif run.abort_reason is not None:
+            log.warning("job %s: run aborted after %.1fs (%s)", name, took, _describe_exit(code), extra=extra)
+            self._record(run, took, "aborted", f"aborted: {run.abort_reason}")
         elif code == EXIT_TEMPFAIL:
             log.warning("job %s: another run holds the job's lock: skipped", name, extra=extra)
         else:
@@ -377,8 +380,6 @@ class Daemon:
         self._write_metrics(self.cfg)
 
     def _record(self, run: Run, took: float, result: str, error: str) -> None:
-        from backup_agent.execute import record_failure
-
         notifier = record_failure(run.cfg, run.job, started=run.started_text, duration_s=took, error=error,
                                   result=result)
         if notifier is not None:
@@ -404,12 +405,15 @@ class Daemon:
                          ", ".join(sorted(self.runs)))
             else:
                 log.info("stopping")
-        give_up = now >= self.stop_deadline or self.stop_signals > 1
+        if self.stop_signals > 1:
+            why = "the daemon is stopping (second signal)"
+        elif now >= self.stop_deadline:
+            why = f"the daemon is stopping and stop_timeout ({self.cfg.stop_timeout:g}s) has passed"
+        else:
+            return not self.runs
         for run in self.runs.values():
-            if give_up and run.abort_reason is None:
-                self._abort(run, "the daemon is stopping" + (" (second signal)" if self.stop_signals > 1
-                                                              else f" and stop_timeout ({self.cfg.stop_timeout:g}s) "
-                                                                   "has passed"))
+            if run.abort_reason is None:
+                self._abort(run, why)
         return not self.runs
 
     # --- state for `status` and for the next start ---------------------------------------------
