@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
@@ -75,6 +76,20 @@ class MotoServer:
                             aws_secret_access_key="testing")
 
 
+_shared: MotoServer | None = None
+
+
+def shared_moto() -> MotoServer:
+    """One moto server per test process: its first EC2 call costs seconds, so modules share it."""
+    global _shared
+    if _shared is None:
+        server = MotoServer().__enter__()
+        atexit.register(server.__exit__, None, None, None)
+        server.client().describe_regions()  # pay the EC2 backend's start-up once, here
+        _shared = server
+    return _shared
+
+
 @dataclass
 class Node:
     """An instance with a root volume and two data volumes, as moto sees it."""
@@ -109,8 +124,12 @@ def make_node(ec2: Any) -> Node:
 
 # --- fault-injecting proxy ---------------------------------------------------------------------
 
-THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code>'
-             b"<Message>Request limit exceeded.</Message></Error></Errors><RequestID>fake</RequestID></Response>")
+def ec2_error(code: str, message: str) -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error></Errors><RequestID>fake</RequestID></Response>").encode()
+
+
+THROTTLED = ec2_error("RequestLimitExceeded", "Request limit exceeded.")
 
 
 @dataclass
@@ -119,6 +138,8 @@ class FaultProxy:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (action, region)
     throttles: dict[str, int] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
+    denied: set[str] = field(default_factory=set)  # actions answered with UnauthorizedOperation
+    closed: bool = False
 
     def actions(self, name: str | None = None) -> list[str]:
         return [a for a, _ in self.calls if name is None or a == name]
@@ -141,20 +162,35 @@ class FaultProxy:
                     proxy.throttles[action] -= 1
                     self._reply(503, THROTTLED, "text/xml")
                     return
-                time.sleep(proxy.delays.get(action, 0))
+                if action in proxy.denied:
+                    self._reply(403, ec2_error("UnauthorizedOperation", f"You are not authorized to {action}."),
+                                "text/xml")
+                    return
+                until = time.monotonic() + proxy.delays.get(action, 0)
+                while time.monotonic() < until and not proxy.closed:
+                    time.sleep(0.02)
+                if proxy.closed:  # the test is over: a late request must not reach the next test's moto
+                    self._reply(503, ec2_error("Unavailable", "proxy closed"), "text/xml")
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
                 up = requests.post(proxy.upstream + self.path, data=body, headers=headers, timeout=60)
                 self._reply(up.status_code, up.content, up.headers.get("Content-Type", "text/xml"))
 
             def _reply(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent gave up on this request (SIGTERM, timeout): nothing to tell it
 
         with _serving(Handler) as url:
-            yield url
+            try:
+                yield url
+            finally:
+                self.closed = True
 
 
 @contextmanager

@@ -10,22 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_aws import CREDS, REGION, EbsEnv, ImdsServer, MotoServer, closed_port_url, ebs_env
+from fake_aws import CREDS, REGION, EbsEnv, ImdsServer, closed_port_url, ebs_env, shared_moto
 
+from backup_agent.errors import ConfigError
 from backup_agent.jobs.ebs_sets import tags_of
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    with MotoServer() as m:
-        yield m
+from backup_agent.state import read_status
 
 
 @pytest.fixture
-def aws(moto: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
+def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
     for k, v in CREDS.items():
         monkeypatch.setenv(k, v)
-    with ebs_env(moto, tmp_path) as env:
+    with ebs_env(shared_moto(), tmp_path) as env:
         yield env
 
 
@@ -56,8 +52,7 @@ def test_all_volumes_in_one_crash_consistent_call(aws: EbsEnv) -> None:
     assert sorted(listed[0]["ebs_snapshots"]) == sorted(out["ebs_snapshots"])
     assert listed[0]["state"] == "completed" and listed[0]["time"].endswith("Z")
 
-    status = json.loads(aws.run("status", "--json").stdout)
-    assert any(j["job"] == "vols" and out["snapshot"] in json.dumps(j) for j in status["jobs"])
+    assert out["snapshot"] in json.dumps(read_status(Path(aws.data["state_dir"]), "vols"))
 
 
 def test_one_volume_by_id(aws: EbsEnv) -> None:
@@ -118,7 +113,7 @@ def test_unknown_device_is_a_config_error(aws: EbsEnv) -> None:
 
 def test_restore_prints_how_to_create_volumes(aws: EbsEnv) -> None:
     aws.job("vols", volumes="all")
-    sid = aws.json("run", "vols")["snapshot"]
+    sid = aws.runner("vols").run().snapshot
     proc = aws.run("restore", "vols", "--target", "/nonexistent")
     assert proc.returncode == 0, proc.stderr
     for snap in aws.snapshots():
@@ -159,8 +154,8 @@ def test_wait_then_copy_to_another_region_with_tags(aws: EbsEnv) -> None:
 
 def test_copy_to_own_region_is_a_config_error(aws: EbsEnv) -> None:
     aws.job("dr", volumes="all", copy_to_regions=[REGION])
-    proc = aws.run("run", "dr")
-    assert proc.returncode == 2 and "jobs.dr.copy_to_regions[0]" in proc.stderr
+    with pytest.raises(ConfigError, match=r"jobs\.dr\.copy_to_regions\[0\]: 'us-east-1' is this node's own"):
+        aws.runner("dr").run()
 
 
 def test_throttling_is_retried_with_backoff(aws: EbsEnv) -> None:
@@ -191,19 +186,19 @@ def test_imdsv1_only_is_refused(aws: EbsEnv) -> None:
     with v1.serve() as url:
         aws.data["aws"]["imds_endpoint"] = url
         aws.job("vols", volumes="all")
-        proc = aws.run("run", "vols")
-    assert proc.returncode == 2 and "IMDSv2" in proc.stderr and "aws.instance_id" in proc.stderr
+        with pytest.raises(ConfigError, match=r"aws\.instance_id: not set, and .* offers no IMDSv2 token"):
+            aws.runner("vols").run()
     assert aws.proxy.actions("CreateSnapshots") == []
 
 
 def test_unknown_instance_is_a_config_error(aws: EbsEnv) -> None:
     aws.data["aws"].update(instance_id="i-0000000000000dead", region=REGION)
     aws.job("vols", volumes="all")
-    proc = aws.run("run", "vols")
-    assert proc.returncode == 2 and "aws.instance_id: i-0000000000000dead is not an instance" in proc.stderr
+    with pytest.raises(ConfigError, match=r"aws\.instance_id: i-0000000000000dead is not an instance in us-east-1"):
+        aws.runner("vols").run()
 
 
 def test_reserved_tag_is_a_config_error(aws: EbsEnv) -> None:
     aws.job("vols", volumes="all", tags={"backup-agent:node": "other"})
-    proc = aws.run("run", "vols")
-    assert proc.returncode == 2 and "jobs.vols.tags.backup-agent:node" in proc.stderr
+    with pytest.raises(ConfigError, match=r"jobs\.vols\.tags\.backup-agent:node: tags starting with"):
+        aws.runner("vols")

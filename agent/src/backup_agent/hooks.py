@@ -40,8 +40,12 @@ class PostHookFailed(HookFailed):
     """`post` failed after a successful capture: what was captured is complete and kept."""
 
 
-class Terminated(JobFailed):
-    """SIGTERM arrived while the job held hooks or frozen filesystems."""
+class Terminated(BaseException):
+    """SIGTERM arrived while the job held hooks or frozen filesystems.
+
+    A BaseException, like KeyboardInterrupt: libraries that retry on `except Exception` (botocore
+    does, around the HTTP call) must not swallow it. Callers turn it into JobFailed after cleanup.
+    """
 
 
 class FreezeExpired(JobFailed):

@@ -174,6 +174,8 @@ class EbsSnapshotJob(JobRunner):
         except (hooks.PostHookFailed, hooks.Terminated) as exc:
             if not made:
                 self._discard(ec2, set_id)
+                if isinstance(exc, hooks.Terminated):
+                    raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
                 raise
             # The capture itself finished (and filesystems were thawed in time): the set is whole.
             raise JobFailed(f"job {self.job.name}: snapshot {set_id} was taken ({len(made)} EBS snapshots), "
