@@ -362,3 +362,16 @@ def test_transition_must_go_colder(ca: ColdAgent, tmp_path: Path) -> None:
     ca.job("etc", type="files", paths=[str(tmp_path)], transition_days=10, transition_class="STANDARD_IA")
     rc, _, err = ca.cli("validate")
     assert rc == 2 and "jobs.etc.transition_days" in err and len(err.strip().splitlines()) == 1
+
+
+def test_store_without_archive_semantics_restores_directly(agent: Any, tmp_path: Path) -> None:
+    # SeaweedFS keeps DEEP_ARCHIVE as a label and answers RestoreObject with MethodNotAllowed
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    agent.job("cold", type="files", paths=[str(src)], storage_class="DEEP_ARCHIVE")
+    agent.json("run", "cold")
+    target = tmp_path / "restore"
+    proc = agent.run("restore", "cold", "--target", str(target))
+    assert proc.returncode == 0, proc.stderr
+    assert (target / str(src).lstrip("/") / "a.txt").read_text() == "a\n"

@@ -365,8 +365,8 @@ class FilesJob(S3Job):
             thaw.record.progress[progress_key] = sorted(done)
             thaw.record.save()
             if not wait:
-                raise NotReady(thaw.pending_message(survey, f"restore {self.job.name}")
-                               + f"; {totals['files']} file(s) of {len(content)} restored so far",
+                raise NotReady(thaw.pending_message(survey, f"restore {self.job.name}",
+                                                    f"{totals['files']} of {len(content)} file(s) restored so far"),
                                {"job": self.job.name, "snapshot": sid, "target": root,
                                 "files_restored": totals["files"], **thaw.pending_details(survey)})
             survey = thaw.wait_for_more(survey, started)

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.errors import ConfigError, JobFailed, NotReady
-from backup_agent.storage.s3 import describe, error_code
+from backup_agent.storage.s3 import describe, error_code, is_not_found
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ TIERS: dict[tuple[str, str], Tier] = {
 }
 
 READY, PENDING, ARCHIVED_STATE = "ready", "pending", "archived"
+NO_ARCHIVE_API = ("NotImplemented", "MethodNotAllowed", "501", "405")
 # --wait: first look after FIRST_POLL, then back off up to MAX_POLL (HEAD requests are cheap, but a
 # fleet polling every few seconds for twelve hours is not).
 FIRST_POLL = 30.0
@@ -201,7 +202,7 @@ class Thaw:
     """Makes a set of objects readable: the restore and `check --read-data` share it."""
 
     def __init__(self, s3: Any, bucket: str, root: str, state_dir: Path, job: str, *, tier: str, days: int,
-                 concurrency: int, clock: Any = None) -> None:
+                 concurrency: int, clock: Callable[[], datetime] | None = None) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.root = root
@@ -217,6 +218,9 @@ class Thaw:
         try:
             return dict(self.s3.head_object(Bucket=self.bucket, Key=key))
         except (ClientError, BotoCoreError) as exc:
+            if is_not_found(exc):
+                raise JobFailed(f"s3://{self.bucket}/{key} is missing; `backup-agent check` lists what "
+                                "else is") from None
             raise JobFailed(f"cannot look at {key}: {describe(exc)}") from None
 
     def look(self, keys: Iterable[str], survey: Survey | None = None) -> Survey:
@@ -290,6 +294,11 @@ class Thaw:
                 return PENDING
             if code == "ObjectAlreadyInActiveTierError":
                 return READY
+            if code in NO_ARCHIVE_API:
+                # S3-compatible stores (SeaweedFS, MinIO) keep the class name but not its
+                # semantics: their objects read like any other.
+                log.debug("%s: %s has no RestoreObject (%s); reading it directly", self.job, key, code)
+                return READY
             hint = "; try --tier Standard" if code == "GlacierExpeditedRetrievalNotAvailable" else ""
             raise JobFailed(f"cannot request the restore of {key}: {describe(exc)}{hint}") from None
         # 200: a restored copy already exists (S3 only extended its days); 202: accepted.
@@ -341,14 +350,15 @@ class Thaw:
                 "bytes_pending": sum(p["size"] for p in pending), "requested_now": survey.requested_now,
                 "tier": self.tier, "days": self.days, "by_class": by_class, "pending": pending}
 
-    def pending_message(self, survey: Survey, what: str) -> str:
+    def pending_message(self, survey: Survey, what: str, progress: str = "") -> str:
         d = self.pending_details(survey)
         parts = [f"{c['objects']} object(s), {human(c['bytes'])} in {cls} ({c['tier']} tier: {c['expected_delay']}; "
                  f"cost: {c['cost_class']}, {c['cost']})" for cls, c in sorted(d["by_class"].items())]
         asked = (f"restore requested now for {survey.requested_now}, earlier for "
                  f"{d['objects_pending'] - survey.requested_now}")
-        return f"{what}: waiting for archived data: {'; '.join(parts)}; {asked}. Rerun the same command later" \
-               + (" (or add --wait)" if what.startswith("restore") else "")
+        rerun = "Rerun the same command later" + (" (or add --wait)" if what.startswith("restore") else "")
+        done = f"; {progress}" if progress else ""
+        return f"{what}: waiting for archived data: {'; '.join(parts)}; {asked}{done}. {rerun}"
 
     def finish(self, keys: Iterable[str], progress_key: str | None = None) -> None:
         """Everything needed was read: forget the requests and the half-done restore."""
