@@ -47,15 +47,29 @@ class Entry:
         return d
 
 
+# ensure_ascii keeps undecodable file names (surrogate escapes) representable.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
 class ManifestWriter:
+    """Lines are buffered and compressed in batches: per-line gzip writes cost more than the scan."""
+
     def __init__(self, fileobj: IO[bytes], header: dict[str, Any]) -> None:
-        self._gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=6)
+        # Level 1: manifests are written on every run and read rarely; speed beats a few % size.
+        self._gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1)
+        self._pending: list[str] = []
         self.count = 0
         self._line({"format": FORMAT, "version": VERSION, **header})
 
     def _line(self, obj: dict[str, Any]) -> None:
-        # ensure_ascii keeps undecodable file names (surrogate escapes) representable.
-        self._gz.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode() + b"\n")
+        self._pending.append(_encode(obj))
+        if len(self._pending) >= 1000:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._gz.write(("\n".join(self._pending) + "\n").encode())
+            self._pending = []
 
     def add(self, entry: Entry) -> None:
         self._line(entry.to_json())
@@ -63,6 +77,7 @@ class ManifestWriter:
 
     def close(self, summary: dict[str, Any]) -> None:
         self._line({"end": True, "entries": self.count, "summary": summary})
+        self._flush()
         self._gz.close()
 
 
