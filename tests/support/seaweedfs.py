@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,20 +26,31 @@ DEFAULT_ACCESS_KEY = "TESTONLYACCESSKEY000"
 DEFAULT_SECRET_KEY = "test-only-secret-do-not-use-0000000000000"
 
 
+# Ports handed out by this process, and the converge test's fixed S3 port (baked into the test
+# data bag items) with its gRPC twin: never hand those out.
+_TAKEN: set[int] = {18333, 28333}
+
+
 def free_port() -> int:
-    # SeaweedFS also binds gRPC on port + 10000, so pick ports whose +10000 twin is free too.
+    """A free loopback port whose +10000 gRPC twin (SeaweedFS binds both) is free too.
+
+    Random in a wide range so parallel test workers rarely race for the same port."""
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 10000 > 65535:
+        port = random.randint(20000, 45000)
+        if port in _TAKEN or port + 10000 in _TAKEN:
             continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
+        if _bindable(port) and _bindable(port + 10000):
+            _TAKEN.update((port, port + 10000))
+            return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def weed_binary() -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -86,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backup-agent: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `backup-agent status | head`: the reader left; nothing is wrong with the agent.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
+        return EXIT_OK
     except Exception as exc:  # a bug: one line for the user, the traceback with -v
         log.debug("unexpected error", exc_info=True)
         if as_json:
@@ -121,6 +128,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         plan = setup_bucket(cfg, dry_run=args.dry_run)
         return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
 
+    from backup_agent.execute import record_snapshot_count
     from backup_agent.jobs import runner_for
 
     job = cfg.job(args.job)
@@ -139,6 +147,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     runner = runner_for(cfg, job)
     if args.verb == "snapshots":
         snaps = [s.to_json() for s in (runner.describe_snapshots() if as_json else runner.snapshots())]
+        record_snapshot_count(cfg, job.name, len(snaps))
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
@@ -160,6 +169,8 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
                      f"{out.get('bytes', 0)} bytes into {out.get('target')}")
     if args.verb == "prune":
         out = runner.prune(dry_run=args.dry_run)
+        if not args.dry_run:
+            record_snapshot_count(cfg, job.name, len(out["keep"]))
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
                 f"deleted {out.get('objects_deleted', 0)} object(s), {out.get('bytes_freed', 0)} bytes")

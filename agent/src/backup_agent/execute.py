@@ -60,7 +60,7 @@ def run_job(cfg: Config, job: Job) -> RunResult:
         raise
     record["last_snapshot"] = result.snapshot
     record["last_success"] = _now_text()
-    record["snapshots"] = _count_snapshots(runner, record.get("snapshots"))
+    record["snapshots"] = _count_snapshots(runner, record.get("snapshots"), bool(result.snapshot))
     _finish(cfg, record, t0, notifier, EXIT_PARTIAL if result.status == "partial" else EXIT_OK,
             result=result.status, bytes_uploaded=result.bytes_uploaded, bytes_total=result.bytes_total,
             files_failed=result.files_failed, error=None)
@@ -129,8 +129,13 @@ def _notifier(cfg: Config) -> Notifier | None:
     return Notifier(cfg.notify, node=cfg.node, environment=cfg.environment)
 
 
-def _count_snapshots(runner: JobRunner | None, previous: Any) -> Any:
-    """How many snapshots the job has now, for the metrics; a listing problem is not a failure."""
+def _count_snapshots(runner: JobRunner | None, previous: Any, made_one: bool) -> Any:
+    """How many snapshots the job has now, for the metrics; a listing problem is not a failure.
+
+    Counted once, then kept up to date locally (prune records its own count): an unchanged
+    rerun must not pay a LIST of the bucket."""
+    if isinstance(previous, int):
+        return previous + 1 if made_one else previous
     try:
         return len(runner.snapshots()) if runner is not None else previous
     except Exception as exc:
@@ -163,3 +168,14 @@ def _finish(cfg: Config, record: dict[str, Any], t0: float, notifier: Notifier |
         # Bounded: a hanging endpoint delays this process's exit by at most notify.timeout + 5 s.
         if not notifier.wait():
             log.warning("job %s: notifications still pending at exit; giving up on them", record["job"])
+
+
+def record_snapshot_count(cfg: Config, job: str, count: int) -> None:
+    """After prune or a listing: the true count, for status and metrics."""
+    status = read_status(cfg.state_dir, job)
+    if status and status.get("snapshots") != count:
+        status["snapshots"] = count
+        try:
+            write_status(cfg.state_dir, job, status)
+        except OSError as exc:
+            log.warning("cannot update status for job %s: %s", job, exc)
