@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +167,34 @@ def test_fsfreeze_missing_is_reported_before_any_hook(log: Path, monkeypatch: py
             pre=rec(log, "pre"), post=None, freeze=["/data"], timeout=5):
         pass
     assert calls(log) == []
+
+
+def test_sigint_is_guarded_like_sigterm(log: Path) -> None:
+    with pytest.raises(Terminated, match="SIGINT"), consistent(pre=None, post=rec(log, "post"), freeze=["/data"],
+                                                               timeout=5):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert calls(log) == ["fsfreeze -f /data", "fsfreeze -u /data", "post post failed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+GUARDED_RUN = """
+import sys, time
+from backup_agent import hooks
+hooks.GUARDIAN_GRACE = 0.2
+with hooks.consistent(pre=None, post=None, freeze=["/data"], timeout=0.3):
+    print("frozen", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_guardian_thaws_after_the_agent_is_killed(log: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", GUARDED_RUN], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "frozen"
+    proc.kill()  # SIGKILL: no finally, no watchdog thread
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while "fsfreeze -u /data" not in calls(log):
+        assert time.monotonic() < deadline, "nobody thawed /data"
+        time.sleep(0.05)
+    assert calls(log) == ["fsfreeze -f /data", "fsfreeze -u /data"]

@@ -5,10 +5,11 @@
 - `post` runs whenever `pre` succeeded: after a failed capture, a hook failure in between, or SIGTERM
   (it gets BACKUP_AGENT_RESULT=success|failed).
 - Every mountpoint the agent tried to freeze is thawed in a `finally`, with a hard timeout per
-  command, and a watchdog thaws them anyway if the capture outlives the timeout: a frozen
-  filesystem blocks every writer on the node, which is worse than a missed backup.
-- SIGTERM raises `Terminated` in the main thread during the section so the cleanup runs; a signal
-  arriving during cleanup waits until the cleanup is done.
+  command. A watchdog thread thaws them if the capture outlives the timeout, and a guardian
+  process in its own session does so a little later even if the agent itself is SIGKILLed: a
+  frozen filesystem blocks every writer on the node, which is worse than a missed backup.
+- SIGTERM and SIGINT raise `Terminated` in the main thread during the section so the cleanup
+  runs; a signal arriving during cleanup waits until the cleanup is done.
 """
 
 from __future__ import annotations
@@ -92,42 +93,47 @@ def _exit_text(code: int) -> str:
     return f"signal {-code}" if code < 0 else f"status {code}"
 
 
-class SigtermGuard:
-    """While active (main thread only), SIGTERM raises Terminated once; later ones are deferred."""
+GUARDED = (signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C, and how the daemon aborts a run
+
+
+class SignalGuard:
+    """While active (main thread only), SIGTERM/SIGINT raise Terminated once; later ones are deferred."""
 
     def __init__(self) -> None:
         self.active = False
-        self.received = False
+        self.received: int | None = None
         self.raised = False
         self._depth = 0
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> SigtermGuard:
-        # signal.signal only works in the main thread; a daemon running jobs in worker threads
-        # handles SIGTERM itself and waits for the job.
+    def __enter__(self) -> SignalGuard:
+        # signal.signal only works in the main thread; a caller running jobs in worker threads
+        # handles signals itself and waits for the job.
         self.active = threading.current_thread() is threading.main_thread()
         if self.active:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
+            self._old = {sig: signal.signal(sig, self._handler) for sig in GUARDED}
         return self
 
     def __exit__(self, *exc: object) -> None:
         if not self.active:
             return
-        signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         self.active = False
-        if self.received and callable(self._old):
-            self._old(signal.SIGTERM, None)  # let whoever installed it know too (e.g. a daemon loop)
+        old = self._old.get(self.received or 0)
+        if callable(old) and old is not signal.default_int_handler:
+            old(self.received, None)  # let whoever installed it know too (e.g. a daemon loop)
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.received = True
+        self.received = self.received or signum
         if self._depth == 0 and not self.raised:
             self.raised = True
-            raise Terminated("interrupted by SIGTERM")
-        log.warning("SIGTERM received: finishing cleanup first")
+            raise Terminated(f"interrupted by {signal.Signals(signum).name}")
+        log.warning("%s received: finishing cleanup first", signal.Signals(signum).name)
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        """A cleanup section: SIGTERM is remembered, and raised only once the cleanup is done."""
+        """A cleanup section: a signal is remembered, and raised only once the cleanup is done."""
         self._depth += 1
         try:
             yield
@@ -135,7 +141,11 @@ class SigtermGuard:
             self._depth -= 1
         if self.received and not self.raised and self._depth == 0:
             self.raised = True
-            raise Terminated("interrupted by SIGTERM")
+            raise Terminated(f"interrupted by {signal.Signals(self.received).name}")
+
+
+# The guardian fires this long after the in-process watchdog would have, so normally it never does.
+GUARDIAN_GRACE = 10.0
 
 
 def find_fsfreeze() -> str:
@@ -160,8 +170,10 @@ class Freezer:
         self.expired = False
         self.errors: list[str] = []
         self._watchdog: threading.Timer | None = None
+        self._guardian: subprocess.Popen[bytes] | None = None
 
     def freeze(self) -> None:
+        self._start_guardian()
         for mount in self.mounts:
             with self.lock:
                 self.unsure.append(mount)
@@ -191,6 +203,25 @@ class Freezer:
                 self._thaw_one(mount, must=False)
             self.frozen.clear()
             self.unsure.clear()
+            if self._guardian is not None:
+                _kill(self._guardian)
+                self._guardian = None
+
+    def _start_guardian(self) -> None:
+        """A process that thaws everything after the deadline unless killed first.
+
+        It outlives the agent (own session, so a daemon's killpg of the run misses it too): the
+        last line of defence when the agent is SIGKILLed, OOM-killed or wedged while frozen.
+        """
+        deadline = self.timeout * len(self.mounts) + self.max_frozen + GUARDIAN_GRACE
+        script = 'sleep "$1"; f=$2; shift 2; for m in "$@"; do "$f" -u "$m"; done'
+        try:
+            self._guardian = subprocess.Popen(
+                ["sh", "-c", script, "backup-agent-thaw-guardian", f"{deadline:g}", self.fsfreeze, *self.mounts],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError as exc:
+            raise HookFailed(f"freeze: cannot start the thaw guardian: {exc.strerror or exc}") from None
 
     def _thaw_one(self, mount: str, *, must: bool) -> None:
         last: HookFailed | None = None
@@ -212,7 +243,7 @@ def consistent(*, pre: Sequence[str] | None, post: Sequence[str] | None, freeze:
     """Run the body between the job's hooks; see the module docstring for the guarantees."""
     env = dict(env or {})
     fsfreeze = find_fsfreeze() if freeze else ""
-    with SigtermGuard() as guard:
+    with SignalGuard() as guard:
         if pre:
             run_command(pre, timeout=timeout, what="pre hook", env={**env, "BACKUP_AGENT_HOOK": "pre"})
         failure: BaseException | None = None
@@ -232,7 +263,7 @@ def consistent(*, pre: Sequence[str] | None, post: Sequence[str] | None, freeze:
 
 
 @contextmanager
-def _frozen(freezer: Freezer, guard: SigtermGuard) -> Iterator[None]:
+def _frozen(freezer: Freezer, guard: SignalGuard) -> Iterator[None]:
     try:
         freezer.freeze()
         yield
