@@ -238,8 +238,6 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
         last.update(diff=seen["diff"], kept=kept, warnings=warnings)
         if lines:
             last["result"] += "\n" + "\n".join(lines)
-        for w in warnings:
-            log.warning("%s", w)
     return {"bucket": bucket, "dry_run": dry_run, "steps": steps}
 
 
