@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.seaweedfs import SeaweedFS  # noqa: E402
+from support.seaweedfs import SeaweedFS
 
 BIN = Path(sys.executable).parent
 SCENARIOS = ("full", "nochange", "change1pct", "restore")
@@ -254,7 +254,7 @@ def print_table(results: dict[tuple[str, str], list[float]], rss: dict[str, floa
     for sc, other, limit in goals:
         if (agent, sc) in results and (other, sc) in results:
             ratio = statistics.median(results[(agent, sc)]) / statistics.median(results[(other, sc)])
-            print(f"| {sc}: agent ≤ {limit} × {other} | {ratio:.2f} | {'yes' if ratio <= limit else 'NO'} |")
+            print(f"| {sc}: agent ≤ {limit} x {other} | {ratio:.2f} | {'yes' if ratio <= limit else 'NO'} |")
 
 
 def rss_tree(s3: SeaweedFS, work: Path, n: int) -> int:
