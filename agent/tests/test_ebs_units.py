@@ -171,3 +171,43 @@ def test_client_uses_storage_keys_only_for_aws_itself(monkeypatch: pytest.Monkey
     assert key_of(keys) == "STORAGE-KEY"
     assert key_of({**keys, "endpoint_url": "http://127.0.0.1:8333"}) == "FROM-ENV", "SeaweedFS keys are not AWS keys"
     assert key_of({}) == "FROM-ENV"
+
+
+class FakePaginator:
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+
+    def paginate(self, **kw: Any) -> list[dict[str, Any]]:
+        return self.pages
+
+
+class PruneEc2:
+    def __init__(self, images: list[dict[str, Any]]) -> None:
+        self.images = images
+        self.deleted: list[str] = []
+
+    def get_paginator(self, name: str) -> FakePaginator:
+        return FakePaginator([{"Images": self.images}] if name == "describe_images" else [{"Snapshots": []}])
+
+    def delete_snapshot(self, SnapshotId: str) -> None:
+        self.deleted.append(SnapshotId)
+
+
+def test_failed_sets_go_whatever_the_policy_and_ami_sets_stay_whole() -> None:
+    from backup_agent.jobs.ebs_prune import prune_region
+
+    def run(day: int, *states: str) -> list[dict[str, Any]]:
+        tags = {"snapshot": f"202601{day:02d}T000000Z-abcdef", "created": f"2026-01-{day:02d}T00:00:00Z"}
+        return [snap(f"snap-{day}{i}", vol, st, **tags) for i, (vol, st) in enumerate(zip((DATA1, DATA2), states,
+                                                                                            strict=False))]
+
+    sets = group(run(1, "completed", "completed") + run(2, "completed", "completed") + run(3, "completed", "error")
+                 + run(4, "completed", "completed"))
+    ec2 = PruneEc2([{"ImageId": "ami-1", "BlockDeviceMappings": [{"Ebs": {"SnapshotId": "snap-11"}}]}])
+    out = prune_region(ec2, sets, {"keep_last": 2}, dry_run=False, report_foreign=False)
+    assert out["forget"] == ["20260103T000000Z-abcdef"], "day 3 failed; days 4 and 2 are the last two good ones"
+    assert ec2.deleted == ["snap-30", "snap-31"]
+    out = prune_region(ec2, sets, {"keep_last": 1}, dry_run=True, report_foreign=False)
+    assert out["in_use"] == [{"snapshot": "20260101T000000Z-abcdef", "images": ["ami-1"],
+                              "ebs_snapshots": ["snap-10", "snap-11"]}]
+    assert "20260101T000000Z-abcdef" not in out["forget"] and "20260102T000000Z-abcdef" in out["forget"]

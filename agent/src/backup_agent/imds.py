@@ -129,7 +129,8 @@ def _parse_document(text: str | None) -> dict[str, Any]:
 
 def _short(exc: Exception | None) -> str:
     if isinstance(exc, requests.ConnectTimeout | requests.ReadTimeout):
-        return "timed out"
+        # The classic cause on EC2: a container one hop further than the token's hop limit of 1.
+        return "timed out; from a container the instance's metadata hop limit must be 2 or more"
     if isinstance(exc, requests.ConnectionError):
         return "connection refused or unreachable"
     return str(exc) if exc else "no answer"

@@ -15,13 +15,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from backup_agent import hooks, retention
+from backup_agent import hooks
 from backup_agent.config import Config, Job
 from backup_agent.ec2 import AwsError, describe, error_code, make_client
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed
 from backup_agent.imds import Imds, ImdsError, ImdsV1Only
+from backup_agent.jobs import ebs_prune
 from backup_agent.jobs import ebs_sets as sets_mod
 from backup_agent.jobs.base import Clock, JobRunner, RunResult, Snapshot, parse_time, rfc3339, utcnow
+from backup_agent.jobs.ebs_prune import describe_snapshots
 from backup_agent.jobs.ebs_sets import SnapshotSet, tag_list, tags_of, user_tags
 from backup_agent.jobs.ebs_volumes import Attached, SelectionError, attached_volumes, nvme_serial_reader, select
 from backup_agent.state import JobLock, ensure_dir
@@ -266,7 +268,7 @@ class EbsSnapshotJob(JobRunner):
     def _discard(self, ec2: Any, set_id: str) -> None:
         """Best effort after a failed run: delete whatever the run made (found by its set tag)."""
         try:
-            found = self._describe(ec2, [{"Name": f"tag:{sets_mod.TAG_SET}", "Values": [set_id]}])
+            found = describe_snapshots(ec2, [{"Name": f"tag:{sets_mod.TAG_SET}", "Values": [set_id]}])
             for snap in found:
                 ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
                 log.info("job %s: deleted %s of the failed run", self.job.name, snap["SnapshotId"])
@@ -339,15 +341,11 @@ class EbsSnapshotJob(JobRunner):
 
     # --- listing ---------------------------------------------------------------------------------
 
-    def _describe(self, ec2: Any, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        pages = ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"], Filters=filters)
-        return [s for page in pages for s in page.get("Snapshots", [])]
-
     def sets(self, region: str) -> list[SnapshotSet]:
         filters = [{"Name": f"tag:{sets_mod.TAG_JOB}", "Values": [self.job.name]},
                    {"Name": f"tag:{sets_mod.TAG_NODE}", "Values": [self.cfg.node]}]
         try:
-            return sets_mod.group(self._describe(self.client(region), filters))
+            return sets_mod.group(describe_snapshots(self.client(region), filters))
         except AwsError as exc:
             raise JobFailed(f"job {self.job.name}: cannot list snapshots in {region}: {describe(exc)}") from None
 
@@ -449,73 +447,11 @@ class EbsSnapshotJob(JobRunner):
             return result
 
     def _prune_region(self, region: str, dry_run: bool, *, foreign: bool) -> dict[str, Any]:
-        ec2 = self.client(region)
-        sets = self.sets(region)
-        broken = {s.id for s in sets if s.state == "error"}
-        decision = retention.apply([(s.id, s.time) for s in sets if s.id not in broken], self.job.retention)
-        forget = [s for s in sets if s.id in broken or s.id in set(decision.forget)]
-        in_use: list[dict[str, Any]] = []
-        images = self._ami_snapshots(ec2, region) if forget else {}
-        deleted: list[str] = []
-        for s in forget:
-            users = sorted({img for sid in s.ids for img in images.get(sid, [])})
-            if users:
-                # The whole set stays: deleting part of it would leave an incomplete snapshot.
-                in_use.append({"snapshot": s.id, "images": users, "ebs_snapshots": s.ids})
-                continue
-            if dry_run:
-                continue
-            deleted += [sid for sid in s.ids if self._delete(ec2, sid, in_use, s.id)]
-        out: dict[str, Any] = {
-            "keep": [{"id": k, "reasons": decision.reasons[k]} for k in decision.keep],
-            "forget": [s.id for s in forget if s.id not in {u["snapshot"] for u in in_use}],
-            "ebs_snapshots_deleted": deleted,
-            "in_use": in_use,
-        }
-        if foreign:
-            out["foreign_snapshots"] = self._foreign(ec2, sets)
-        return out
-
-    def _delete(self, ec2: Any, sid: str, in_use: list[dict[str, Any]], set_id: str) -> bool:
         try:
-            ec2.delete_snapshot(SnapshotId=sid)
-            return True
+            return ebs_prune.prune_region(self.client(region), self.sets(region), self.job.retention,
+                                          dry_run=dry_run, report_foreign=foreign)
         except AwsError as exc:
-            code = error_code(exc)
-            if code == "InvalidSnapshot.NotFound":
-                return False
-            if code == "InvalidSnapshot.InUse":
-                in_use.append({"snapshot": set_id, "images": ["(in use)"], "ebs_snapshots": [sid]})
-                return False
-            raise JobFailed(f"job {self.job.name}: prune: cannot delete {sid}: {describe(exc)}") from None
-
-    def _ami_snapshots(self, ec2: Any, region: str) -> dict[str, list[str]]:
-        """EBS snapshot id → our AMIs that boot from it (AWS refuses to delete those anyway)."""
-        users: dict[str, list[str]] = {}
-        try:
-            for page in ec2.get_paginator("describe_images").paginate(Owners=["self"], IncludeDisabled=True):
-                for img in page.get("Images", []):
-                    for bdm in img.get("BlockDeviceMappings", []):
-                        sid = bdm.get("Ebs", {}).get("SnapshotId")
-                        if sid:
-                            users.setdefault(sid, []).append(img["ImageId"])
-        except AwsError as exc:
-            raise JobFailed(f"job {self.job.name}: prune: cannot list AMIs in {region} to protect their "
-                            f"snapshots: {describe(exc)}") from None
-        return users
-
-    def _foreign(self, ec2: Any, sets: list[SnapshotSet]) -> list[str]:
-        """Snapshots of the volumes this job captures that are not this job's (reported, never touched)."""
-        ours = {sid for s in sets for sid in s.ids}
-        volumes = sorted({m["VolumeId"] for s in sets for m in s.members if m.get("VolumeId")})
-        if not volumes:
-            return []
-        try:
-            found = self._describe(ec2, [{"Name": "volume-id", "Values": volumes}])
-        except AwsError as exc:
-            log.warning("job %s: cannot look for other snapshots of %s: %s", self.job.name, volumes, describe(exc))
-            return []
-        return sorted(s["SnapshotId"] for s in found if s["SnapshotId"] not in ours)
+            raise JobFailed(f"job {self.job.name}: prune in {region}: {describe(exc)}") from None
 
     # --- check -----------------------------------------------------------------------------------
 
