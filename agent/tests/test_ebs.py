@@ -120,7 +120,8 @@ def test_restore_prints_how_to_create_volumes(aws: EbsEnv) -> None:
         line = (f"aws ec2 create-volume --region {REGION} --availability-zone {aws.node.zone} "
                 f"--snapshot-id {snap['SnapshotId']}")
         assert line in proc.stdout
-    assert "--device /dev/sdf" in proc.stdout
+    assert f"of {aws.node.data1} at /dev/sdf" in proc.stdout
+    assert "--device /dev/sdh" in proc.stdout and "--device /dev/sdf" not in proc.stdout, "beside, not over"
     assert not Path("/nonexistent").exists()
     out = aws.json("restore", "vols", "--snapshot", sid, "--target", "-")
     assert out["snapshot"] == sid and out["availability_zone"] == aws.node.zone and len(out["volumes"]) == 3

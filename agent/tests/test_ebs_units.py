@@ -70,6 +70,12 @@ def test_udev_links_are_followed() -> None:
     assert pick(["/dev/data"], resolve=lambda p: links.get(p, p)) == [DATA2]
 
 
+def test_free_device_names_for_restored_copies() -> None:
+    from backup_agent.jobs.ebs_volumes import free_devices
+
+    assert free_devices(["/dev/xvda", "/dev/xvdf", "/dev/sdh"])[:3] == ["/dev/sdg", "/dev/sdi", "/dev/sdj"]
+
+
 def test_bad_entries_name_their_index() -> None:
     with pytest.raises(SelectionError, match="device /dev/sdz is not an EBS volume attached") as exc:
         pick([DATA1, "/dev/sdz"])

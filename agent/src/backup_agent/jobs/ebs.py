@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,14 @@ from backup_agent.jobs import ebs_sets as sets_mod
 from backup_agent.jobs.base import Clock, JobRunner, RunResult, Snapshot, parse_time, rfc3339, utcnow
 from backup_agent.jobs.ebs_prune import describe_snapshots
 from backup_agent.jobs.ebs_sets import SnapshotSet, tag_list, tags_of, user_tags
-from backup_agent.jobs.ebs_volumes import Attached, SelectionError, attached_volumes, nvme_serial_reader, select
+from backup_agent.jobs.ebs_volumes import (
+    Attached,
+    SelectionError,
+    attached_volumes,
+    free_devices,
+    nvme_serial_reader,
+    select,
+)
 from backup_agent.state import JobLock, ensure_dir
 from backup_agent.storage import layout
 
@@ -163,7 +170,9 @@ class EbsSnapshotJob(JobRunner):
             log.warning("job %s: %s", self.job.name, w)
         created = self.clock()
         set_id = layout.new_snapshot_id(created)
-        tags = self._tags(rfc3339(created), set_id, len(chosen))
+        # Milliseconds: two runs in the same second must still sort in the order they ran.
+        tags = self._tags(created.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                          set_id, len(chosen))
         made: list[dict[str, Any]] = []
         attempted = False
         env = {"BACKUP_AGENT_JOB": self.job.name, "BACKUP_AGENT_SNAPSHOT": set_id}
@@ -397,6 +406,8 @@ class EbsSnapshotJob(JobRunner):
             devices = {a.volume_id: a.device for a in attached_volumes(inst)}
         except (ConfigError, JobFailed) as exc:
             log.warning("cannot tell this instance's zone (%s): fill in the placeholders", exc)
+        # The restored copy goes beside the live volume, so it needs a device name nobody uses.
+        free = iter(free_devices(devices.values()))
         volumes = []
         for m in chosen.set.members:
             device = devices.get(m.get("VolumeId", ""))
@@ -406,7 +417,7 @@ class EbsSnapshotJob(JobRunner):
                 "create_volume": (f"aws ec2 create-volume --region {region} --availability-zone {zone} "
                                   f"--snapshot-id {m['SnapshotId']}"),
                 "attach_volume": (f"aws ec2 attach-volume --region {region} --instance-id {iid} "
-                                  f"--device {device or '<device>'} --volume-id <new volume id>"),
+                                  f"--device {next(free, '<free device>')} --volume-id <new volume id>"),
             })
         lines = [f"snapshot {chosen.id} ({rfc3339(chosen.time)}, {chosen.set.state}) in {region}: "
                  "nothing was written; to get a volume back:"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,13 @@ def select(attached: list[Attached], wanted: str | list[str], *, exclude_root: b
         raise SelectionError("no volumes left to snapshot" + (" (exclude_root removed the only one)"
                                                              if exclude_root and attached else ""))
     return chosen, warnings
+
+
+def free_devices(used: Iterable[str]) -> list[str]:
+    """Device names AWS recommends for data volumes (/dev/sdf-sdp) that are not taken yet."""
+    taken = list(used)
+    return [dev for dev in (f"/dev/sd{c}" for c in "fghijklmnop")
+            if not any(_same_device(dev, t) for t in taken)]
 
 
 def _device_volume(device: str, attached: list[Attached], nvme_serial: Callable[[str], str | None],
