@@ -2,60 +2,112 @@
 # Cookbook:: backup_agent
 # Library:: config_builder
 #
-# Builds the agent's config.yaml as plain data, from node attributes and the secrets of the data
-# bag item. Pure: no node, no I/O, so it is easy to test and its output is stable between runs
-# (a stable rendering is what keeps a second converge at 0 updated resources).
+# Builds the agent's config.yaml as plain data from three sources:
+#   - node['backup_agent']['config']: the file's non-secret settings, under the file's own keys;
+#   - jobs: node['backup_agent']['jobs'] and the backup_agent_job resources of this run;
+#   - secrets: the encrypted data bag item (storage.* keys, and job_secrets merged into jobs).
+# Pure: no node, no I/O, so it is easy to test, and its output depends only on its inputs, in a
+# fixed key order (a stable rendering is what keeps a second converge at 0 updated resources).
 
 require 'json'
 require 'yaml'
+require_relative 'validation'
 
 module BackupAgentCookbook
   module ConfigBuilder
     # Keys of the data bag item that become storage.* keys, under the same names.
-    STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key kms_key_id).freeze
+    STORAGE_SECRET_KEYS = Validation::STORAGE_SECRET_KEYS
+    TOP_ORDER = %w(node environment state_dir log_level log_format splay max_parallel_jobs stop_timeout
+                   storage aws jobs notify metrics).freeze
+    STORAGE_ORDER = %w(bucket prefix region endpoint_url access_key_id secret_access_key session_token sse
+                       kms_key_id).freeze
+    # What a data bag item may add to a job under job_secrets.<job>: only command jobs take them.
+    JOB_SECRET_KEYS = %w(password env).freeze
 
     module_function
 
-    # settings:    node['backup_agent']['config'] (non-secret settings)
-    # jobs:        node['backup_agent']['jobs'] (map keyed by job name)
-    # secrets:     the loaded data bag values (string keys)
-    # node_name:   fallback for `node`
-    # environment: node.chef_environment
-    def build(settings:, jobs:, secrets:, node_name:, environment:)
-      settings = plain(settings || {})
+    # settings:      node['backup_agent']['config']
+    # jobs:          node['backup_agent']['jobs'] (map keyed by job name; a nil job is removed)
+    # resource_jobs: { name => job Hash, or nil for a job a backup_agent_job :delete removed }
+    # secrets:       the loaded data bag values (string keys)
+    # node_name:     fallback for `node`
+    # environment:   node.chef_environment, fallback for `environment`
+    def build(settings:, jobs:, secrets:, node_name:, environment:, resource_jobs: {})
+      config = plain(settings || {})
       secrets = plain(secrets || {})
+      config['node'] = node_name if config['node'].nil?
+      config['environment'] = environment if config['environment'].nil?
 
-      storage = STORAGE_SECRET_KEYS.to_h { |key| [key, secrets[key]] }
-      storage['prefix'] = settings['prefix']
-      storage['sse'] = settings['sse']
+      storage = config['storage'].is_a?(Hash) ? config['storage'] : {}
+      config['storage'] = storage.merge(secrets.slice(*STORAGE_SECRET_KEYS))
 
-      config = {
-        'node' => settings['node'] || node_name,
-        'environment' => environment,
-        'state_dir' => settings['state_dir'],
-        'log_level' => settings['log_level'],
-        'splay' => settings['splay'],
-        'max_parallel_jobs' => settings['max_parallel_jobs'],
-        'storage' => order(storage, %w(bucket prefix region endpoint_url access_key_id secret_access_key sse kms_key_id)),
-        'aws' => settings['aws'],
-        'jobs' => jobs_map(jobs),
-        'notify' => {
-          'healthchecks_url' => settings['healthchecks_url'],
-          'webhook_url' => settings['webhook_url'],
-        },
-        'metrics' => { 'textfile' => settings['metrics_textfile'] },
-      }
-      compact(config)
+      merged = merge_jobs(jobs, resource_jobs)
+      add_job_secrets(merged, secrets['job_secrets'] || {})
+      config['jobs'] = merged.sort.to_h { |name, job| [name, canonical_job(job)] }
+
+      config = compact(config)
+      config['storage'] = order(config['storage'], STORAGE_ORDER) if config['storage']
+      order(config, TOP_ORDER)
     end
 
-    # Jobs sorted by name, so the file does not change when precedence levels merge in another
-    # order. A job set to nil (how an environment removes a job a role added) is dropped.
-    def jobs_map(jobs)
-      plain(jobs || {}).compact.sort.to_h
+    # A job declared by a backup_agent_job resource is the base; attributes of the same name are
+    # merged over it key by key (so an environment tunes a wrapper's job: schedule, retention).
+    # A job set to nil in attributes, or deleted by a resource, is dropped.
+    def merge_jobs(attribute_jobs, resource_jobs)
+      attribute_jobs = plain(attribute_jobs || {})
+      resource_jobs = plain(resource_jobs || {})
+      jobs = resource_jobs.compact
+      attribute_jobs.each do |name, job|
+        next if resource_jobs.key?(name) && resource_jobs[name].nil?
+        if job.nil?
+          jobs.delete(name)
+        else
+          jobs[name] = deep_merge(jobs[name] || {}, job)
+        end
+      end
+      jobs
     end
 
-    # Drops nil values and the hashes that become empty: the agent rejects unknown keys and
-    # applies its own defaults, so an unset attribute must not reach the file at all.
+    # job_secrets of the data bag item go only into jobs this node has: a shared item may hold
+    # the passwords of jobs other nodes run.
+    def add_job_secrets(jobs, job_secrets)
+      job_secrets.each do |name, values|
+        job = jobs[name]
+        # A job without a type is reported by the caller's completeness check.
+        next unless job.is_a?(Hash) && values.is_a?(Hash) && job['type']
+        keys = values.keys & JOB_SECRET_KEYS
+        next if keys.empty?
+        unless job['type'] == 'command'
+          raise ConfigError, "backup_agent: job_secrets.#{name} (#{keys.join(', ')}) of the data bag item is for " \
+                             "job '#{name}', which is a #{job['type']} job: only command jobs take them"
+        end
+        job['password'] = values['password'] if values.key?('password')
+        job['env'] = (job['env'] || {}).merge(values['env']) if values['env']
+      end
+    end
+
+    # `type` first, every map's keys sorted: the same job renders the same way whichever
+    # precedence level or resource it came from.
+    def canonical_job(job)
+      return job unless job.is_a?(Hash)
+      sorted = sort_keys(job)
+      sorted.key?('type') ? { 'type' => sorted['type'] }.merge(sorted) : sorted
+    end
+
+    def sort_keys(value)
+      case value
+      when Hash then value.sort.to_h { |key, item| [key, sort_keys(item)] }
+      when Array then value.map { |item| sort_keys(item) }
+      else value
+      end
+    end
+
+    def deep_merge(base, over)
+      base.merge(over) { |_key, old, new| old.is_a?(Hash) && new.is_a?(Hash) ? deep_merge(old, new) : new }
+    end
+
+    # Drops nil values and the maps that become empty: the agent rejects unknown keys and applies
+    # its own defaults, so an unset attribute must not reach the file at all.
     def compact(value)
       case value
       when Hash
@@ -78,7 +130,8 @@ module BackupAgentCookbook
     end
 
     def order(hash, keys)
-      keys.to_h { |key| [key, hash[key]] }.merge(hash.reject { |key, _| keys.include?(key) })
+      known = keys.select { |key| hash.key?(key) }.to_h { |key| [key, hash[key]] }
+      known.merge(hash.reject { |key, _| keys.include?(key) }.sort.to_h)
     end
 
     # line_width -1: long values (URLs, commands) stay on one line.

@@ -3,21 +3,73 @@
 # Library:: helpers
 #
 # The recipe-side glue: where the agent lives, whether it needs (re)installing, which service
-# manager applies, and the config built from attributes plus the secrets in node.run_state.
+# manager applies, the jobs backup_agent_job resources declared, and the config built from
+# attributes, those jobs and the secrets in node.run_state.
 
 require 'digest'
+require 'json'
+require 'chef/event_dispatch/base'
 require 'chef/mixin/shell_out'
+require_relative 'config_builder'
+require_relative 'validation'
 
 module BackupAgentCookbook
-  class ConfigError < StandardError; end
-
-  # node.run_state key holding the loaded secrets. A wrapper cookbook may fill it before this
-  # cookbook's recipes compile (e.g. from Vault) and the data bag is then not read.
+  # node.run_state keys. A wrapper cookbook may fill SECRETS itself before backup_agent::config
+  # compiles (e.g. from Vault, same keys as the data bag item); the data bag is then not read.
   RUN_STATE_KEY = 'backup_agent_secrets'.freeze
+  JOBS_KEY = 'backup_agent_jobs'.freeze
+  FAILED_KEY = 'backup_agent_failed_resource'.freeze
+  WATCH_KEY = 'backup_agent_failure_watch'.freeze
 
-  # Split out so specs can stub it: ChefSpec runs on whatever host the specs run on.
+  # Split out so specs can stub them: ChefSpec runs on whatever host the specs run on.
   def self.systemd_running?
     ::File.directory?('/run/systemd/system')
+  end
+
+  def self.service_active?(name)
+    Mixlib::ShellOut.new('systemctl', 'is-active', '--quiet', name).run_command.exitstatus == 0
+  rescue StandardError
+    false
+  end
+
+  # The pid of a running `backup-agent daemon` using this state_dir: the daemon writes it into
+  # state_dir/daemon.lock, which it holds for its lifetime. The process must still be a
+  # backup-agent daemon (a stale pid may belong to anything by now).
+  def self.daemon_pid(state_dir)
+    pid = Integer(::File.read(::File.join(state_dir, 'daemon.lock')).strip, exception: false)
+    return unless pid&.positive?
+    argv = ::File.read("/proc/#{pid}/cmdline").split("\0")
+    pid if argv.include?('daemon') && argv.any? { |arg| arg.end_with?('backup-agent', 'backup_agent') }
+  rescue SystemCallError
+    nil
+  end
+
+  # `bucket setup --dry-run --json` says whether applying would change anything. When it cannot
+  # tell (an error), the real command should run and report the error itself.
+  def self.bucket_changes?(bin, config_path)
+    result = Mixlib::ShellOut.new(bin, '-c', config_path, 'bucket', 'setup', '--dry-run', '--json', timeout: 300).run_command
+    return true unless result.exitstatus == 0
+    pending = JSON.parse(result.stdout).fetch('steps', []).reject do |step|
+      step['result'].to_s.start_with?('already set', 'not supported')
+    end
+    pending.each { |step| Chef::Log.info("backup_agent: bucket setup would change: #{step['step']}") }
+    !pending.empty?
+  rescue JSON::ParserError
+    true
+  end
+
+  # Notes the first resource that fails in this run. The config file renders last (in the
+  # delayed phase, once every backup_agent_job has registered its job), and Chef runs delayed
+  # actions even after a failure: without this a run that died half-way would write a config
+  # that lacks the jobs declared after the failure.
+  class FailureWatch < Chef::EventDispatch::Base
+    def initialize(run_state)
+      @run_state = run_state
+    end
+
+    def resource_failed(resource, _action, _exception)
+      @run_state[FAILED_KEY] ||= resource.to_s unless resource.ignore_failure
+    end
   end
 
   module Helpers
@@ -32,7 +84,7 @@ module BackupAgentCookbook
     end
 
     def backup_agent_config_path
-      node['backup_agent']['config']['path']
+      node['backup_agent']['config_path']
     end
 
     # --- install ---
@@ -69,21 +121,53 @@ module BackupAgentCookbook
         ::File.read(marker) == backup_agent_install_fingerprint
     end
 
-    # --- secrets and config ---
+    # --- attributes, secrets, jobs and config ---
+
+    # Compile time: every attribute problem at once, before anything changes.
+    def backup_agent_check_attributes!
+      BackupAgentCookbook::Validation.check_attributes!(
+        BackupAgentCookbook::ConfigBuilder.plain(node['backup_agent'].to_hash)
+      )
+    end
 
     def backup_agent_secrets
       node.run_state[BackupAgentCookbook::RUN_STATE_KEY] ||=
         BackupAgentCookbook::Secrets.load(self, node['backup_agent']['data_bag'], node.chef_environment)
     end
 
+    # What backup_agent_job resources declared in this run: name => job, or nil once deleted.
+    def backup_agent_resource_jobs
+      node.run_state[BackupAgentCookbook::JOBS_KEY] ||= {}
+    end
+
+    def backup_agent_register_job(name, job)
+      backup_agent_resource_jobs[name] = job
+    end
+
     def backup_agent_config
-      BackupAgentCookbook::ConfigBuilder.build(
-        settings: node['backup_agent']['config'].to_hash.reject { |key, _| key == 'path' },
+      config = BackupAgentCookbook::ConfigBuilder.build(
+        settings: node['backup_agent']['config'],
         jobs: node['backup_agent']['jobs'],
+        resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],
         node_name: node.name,
         environment: node.chef_environment
       )
+      backup_agent_check_jobs!(config['jobs'] || {})
+      config
+    end
+
+    # Render time: the merged jobs (attributes + resources) must each be complete.
+    def backup_agent_check_jobs!(jobs)
+      errors = jobs.flat_map do |name, job|
+        BackupAgentCookbook::Validation.job_errors(job, complete: true).map do |key, message|
+          "jobs.#{name}#{".#{key}" if key}: #{message} (from node['backup_agent']['jobs']['#{name}'] " \
+            "and/or backup_agent_job[#{name}])"
+        end
+      end
+      return if errors.empty?
+      raise BackupAgentCookbook::ConfigError,
+            "backup_agent: #{backup_agent_config_path} is left unchanged:\n  #{errors.join("\n  ")}"
     end
 
     # Template verification. Raises rather than returning false: on false Chef copies the
@@ -103,6 +187,23 @@ module BackupAgentCookbook
             "which is left unchanged: #{reason}"
     end
 
+    # --- a failed run must not rewrite the config (see FailureWatch) ---
+
+    def backup_agent_watch_failures
+      node.run_state[BackupAgentCookbook::WATCH_KEY] ||= begin
+        run_context.events.register(BackupAgentCookbook::FailureWatch.new(node.run_state))
+        true
+      end
+    end
+
+    # Guard of the delayed resources: true (and says why) when something failed earlier.
+    def backup_agent_run_failed?(what)
+      failed = node.run_state[BackupAgentCookbook::FAILED_KEY]
+      return false unless failed
+      Chef::Log.warn("backup_agent: not touching #{what}: #{failed} failed earlier in this run")
+      true
+    end
+
     # --- service ---
 
     # 'systemd' or 'none'; 'auto' means systemd only where systemd is PID 1.
@@ -114,6 +215,16 @@ module BackupAgentCookbook
 
     def backup_agent_service_managed?
       backup_agent_service_manager == 'systemd'
+    end
+
+    def backup_agent_daemon_pid
+      BackupAgentCookbook.daemon_pid(node['backup_agent']['config']['state_dir'] || '/var/lib/backup-agent')
+    end
+
+    # --- bucket ---
+
+    def backup_agent_bucket_changes?
+      BackupAgentCookbook.bucket_changes?(backup_agent_bin, backup_agent_config_path)
     end
   end
 end

@@ -3,8 +3,9 @@
 # Library:: secrets
 #
 # Loads bucket and credentials from the encrypted data bag item backup_agent/<chef_environment>
-# (fallback item `default`). Every failure becomes one SecretsError whose message names the bag,
-# the item and, where it applies, the key: the converge stops before anything is changed.
+# (fallback item `default`), and the secrets of command jobs (job_secrets.<job>.password / .env).
+# Every failure becomes one SecretsError whose message names the bag, the item and, where it
+# applies, the key: the converge stops before anything is changed.
 
 require 'chef/encrypted_data_bag_item'
 
@@ -14,6 +15,8 @@ module BackupAgentCookbook
   module Secrets
     KEYS = %w(bucket region access_key_id secret_access_key kms_key_id endpoint_url).freeze
     REQUIRED = %w(bucket).freeze
+    # job_secrets: { JOB => { 'password' => String, 'env' => { NAME => String } } }
+    JOB_SECRETS = 'job_secrets'.freeze
 
     module_function
 
@@ -37,6 +40,8 @@ module BackupAgentCookbook
 
       values = read_values(item, where, secret_file)
       check(values, where)
+      job_secrets = read_value(item, JOB_SECRETS, where, secret_file)
+      values[JOB_SECRETS] = check_job_secrets(job_secrets, where) unless job_secrets.nil?
       values.freeze
     end
 
@@ -72,22 +77,47 @@ module BackupAgentCookbook
                           "#{e.class}: #{first_line(e)}"
     end
 
-    # An encrypted item decrypts value by value on access, so a wrong secret shows up here.
     def read_values(item, where, secret_file)
       KEYS.each_with_object({}) do |key, values|
-        value = begin
-                  item[key]
-                rescue StandardError => e
-                  raise SecretsError, "backup_agent: cannot decrypt key '#{key}' of #{where} with the " \
-                                      "secret from #{secret_file} (is it the secret the item was " \
-                                      "encrypted with?): #{e.class}"
-                end
+        value = read_value(item, key, where, secret_file)
         next if value.nil? || value.to_s.strip.empty?
         unless value.is_a?(String)
           raise SecretsError, "backup_agent: key '#{key}' of #{where} must be a string, got #{value.class}"
         end
         values[key] = value
       end
+    end
+
+    # An encrypted item decrypts value by value on access, so a wrong secret shows up here.
+    def read_value(item, key, where, secret_file)
+      item[key]
+    rescue StandardError => e
+      raise SecretsError, "backup_agent: cannot decrypt key '#{key}' of #{where} with the " \
+                          "secret from #{secret_file} (is it the secret the item was " \
+                          "encrypted with?): #{e.class}"
+    end
+
+    def check_job_secrets(job_secrets, where)
+      key = JOB_SECRETS
+      fail_at = ->(path, message) { raise SecretsError, "backup_agent: key '#{path}' of #{where} #{message}" }
+      fail_at.call(key, "must be a map keyed by job name, got #{job_secrets.class}") unless job_secrets.is_a?(Hash)
+      job_secrets.each do |job, values|
+        fail_at.call("#{key}.#{job}", "must be a map (password, env), got #{values.class}") unless values.is_a?(Hash)
+        values.each do |name, value|
+          path = "#{key}.#{job}.#{name}"
+          case name
+          when 'password'
+            fail_at.call(path, "must be a string, got #{value.class}") unless value.is_a?(String)
+          when 'env'
+            unless value.is_a?(Hash) && value.all? { |k, v| k.is_a?(String) && v.is_a?(String) }
+              fail_at.call(path, 'must be a map of environment variable names to strings')
+            end
+          else
+            fail_at.call(path, 'is not a job secret (use password or env)')
+          end
+        end
+      end
+      job_secrets
     end
 
     def check(values, where)

@@ -2,12 +2,20 @@
 # Cookbook:: backup_agent
 # Recipe:: service
 #
-# The systemd unit is always rendered; it is enabled and started only where systemd is PID 1
-# (containers and CI machines often run something else as PID 1).
+# The systemd unit is always rendered. Where systemd is PID 1 the service is enabled and started
+# (delayed: after the config, which renders at the end of the run); a changed config reloads it
+# (SIGHUP: running jobs go on), a changed unit or agent version restarts it. A service that was
+# not running before the run is just started, with everything new.
+#
+# Elsewhere (containers, CI machines: PID 1 is something else) the service is not managed, and a
+# changed config is still applied: the daemon that holds state_dir/daemon.lock gets a SIGHUP, or
+# node['backup_agent']['service']['reload_command'] runs, so a daemon under another supervisor
+# picks the change up too.
 
 service_settings = node['backup_agent']['service']
 unit_path = service_settings['unit_path']
-managed = backup_agent_service_managed?
+config_template = "template[#{backup_agent_config_path}]"
+install_execute = 'execute[install backup-agent]'
 
 # Minimal container images may lack it; an existing directory is left as it is.
 directory ::File.dirname(unit_path) do
@@ -25,29 +33,66 @@ template unit_path do
     nice: service_settings['nice'],
     io_scheduling_class: service_settings['io_scheduling_class']
   )
-  notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if managed
+  notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if backup_agent_service_managed?
 end
 
-if managed
+if backup_agent_service_managed?
   execute 'backup-agent systemctl daemon-reload' do
     command %w(systemctl daemon-reload)
     action :nothing
   end
 
+  # Asked now, before this run changes anything.
+  was_running = BackupAgentCookbook.service_active?(service_settings['name'])
+
   service service_settings['name'] do
     provider Chef::Provider::Service::Systemd
     if service_settings['enabled']
-      action [:enable, :start]
-      subscribes :reload, "template[#{backup_agent_config_path}]", :delayed
-      subscribes :restart, "template[#{unit_path}]", :delayed
-      subscribes :restart, 'execute[install backup-agent]', :delayed
+      action :enable
+      delayed_action :start
+      if was_running
+        subscribes :reload, config_template, :delayed
+        subscribes :restart, "template[#{unit_path}]", :delayed
+        subscribes :restart, install_execute, :delayed
+      end
     else
       action [:stop, :disable]
     end
   end
 else
   # Chef::Log rather than a `log` resource: a log resource always counts as updated.
-  Chef::Log.warn("backup_agent: not managing service #{service_settings['name']}: " \
-                 "#{service_settings['manager'] == 'none' ? "node['backup_agent']['service']['manager'] is 'none'" : 'systemd is not PID 1 here (no /run/systemd/system)'}; " \
-                 "#{unit_path} is rendered, start `#{backup_agent_bin} daemon` under your own supervisor")
+  reason = if service_settings['manager'] == 'none'
+             "node['backup_agent']['service']['manager'] is 'none'"
+           else
+             'systemd is not PID 1 here (no /run/systemd/system)'
+           end
+  Chef::Log.warn("backup_agent: not managing service #{service_settings['name']}: #{reason}; " \
+                 "#{unit_path} is rendered, run `#{backup_agent_bin} daemon` under your own supervisor")
+
+  if service_settings['reload_command']
+    execute 'reload backup-agent' do
+      command service_settings['reload_command']
+      action :nothing
+      subscribes :run, config_template, :delayed
+    end
+  elsif service_settings['reload_unmanaged']
+    ruby_block 'reload backup-agent' do
+      block do
+        pid = backup_agent_daemon_pid
+        Process.kill('HUP', pid) if pid
+      end
+      # No daemon running: nothing to tell, and nothing counts as updated.
+      only_if { backup_agent_daemon_pid }
+      action :nothing
+      subscribes :run, config_template, :delayed
+    end
+  end
+
+  if service_settings['restart_command']
+    execute 'restart backup-agent' do
+      command service_settings['restart_command']
+      action :nothing
+      subscribes :run, install_execute, :delayed
+    end
+  end
 end

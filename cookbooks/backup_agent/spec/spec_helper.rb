@@ -1,5 +1,6 @@
 require 'chefspec'
 require 'json'
+require 'open3'
 require 'yaml'
 
 # The libraries, loaded up front so examples can stub BackupAgentCookbook and test the pure
@@ -12,6 +13,7 @@ module BackupAgentSpec
   ITEMS = %w(default development production staging).freeze
   CONFIG_PATH = '/etc/backup-agent/config.yaml'.freeze
   UNIT_PATH = '/etc/systemd/system/backup-agent.service'.freeze
+  CONFIG_TEMPLATE = "template[#{CONFIG_PATH}]".freeze
 
   # Platforms the cookbook supports, as fauxhai knows them.
   PLATFORMS = [
@@ -31,21 +33,67 @@ module BackupAgentSpec
     Chef::EncryptedDataBagItem.new(raw, secret)
   end
 
+  # Any content, encrypted with the test secret, as data_bag_item returns it.
+  def encrypt(hash)
+    secret = Chef::EncryptedDataBagItem.load_secret(SECRET_FILE)
+    Chef::EncryptedDataBagItem.new(Chef::EncryptedDataBagItem.encrypt_data_bag_item(hash, secret), secret)
+  end
+
   def environment(name)
     JSON.parse(File.read(File.join(REPO, 'environments', "#{name}.json")))
+  end
+
+  def environment_jobs(name)
+    environment(name)['default_attributes']['backup_agent']['jobs']
   end
 
   # Values that must never show up in node attributes, logs or non-sensitive resources.
   def secret_values
     item = plain_item('staging')
-    [item['access_key_id'], item['secret_access_key']]
+    [item['access_key_id'], item['secret_access_key'],
+     item['job_secrets']['pg']['password'], item['job_secrets']['pg']['env']['BACKUP_TEST_TOKEN']]
   end
 
   def rendered_config(chef_run)
     template = chef_run.template(CONFIG_PATH)
     YAML.safe_load(ChefSpec::Renderer.new(chef_run, template).content)
   end
+
+  # The cookbook's attribute defaults (Debian 12) as plain data, loaded once by a converge of
+  # the one recipe that needs no data bag (call it inside an example: ChefSpec stubs are on).
+  def default_attributes
+    @default_attributes ||= begin
+      node = ChefSpec::SoloRunner.new.converge('backup_agent::install').node
+      BackupAgentCookbook::ConfigBuilder.plain(node['backup_agent'].to_hash)
+    end
+  end
+
+  # The agent's JSON Schema from the repository's venv (`make venv`), or nil without one.
+  def agent_schema
+    agent = File.join(REPO, '.venv', 'bin', 'backup-agent')
+    return unless File.executable?(agent)
+    out, status = Open3.capture2(agent, 'schema')
+    JSON.parse(out) if status.success?
+  end
 end
+
+# `wrapper_recipe do ... end`: like ChefSpec's inline `recipe do ... end`, as a wrapper cookbook's
+# recipe that depends on backup_agent. The inline recipe alone runs with an empty run list, so
+# no cookbook's attributes would load; here backup_agent::install is in the run list (its
+# attributes load) and the block's resources follow it.
+module BackupAgentSpec
+  module WrapperRecipe
+    def wrapper_recipe(&block)
+      let(:chef_run) do
+        chef_runner.converge('backup_agent::install') do
+          Chef::Recipe.new('wrapper', 'default', chef_runner.run_context).instance_exec(&block)
+        end
+      end
+    end
+  end
+end
+
+RSpec.configure { |config| config.extend BackupAgentSpec::WrapperRecipe }
 
 # Data bag stubs backed by the real encrypted fixtures: decryption runs for real in every example.
 RSpec.shared_context 'with backup_agent data bag' do
@@ -55,6 +103,7 @@ RSpec.shared_context 'with backup_agent data bag' do
       stub_data_bag_item('backup_agent', item).and_return(BackupAgentSpec.encrypted_item(item))
     end
     allow(BackupAgentCookbook).to receive(:systemd_running?).and_return(false)
+    allow(BackupAgentCookbook).to receive(:service_active?).and_return(false)
   end
 end
 

@@ -8,7 +8,7 @@ describe BackupAgentCookbook::Helpers do
       'find_links' => ['/srv/wheels'], 'no_index' => true, 'pip_extra_args' => [] }
   end
   let(:helper) do
-    attrs = { 'backup_agent' => { 'install' => install, 'config' => { 'path' => '/etc/backup-agent/config.yaml' } } }
+    attrs = { 'backup_agent' => { 'install' => install, 'config_path' => '/etc/backup-agent/config.yaml' } }
     Class.new do
       include BackupAgentCookbook::Helpers
       define_method(:node) { attrs }
@@ -55,6 +55,66 @@ describe BackupAgentCookbook::Helpers do
         'backup_agent: `backup-agent validate` rejected the new /etc/backup-agent/config.yaml, which is left ' \
         'unchanged: /tmp/x.yaml: jobs.etc.bogus: unknown key'
       )
+    end
+  end
+
+  describe '#backup_agent_bucket_changes?' do
+    def plan(*results)
+      JSON.generate('bucket' => 'b', 'dry_run' => true, 'steps' => results.map.with_index { |r, i| { 'step' => "s#{i}", 'result' => r } })
+    end
+
+    it 'is false when the dry run has nothing to change (unsupported steps included)' do
+      fake_agent("echo '#{plan('already set', 'already set', 'not supported by this endpoint (NotImplemented)')}'")
+      expect(helper.backup_agent_bucket_changes?).to be false
+    end
+
+    it 'is true when a step would change' do
+      fake_agent("echo '#{plan('already set', 'would change')}'")
+      expect(helper.backup_agent_bucket_changes?).to be true
+    end
+
+    it 'is true when the dry run fails, so the real command reports the error' do
+      fake_agent('echo "cannot reach the endpoint" >&2; exit 1')
+      expect(helper.backup_agent_bucket_changes?).to be true
+    end
+
+    it 'asks the agent with the config this cookbook renders' do
+      fake_agent(%(echo "$@" > #{install_dir}/args; echo '#{plan}'))
+      helper.backup_agent_bucket_changes?
+      expect(File.read(File.join(install_dir, 'args')).strip).to eq('-c /etc/backup-agent/config.yaml bucket setup --dry-run --json')
+    end
+  end
+
+  describe 'BackupAgentCookbook.daemon_pid' do
+    let(:state_dir) { Dir.mktmpdir('backup-agent-state') }
+
+    after { FileUtils.rm_rf(state_dir) }
+
+    # Runs argv while the block runs; the block gets its pid.
+    def with_process(*argv)
+      pid = Process.spawn(*argv)
+      sleep 0.2 # until exec has replaced the forked ruby's argv
+      yield pid
+    ensure
+      Process.kill('KILL', pid)
+      Process.wait(pid)
+    end
+
+    it 'is the pid in daemon.lock while that process is a backup-agent daemon' do
+      # One process whose argv looks like the daemon's.
+      with_process(RbConfig.ruby, '-e', 'sleep 30', '/opt/backup-agent/bin/backup-agent', 'daemon') do |pid|
+        File.write(File.join(state_dir, 'daemon.lock'), "#{pid}\n")
+        expect(BackupAgentCookbook.daemon_pid(state_dir)).to eq(pid)
+      end
+      expect(BackupAgentCookbook.daemon_pid(state_dir)).to be_nil
+    end
+
+    it 'is nil for a pid that belongs to another program, or without a lock file' do
+      with_process(RbConfig.ruby, '-e', 'sleep 30') do |pid|
+        File.write(File.join(state_dir, 'daemon.lock'), "#{pid}\n")
+        expect(BackupAgentCookbook.daemon_pid(state_dir)).to be_nil
+      end
+      expect(BackupAgentCookbook.daemon_pid('/nonexistent')).to be_nil
     end
   end
 end

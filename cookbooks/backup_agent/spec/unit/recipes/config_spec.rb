@@ -4,14 +4,17 @@ describe 'backup_agent::config' do
   include_context 'with backup_agent data bag'
 
   let(:environment) { 'staging' }
+  let(:attributes) { {} }
   let(:chef_run) do
-    ChefSpec::SoloRunner.new { |node| node.chef_environment = environment }.converge(described_recipe)
+    ChefSpec::SoloRunner.new do |node|
+      node.chef_environment = environment
+      node.override['backup_agent'] = attributes unless attributes.empty?
+    end.converge(described_recipe)
   end
   let(:config) { BackupAgentSpec.rendered_config(chef_run) }
 
   def encrypted(hash)
-    secret = Chef::EncryptedDataBagItem.load_secret(BackupAgentSpec::SECRET_FILE)
-    Chef::EncryptedDataBagItem.new(Chef::EncryptedDataBagItem.encrypt_data_bag_item(hash, secret), secret)
+    BackupAgentSpec.encrypt(hash)
   end
 
   it 'creates the config and state directories' do
@@ -19,12 +22,17 @@ describe 'backup_agent::config' do
     expect(chef_run).to create_directory('/var/lib/backup-agent').with(owner: 'root', mode: '0700')
   end
 
-  it 'renders a sensitive, root-only config that is validated before it replaces the old one' do
+  it 'renders a sensitive, root-only config, without backups, validated before it replaces the old one' do
     template = chef_run.template(BackupAgentSpec::CONFIG_PATH)
-    expect(template.sensitive).to be true
-    expect(template.mode).to eq('0600')
-    expect(template.owner).to eq('root')
+    expect(template).to have_attributes(sensitive: true, mode: '0600', owner: 'root', group: 'root', backup: false)
     expect(template.verifications.size).to eq(1)
+    expect(chef_run).to create_template(BackupAgentSpec::CONFIG_PATH)
+  end
+
+  it 'renders it at the end of the run, after every job resource has registered' do
+    template = chef_run.template(BackupAgentSpec::CONFIG_PATH)
+    expect(template.action).to eq([:nothing])
+    expect(chef_run.run_context.delayed_actions.map { |n| [n.resource, n.action] }).to include([template, :create])
   end
 
   it 'renders node, environment, settings and the data bag\'s storage under the contract\'s key names' do
@@ -44,65 +52,79 @@ describe 'backup_agent::config' do
     context "in the #{env} environment" do
       let(:environment) { env }
 
-      it "renders the jobs of environments/#{env}.json unchanged, and the #{env} item's bucket" do
-        expected = BackupAgentSpec.environment(env)['default_attributes']['backup_agent']['jobs']
-        expect(config['jobs']).to eq(expected.sort.to_h)
+      it "renders the schedules and retention of environments/#{env}.json unchanged, and the #{env} item's bucket" do
+        expect(config['jobs']).to eq(BackupAgentSpec.environment_jobs(env).sort.to_h)
         expect(config['log_level']).to eq(BackupAgentSpec.environment(env)['default_attributes']['backup_agent']['config']['log_level'])
         expect(config['storage']['bucket']).to eq("backup-agent-#{env}")
       end
     end
   end
 
-  context 'with jobs from attributes' do
-    let(:chef_run) do
-      ChefSpec::SoloRunner.new do |node|
-        node.chef_environment = environment
-        node.override['backup_agent']['jobs']['app'] = nil
-        node.override['backup_agent']['jobs']['etc']['exclude'] = nil
-        node.override['backup_agent']['jobs']['db'] = { 'type' => 'command', 'command' => %w(pg_dump -Fc app),
-                                                        'schedule' => 'daily at 01:00', 'splay' => nil }
-      end.converge(described_recipe)
+  context 'with a job of every type from attributes' do
+    let(:attributes) do
+      { 'jobs' => {
+        'app' => nil,
+        'etc' => { 'exclude' => nil, 'one_file_system' => false, 'storage_class' => 'GLACIER_IR' },
+        'pg' => { 'type' => 'command', 'preset' => 'postgresql', 'database' => 'app', 'username' => 'backup',
+                  'schedule' => 'daily at 01:00', 'splay' => nil, 'retention' => { 'keep_daily' => 14 } },
+        'dump' => { 'type' => 'command', 'command' => %w(sh -c pg_dumpall), 'compression' => 'zstd' },
+        'volumes' => { 'type' => 'ebs_snapshot', 'volumes' => %w(/dev/xvda vol-0abc), 'copy_to_regions' => %w(eu-west-1),
+                       'freeze' => %w(/data), 'schedule' => 'daily at 03:00 UTC', 'retention' => { 'keep_last' => 7 } },
+      } }
     end
 
-    it 'renders them sorted by name, dropping nil jobs and nil keys' do
-      expect(config['jobs'].keys).to eq(%w(db etc))
-      expect(config['jobs']['db']).to eq('type' => 'command', 'command' => %w(pg_dump -Fc app), 'schedule' => 'daily at 01:00')
-      expect(config['jobs']['etc']).not_to have_key('exclude')
+    it 'renders them sorted by name, type first, dropping nil jobs and nil keys' do
+      expect(config['jobs'].keys).to eq(%w(dump etc pg volumes))
+      expect(config['jobs']['etc']).to eq(
+        'type' => 'files', 'one_file_system' => false, 'paths' => ['/etc'], 'retention' => { 'keep_daily' => 7, 'keep_last' => 4 },
+        'schedule' => 'every 6 hours', 'storage_class' => 'GLACIER_IR'
+      )
+      expect(config['jobs']['dump']).to eq('type' => 'command', 'command' => %w(sh -c pg_dumpall), 'compression' => 'zstd')
+      expect(config['jobs']['volumes']).to eq(
+        'type' => 'ebs_snapshot', 'copy_to_regions' => %w(eu-west-1), 'freeze' => %w(/data),
+        'retention' => { 'keep_last' => 7 }, 'schedule' => 'daily at 03:00 UTC', 'volumes' => %w(/dev/xvda vol-0abc)
+      )
     end
-  end
 
-  it 'passes the secrets to the template lazily, from node.run_state' do
-    expect(chef_run.template(BackupAgentSpec::CONFIG_PATH).instance_variable_get(:@variables))
-      .to be_a(Chef::DelayedEvaluator)
-    expect(chef_run.node.run_state['backup_agent_secrets']).to include('bucket' => 'backup-agent-staging')
+    it 'adds the password and secret env of the data bag item\'s job_secrets to the command job of that name only' do
+      secrets = BackupAgentSpec.plain_item('staging')['job_secrets']['pg']
+      expect(config['jobs']['pg']).to eq(
+        'type' => 'command', 'database' => 'app', 'env' => secrets['env'], 'password' => secrets['password'],
+        'preset' => 'postgresql', 'retention' => { 'keep_daily' => 14 }, 'schedule' => 'daily at 01:00', 'username' => 'backup'
+      )
+      expect(config['jobs']['dump']).not_to have_key('password')
+    end
+
+    it 'keeps the password out of the node and of every resource that is not sensitive' do
+      attributes_json = JSON.generate(chef_run.node.attributes.to_hash)
+      exposed = chef_run.resource_collection.reject(&:sensitive).map(&:to_text).join("\n")
+      BackupAgentSpec.secret_values.each do |secret|
+        expect(attributes_json).not_to include(secret)
+        expect(exposed).not_to include(secret)
+      end
+    end
   end
 
   context 'with optional settings set' do
-    let(:chef_run) do
-      ChefSpec::SoloRunner.new do |node|
-        node.chef_environment = environment
-        node.normal['backup_agent']['config'].tap do |c|
-          c['node'] = 'web-01'
-          c['prefix'] = 'fleet/web-01'
-          c['sse'] = 'AES256'
-          c['splay'] = 300
-          c['max_parallel_jobs'] = 2
-          c['healthchecks_url'] = 'https://hc.example/ping/abc'
-          c['webhook_url'] = 'https://hooks.example/backup'
-          c['metrics_textfile'] = '/var/lib/node_exporter/textfile/backup_agent.prom'
-          c['aws'] = { 'imds_endpoint' => 'http://169.254.169.254' }
-        end
-      end.converge(described_recipe)
+    let(:attributes) do
+      { 'config' => {
+        'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2, 'log_format' => 'json',
+        'storage' => { 'prefix' => 'fleet/web-01', 'sse' => 'AES256', 'concurrency' => 16 },
+        'notify' => { 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' },
+        'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' },
+        'aws' => { 'imds_endpoint' => 'http://169.254.169.254' }
+      } }
     end
 
-    it 'renders each of them under its contract name' do
+    it 'renders each of them under its own key: one name from attribute to file' do
       expect(config).to include(
-        'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2,
+        'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2, 'log_format' => 'json',
         'aws' => { 'imds_endpoint' => 'http://169.254.169.254' },
         'notify' => { 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' },
         'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' }
       )
-      expect(config['storage']).to include('prefix' => 'fleet/web-01', 'sse' => 'AES256')
+      expect(config['storage']).to include('bucket' => 'backup-agent-staging', 'prefix' => 'fleet/web-01',
+                                           'sse' => 'AES256', 'concurrency' => 16)
     end
   end
 
@@ -116,12 +138,7 @@ describe 'backup_agent::config' do
   end
 
   context 'with the item named by attribute' do
-    let(:chef_run) do
-      ChefSpec::SoloRunner.new do |node|
-        node.chef_environment = environment
-        node.normal['backup_agent']['data_bag']['item'] = 'production'
-      end.converge(described_recipe)
-    end
+    let(:attributes) { { 'data_bag' => { 'item' => 'production' } } }
 
     it 'reads that item' do
       expect(config['storage']['bucket']).to eq('backup-agent-production')
@@ -152,7 +169,36 @@ describe 'backup_agent::config' do
     end
   end
 
-  describe 'failures name the bag, the item and the key' do
+  it 'passes the secrets to the template lazily, from node.run_state' do
+    expect(chef_run.template(BackupAgentSpec::CONFIG_PATH).instance_variable_get(:@variables))
+      .to be_a(Chef::DelayedEvaluator)
+    expect(chef_run.node.run_state['backup_agent_secrets']).to include('bucket' => 'backup-agent-staging')
+  end
+
+  describe 'bad attributes stop the run at compile time, before any resource' do
+    let(:attributes) do
+      { 'jobs' => { 'etc' => { 'schedule' => 'daly at 02:00' }, 'app' => { 'type' => 'tarball' },
+                    'pg' => { 'type' => 'command', 'password' => 'hunter2' } },
+        'config' => { 'splay' => '5m' } }
+    end
+
+    it 'naming every bad attribute, one line each' do
+      expected = [
+        'backup_agent: 4 invalid attributes, nothing was changed:',
+        "node['backup_agent']['config']['splay']: must be an integer >= 0, got the string \"5m\"",
+        "node['backup_agent']['jobs']['etc']['schedule']: 'daly at 02:00' is not a schedule: use " \
+          "#{BackupAgentCookbook::Validation::SCHEDULE_FORMS}",
+        "node['backup_agent']['jobs']['app']['type']: \"tarball\" is not a job type (use files, command, ebs_snapshot)",
+        "node['backup_agent']['jobs']['pg']['password']: is a secret: put it in the encrypted data bag item as " \
+          'job_secrets.pg.password, never in an attribute',
+      ]
+      expect { chef_run }.to raise_error(BackupAgentCookbook::ConfigError) { |error|
+        expect(error.message.lines.map(&:strip)).to eq(expected)
+      }
+    end
+  end
+
+  describe 'data bag failures name the bag, the item and the key' do
     # raise_error inside expect {} also tells ChefSpec the failure is expected (no error dump).
     def expect_failure(message)
       expect { chef_run }.to raise_error(BackupAgentCookbook::SecretsError, message)
@@ -166,7 +212,24 @@ describe 'backup_agent::config' do
     it 'when neither the environment item nor the fallback exists' do
       stub_data_bag('backup_agent').and_return(%w(production))
       expect_failure("backup_agent: data bag 'backup_agent' has no item 'staging' nor fallback item " \
-                            "'default' (it has: production)")
+                     "'default' (it has: production)")
+    end
+
+    it 'when the item named by attribute does not exist' do
+      chef_run_with_item = ChefSpec::SoloRunner.new do |node|
+        node.chef_environment = environment
+        node.override['backup_agent']['data_bag']['item'] = 'nope'
+      end
+      expect { chef_run_with_item.converge(described_recipe) }.to raise_error(
+        BackupAgentCookbook::SecretsError,
+        "backup_agent: data bag 'backup_agent' has no item 'nope' (it has: default, development, production, staging)"
+      )
+    end
+
+    it 'when the item is not valid JSON' do
+      stub_data_bag_item('backup_agent', 'staging')
+        .and_raise(FFI_Yajl::ParseError.new('lexical error: invalid char in json text. {"id": staging'))
+      expect_failure(%r{\Abackup_agent: cannot load data bag item 'backup_agent/staging' \(secret file .*\): FFI_Yajl::ParseError: lexical error: invalid char in json text\. \{"id": staging\z})
     end
 
     it 'when the secret is wrong' do
@@ -184,6 +247,19 @@ describe 'backup_agent::config' do
       stub_data_bag_item('backup_agent', 'staging')
         .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'access_key_id' => 'TESTONLYACCESSKEY000'))
       expect_failure(%r{'backup_agent/staging' has no key 'secret_access_key'})
+    end
+
+    it 'when a job password is not a string' do
+      stub_data_bag_item('backup_agent', 'staging')
+        .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'job_secrets' => { 'pg' => { 'password' => 1234 } }))
+      expect_failure("backup_agent: key 'job_secrets.pg.password' of data bag item 'backup_agent/staging' must be a string, got Integer")
+    end
+
+    it 'when job_secrets holds something that is not a job secret' do
+      stub_data_bag_item('backup_agent', 'staging')
+        .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'job_secrets' => { 'pg' => { 'pasword' => 'x' } }))
+      expect_failure("backup_agent: key 'job_secrets.pg.pasword' of data bag item 'backup_agent/staging' is not a job " \
+                     'secret (use password or env)')
     end
 
     it 'when the item is not encrypted' do

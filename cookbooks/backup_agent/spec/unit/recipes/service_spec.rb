@@ -4,13 +4,16 @@ describe 'backup_agent::service' do
   include_context 'with backup_agent data bag'
 
   let(:systemd) { false }
+  let(:was_running) { true }
   let(:service_attributes) { {} }
   let(:chef_run) do
     allow(BackupAgentCookbook).to receive(:systemd_running?).and_return(systemd)
+    allow(BackupAgentCookbook).to receive(:service_active?).with('backup-agent').and_return(was_running)
     ChefSpec::SoloRunner.new do |node|
-      node.normal['backup_agent']['service'] = service_attributes unless service_attributes.empty?
+      node.override['backup_agent']['service'] = service_attributes unless service_attributes.empty?
     end.converge('backup_agent::install', 'backup_agent::config', described_recipe)
   end
+  let(:config_template) { chef_run.template(BackupAgentSpec::CONFIG_PATH) }
 
   it 'renders the unit running the daemon, reloading on SIGHUP' do
     expect(chef_run).to create_template(BackupAgentSpec::UNIT_PATH).with(owner: 'root', mode: '0644')
@@ -18,6 +21,7 @@ describe 'backup_agent::service' do
       expect(content).to include('ExecStart=/opt/backup-agent/bin/backup-agent -c /etc/backup-agent/config.yaml daemon')
       expect(content).to include('ExecReload=/bin/kill -HUP $MAINPID')
       expect(content).to include('Restart=on-failure')
+      expect(content).to include('Nice=10', 'IOSchedulingClass=idle')
       expect(content).to include('WantedBy=multi-user.target')
     }
   end
@@ -31,14 +35,58 @@ describe 'backup_agent::service' do
       expect(chef_run.template(BackupAgentSpec::UNIT_PATH).delayed_notifications).to be_empty
       expect(chef_run.template(BackupAgentSpec::UNIT_PATH).immediate_notifications).to be_empty
     end
+
+    it 'still applies a changed config: SIGHUP to the running daemon, once, at the end of the run' do
+      reload = chef_run.ruby_block('reload backup-agent')
+      expect(reload).to do_nothing
+      expect(reload).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:run).delayed
+      expect(config_template).to notify('ruby_block[reload backup-agent]').to(:run).delayed
+    end
+
+    it 'signals the daemon only if one runs (no daemon: the reload is skipped, nothing counts as updated)' do
+      reload = chef_run.ruby_block('reload backup-agent')
+      allow(BackupAgentCookbook).to receive(:daemon_pid).with('/var/lib/backup-agent').and_return(nil)
+      expect(reload.should_skip?(:run)).to be_truthy
+      allow(BackupAgentCookbook).to receive(:daemon_pid).with('/var/lib/backup-agent').and_return(4242)
+      expect(reload.should_skip?(:run)).to be_falsey
+      expect(Process).to receive(:kill).with('HUP', 4242)
+      reload.block.call
+    end
+
+    context 'with a reload_command and a restart_command' do
+      let(:service_attributes) do
+        { 'reload_command' => %w(supervisorctl signal HUP backup-agent), 'restart_command' => 'supervisorctl restart backup-agent' }
+      end
+
+      it 'runs the reload_command on a config change and the restart_command on a new agent version' do
+        expect(chef_run.find_resources(:ruby_block)).to be_empty
+        reload = chef_run.execute('reload backup-agent')
+        expect(reload.command).to eq(%w(supervisorctl signal HUP backup-agent))
+        expect(reload).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:run).delayed
+        restart = chef_run.execute('restart backup-agent')
+        expect(restart).to subscribe_to('execute[install backup-agent]').on(:run).delayed
+        expect(restart).to do_nothing
+      end
+    end
+
+    context 'with reload_unmanaged off' do
+      let(:service_attributes) { { 'reload_unmanaged' => false } }
+
+      it 'leaves a daemon it does not manage alone' do
+        expect(chef_run.find_resources(:ruby_block)).to be_empty
+        expect(config_template.delayed_notifications).to be_empty
+      end
+    end
   end
 
   context 'where systemd is PID 1' do
     let(:systemd) { true }
 
-    it 'enables and starts the service' do
+    it 'enables the service, and starts it at the end of the run, once the config is there' do
       expect(chef_run).to enable_service('backup-agent')
       expect(chef_run).to start_service('backup-agent')
+      delayed = chef_run.run_context.delayed_actions.map { |n| [n.resource.to_s, n.action] }
+      expect(delayed.index([BackupAgentSpec::CONFIG_TEMPLATE, :create])).to be < delayed.index(['service[backup-agent]', :start])
     end
 
     it 'reloads the unit files right after the unit changes' do
@@ -47,11 +95,27 @@ describe 'backup_agent::service' do
       expect(chef_run.execute('backup-agent systemctl daemon-reload')).to do_nothing
     end
 
-    it 'reloads on a config change and restarts on a unit or agent change, both delayed' do
+    it 'reloads on a config change and restarts on a unit or agent change, all delayed' do
       service = chef_run.service('backup-agent')
-      expect(service).to subscribe_to("template[#{BackupAgentSpec::CONFIG_PATH}]").on(:reload).delayed
+      expect(service).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:reload).delayed
       expect(service).to subscribe_to("template[#{BackupAgentSpec::UNIT_PATH}]").on(:restart).delayed
       expect(service).to subscribe_to('execute[install backup-agent]').on(:restart).delayed
+      expect(config_template).not_to notify('service[backup-agent]').to(:restart)
+      expect(config_template).not_to notify('service[backup-agent]').immediately
+    end
+
+    it 'sends nothing to a daemon it does not manage' do
+      expect(chef_run.find_resources(:ruby_block)).to be_empty
+    end
+
+    context 'and the service was not running before the run' do
+      let(:was_running) { false }
+
+      it 'just starts it with the new config and version: no reload or restart on top' do
+        expect(chef_run).to start_service('backup-agent')
+        expect(config_template.delayed_notifications).to be_empty
+        expect(chef_run.execute('install backup-agent').delayed_notifications).to be_empty
+      end
     end
 
     context 'with the service disabled' do
@@ -60,7 +124,7 @@ describe 'backup_agent::service' do
       it 'stops and disables it, and does not reload a stopped service' do
         expect(chef_run).to stop_service('backup-agent')
         expect(chef_run).to disable_service('backup-agent')
-        expect(chef_run.template(BackupAgentSpec::CONFIG_PATH).delayed_notifications).to be_empty
+        expect(config_template.delayed_notifications).to be_empty
       end
     end
 

@@ -1,0 +1,226 @@
+#
+# Cookbook:: backup_agent
+# Library:: validation
+#
+# Checks of node['backup_agent'] that run at compile time, before any resource changes the node,
+# and report every problem at once, one line each, named by its attribute path.
+#
+# They cover what only the cookbook knows (install/service/data bag settings, secrets that must
+# not be attributes) and the mistakes that are easy to make in an environment's JSON (a job that
+# is not a map, an unknown job type, a schedule or retention the agent cannot read). Everything
+# else about a job (which keys a type takes, their types and ranges) is the agent's schema:
+# `backup-agent validate` checks the rendered file before it replaces the old one, so the two
+# never disagree about what a valid config is.
+
+module BackupAgentCookbook
+  class ConfigError < StandardError; end
+
+  module Validation
+    JOB_TYPES = %w(files command ebs_snapshot).freeze
+    # The agent's job name pattern (config_schema.py, jobs.propertyNames).
+    JOB_NAME = /\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\z/.freeze
+    RETENTION_KEYS = %w(keep_last keep_hourly keep_daily keep_weekly keep_monthly keep_yearly).freeze
+    WEEKDAYS = %w(monday tuesday wednesday thursday friday saturday sunday).freeze
+
+    # The schedule strings of CONTRACT.md, as the agent's schedules.py parses them (case and
+    # runs of spaces do not matter; a trailing ' UTC' means UTC instead of local time).
+    SCHEDULES = [
+      /\Aevery [1-9][0-9]* (second|minute|hour|day)s?\z/,
+      /\Ahourly at :[0-5][0-9]\z/,
+      /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
+      /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
+    ].freeze
+    SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
+                     "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
+
+    # Keys that come from the encrypted data bag item and never from attributes.
+    STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
+    JOB_SECRET_KEYS = %w(password).freeze
+
+    SERVICE_MANAGERS = %w(auto systemd none).freeze
+    STORAGE_CLASSES = %w(STANDARD STANDARD_IA GLACIER_IR GLACIER DEEP_ARCHIVE).freeze
+
+    # Property callbacks of backup_agent_job: {message => check}, as Chef's `callbacks:` wants.
+    CALLBACKS = {
+      schedule: { "must be #{SCHEDULE_FORMS}" => ->(v) { schedule?(v) } },
+      retention: { "must map #{RETENTION_KEYS.join('/')} to integers >= 0" => ->(v) { retention_error(v).nil? } },
+      splay: { 'must be 0..86400 (seconds)' => ->(v) { v.is_a?(Integer) && v.between?(0, 86_400) } },
+      argv: { 'must be a non-empty list of strings' => ->(v) { v.is_a?(Array) && !v.empty? && v.all?(String) } },
+      strings: { 'must be a list of strings' => ->(v) { v.is_a?(Array) && v.all?(String) } },
+      string_map: { 'must map strings to strings' => ->(v) { v.is_a?(Hash) && v.all? { |key, s| key.is_a?(String) && s.is_a?(String) } } },
+      absolute_paths: { 'must be a non-empty list of absolute paths' => ->(v) { v.is_a?(Array) && !v.empty? && v.all? { |p| p.is_a?(String) && p.start_with?('/') } } },
+      volumes: { "must be 'all' or a list of volume ids and devices" => ->(v) { v == 'all' || (v.is_a?(Array) && !v.empty? && v.all?(String)) } },
+    }.freeze
+
+    module_function
+
+    def schedule?(text)
+      return false unless text.is_a?(String)
+      body = text.split.join(' ').downcase.delete_suffix(' utc')
+      SCHEDULES.any? { |form| form.match?(body) }
+    end
+
+    def schedule_error(text)
+      return "must be a string, got #{describe(text)}" unless text.is_a?(String)
+      return if schedule?(text)
+      "'#{text}' is not a schedule: use #{SCHEDULE_FORMS}"
+    end
+
+    def retention_error(value)
+      return "must be a map of #{RETENTION_KEYS.join(', ')}, got #{describe(value)}" unless value.is_a?(Hash)
+      value.each do |key, count|
+        return "unknown key '#{key}' (use #{RETENTION_KEYS.join(', ')})" unless RETENTION_KEYS.include?(key.to_s)
+        next if count.nil?
+        return "#{key} must be an integer >= 0, got #{describe(count)}" unless count.is_a?(Integer) && count >= 0
+      end
+      nil
+    end
+
+    # Problems of one job's definition, as [key, message] pairs. `complete` is for the final,
+    # merged job (a job's type may come from a backup_agent_job resource declared later, so the
+    # attributes alone need not name it).
+    def job_errors(job, complete: false)
+      return [[nil, "must be a map of the job's keys, got #{describe(job)}"]] unless job.is_a?(Hash)
+
+      errors = []
+      type = job['type']
+      if type.nil?
+        errors << ['type', "missing: one of #{JOB_TYPES.join(', ')}"] if complete
+      elsif !JOB_TYPES.include?(type)
+        errors << ['type', "#{type.inspect} is not a job type (use #{JOB_TYPES.join(', ')})"]
+      end
+      if job.key?('schedule') && !job['schedule'].nil?
+        message = schedule_error(job['schedule'])
+        errors << ['schedule', message] if message
+      end
+      if job.key?('retention') && !job['retention'].nil?
+        message = retention_error(job['retention'])
+        errors << ['retention', message] if message
+      end
+      errors
+    end
+
+    # Every problem of node['backup_agent'] (a plain Hash), as full one-line messages.
+    def attribute_errors(attrs)
+      errors = []
+      add = ->(path, message) { errors << "node['backup_agent']#{path.map { |p| "['#{p}']" }.join}: #{message}" }
+
+      install = section(attrs, 'install', add)
+      if install
+        string(install, 'install', 'version', add, required: true)
+        string(install, 'install', 'dir', add, required: true, absolute: true)
+        string(install, 'install', 'python', add, required: true, absolute: true)
+        string(install, 'install', 'index_url', add)
+        string_list(install, 'install', 'find_links', add)
+        string_list(install, 'install', 'pip_extra_args', add)
+        string_list(install, 'install', 'packages', add)
+        boolean(install, 'install', 'no_index', add)
+      end
+
+      string(attrs, nil, 'config_path', add, required: true, absolute: true)
+      config = section(attrs, 'config', add)
+      if config
+        storage = config['storage']
+        if storage.is_a?(Hash)
+          (storage.keys & STORAGE_SECRET_KEYS).each do |key|
+            add.call(['config', 'storage', key], "comes from the encrypted data bag item (key '#{key}'), " \
+                                                 'never from an attribute')
+          end
+        elsif !storage.nil?
+          add.call(%w(config storage), "must be a map, got #{describe(storage)}")
+        end
+        add.call(%w(config jobs), "jobs are node['backup_agent']['jobs'], not a config setting") if config.key?('jobs')
+        %w(splay max_parallel_jobs).each do |key|
+          value = config[key]
+          next if value.nil? || (value.is_a?(Integer) && value >= 0)
+          add.call(['config', key], "must be an integer >= 0, got #{describe(value)}")
+        end
+        string(config, 'config', 'state_dir', add, absolute: true)
+      end
+
+      service = section(attrs, 'service', add)
+      if service
+        unless SERVICE_MANAGERS.include?(service['manager'])
+          add.call(%w(service manager), "#{service['manager'].inspect} is not one of #{SERVICE_MANAGERS.join(', ')}")
+        end
+        boolean(service, 'service', 'enabled', add)
+        boolean(service, 'service', 'reload_unmanaged', add)
+        %w(reload_command restart_command).each do |key|
+          value = service[key]
+          next if value.nil? || value.is_a?(String) || (value.is_a?(Array) && !value.empty? && value.all?(String))
+          add.call(['service', key], "must be a command (a string or a list of strings), got #{describe(value)}")
+        end
+      end
+
+      data_bag = section(attrs, 'data_bag', add)
+      string(data_bag, 'data_bag', 'name', add, required: true) if data_bag
+
+      jobs = attrs['jobs']
+      if jobs.is_a?(Hash)
+        jobs.each do |name, job|
+          next if job.nil? # how a higher precedence level removes a job
+          add.call(['jobs', name], "'#{name}' is not a job name (letters, digits, '_', '.', '-')") unless JOB_NAME.match?(name)
+          job_errors(job).each { |key, message| add.call(['jobs', name, key].compact, message) }
+          next unless job.is_a?(Hash)
+          (job.keys & JOB_SECRET_KEYS).each do |key|
+            add.call(['jobs', name, key], 'is a secret: put it in the encrypted data bag item as ' \
+                                          "job_secrets.#{name}.#{key}, never in an attribute")
+          end
+        end
+      elsif !jobs.nil?
+        add.call(['jobs'], "must be a map keyed by job name, got #{describe(jobs)}")
+      end
+      errors
+    end
+
+    def check_attributes!(attrs)
+      errors = attribute_errors(attrs)
+      return if errors.empty?
+      raise ConfigError, "backup_agent: #{errors.size == 1 ? 'an invalid attribute' : "#{errors.size} invalid attributes"}, " \
+                         "nothing was changed:\n  #{errors.join("\n  ")}"
+    end
+
+    # --- small typed checks ---
+
+    def section(attrs, key, add)
+      value = attrs[key]
+      return value if value.is_a?(Hash)
+      add.call([key], "must be a map, got #{describe(value)}")
+      nil
+    end
+
+    def string(hash, section, key, add, required: false, absolute: false)
+      value = hash[key]
+      path = [section, key].compact
+      if value.nil?
+        add.call(path, 'must be set') if required
+      elsif !value.is_a?(String) || value.empty?
+        add.call(path, "must be a non-empty string, got #{describe(value)}")
+      elsif absolute && !value.start_with?('/')
+        add.call(path, "must be an absolute path, got #{value.inspect}")
+      end
+    end
+
+    def string_list(hash, section, key, add)
+      value = hash[key]
+      return if value.nil? || (value.is_a?(Array) && value.all?(String))
+      add.call([section, key], "must be a list of strings, got #{describe(value)}")
+    end
+
+    def boolean(hash, section, key, add)
+      value = hash[key]
+      return if value.nil? || value == true || value == false
+      add.call([section, key], "must be true or false, got #{describe(value)}")
+    end
+
+    def describe(value)
+      case value
+      when nil then 'nothing'
+      when Hash then 'a map'
+      when Array then 'a list'
+      when String then "the string #{value.inspect}"
+      else "#{value.class.name.downcase} #{value.inspect}"
+      end
+    end
+  end
+end

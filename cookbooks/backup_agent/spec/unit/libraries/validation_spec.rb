@@ -1,0 +1,113 @@
+require_relative '../../spec_helper'
+
+describe BackupAgentCookbook::Validation do
+  let(:defaults) { BackupAgentSpec.default_attributes }
+
+  def errors_for(&change)
+    attrs = Marshal.load(Marshal.dump(defaults))
+    change.call(attrs)
+    described_class.attribute_errors(attrs)
+  end
+
+  it 'finds nothing wrong with the defaults or with the repository\'s environments' do
+    expect(described_class.attribute_errors(defaults)).to eq([])
+    %w(production staging development).each do |env|
+      attrs = defaults.merge('jobs' => BackupAgentSpec.environment_jobs(env))
+      expect(described_class.attribute_errors(attrs)).to eq([])
+    end
+  end
+
+  # One bad input each: the message names the attribute and says what is wrong.
+  {
+    'jobs as a list' => [->(a) { a['jobs'] = %w(etc) },
+                         "node['backup_agent']['jobs']: must be a map keyed by job name, got a list"],
+    'a job that is a string' => [->(a) { a['jobs'] = { 'etc' => 'daily' } },
+                                 "node['backup_agent']['jobs']['etc']: must be a map of the job's keys, got the string \"daily\""],
+    'an unknown job type' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'tarball' } } },
+                              "node['backup_agent']['jobs']['etc']['type']: \"tarball\" is not a job type (use files, command, ebs_snapshot)"],
+    'an invalid schedule' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'schedule' => 'daly at 02:00' } } },
+                              "node['backup_agent']['jobs']['etc']['schedule']: 'daly at 02:00' is not a schedule: use " \
+                              "#{described_class::SCHEDULE_FORMS}"],
+    'a schedule out of range' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'schedule' => 'daily at 25:00' } } },
+                                  /\['etc'\]\['schedule'\]: 'daily at 25:00' is not a schedule/],
+    'a schedule that is a number' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'schedule' => 6 } } },
+                                      "node['backup_agent']['jobs']['etc']['schedule']: must be a string, got integer 6"],
+    'a negative retention' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'retention' => { 'keep_daily' => -1 } } } },
+                               "node['backup_agent']['jobs']['etc']['retention']: keep_daily must be an integer >= 0, got integer -1"],
+    'retention as a string' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'retention' => { 'keep_daily' => '7' } } } },
+                                "node['backup_agent']['jobs']['etc']['retention']: keep_daily must be an integer >= 0, got the string \"7\""],
+    'an unknown retention key' => [->(a) { a['jobs'] = { 'etc' => { 'type' => 'files', 'retention' => { 'keep_days' => 7 } } } },
+                                   /\['retention'\]: unknown key 'keep_days'/],
+    'a bad job name' => [->(a) { a['jobs'] = { 'my job' => { 'type' => 'files' } } },
+                         "node['backup_agent']['jobs']['my job']: 'my job' is not a job name (letters, digits, '_', '.', '-')"],
+    'a password in attributes' => [->(a) { a['jobs'] = { 'pg' => { 'type' => 'command', 'password' => 'hunter2' } } },
+                                   "node['backup_agent']['jobs']['pg']['password']: is a secret: put it in the encrypted data bag item " \
+                                   'as job_secrets.pg.password, never in an attribute'],
+    'credentials in attributes' => [->(a) { a['config']['storage']['secret_access_key'] = 'x' },
+                                    "node['backup_agent']['config']['storage']['secret_access_key']: comes from the encrypted " \
+                                    "data bag item (key 'secret_access_key'), never from an attribute"],
+    'the bucket in attributes' => [->(a) { a['config']['storage']['bucket'] = 'b' },
+                                   /\['storage'\]\['bucket'\]: comes from the encrypted data bag item/],
+    'splay as a string' => [->(a) { a['config']['splay'] = '5m' },
+                            "node['backup_agent']['config']['splay']: must be an integer >= 0, got the string \"5m\""],
+    'a relative state_dir' => [->(a) { a['config']['state_dir'] = 'var/lib' },
+                               "node['backup_agent']['config']['state_dir']: must be an absolute path, got \"var/lib\""],
+    'jobs under config' => [->(a) { a['config']['jobs'] = {} },
+                            "node['backup_agent']['config']['jobs']: jobs are node['backup_agent']['jobs'], not a config setting"],
+    'find_links as a string' => [->(a) { a['install']['find_links'] = '/srv/wheels' },
+                                 "node['backup_agent']['install']['find_links']: must be a list of strings, got the string \"/srv/wheels\""],
+    'a version that is a number' => [->(a) { a['install']['version'] = 1.0 },
+                                     "node['backup_agent']['install']['version']: must be a non-empty string, got float 1.0"],
+    'no_index as a string' => [->(a) { a['install']['no_index'] = 'yes' },
+                               "node['backup_agent']['install']['no_index']: must be true or false, got the string \"yes\""],
+    'an unknown service manager' => [->(a) { a['service']['manager'] = 'upstart' },
+                                     "node['backup_agent']['service']['manager']: \"upstart\" is not one of auto, systemd, none"],
+    'a reload_command that is a map' => [->(a) { a['service']['reload_command'] = { 'cmd' => 'x' } },
+                                         /\['reload_command'\]: must be a command \(a string or a list of strings\), got a map/],
+    'config that is not a map' => [->(a) { a['config'] = 'INFO' },
+                                   "node['backup_agent']['config']: must be a map, got the string \"INFO\""],
+  }.each do |what, (change, message)|
+    it "reports #{what}" do
+      errors = errors_for(&change)
+      expect(errors.size).to eq(1), errors.inspect
+      message.is_a?(Regexp) ? expect(errors.first).to(match(message)) : expect(errors.first).to(eq(message))
+    end
+  end
+
+  it 'accepts a job without a type: a backup_agent_job resource may supply it' do
+    expect(errors_for { |a| a['jobs'] = { 'pg' => { 'schedule' => 'every 6 hours' } } }).to eq([])
+  end
+
+  it 'reports every problem at once, one line each, and says nothing was changed' do
+    attrs = Marshal.load(Marshal.dump(defaults))
+    attrs['jobs'] = { 'etc' => { 'type' => 'tarball', 'schedule' => 'sometimes' }, 'pg' => { 'type' => 'command', 'password' => 'p' } }
+    expect { described_class.check_attributes!(attrs) }.to raise_error(BackupAgentCookbook::ConfigError) { |error|
+      lines = error.message.lines.map(&:strip)
+      expect(lines.first).to eq('backup_agent: 3 invalid attributes, nothing was changed:')
+      expect(lines.drop(1)).to all(start_with("node['backup_agent']['jobs']"))
+      expect(error.message).not_to include("'p'")
+    }
+  end
+
+  describe '.schedule?' do
+    good = ['every 6 hours', 'every 1 hour', 'every 30 minutes', 'every 10 seconds', 'every 2 days', 'hourly at :15',
+            'daily at 02:00', 'daily at 23:59', 'weekly on sunday at 03:30', 'Daily at 02:00 UTC', 'every  6   hours']
+    bad = ['daly at 02:00', 'daily at 24:00', 'daily at 2:00', 'hourly at 15', 'every 0 hours', 'every hours',
+           'weekly on someday at 01:00', 'at 02:00', '', 'daily at 02:00 CET', 'every 6 weeks']
+
+    good.each { |text| it("accepts #{text.inspect}") { expect(described_class.schedule?(text)).to be true } }
+    bad.each { |text| it("refuses #{text.inspect}") { expect(described_class.schedule?(text)).to be false } }
+
+    # The grammar is the agent's (schedules.py): the two must agree on every sample.
+    it 'agrees with the agent\'s own parser' do
+      python = File.join(BackupAgentSpec::REPO, '.venv', 'bin', 'python')
+      skip 'no agent venv (make venv)' unless File.executable?(python)
+      script = 'import json, sys; from backup_agent.schedules import parse_schedule, ScheduleError' \
+               "\ndef ok(t):\n    try:\n        parse_schedule(t); return True\n    except ScheduleError:\n        return False" \
+               "\nprint(json.dumps([ok(t) for t in json.load(sys.stdin)]))"
+      out, status = Open3.capture2(python, '-c', script, stdin_data: JSON.generate(good + bad))
+      expect(status).to be_success
+      expect(JSON.parse(out)).to eq((good + bad).map { |text| described_class.schedule?(text) })
+    end
+  end
+end
