@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import pwd
+import queue
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ from backup_agent.storage.s3 import describe, error_code, put_args
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 << 20
-IN_FLIGHT = 2  # parts uploading while the next one fills: memory is about (IN_FLIGHT + 2) parts
+IN_FLIGHT = 2  # parts uploading while the next one fills: memory is about IN_FLIGHT + 1 parts
 READ_SIZE = 1 << 20
 RANGE_SIZE = 64 << 20  # restore reads in ranges so a dropped connection resumes, not restarts
 READ_RETRIES = 5
@@ -72,12 +73,12 @@ def part_size(part_number: int) -> int:
 # --- compression ---------------------------------------------------------------------------------
 
 class Codec(Protocol):
-    def compress(self, data: bytes) -> bytes: ...
+    def compress(self, data: bytes | memoryview) -> bytes | memoryview: ...
     def flush(self) -> bytes: ...
 
 
 class _Identity:
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | memoryview) -> bytes | memoryview:
         return data
 
     def flush(self) -> bytes:
@@ -261,61 +262,79 @@ class Child:
 class StreamUpload:
     """Bytes in, one S3 object out: a single PUT if it stays under one part, multipart otherwise.
 
-    Parts upload in the background, at most IN_FLIGHT at a time; `write` blocks when they are
-    all busy, which in turn blocks the command on its pipe: back-pressure instead of buffering.
+    Parts are filled into a fixed set of IN_FLIGHT + 1 buffers that are reused, so memory stays
+    at those buffers however long the stream (allocating a fresh 8 MiB per part fragments the
+    heap and lets RSS creep up). Parts upload in the background; `write` blocks while every
+    buffer is busy, which in turn blocks the command on its pipe: back-pressure, not buffering.
     """
 
     def __init__(self, s3: Any, bucket: str, key: str, extra: dict[str, str]) -> None:
         self.s3, self.bucket, self.key, self.extra = s3, bucket, key, extra
-        self.buf = bytearray()
         self.sha = hashlib.sha256()
         self.size = 0
         self.upload_id: str | None = None
         self.parts: list[Future[dict[str, Any]]] = []
-        self.slots = threading.Semaphore(IN_FLIGHT)
+        self.failed: BaseException | None = None
+        self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(IN_FLIGHT):
+            self.free.put(bytearray(PART_SIZE))
+        self.cur = bytearray(PART_SIZE)
+        self.fill = 0
         self.pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="part")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if not data:
             return
         self.sha.update(data)
         self.size += len(data)
-        self.buf += data
-        if len(self.buf) >= part_size(len(self.parts) + 1):
-            self._send()
+        view = memoryview(data)
+        while view:
+            n = min(len(self.cur) - self.fill, len(view))
+            self.cur[self.fill : self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == len(self.cur):
+                self._send(self.cur)
+                self.cur, self.fill = self._next_buffer(), 0
 
-    def _send(self) -> None:
-        self._raise_failed()
+    def _next_buffer(self) -> bytearray:
+        buf = self.free.get()  # waits for an upload to finish when all buffers are in flight
+        if self.failed is not None:
+            raise self.failed
+        want = part_size(len(self.parts) + 1)
+        return buf if len(buf) == want else bytearray(want)
+
+    def _send(self, body: bytearray) -> None:
+        if self.failed is not None:
+            raise self.failed
         if self.upload_id is None:
             resp = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra)
             self.upload_id = resp["UploadId"]
-        body, self.buf = bytes(self.buf), bytearray()
-        self.slots.acquire()
         number = len(self.parts) + 1
         self.parts.append(self.pool.submit(self._part, number, body))
 
-    def _part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _part(self, number: int, body: bytearray) -> dict[str, Any]:
         try:
+            # botocore sends a bytearray as it is: no copy of the part.
             resp = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                                        PartNumber=number, Body=body)
             return {"PartNumber": number, "ETag": resp["ETag"]}
+        except BaseException as exc:
+            self.failed = exc
+            raise
         finally:
-            self.slots.release()
-
-    def _raise_failed(self) -> None:
-        for f in self.parts:
-            if f.done() and f.exception() is not None:
-                f.result()
+            self.free.put(body)
 
     def finish(self) -> int:
         """Complete the object; returns the number of parts (0 = single PUT)."""
+        tail = self.cur[: self.fill]
+        self.cur, self.fill = bytearray(), 0
         if self.upload_id is None:
-            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self.buf), **self.extra)
-            self.buf = bytearray()
             self.pool.shutdown()
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=tail, **self.extra)
             return 0
-        if self.buf:
-            self._send()  # the last part may be smaller than the minimum
+        if tail:
+            self._send(tail)  # the last part may be smaller than the minimum
         parts = [f.result() for f in self.parts]
         self.pool.shutdown()
         self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
@@ -424,10 +443,12 @@ class CommandJob(S3Job):
         raw = 0
         assert child.proc.stdout is not None
         fd = child.proc.stdout.fileno()
+        buf = bytearray(READ_SIZE)  # reused: no allocation per read
+        view = memoryview(buf)
         try:
-            while chunk := os.read(fd, READ_SIZE):
-                raw += len(chunk)
-                upload.write(codec.compress(chunk))
+            while n := os.readv(fd, [buf]):
+                raw += n
+                upload.write(codec.compress(view[:n]))
             upload.write(codec.flush())
             code = child.wait()
         except (ClientError, BotoCoreError) as exc:
