@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from backup_agent import config
 from backup_agent.errors import ConfigError
@@ -132,6 +133,40 @@ def test_bad_config_through_the_cli_is_one_line_exit_2(agent: Any) -> None:
                                    "(the preset builds the command); remove one of them")
 
 
+class FakeS3:
+    """Just enough of a client to watch StreamUpload: part 3 fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.bodies: list[int] = []
+
+    def create_multipart_upload(self, **kw: Any) -> dict[str, str]:
+        self.calls.append("create")
+        return {"UploadId": "u1"}
+
+    def upload_part(self, **kw: Any) -> dict[str, str]:
+        self.bodies.append(id(kw["Body"]))
+        if kw["PartNumber"] == 3:
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "no"}}, "UploadPart")
+        return {"ETag": f"e{kw['PartNumber']}"}
+
+    def abort_multipart_upload(self, **kw: Any) -> None:
+        self.calls.append("abort")
+
+
+def test_stream_upload_failure_surfaces_and_aborts() -> None:
+    s3 = FakeS3()
+    up = command.StreamUpload(s3, "b", "k", {})
+    chunk = b"x" * (3 << 20)
+    with pytest.raises(ClientError):
+        for _ in range(40):
+            up.write(chunk)
+    up.abort()
+    assert s3.calls == ["create", "abort"]
+    # Parts reuse the same few buffers instead of allocating one per part.
+    assert len(set(s3.bodies)) <= command.IN_FLIGHT + 1
+
+
 # --- against SeaweedFS ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("compression", "size"), [("gzip", 20 << 20), ("zstd", 20 << 20), ("none", 1000)])
@@ -185,7 +220,6 @@ def test_restore_into_a_directory_and_through_restore_command(agent: Any, tmp_pa
 
 def test_into_needs_a_restore_tool(agent: Any) -> None:
     agent.job("plain", type="command", command=["echo", "x"])
-    agent.json("run", "plain")
     proc = agent.run("restore", "plain", "--into", "db")
     assert proc.returncode == 2 and "restore_command" in proc.stderr
 
