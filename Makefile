@@ -49,9 +49,12 @@ lint-ruby: bundle
 chefspec: bundle
 	cd cookbooks/backup_agent && bundle exec rspec
 
-# The converge test changes this machine (packages, /etc, /opt): it runs where CI=true, or here.
+# Suites that change this machine (a real converge, knife bootstrap: packages, /etc, /opt) run
+# one after the other, after the rest; they run where CI=true (or when asked), else skip saying why.
+MACHINE_SUITES := tests/converge $(wildcard tests/e2e)
 pytest: venv wheel
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(MACHINE_SUITES))
+	$(BIN)/pytest $(MACHINE_SUITES)
 
 test-converge: venv wheel bundle
 	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v

@@ -195,8 +195,9 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
     agent.write()
     d.signal(signal.SIGHUP)
     d.wait_log("config reloaded")
+    # daemon.json is rewritten just after the log line: wait for it rather than race it
+    wait_until(lambda: daemon_state(agent)["jobs"]["etc"]["schedule"] == "every 1 hour", 30, "the new plan")
     plan = daemon_state(agent)["jobs"]["etc"]
-    assert plan["schedule"] == "every 1 hour"
     ahead = datetime.fromisoformat(plan["next_run"].replace("Z", "+00:00")) - datetime.now(UTC)
     assert timedelta(minutes=55) < ahead <= timedelta(hours=1)
     wait_until(lambda: daemon_state(agent)["jobs"]["etc"]["running_since"] is None, 30, "the last run to end")

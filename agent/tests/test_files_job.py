@@ -151,30 +151,33 @@ def test_missing_path_is_partial_exit_3(agent, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as another user")
 def test_permission_denied_file_is_listed_and_run_exits_3(agent, tmp_path: Path) -> None:
-    # root reads everything, so run the agent as `nobody` over a tree with one unreadable file.
-    base = Path(tmp_path.parent.parent) / f"perm-{os.getpid()}-{tmp_path.name}"
-    base.mkdir(mode=0o755)
+    # root reads everything, so run the agent as `nobody` over a tree with one unreadable file;
+    # pytest's own tmp dirs are private to root, so everything lives in a world-readable dir.
+    import subprocess
+    import tempfile
+
+    from conftest import AGENT
+
+    base = Path(tempfile.mkdtemp(prefix="backup-agent-perm-"))
     try:
+        base.chmod(0o755)
         src = base / "src"
         src.mkdir()
         (src / "ok.txt").write_text("ok")
         (src / "secret.txt").write_text("no")
         (src / "secret.txt").chmod(0o000)
-        os.chmod(tmp_path.parent.parent, 0o755)
-        os.chmod(tmp_path.parent, 0o755)
-        os.chmod(tmp_path, 0o755)
         state = base / "state"
         state.mkdir()
         os.chown(state, 65534, 65534)
         agent.data["state_dir"] = str(state)
-        agent.job("data", type="files", paths=[str(src)])
-        agent.path.chmod(0o644)
-        import subprocess
-
-        from conftest import AGENT
-
+        agent.data["jobs"] = {"data": {"type": "files", "paths": [str(src)]}}
+        config = base / "config.yaml"
+        config.write_text(agent.path.read_text())
+        agent.path = config
+        agent.write()
+        config.chmod(0o644)
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", AGENT, "-c",
-                               str(agent.path), "run", "data", "--json"], capture_output=True, text=True)
+                               str(config), "run", "data", "--json"], capture_output=True, text=True)
         assert proc.returncode == 3, proc.stderr
         out = json.loads(proc.stdout)
         assert [f["path"] for f in out["failed"]] == [str(src / "secret.txt")]
