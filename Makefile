@@ -60,6 +60,7 @@ test-converge: venv wheel bundle
 	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v
 
 bench: venv
+	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev,bench]'
 	$(BIN)/python bench/files_bench.py
 
 clean:
