@@ -1,0 +1,123 @@
+#
+# Cookbook:: backup_agent
+# Ohai plugin:: backup_agent (installed by recipe backup_agent::fleet_view)
+#
+# The fleet view: each job's last result, last success and snapshot count from
+# `backup-agent status --json`, under node['backup_agent']['status'] (automatic), and a top-level
+# `backup_agent_stale` flag, so the Chef server answers `knife search node 'backup_agent_stale:true'`.
+#
+# It runs with the rest of Ohai at the start of every chef-client run (and once more at the end
+# of the run that installed or changed it), so the server shows the state the node had at its
+# last converge.
+#
+# Only a whitelist of fields is copied: never the agent's error text (it can name the bucket or
+# the endpoint), never anything from config.yaml. `knife ssh NODE 'sudo backup-agent status'`
+# shows the errors.
+#
+# Settings come from backup_agent.json beside this file (the recipe writes it from node
+# attributes): bin, config, stale_after_periods.
+
+require 'json'
+require 'time'
+
+Ohai.plugin(:BackupAgent) do
+  provides 'backup_agent/status', 'backup_agent_stale'
+
+  # Methods, not constants: a constant in this block would land on Object, once per load.
+  def default_settings
+    { 'bin' => '/usr/local/bin/backup-agent', 'config' => '/etc/backup-agent/config.yaml', 'stale_after_periods' => 2 }
+  end
+
+  def settings
+    path = ::File.join(::File.dirname(__FILE__), 'backup_agent.json')
+    default_settings.merge(::File.exist?(path) ? JSON.parse(::File.read(path)) : {})
+  rescue JSON::ParserError, SystemCallError
+    default_settings
+  end
+
+  # Fields of a job's status that are facts about its runs, safe on the Chef server.
+  def job_fields
+    %w(type schedule result last_start last_end last_success snapshots consecutive_failures exit_code next_run)
+  end
+
+  # How often a schedule string fires (the agent's Schedule.period_seconds); nil for a form this
+  # plugin does not know, which is then never judged stale.
+  def schedule_period(text)
+    body = text.to_s.downcase.split.join(' ').delete_suffix(' utc')
+    case body
+    when /\Aevery ([1-9][0-9]*) (second|minute|hour|day)s?\z/
+      Regexp.last_match(1).to_i * { 'second' => 1, 'minute' => 60, 'hour' => 3600, 'day' => 86_400 }[Regexp.last_match(2)]
+    when /\Ahourly at :[0-5][0-9]\z/ then 3600
+    when /\Adaily at [0-2][0-9]:[0-5][0-9]\z/ then 86_400
+    when /\Aweekly on [a-z]+ at [0-2][0-9]:[0-5][0-9]\z/ then 7 * 86_400
+    end
+  end
+
+  def mtime(path)
+    ::File.mtime(path)
+  rescue SystemCallError
+    nil
+  end
+
+  def parse_time(text)
+    Time.iso8601(text.to_s)
+  rescue ArgumentError
+    nil
+  end
+
+  # A scheduled job is stale when its last success is older than `periods` of its schedule, when
+  # it has failed and never succeeded, or when it has never run although the config that added it
+  # is that old (no daemon is running it). Jobs without a schedule run on demand: never stale.
+  def job_stale?(job, now, periods, config_written)
+    period = schedule_period(job['schedule'])
+    return false if period.nil?
+
+    allowed = period * periods
+    last_success = parse_time(job['last_success'])
+    return now - last_success > allowed if last_success
+    return true if job['consecutive_failures'].to_i > 0
+
+    !config_written.nil? && now - config_written > allowed
+  end
+
+  def agent_status(bin, config)
+    result = shell_out([bin, '-c', config, 'status', '--json'], timeout: 60)
+    return [nil, "`backup-agent status --json` exited #{result.exitstatus}"] unless result.exitstatus == 0
+
+    doc = JSON.parse(result.stdout)
+    doc.is_a?(Hash) && doc['jobs'].is_a?(Array) ? [doc, nil] : [nil, 'unexpected `backup-agent status --json` output']
+  rescue JSON::ParserError
+    [nil, '`backup-agent status --json` printed no JSON']
+  rescue Ohai::Exceptions::Exec => e # not executable, or timed out
+    [nil, "`backup-agent status --json` failed: #{e.class}"]
+  end
+
+  def collect_status
+    bin, config, periods = settings.values_at('bin', 'config', 'stale_after_periods')
+    return unless ::File.executable?(bin) # the agent is not installed (yet): nothing to report
+
+    config_written = mtime(config)
+    now = Time.now
+    doc, error = agent_status(bin, config)
+
+    status = Mash.new(collected_at: now.utc.iso8601)
+    if doc
+      status[:daemon_running] = doc.dig('daemon', 'running') == true
+      status[:jobs] = doc['jobs'].each_with_object(Mash.new) do |job, jobs|
+        jobs[job['job']] = job.slice(*job_fields).merge('stale' => job_stale?(job, now, periods, config_written))
+      end
+      status[:stale_jobs] = status[:jobs].select { |_, job| job['stale'] }.keys.sort
+      status[:stale] = !status[:stale_jobs].empty?
+    else
+      # The agent is installed but cannot say what it did: nobody knows these backups are fine.
+      status[:error] = error
+      status[:stale] = true
+    end
+    backup_agent Mash.new(status: status)
+    backup_agent_stale status[:stale]
+  end
+
+  collect_data(:default) do
+    collect_status
+  end
+end

@@ -1,0 +1,107 @@
+require_relative '../../spec_helper'
+require 'fileutils'
+require 'ohai'
+require 'tmpdir'
+
+# The fleet view's Ohai plugin, run by Ohai itself against a stand-in `backup-agent` that prints
+# a canned `status --json` document (or fails).
+describe 'Ohai plugin backup_agent' do
+  let(:plugin_source) { File.expand_path('../../../files/ohai/backup_agent.rb', __dir__) }
+  hour = 3600
+
+  let(:dir) { Dir.mktmpdir('backup-agent-ohai') }
+  let(:now) { Time.now.utc }
+  let(:config) { File.join(dir, 'config.yaml') }
+  let(:agent) { File.join(dir, 'backup-agent') }
+  let(:settings) { { 'bin' => agent, 'config' => config } }
+
+  def at(seconds_ago)
+    (now - seconds_ago).iso8601
+  end
+
+  def job(name, schedule, **fields)
+    { 'job' => name, 'type' => 'files', 'schedule' => schedule, 'next_run' => nil, 'running_since' => nil,
+      'result' => 'never run', 'last_success' => nil, 'consecutive_failures' => 0, 'snapshots' => nil,
+      'error' => nil }.merge(fields.transform_keys(&:to_s))
+  end
+
+  def fake_agent(document, exit_code: 0)
+    File.write(File.join(dir, 'status.json'), JSON.generate(document))
+    File.write(agent, "#!/bin/sh\n[ \"$2\" = '#{config}' ] || exit 9\ncat '#{dir}/status.json'\nexit #{exit_code}\n")
+    File.chmod(0o755, agent)
+  end
+
+  def collect
+    FileUtils.cp(plugin_source, dir)
+    File.write(File.join(dir, 'backup_agent.json'), JSON.generate(settings))
+    saved = Ohai.config[:plugin_path]
+    Ohai.config[:plugin_path] = [dir]
+    system = Ohai::System.new
+    system.all_plugins('backup_agent')
+    system.data
+  ensure
+    Ohai.config[:plugin_path] = saved
+  end
+
+  before { File.write(config, "jobs: {}\n") }
+  after { FileUtils.rm_rf(dir) }
+
+  it 'reports each job and flags the node when a job is stale' do
+    fake_agent({ 'node' => 'web-01', 'environment' => 'staging', 'daemon' => { 'running' => true, 'pid' => 42 },
+                 'jobs' => [
+                   job('fresh', 'every 6 hours', result: 'success', last_success: at(7 * hour), snapshots: 12),
+                   job('late', 'daily at 02:00', result: 'success', last_success: at(49 * hour), snapshots: 3),
+                   job('failing', 'hourly at :15', result: 'failed', consecutive_failures: 2,
+                                                   error: 'NoSuchBucket: backup-agent-staging'),
+                   job('manual', nil),
+                   job('new', 'weekly on monday at 03:00 UTC'),
+                 ] })
+    data = collect
+    status = data['backup_agent']['status']
+
+    expect(data['backup_agent_stale']).to be true
+    expect(status['stale']).to be true
+    expect(status['stale_jobs']).to eq(%w(failing late))
+    expect(status['daemon_running']).to be true
+    expect(status['jobs'].keys).to eq(%w(fresh late failing manual new))
+    expect(status['jobs']['fresh']).to include('result' => 'success', 'snapshots' => 12, 'stale' => false,
+                                               'last_success' => at(7 * hour), 'schedule' => 'every 6 hours')
+    expect(status['jobs']['late']['stale']).to be true
+    expect(status['jobs']['failing']).to include('consecutive_failures' => 2, 'stale' => true)
+    expect(status['jobs']['manual']['stale']).to be false
+    expect(status['jobs']['new']['stale']).to be false
+  end
+
+  it 'copies no error text, node or environment from the agent' do
+    fake_agent({ 'node' => 'web-01', 'environment' => 'staging', 'daemon' => { 'running' => false },
+                 'jobs' => [job('failing', 'every 1 hours', result: 'failed', consecutive_failures: 1,
+                                                            error: 'cannot list s3://secret-bucket/')] })
+    text = JSON.generate(collect)
+    expect(text).not_to include('secret-bucket')
+    expect(text).not_to include('error')
+  end
+
+  it 'flags a job that never ran although its config is older than the schedule allows' do
+    fake_agent({ 'daemon' => { 'running' => false }, 'jobs' => [job('etc', 'every 1 hours')] })
+    File.utime(now - 3 * hour, now - 3 * hour, config)
+    expect(collect['backup_agent']['status']['stale_jobs']).to eq(%w(etc))
+  end
+
+  it 'takes the tolerance from stale_after_periods' do
+    settings['stale_after_periods'] = 1
+    fake_agent({ 'daemon' => {}, 'jobs' => [job('etc', 'every 6 hours', result: 'success', last_success: at(7 * hour))] })
+    expect(collect['backup_agent_stale']).to be true
+  end
+
+  it 'flags the node when the agent cannot report' do
+    fake_agent({ 'jobs' => [] }, exit_code: 2)
+    status = collect['backup_agent']['status']
+    expect(status).to include('stale' => true, 'error' => '`backup-agent status --json` exited 2')
+  end
+
+  it 'reports nothing where the agent is not installed' do
+    data = collect
+    expect(data).not_to have_key('backup_agent')
+    expect(data).not_to have_key('backup_agent_stale')
+  end
+end
