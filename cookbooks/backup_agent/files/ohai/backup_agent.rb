@@ -94,6 +94,7 @@ Ohai.plugin(:BackupAgent) do
 
   def collect_status
     bin, config, periods = settings.values_at('bin', 'config', 'stale_after_periods')
+    periods = Float(periods, exception: false) || default_settings['stale_after_periods']
     return unless ::File.executable?(bin) # the agent is not installed (yet): nothing to report
 
     config_written = mtime(config)

@@ -93,6 +93,12 @@ describe 'Ohai plugin backup_agent' do
     expect(collect['backup_agent_stale']).to be true
   end
 
+  it 'falls back to the default tolerance when stale_after_periods is not a number' do
+    settings['stale_after_periods'] = 'often'
+    fake_agent({ 'daemon' => {}, 'jobs' => [job('etc', 'every 6 hours', result: 'success', last_success: at(7 * hour))] })
+    expect(collect['backup_agent_stale']).to be false
+  end
+
   it 'flags the node when the agent cannot report' do
     fake_agent({ 'jobs' => [] }, exit_code: 2)
     status = collect['backup_agent']['status']
