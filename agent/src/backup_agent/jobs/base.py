@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -75,6 +75,28 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "time": rfc3339(self.time), "manifest_bytes": self.size, **self.extra}
+
+
+S = TypeVar("S", bound=Snapshot)
+
+
+def pick_snapshot(snaps: list[S], snapshot: str | None, at: str | None, job: str, where: str,
+                  also: Callable[[S, str], bool] = lambda _s, _id: False) -> S:
+    """--snapshot ID (or a unique-enough prefix, or what `also` accepts), --at TIME, or the latest."""
+    if not snaps:
+        raise JobFailed(f"job {job} has no snapshots in {where}")
+    if snapshot:
+        for s in snaps:
+            if s.id == snapshot or also(s, snapshot) or (len(snapshot) >= 8 and s.id.startswith(snapshot)):
+                return s
+        raise JobFailed(f"job {job}: no snapshot {snapshot}")
+    if at:
+        when = parse_time(at)
+        earlier = [s for s in snaps if s.time <= when]
+        if not earlier:
+            raise JobFailed(f"job {job}: no snapshot at or before {rfc3339(when)}")
+        return earlier[-1]
+    return snaps[-1]
 
 
 class JobRunner:
@@ -198,21 +220,7 @@ class S3Job(JobRunner):
                 return header
 
     def select(self, snapshot: str | None, at: str | None) -> Snapshot:
-        snaps = self.snapshots()
-        if not snaps:
-            raise JobFailed(f"job {self.job.name} has no snapshots in s3://{self.bucket}/{self.root}")
-        if snapshot:
-            for s in snaps:
-                if s.id == snapshot or (len(snapshot) >= 8 and s.id.startswith(snapshot)):
-                    return s
-            raise JobFailed(f"job {self.job.name}: no snapshot {snapshot}")
-        if at:
-            when = parse_time(at)
-            earlier = [s for s in snaps if s.time <= when]
-            if not earlier:
-                raise JobFailed(f"job {self.job.name}: no snapshot at or before {rfc3339(when)}")
-            return earlier[-1]
-        return snaps[-1]
+        return pick_snapshot(self.snapshots(), snapshot, at, self.job.name, f"s3://{self.bucket}/{self.root}")
 
     @contextmanager
     def open_manifest(self, sid: str) -> Iterator[tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]]:
@@ -278,6 +286,16 @@ class S3Job(JobRunner):
         """Hook for jobs with a local cache of stored content."""
 
     def prune(self, *, dry_run: bool) -> dict[str, Any]:
+        if dry_run:
+            return self._prune(dry_run=True)
+        # A run uploads its data before its manifest, so until it ends nothing references that
+        # data and a prune would delete it as garbage: prune holds the run's lock (exit 75).
+        from backup_agent.state import JobLock
+
+        with JobLock(self.cfg.state_dir, self.job.name):
+            return self._prune(dry_run=False)
+
+    def _prune(self, *, dry_run: bool) -> dict[str, Any]:
         snaps = self.snapshots()
         decision = retention.apply([(s.id, s.time) for s in snaps], self.job.retention)
         result: dict[str, Any] = {
@@ -312,8 +330,10 @@ class S3Job(JobRunner):
                 garbage.append(obj["Key"])
                 freed += int(obj.get("Size", 0))
                 early += cold.early_deletion(obj.get("StorageClass"), obj.get("LastModified"), now)
-        self._delete(garbage)
+        # Forget first: a prune killed between the two must not leave the cache pointing at
+        # deleted content (the next run would reuse it instead of uploading it again).
         self.forget_cached({k[len(self.root) :] for k in garbage})
+        self._delete(garbage)
         # S3 bills cold objects deleted before their class's minimum duration for the rest of it.
         result.update(objects_deleted=len(garbage), bytes_freed=freed, objects_deleted_early=early)
         return result

@@ -22,7 +22,7 @@ from backup_agent.errors import ConfigError, IntegrityError, JobFailed
 from backup_agent.imds import Imds, ImdsError, ImdsV1Only
 from backup_agent.jobs import ebs_prune
 from backup_agent.jobs import ebs_sets as sets_mod
-from backup_agent.jobs.base import Clock, JobRunner, RunResult, Snapshot, parse_time, rfc3339, utcnow
+from backup_agent.jobs.base import Clock, JobRunner, RunResult, Snapshot, pick_snapshot, rfc3339, utcnow
 from backup_agent.jobs.ebs_prune import describe_snapshots
 from backup_agent.jobs.ebs_sets import SnapshotSet, tag_list, tags_of, user_tags
 from backup_agent.jobs.ebs_volumes import (
@@ -374,21 +374,8 @@ class EbsSnapshotJob(JobRunner):
         return [EbsSnapshot(s, region, copies.get(s.id, {})) for s in self.sets(region)]
 
     def select_set(self, snapshot: str | None, at: str | None) -> EbsSnapshot:
-        snaps = self._snapshots(with_copies=False)
-        if not snaps:
-            raise JobFailed(f"job {self.job.name} has no snapshots in {self.region()}")
-        if snapshot:
-            for s in snaps:
-                if s.id == snapshot or snapshot in s.set.ids or (len(snapshot) >= 8 and s.id.startswith(snapshot)):
-                    return s
-            raise JobFailed(f"job {self.job.name}: no snapshot {snapshot}")
-        if at:
-            when = parse_time(at)
-            earlier = [s for s in snaps if s.time <= when]
-            if not earlier:
-                raise JobFailed(f"job {self.job.name}: no snapshot at or before {rfc3339(when)}")
-            return earlier[-1]
-        return snaps[-1]
+        return pick_snapshot(self._snapshots(with_copies=False), snapshot, at, self.job.name, self.region(),
+                             also=lambda s, wanted: wanted in s.set.ids)
 
     # --- restore: instructions only ----------------------------------------------------------------
 
