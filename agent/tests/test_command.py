@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,60 @@ def test_corrupt_dump_is_refused(agent: Any, tmp_path: Path) -> None:
     assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
     assert not target.exists() and list(tmp_path.glob(".out.dump*")) == []
     assert agent.run("check", "c", "--read-data").returncode == 1
+
+
+# --- Glacier, against moto in server mode (SeaweedFS has no archive semantics) --------------------
+
+@pytest.fixture
+def moto_agent(tmp_path: Path) -> Iterator[tuple[Path, Any, str]]:
+    import logging
+
+    import boto3
+    import requests
+    import yaml
+    from moto.server import ThreadedMotoServer
+    from support.seaweedfs import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def restores(progression: str) -> None:
+        # moto's clock for RestoreObject: "manual" keeps it pending, "immediate" finishes it.
+        body = {"model_name": "s3::keyrestore", "transition": {"progression": progression, "times": 10**9}}
+        requests.post(f"{endpoint}/moto-api/state-manager/set-transition", data=json.dumps(body),
+                      timeout=10).raise_for_status()
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    s3.create_bucket(Bucket="cold-dumps")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "node": "node", "state_dir": str(tmp_path / "state"),
+        "storage": {"bucket": "cold-dumps", "endpoint_url": endpoint, "access_key_id": "testing",
+                    "secret_access_key": "testing"},
+        "jobs": {"cold": {"type": "command", "command": ["echo", "frozen dump"], "storage_class": "GLACIER",
+                          "restore_tier": "Bulk"}}}))
+    restores("manual")
+    try:
+        yield path, restores, "cold-dumps"
+    finally:
+        server.stop()
+
+
+def test_archived_dump_is_thawed_before_restore(moto_agent: tuple[Path, Any, str], tmp_path: Path) -> None:
+    path, restores, _ = moto_agent
+    run = subprocess.run([AGENT, "-c", str(path), "run", "cold", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    target = tmp_path / "cold.dump"
+    first = subprocess.run([AGENT, "-c", str(path), "restore", "cold", "--target", str(target)],
+                           capture_output=True, text=True)
+    assert first.returncode == 75, first.stderr
+    assert "GLACIER" in first.stderr and "Bulk" in first.stderr and not target.exists()
+    restores("immediate")
+    second = subprocess.run([AGENT, "-c", str(path), "restore", "cold", "--target", str(target)],
+                            capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert target.read_text() == "frozen dump\n"

@@ -55,8 +55,6 @@ READ_RETRIES = 5
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 STDERR_TAIL = 5
 SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
-ARCHIVED = ("GLACIER", "DEEP_ARCHIVE")
-GLACIER_POLL = 60.0
 # Credentials the agent itself may hold; a command run as another user must not inherit them.
 AGENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -519,7 +517,7 @@ class CommandJob(S3Job):
             raise IntegrityError(f"snapshot {snap.id}: unknown compression {kind!r}")
         assert entry.object is not None
         key = self.root + entry.object
-        self._ensure_readable(key, wait, tier, days)
+        thaw = self._ensure_readable(key, wait, tier, days)
         out: dict[str, Any] = {"job": self.job.name, "snapshot": snap.id, "files": 1,
                                "bytes_stored": entry.size}
         if into is not None:
@@ -529,6 +527,7 @@ class CommandJob(S3Job):
         else:
             assert target is not None
             out.update(self._restore_file(snap.id, entry, key, kind, Path(target), header))
+        thaw.finish([key])
         return out
 
     def _restore_file(self, sid: str, entry: Entry, key: str, kind: str, target: Path,
@@ -638,32 +637,18 @@ class CommandJob(S3Job):
             deliver(tail)
         return raw + len(tail)
 
-    def _ensure_readable(self, key: str, wait: bool, tier: str | None, days: int | None) -> None:
-        """Archived dumps must be restored (thawed) by S3 before they can be read."""
-        try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=key)
-        except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
-        thawed = 'ongoing-request="false"' in (head.get("Restore") or "")
-        if head.get("StorageClass") not in ARCHIVED or thawed:
-            return
-        tier = tier or self.opts["restore_tier"]
-        if not head.get("Restore"):
-            request = {"Days": days or self.opts["restore_days"], "GlacierJobParameters": {"Tier": tier}}
-            try:
-                self.s3.restore_object(Bucket=self.bucket, Key=key, RestoreRequest=request)
-            except ClientError as exc:
-                if error_code(exc) != "RestoreAlreadyInProgress":
-                    raise JobFailed(f"cannot request the restore of {key}: {describe(exc)}") from None
-            log.info("requested the %s restore of %s from %s", tier, key, head.get("StorageClass"))
-        if not wait:
-            raise NotReady(f"{key} is in {head.get('StorageClass')}; a {tier} restore is under way: "
-                           "rerun later, or use --wait")
-        while True:
-            time.sleep(GLACIER_POLL)
-            head = self.s3.head_object(Bucket=self.bucket, Key=key)
-            if 'ongoing-request="false"' in (head.get("Restore") or ""):
-                return
+    def _ensure_readable(self, key: str, wait: bool, tier: str | None, days: int | None) -> Any:
+        """Archived (Glacier) dumps must be restored by S3 before they can be read; returns the
+        Thaw to close once the dump is read."""
+        thaw = self.thaw(tier, days)
+        survey = thaw.prepare([key])
+        started = time.monotonic()
+        while survey.waiting:
+            if not wait:
+                raise NotReady(thaw.pending_message(survey, f"restore {self.job.name}"),
+                               thaw.pending_details(survey))
+            survey = thaw.wait_for_more(survey, started)
+        return thaw
 
 
 def _chunks(body: Any) -> Iterator[bytes]:
