@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from backup_agent.errors import JobFailed, Locked
 
 T = TypeVar("T")
+PRELOAD_LIMIT = 200_000
 
 
 def ensure_dir(path: Path) -> Path:
@@ -116,6 +117,8 @@ class FileCache:
         # Upload threads record blobs while the scan thread looks them up: one lock serialises both.
         self.lock = threading.RLock()
         self.target = target
+        self._files: dict[str, tuple[Any, ...]] | None = None
+        self._preload_tried = False
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -154,14 +157,29 @@ class FileCache:
 
     @_locked
     def reset(self) -> None:
+        self._files, self._preload_tried = None, False
         self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM meta", ()),
                   ("INSERT INTO meta VALUES ('target', ?)", (self.target,))])
 
-    @_locked
     def lookup_file(self, path: str) -> tuple[Any, ...] | None:
-        return self.db.execute(  # type: ignore[no-any-return]
-            "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?", (path,)
-        ).fetchone()
+        if not self._preload_tried:
+            self._files, self._preload_tried = self._preload_files(), True
+        if self._files is not None:
+            return self._files.get(path)
+        with self.lock:
+            return self.db.execute(  # type: ignore[no-any-return]
+                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?", (path,)
+            ).fetchone()
+
+    @_locked
+    def _preload_files(self) -> dict[str, tuple[Any, ...]] | None:
+        """One query instead of one per file, when the baseline is small enough to hold in memory
+        (about 200 bytes a row); huge trees keep per-path lookups so memory stays bounded."""
+        (count,) = self.db.execute("SELECT COUNT(*) FROM files").fetchone()
+        if count > PRELOAD_LIMIT:
+            return None
+        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files")
+        return {r[0]: r[1:] for r in rows}
 
     @_locked
     def lookup_blob(self, sha256: str) -> tuple[str, int] | None:
@@ -187,12 +205,14 @@ class FileCache:
     @_locked
     def commit_files(self, snapshot_id: str) -> None:
         """After a snapshot is complete: it becomes the baseline for the next run's change detection."""
+        self._files, self._preload_tried = None, False
         self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()),
                   ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))])
 
     @_locked
     def forget_objects(self, objects: set[str]) -> None:
         """Prune deleted these objects: content that lived there must be uploaded again."""
+        self._files, self._preload_tried = None, False
         params = [(o,) for o in objects]
         self._tx([("DELETE FROM blobs WHERE object=?", params), ("DELETE FROM files WHERE object=?", params)])
 

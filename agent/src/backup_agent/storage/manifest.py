@@ -72,7 +72,17 @@ class ManifestWriter:
             self._pending = []
 
     def add(self, entry: Entry) -> None:
-        self._line(entry.to_json())
+        # Hand-assembled around json-encoded strings: the same bytes json.dumps would give for
+        # to_json(), at a fraction of the cost on the per-file hot path.
+        if entry.type == "file":
+            line = (f'{{"path":{_encode(entry.path)},"type":"file","mode":{entry.mode},"uid":{entry.uid},'
+                    f'"gid":{entry.gid},"mtime_ns":{entry.mtime_ns},"size":{entry.size},'
+                    f'"sha256":{_encode(entry.sha256)},"object":{_encode(entry.object)},"offset":{entry.offset}}}')
+            self._pending.append(line)
+            if len(self._pending) >= 1000:
+                self._flush()
+        else:
+            self._line(entry.to_json())
         self.count += 1
 
     def close(self, summary: dict[str, Any]) -> None:
