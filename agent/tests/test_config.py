@@ -98,3 +98,19 @@ def test_schema_verb_prints_json_schema() -> None:
     proc = subprocess.run([AGENT, "schema"], capture_output=True, text=True)
     schema = json.loads(proc.stdout)
     assert "jobs" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_a_validated_config_is_remembered_and_any_edit_is_checked_again(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = tmp_path / "config.yaml"
+    good = {**GOOD, "state_dir": str(state)}
+    cfg.write_text(yaml.safe_dump(good))
+    for _ in range(2):
+        proc = subprocess.run([AGENT, "-c", str(cfg), "validate"], capture_output=True, text=True)
+        assert proc.returncode == 0
+    assert (state / "config-validated").exists()
+    bad = {**good, "jobs": {"etc": {"type": "files", "paths": ["/etc"], "schedule": "sometimes"}}}
+    cfg.write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([AGENT, "-c", str(cfg), "validate"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "jobs.etc.schedule" in proc.stderr

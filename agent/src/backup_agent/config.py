@@ -5,7 +5,9 @@ Every problem becomes a ConfigError with one line: `<file>: <dotted.key>: <what 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import json
 import os
 import socket
@@ -13,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jsonschema
 import yaml
 
+from backup_agent import __version__
 from backup_agent.config_schema import JOB_TYPES, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
+from backup_agent.state import atomic_write
 
 DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
+DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 
 
 @dataclass(frozen=True)
@@ -100,19 +104,47 @@ def load(path: str) -> Config:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{name}: {where}YAML syntax error: {problem}") from None
-    return from_dict(data, name)
+    marker = _validation_marker(data)
+    digest = hashlib.sha256(f"{__version__}\n{TOP_LEVEL!r}\n{JOB_TYPES!r}\n{text}".encode()).hexdigest()
+    trusted = marker is not None and _read_marker(marker) == digest
+    cfg = from_dict(data, name, trusted=trusted)
+    if marker is not None and not trusted:
+        with contextlib.suppress(OSError):
+            atomic_write(marker, digest.encode())
+    return cfg
 
 
-def from_dict(data: Any, name: str = "config") -> Config:
+def _validation_marker(data: Any) -> Path | None:
+    """Where a config text that passed validation is remembered (by digest), so the next run of
+    the same text skips the schema check and its import cost. Only ever inside an existing
+    state_dir: validating never creates directories."""
+    state_dir = data.get("state_dir", DEFAULT_STATE_DIR) if isinstance(data, dict) else None
+    if not isinstance(state_dir, str) or not state_dir.startswith("/") or not os.path.isdir(state_dir):
+        return None
+    return Path(state_dir) / "config-validated"
+
+
+def _read_marker(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Config:
+    """Validate (unless this exact text passed before: `trusted`) and build the typed config."""
     if data is None:
         raise ConfigError(f"{name}: the file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the top level must be a mapping of keys, not {type(data).__name__}")
     data = copy.deepcopy(data)
-    _validate(TOP_LEVEL, data, name, "")
+    if not trusted:
+        _validate(TOP_LEVEL, data, name, "")
     jobs_raw = data.get("jobs") or {}
     for job_name, raw in jobs_raw.items():
         where = f"jobs.{job_name}"
+        if trusted:
+            continue
         if raw["type"] not in JOB_TYPES:
             raise ConfigError(f"{name}: {where}.type: must be one of {', '.join(JOB_TYPES)}, not {_show(raw['type'])}")
         _validate(job_schema(raw["type"]), raw, name, where)
@@ -214,6 +246,8 @@ _TYPE_WORDS = {
 
 
 def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
+    import jsonschema  # here, not at the top: a config that validated before never pays the import
+
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if not errors:
@@ -237,7 +271,8 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
-def _message(err: jsonschema.ValidationError) -> str:
+def _message(err: Any) -> str:
+    """jsonschema's error (a ValidationError) as the end of one line for a user."""
     v, s, inst = err.validator, err.validator_value, err.instance
     if v == "type":
         types = s if isinstance(s, list) else [s]
