@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from backup_agent.errors import JobFailed, Locked
 
 T = TypeVar("T")
-PRELOAD_LIMIT = 200_000
+PRELOAD_LIMIT = 100_000
 
 
 def ensure_dir(path: Path) -> Path:
