@@ -1,16 +1,26 @@
-"""A real `chef-client --local-mode` converge of this repository on this machine.
+"""Real `chef-client --local-mode` converges of this repository on this machine.
 
-The chef repo is this checkout (cookbooks/, data_bags/, environments/), the environment is
-`staging`, the secret is the TEST-ONLY tests/fixtures/encrypted_data_bag_secret. The agent is
-installed the way an offline node installs it: pip with --no-index from the wheel built from
+The chef repo is this checkout (cookbooks/, data_bags/) plus a copy of environments/ that the
+tests may edit, the secret is the TEST-ONLY tests/fixtures/encrypted_data_bag_secret. The agent
+is installed the way an offline node installs it: pip with --no-index from the wheel built from
 agent/ (BACKUP_AGENT_WHEELS, `make wheel`) plus the wheelhouse (BACKUP_AGENT_WHEELHOUSE).
 
-Then the agent that the converge installed backs up and restores a directory through a real
-SeaweedFS on 127.0.0.1:18333 (the endpoint and fake keys in the data bag items), a second
-converge must update 0 resources, and a config the agent rejects must leave the old file alone.
+In order, one module (each chef-client run costs 20-40 s, so the cases share runs):
+  1. staging, from scratch: install, config = the environment's jobs, backup and restore with
+     the installed agent through a real SeaweedFS on 127.0.0.1:18333 (the data bag's endpoint);
+  2. with a real `backup-agent daemon` running (PID 1 is not systemd here, so the cookbook does
+     not manage a service; it sends the daemon a SIGHUP when the config changes):
+     a second converge updates 0 resources and the daemon hears nothing; a changed environment
+     attribute changes the config and the daemon reloads exactly once;
+  3. a wrapper cookbook (test/fixtures/cookbooks/backup_agent_test) declares backup_agent_job
+     resources, gets the pg password from the data bag and sets up the bucket; again: 0 updated;
+  4. production and development: their schedules and retention; the wrapper's jobs are gone;
+  5. bad inputs (attributes, a resource, the data bag, the agent's own validation): each run
+     fails with a message that names the problem, and the config file stays as it was.
 
 It installs packages and writes /etc, /opt and /usr/local/bin: it runs only as root, where
-CI=true or BACKUP_AGENT_CONVERGE=1 (`make test-converge`).
+CI=true or BACKUP_AGENT_CONVERGE=1 (`make test-converge`), holding the machine lock it shares
+with the knife end-to-end suite.
 """
 
 from __future__ import annotations
@@ -19,25 +29,35 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.machine import machine_lock, offline_install_attributes, wheel_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
+TEST_COOKBOOKS = REPO / "cookbooks" / "backup_agent" / "test" / "fixtures" / "cookbooks"
 CONFIG = Path("/etc/backup-agent/config.yaml")
 AGENT = Path("/usr/local/bin/backup-agent")
 INSTALL_DIR = Path("/opt/backup-agent")
 INSTALL_MARKER = INSTALL_DIR / ".chef-backup-agent-install"
+# Its own state_dir, so nothing another suite left (daemon plans, a lock) changes what happens.
+STATE_DIR = Path("/var/lib/backup-agent-converge-test")
 NODE_NAME = "converge-test"
-ENVIRONMENT = "staging"
 FINISHED = re.compile(r"(?:Chef Infra Client finished|Infra Phase complete), (\d+)/(\d+) resources updated")
+FAILED = re.compile(r"Infra Phase failed\. (\d+) resources updated")
+RELOAD = "ruby_block[reload backup-agent] action run"
+OHAI_LANGUAGES = ["C", "Elixir", "Erlang", "Go", "Groovy", "Haskell", "Java", "Lua", "Mono", "Nodejs", "Perl",
+                  "PHP", "Powershell", "Python", "Rust", "Scala"]
 
 pytestmark = [
     pytest.mark.converge,
@@ -50,33 +70,16 @@ pytestmark = [
 ]
 
 
-def plain_item() -> dict[str, str]:
-    """The TEST-ONLY plain source of the staging data bag item."""
-    source = FIXTURES / "data_bags" / "backup_agent" / f"{ENVIRONMENT}.json"
-    item: dict[str, str] = json.loads(source.read_text())
+def plain_item(name: str = "staging") -> dict[str, Any]:
+    """The TEST-ONLY plain source of a data bag item."""
+    item: dict[str, Any] = json.loads((FIXTURES / "data_bags" / "backup_agent" / f"{name}.json").read_text())
     return item
 
 
-def staging_jobs() -> dict[str, Any]:
-    env = json.loads((REPO / "environments" / f"{ENVIRONMENT}.json").read_text())
-    jobs: dict[str, Any] = env["default_attributes"]["backup_agent"]["jobs"]
-    return jobs
-
-
-def wheel_dir() -> Path:
-    wheels = Path(os.environ.get("BACKUP_AGENT_WHEELS") or REPO / "build" / "wheels")
-    if not list(wheels.glob("backup_agent-*.whl")):
-        pytest.fail(f"no backup_agent wheel in {wheels}: build it first (make wheel)")
-    return wheels.resolve()
-
-
-def wheelhouse() -> Path | None:
-    """BACKUP_AGENT_WHEELHOUSE if set (empty: none), else ../shared/wheelhouse if present."""
-    configured = os.environ.get("BACKUP_AGENT_WHEELHOUSE")
-    if configured is not None:
-        return Path(configured).resolve() if configured else None
-    beside = REPO.parent / "shared" / "wheelhouse"
-    return beside.resolve() if beside.is_dir() else None
+def secret_values() -> list[str]:
+    item = plain_item()
+    pg = item["job_secrets"]["pg"]
+    return [item["access_key_id"], item["secret_access_key"], pg["password"], *pg["env"].values()]
 
 
 def clean_env() -> dict[str, str]:
@@ -87,36 +90,67 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def config() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    return loaded
+
+
 @dataclass
 class Converge:
     returncode: int
     output: str
+    seconds: float
 
     @property
-    def updated(self) -> tuple[int, int]:
-        found = FINISHED.findall(self.output)
-        assert found, f"no 'Chef Infra Client finished' line:\n{self.output[-4000:]}"
-        done, total = found[-1]
-        return int(done), int(total)
+    def updated(self) -> int:
+        found = FINISHED.findall(self.output) or FAILED.findall(self.output)
+        assert found, f"no 'resources updated' line:\n{self.output[-4000:]}"
+        last = found[-1]
+        return int(last[0] if isinstance(last, tuple) else last)
+
+    def updated_resources(self) -> list[str]:
+        """The `* resource[name] action x` lines of resources that changed something."""
+        lines = self.output.splitlines()
+        out = []
+        for i, line in enumerate(lines):
+            head = line.strip()
+            if not head.startswith("* ") or " action " not in head:
+                continue
+            body = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if "(up to date)" in head or "(skipped" in head or head.endswith("action nothing"):
+                continue
+            if body.startswith("- "):
+                out.append(head[2:])
+        return out
+
+
+TIMINGS: list[tuple[str, float]] = []
 
 
 class ChefRepo:
-    """client.rb, attributes and node state in a temp dir; the chef repo is this checkout."""
+    """client.rb, node state and an editable copy of environments/ in a temp dir; cookbooks and
+    data bags come from this checkout (or from `data_bags` when given)."""
 
     def __init__(
-        self, workdir: Path, sample_source: Path, secret: Path = FIXTURES / "encrypted_data_bag_secret"
+        self,
+        workdir: Path,
+        sample_source: Path,
+        secret: Path = FIXTURES / "encrypted_data_bag_secret",
+        data_bags: Path = REPO / "data_bags",
     ) -> None:
         self.workdir = workdir
         self.sample_source = sample_source
         self.node_path = workdir / "nodes"
         self.cache = workdir / "cache"
-        self.client_rb = workdir / "client.rb"
+        self.environments = workdir / "environments"
+        if not self.environments.exists():
+            shutil.copytree(REPO / "environments", self.environments)
         for d in (self.node_path, self.cache, workdir / "clients", workdir / "backup"):
             d.mkdir(parents=True, exist_ok=True)
         paths = {
             "chef_repo_path": REPO,
-            "data_bag_path": REPO / "data_bags",
-            "environment_path": REPO / "environments",
+            "data_bag_path": data_bags,
+            "environment_path": self.environments,
             "node_path": self.node_path,
             "client_path": workdir / "clients",
             "client_key": workdir / "client.pem",
@@ -127,45 +161,55 @@ class ChefRepo:
         lines = [
             "local_mode true",
             f"node_name {json.dumps(NODE_NAME)}",
-            f"cookbook_path [{json.dumps(str(REPO / 'cookbooks'))}]",
+            f"cookbook_path {json.dumps([str(REPO / 'cookbooks'), str(TEST_COOKBOOKS)])}",
         ]
         lines += [f"{key} {json.dumps(str(value))}" for key, value in paths.items()]
+        # Ohai's inventory of installed languages (gcc, erl, ghc, python, java... --version) is
+        # about a third of every run here and nothing in the cookbook reads it.
+        lines.append("ohai.disabled_plugins = [" + ", ".join(f":{name}" for name in OHAI_LANGUAGES) + "]")
+        self.client_rb = workdir / "client.rb"
         self.client_rb.write_text("\n".join(lines) + "\n")
 
-    def attributes(self, sample_job: dict[str, Any] | None = None) -> dict[str, Any]:
-        links = [str(wheel_dir())]
-        house = wheelhouse()
-        if house is not None:
-            links.append(str(house))
+    def attributes(
+        self, sample_job: dict[str, Any] | None = None, wrapper: bool = False, **backup_agent: Any
+    ) -> dict[str, Any]:
         job = {"type": "files", "paths": [str(self.sample_source)], "schedule": "daily at 04:00"}
         job.update(sample_job or {})
+        attrs: dict[str, Any] = {
+            # Offline, as a node without PyPI: the wheel from agent/ plus its dependencies.
+            "install": offline_install_attributes(wheel_dir()),
+            "config": {"state_dir": str(STATE_DIR)},
+            "jobs": {"sample": job},
+        }
+        for key, value in backup_agent.items():
+            attrs[key] = {**attrs.get(key, {}), **value} if isinstance(value, dict) else value
         return {
-            "run_list": ["recipe[backup_agent]"],
-            "backup_agent": {
-                # Offline, as a node without PyPI: the wheel from agent/ plus its dependencies.
-                "install": {"find_links": links, "no_index": house is not None},
-                "jobs": {"sample": job},
-            },
+            "run_list": ["recipe[backup_agent_test]" if wrapper else "recipe[backup_agent]"],
+            "backup_agent": attrs,
         }
 
-    def converge(self, attributes: dict[str, Any] | None = None) -> Converge:
-        attrs = self.workdir / "attrs.json"
+    def environment_jobs(self, name: str) -> dict[str, Any]:
+        env = json.loads((self.environments / f"{name}.json").read_text())
+        jobs: dict[str, Any] = env["default_attributes"]["backup_agent"]["jobs"]
+        return jobs
+
+    def edit_environment(self, name: str, change: Any) -> None:
+        path = self.environments / f"{name}.json"
+        env = json.loads(path.read_text())
+        change(env["default_attributes"]["backup_agent"])
+        path.write_text(json.dumps(env, indent=2) + "\n")
+
+    def converge(self, attributes: dict[str, Any] | None = None, environment: str = "staging",
+                 label: str = "") -> Converge:
+        attrs = self.workdir / f"attrs-{label or 'run'}.json"
         attrs.write_text(json.dumps(attributes or self.attributes()))
-        cmd = [
-            "bundle",
-            "exec",
-            "chef-client",
-            "--no-color",
-            "-z",
-            "-c",
-            str(self.client_rb),
-            "-E",
-            ENVIRONMENT,
-            "-j",
-            str(attrs),
-        ]
+        cmd = ["bundle", "exec", "chef-client", "--no-color", "-z", "-c", str(self.client_rb),
+               "-E", environment, "-j", str(attrs)]
+        started = time.monotonic()
         proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=1200, check=False)
-        return Converge(proc.returncode, proc.stdout + proc.stderr)
+        seconds = time.monotonic() - started
+        TIMINGS.append((label or environment, seconds))
+        return Converge(proc.returncode, proc.stdout + proc.stderr, seconds)
 
 
 def write_sample(root: Path) -> dict[str, bytes]:
@@ -182,6 +226,30 @@ def write_sample(root: Path) -> dict[str, bytes]:
     return files
 
 
+def agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AGENT), *args], env=clean_env(), capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def assert_jobs_match(expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    """Every job of the environment, with exactly its schedule, retention and other keys."""
+    for name, job in expected.items():
+        assert actual.get(name) == job, f"jobs.{name}: rendered {actual.get(name)!r}, environment says {job!r}"
+
+
+# --- fixtures: one machine, one order -------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine() -> Iterator[None]:
+    with machine_lock():
+        yield
+    if TIMINGS:
+        total = sum(s for _, s in TIMINGS)
+        print("\nconverge timings: " + ", ".join(f"{label} {s:.0f}s" for label, s in TIMINGS) + f"; total {total:.0f}s")
+
+
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
     source = tmp_path_factory.mktemp("sample-source")
@@ -194,17 +262,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory, sample: tuple[Path, dict[str,
 
 
 @pytest.fixture(scope="module")
-def first(repo: ChefRepo) -> Converge:
-    # A venv this cookbook made on an earlier run would keep its agent: pip does not reinstall a
-    # rebuilt wheel of the same version. Start from a fresh install, as a new node does.
-    if INSTALL_MARKER.exists():
-        shutil.rmtree(INSTALL_DIR)
-    result = repo.converge()
-    assert result.returncode == 0, f"converge failed:\n{result.output[-6000:]}"
-    return result
-
-
-@pytest.fixture
 def seaweedfs() -> Iterator[Any]:
     from support.seaweedfs import SeaweedFS
 
@@ -215,27 +272,83 @@ def seaweedfs() -> Iterator[Any]:
         yield s3
 
 
-def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(AGENT), *args], env=clean_env(), capture_output=True, text=True, timeout=600, check=False
-    )
+@pytest.fixture(scope="module")
+def first(repo: ChefRepo) -> Converge:
+    # A venv this cookbook made on an earlier run would keep its agent: pip does not reinstall a
+    # rebuilt wheel of the same version. Start from a fresh install, as a new node does.
+    if INSTALL_MARKER.exists():
+        shutil.rmtree(INSTALL_DIR)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+    result = repo.converge(label="staging-first")
+    assert result.returncode == 0, f"converge failed:\n{result.output[-6000:]}"
+    return result
 
 
-def test_converge_renders_staging_config_from_the_data_bag(first: Converge) -> None:
-    done, _total = first.updated
-    assert done > 0
+class Daemon:
+    """`backup-agent daemon` started the way a supervisor other than systemd would."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [str(AGENT), "daemon"], env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.wait_for("daemon started")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def reloads(self) -> list[str]:
+        return [line for line in self.text().splitlines() if "config reloaded" in line or "reload rejected" in line]
+
+    def wait_for(self, needle: str, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.text().count(needle) >= count:
+                return
+            assert self.proc.poll() is None, f"daemon exited:\n{self.text()}"
+            time.sleep(0.2)
+        raise AssertionError(f"daemon log has no {needle!r} (x{count}) after {timeout}s:\n{self.text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def daemon(first: Converge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    d = Daemon(tmp_path_factory.mktemp("daemon") / "daemon.log")
+    yield d
+    d.stop()
+
+
+# --- 1. staging from scratch ----------------------------------------------------------------
+
+
+def test_first_converge_renders_the_staging_config(repo: ChefRepo, first: Converge) -> None:
+    assert first.updated > 0
     info = CONFIG.stat()
     assert stat.S_IMODE(info.st_mode) == 0o600
     assert (info.st_uid, info.st_gid) == (0, 0)
 
-    config = yaml.safe_load(CONFIG.read_text())
-    assert config["environment"] == ENVIRONMENT
-    assert config["node"] == NODE_NAME
-    assert config["storage"]["bucket"] == plain_item()["bucket"]
-    for name, job in staging_jobs().items():
-        assert config["jobs"][name] == job
+    rendered = config()
+    assert rendered["environment"] == "staging"
+    assert rendered["node"] == NODE_NAME
+    assert rendered["state_dir"] == str(STATE_DIR)
+    assert rendered["storage"]["bucket"] == plain_item()["bucket"]
+    assert_jobs_match(repo.environment_jobs("staging"), rendered["jobs"])
+    assert sorted(rendered["jobs"]) == sorted([*repo.environment_jobs("staging"), "sample"])
+    # The data bag holds job_secrets for `pg`, a job this node does not have: not rendered.
+    assert "password" not in CONFIG.read_text()
     assert AGENT.resolve() == INSTALL_DIR / "bin" / "backup-agent"
     assert "execute[install backup-agent] action run" in first.output
+    assert "not managing service backup-agent: systemd is not PID 1" in first.output
 
     check = agent("validate")
     assert check.returncode == 0, check.stderr
@@ -246,10 +359,10 @@ def test_secrets_stay_out_of_node_json_and_output(repo: ChefRepo, first: Converg
     item = plain_item()
     node_json = (repo.node_path / f"{NODE_NAME}.json").read_text()
     assert '"backup_agent"' in node_json  # the saved node is there and carries our attributes
-    for key in ("access_key_id", "secret_access_key", "bucket"):
-        assert item[key] not in node_json, f"{key} leaked into the saved node JSON"
-    for key in ("access_key_id", "secret_access_key"):
-        assert item[key] not in first.output, f"{key} leaked into chef-client output"
+    for secret in [item["bucket"], *secret_values()]:
+        assert secret not in node_json, "a data bag value leaked into the saved node JSON"
+    for secret in secret_values():
+        assert secret not in first.output, "a secret leaked into chef-client output"
 
 
 def test_installed_agent_backs_up_and_restores(
@@ -270,49 +383,198 @@ def test_installed_agent_backs_up_and_restores(
         assert (restored_root / rel).read_bytes() == data, rel
 
 
-def test_second_converge_updates_nothing(repo: ChefRepo, first: Converge) -> None:
-    second = repo.converge()
+# --- 2. no-op, then one changed attribute, with a daemon running ----------------------------
+
+
+def test_second_converge_updates_nothing_and_tells_the_daemon_nothing(repo: ChefRepo, daemon: Daemon) -> None:
+    second = repo.converge(label="staging-noop")
     assert second.returncode == 0, second.output[-6000:]
-    done, total = second.updated
-    updated = [
-        line
-        for line in second.output.splitlines()
-        if line.lstrip().startswith("* ") and "action" in line and "(up to date)" not in line and "(skipped" not in line
+    assert second.updated == 0, "resources updated on the second converge:\n" + "\n".join(second.updated_resources())
+    assert RELOAD not in second.output
+    time.sleep(1)
+    assert daemon.reloads() == []
+
+
+def test_changed_environment_attribute_changes_the_config_and_reloads_once(repo: ChefRepo, daemon: Daemon) -> None:
+    def change(attrs: dict[str, Any]) -> None:
+        attrs["jobs"]["etc"]["schedule"] = "every 4 hours"
+        attrs["jobs"]["etc"]["retention"]["keep_daily"] = 10
+
+    repo.edit_environment("staging", change)
+    before = config()
+    result = repo.converge(label="staging-changed")
+    assert result.returncode == 0, result.output[-6000:]
+
+    after = config()
+    assert after["jobs"]["etc"]["schedule"] == "every 4 hours"
+    assert after["jobs"]["etc"]["retention"] == {"keep_last": 4, "keep_daily": 10}
+    others = [name for name in before["jobs"] if name != "etc"]
+    assert [after["jobs"][name] for name in others] == [before["jobs"][name] for name in others]
+    # Exactly two changes: the file, and the one reload it notified (delayed, after the file).
+    assert result.updated_resources() == [f"template[{CONFIG}] action create", RELOAD]
+    assert result.updated == 2
+    assert result.output.count(RELOAD) == 1
+    # ... which the real daemon received once, and reloaded the new schedule from.
+    daemon.wait_for("config reloaded")
+    time.sleep(1)
+    reloads = daemon.reloads()
+    assert len(reloads) == 1, reloads
+    assert "changed: etc" in reloads[0]
+
+
+# --- 3. a wrapper cookbook's backup_agent_job resources, and the bucket -----------------------
+
+
+def test_wrapper_jobs_from_resources_join_the_environment_jobs(
+    repo: ChefRepo, daemon: Daemon, seaweedfs: Any
+) -> None:
+    attrs = repo.attributes(wrapper=True, bucket={"setup": True})
+    result = repo.converge(attrs, label="wrapper")
+    assert result.returncode == 0, result.output[-6000:]
+
+    jobs = config()["jobs"]
+    pg_secrets = plain_item()["job_secrets"]["pg"]
+    assert jobs["pg"] == {
+        "type": "command", "preset": "postgresql", "database": "app", "host": "127.0.0.1", "username": "backup",
+        "schedule": "daily at 01:00", "retention": {"keep_daily": 7, "keep_weekly": 4},
+        "password": pg_secrets["password"], "env": pg_secrets["env"],
+    }
+    assert jobs["volumes"] == {"type": "ebs_snapshot", "volumes": "all", "exclude_root": True,
+                               "schedule": "daily at 03:00 UTC", "retention": {"keep_last": 7}}
+    assert "app" not in jobs  # backup_agent_job 'app' action :delete
+    assert jobs["etc"] == repo.environment_jobs("staging")["etc"]
+    for secret in secret_values():
+        assert secret not in result.output
+    assert "execute[backup-agent bucket setup] action run" in result.output
+    versioning = seaweedfs.client().get_bucket_versioning(Bucket=plain_item()["bucket"])
+    assert versioning.get("Status") == "Enabled"
+    assert result.output.count(RELOAD) == 1
+    daemon.wait_for("config reloaded", count=2)
+
+    again = repo.converge(attrs, label="wrapper-noop")
+    assert again.returncode == 0, again.output[-6000:]
+    assert again.updated == 0, "updated on the second wrapper converge:\n" + "\n".join(again.updated_resources())
+    assert "execute[backup-agent bucket setup] action run (skipped due to only_if)" in again.output
+
+
+# --- 4. the other environments ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_environment_schedules_and_retention(repo: ChefRepo, daemon: Daemon, environment: str) -> None:
+    result = repo.converge(environment=environment, label=environment)
+    assert result.returncode == 0, result.output[-6000:]
+    rendered = config()
+    assert rendered["environment"] == environment
+    assert rendered["storage"]["bucket"] == plain_item(environment)["bucket"]
+    env_jobs = repo.environment_jobs(environment)
+    assert_jobs_match(env_jobs, rendered["jobs"])
+    # The wrapper's resources are not in this run: their jobs are gone from the config.
+    assert sorted(rendered["jobs"]) == sorted([*env_jobs, "sample"])
+    assert result.output.count(RELOAD) == 1
+    assert agent("validate").returncode == 0
+
+
+# --- 5. bad inputs ------------------------------------------------------------------------------
+
+
+@dataclass
+class BadInput:
+    name: str
+    messages: list[str]
+    attributes: dict[str, Any] | None = None
+    secret: Path | None = None
+    data_bags: Path | None = None
+    # Compile-time failures stop before any resource; the agent's own check runs at the end.
+    compile_time: bool = True
+
+
+def bad_inputs(repo: ChefRepo, tmp: Path) -> list[BadInput]:
+    broken_bags = tmp / "broken_data_bags"
+    shutil.copytree(REPO / "data_bags", broken_bags)
+    item = broken_bags / "backup_agent" / "staging.json"
+    item.write_text(item.read_text()[:-40])  # cut off mid-JSON
+    wrong_secret = tmp / "wrong_secret"
+    wrong_secret.write_text(os.urandom(384).hex())
+
+    many = repo.attributes()
+    jobs = many["backup_agent"]["jobs"]
+    jobs["etc"] = {"type": "tarball"}  # unknown job type
+    jobs["app"] = {"schedule": "daly at 02:00", "retention": {"keep_daily": "7"}}  # bad schedule, wrong type
+    jobs["db"] = {"type": "command", "command": ["pg_dump", "app"], "password": "hunter2"}  # a secret
+    many["backup_agent"]["config"]["splay"] = "5m"  # wrong type
+    many["backup_agent"]["install"]["find_links"] = "/srv/wheels"  # a string, not a list
+
+    return [
+        BadInput("wrong attribute types, unknown job type, bad schedule, a password", [
+            "backup_agent: 6 invalid attributes, nothing was changed:",
+            "node['backup_agent']['install']['find_links']: must be a list of strings, got the string \"/srv/wheels\"",
+            "node['backup_agent']['config']['splay']: must be an integer >= 0, got the string \"5m\"",
+            "node['backup_agent']['jobs']['etc']['type']: \"tarball\" is not a job type",
+            "node['backup_agent']['jobs']['app']['schedule']: 'daly at 02:00' is not a schedule",
+            "node['backup_agent']['jobs']['app']['retention']: keep_daily must be an integer >= 0, got the string",
+            "node['backup_agent']['jobs']['db']['password']: is a secret: put it in the encrypted data bag item as "
+            "job_secrets.db.password, never in an attribute",
+        ], attributes=many),
+        BadInput("a backup_agent_job with a schedule the agent cannot read", [
+            "Option schedule's value every other tuesday must be 'every N seconds|minutes|hours|days'",
+        ], attributes={**repo.attributes(wrapper=True), "backup_agent_test": {"bad_schedule": True}}),
+        BadInput("a missing data bag item", [
+            "backup_agent: data bag 'backup_agent' has no item 'nope' "
+            "(it has: default, development, production, staging)",
+        ], attributes=repo.attributes(data_bag={"item": "nope"})),
+        BadInput("a wrong secret", [
+            "backup_agent: cannot decrypt key 'bucket' of data bag item 'backup_agent/staging' with the secret from "
+            f"{wrong_secret}",
+        ], secret=wrong_secret),
+        BadInput("malformed data bag JSON", [
+            f"backup_agent: data bag item 'backup_agent/staging' is not valid JSON ({item}): ",
+        ], data_bags=broken_bags),
+        BadInput("a key only the agent's schema knows is wrong", [
+            "backup_agent: `backup-agent validate` rejected the new /etc/backup-agent/config.yaml, which is left "
+            "unchanged:", "jobs.sample", "storage_clas",
+        ], attributes=repo.attributes({"storage_clas": "GLACIER"}), compile_time=False),
     ]
-    assert done == 0, f"{done}/{total} resources updated on the second converge:\n" + "\n".join(updated)
 
 
-def test_config_the_agent_rejects_leaves_the_old_file(repo: ChefRepo, first: Converge) -> None:
+def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
+    repo: ChefRepo, daemon: Daemon, sample: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
     before = CONFIG.read_bytes()
     before_mtime = CONFIG.stat().st_mtime_ns
-    bad = repo.attributes({"retention": {"keep_daily": -1}})
-    result = repo.converge(bad)
+    cases = bad_inputs(repo, tmp_path)
 
-    assert result.returncode != 0
-    assert "rejected the new /etc/backup-agent/config.yaml, which is left unchanged" in result.output
-    assert "keep_daily" in result.output
+    def run(case: BadInput) -> Converge:
+        # Each in its own chef repo dir: they run two at a time, and change nothing.
+        own = ChefRepo(tmp_path / re.sub(r"\W+", "-", case.name), sample[0],
+                       secret=case.secret or FIXTURES / "encrypted_data_bag_secret",
+                       data_bags=case.data_bags or REPO / "data_bags")
+        shutil.rmtree(own.environments)
+        shutil.copytree(repo.environments, own.environments)
+        return own.converge(case.attributes or own.attributes(), label=f"bad: {case.name}")
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(run, cases))
+
+    problems = []
+    for case, result in zip(cases, results, strict=True):
+        if result.returncode == 0:
+            problems.append(f"{case.name}: the converge succeeded")
+            continue
+        missing = [m for m in case.messages if m not in result.output]
+        if missing:
+            problems.append(f"{case.name}: no {missing!r} in:\n{result.output[-3000:]}")
+        if case.compile_time and "Infra Phase failed. 0 resources updated" not in result.output:
+            problems.append(f"{case.name}: expected to stop before any resource changed:\n{result.output[-3000:]}")
+        for secret in secret_values():
+            if secret in result.output:
+                problems.append(f"{case.name}: a secret is in the output")
+    assert not problems, "\n\n".join(problems)
+
     assert CONFIG.read_bytes() == before
     assert CONFIG.stat().st_mtime_ns == before_mtime
     # Nothing with credentials was left behind: no staged copy, no failed_validations copy.
     assert sorted(p.name for p in CONFIG.parent.iterdir()) == ["config.yaml"]
-    assert not (repo.cache / "failed_validations").exists()
-    for key in ("access_key_id", "secret_access_key"):
-        assert plain_item()[key] not in result.output
-
-
-def test_wrong_secret_fails_naming_bag_item_and_key(
-    first: Converge, sample: tuple[Path, dict[str, bytes]], tmp_path: Path
-) -> None:
-    before = CONFIG.read_bytes()
-    wrong = tmp_path / "wrong_secret"
-    wrong.write_text(os.urandom(384).hex())
-    result = ChefRepo(tmp_path / "chef", sample[0], secret=wrong).converge()
-
-    assert result.returncode != 0
-    assert (
-        f"cannot decrypt key 'bucket' of data bag item 'backup_agent/{ENVIRONMENT}' with the secret from {wrong}"
-        in result.output
-    )
-    # Secrets load at compile time: the run stops before it changes anything.
-    assert "Infra Phase failed. 0 resources updated" in result.output
-    assert CONFIG.read_bytes() == before
+    assert not list(tmp_path.glob("*/cache/failed_validations"))
+    # The daemon was not told about configs that never replaced the old one.
+    assert len(daemon.reloads()) == 4

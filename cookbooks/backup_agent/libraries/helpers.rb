@@ -44,20 +44,6 @@ module BackupAgentCookbook
     nil
   end
 
-  # `bucket setup --dry-run --json` says whether applying would change anything. When it cannot
-  # tell (an error), the real command should run and report the error itself.
-  def self.bucket_changes?(bin, config_path)
-    result = Mixlib::ShellOut.new(bin, '-c', config_path, 'bucket', 'setup', '--dry-run', '--json', timeout: 300).run_command
-    return true unless result.exitstatus == 0
-    pending = JSON.parse(result.stdout).fetch('steps', []).reject do |step|
-      step['result'].to_s.start_with?('already set', 'not supported')
-    end
-    pending.each { |step| Chef::Log.info("backup_agent: bucket setup would change: #{step['step']}") }
-    !pending.empty?
-  rescue JSON::ParserError
-    true
-  end
-
   # Notes the first resource that fails in this run. The config file renders last (in the
   # delayed phase, once every backup_agent_job has registered its job), and Chef runs delayed
   # actions even after a failure: without this a run that died half-way would write a config
@@ -85,6 +71,11 @@ module BackupAgentCookbook
 
     def backup_agent_config_path
       node['backup_agent']['config_path']
+    end
+
+    # The agent's own default when unset.
+    def backup_agent_state_dir
+      node['backup_agent']['config']['state_dir'] || '/var/lib/backup-agent'
     end
 
     # --- install ---
@@ -218,13 +209,25 @@ module BackupAgentCookbook
     end
 
     def backup_agent_daemon_pid
-      BackupAgentCookbook.daemon_pid(node['backup_agent']['config']['state_dir'] || '/var/lib/backup-agent')
+      BackupAgentCookbook.daemon_pid(backup_agent_state_dir)
     end
 
     # --- bucket ---
 
-    def backup_agent_bucket_changes?
-      BackupAgentCookbook.bucket_changes?(backup_agent_bin, backup_agent_config_path)
+    def backup_agent_bucket_marker
+      ::File.join(backup_agent_state_dir, 'chef-bucket-setup')
+    end
+
+    # What the last successful `bucket setup` was applied from: the config (as a digest: it holds
+    # credentials) and the agent version (a newer agent may set the bucket up differently).
+    def backup_agent_bucket_fingerprint
+      "config-sha256=#{Digest::SHA256.file(backup_agent_config_path).hexdigest}\n" \
+        "agent=#{node['backup_agent']['install']['version']}\n"
+    end
+
+    def backup_agent_bucket_setup_due?
+      marker = backup_agent_bucket_marker
+      !(::File.exist?(marker) && ::File.read(marker) == backup_agent_bucket_fingerprint)
     end
   end
 end

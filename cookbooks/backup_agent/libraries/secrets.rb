@@ -8,6 +8,7 @@
 # applies, the key: the converge stops before anything is changed.
 
 require 'chef/encrypted_data_bag_item'
+require 'json'
 
 module BackupAgentCookbook
   class SecretsError < StandardError; end
@@ -73,8 +74,24 @@ module BackupAgentCookbook
     def fetch_item(dsl, bag, item_name, secret, where, secret_file)
       dsl.data_bag_item(bag, item_name, secret)
     rescue StandardError => e
+      check_local_json(bag, item_name, where)
       raise SecretsError, "backup_agent: cannot load #{where} (secret file #{secret_file}): " \
                           "#{e.class}: #{first_line(e)}"
+    end
+
+    # In local mode (chef-client -z, chef-solo) the item is a file that only the embedded server
+    # parses, and a syntax error reaches us as "500 Internal Server Error". Say what it is.
+    def check_local_json(bag, item_name, where)
+      return unless Chef::Config[:local_mode] || Chef::Config[:solo_legacy_mode]
+      Array(Chef::Config[:data_bag_path]).each do |dir|
+        path = ::File.join(dir, bag, "#{item_name}.json")
+        next unless ::File.file?(path)
+        begin
+          JSON.parse(::File.read(path))
+        rescue JSON::ParserError => e
+          raise SecretsError, "backup_agent: #{where} is not valid JSON (#{path}): #{first_line(e)}"
+        end
+      end
     end
 
     def read_values(item, where, secret_file)

@@ -24,7 +24,7 @@ directory ::File.dirname(config_path) do
   mode '0755'
 end
 
-directory node['backup_agent']['config']['state_dir'] || '/var/lib/backup-agent' do
+directory backup_agent_state_dir do
   owner 'root'
   group 'root'
   mode '0700'

@@ -1,6 +1,7 @@
 require 'chefspec'
 require 'json'
 require 'open3'
+require 'tmpdir'
 require 'yaml'
 
 # The libraries, loaded up front so examples can stub BackupAgentCookbook and test the pure

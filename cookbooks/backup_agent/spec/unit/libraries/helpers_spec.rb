@@ -58,30 +58,34 @@ describe BackupAgentCookbook::Helpers do
     end
   end
 
-  describe '#backup_agent_bucket_changes?' do
-    def plan(*results)
-      JSON.generate('bucket' => 'b', 'dry_run' => true, 'steps' => results.map.with_index { |r, i| { 'step' => "s#{i}", 'result' => r } })
+  describe '#backup_agent_bucket_setup_due?' do
+    let(:state_dir) { Dir.mktmpdir('backup-agent-state') }
+    let(:config_path) { File.join(state_dir, 'config.yaml') }
+    let(:helper) do
+      attrs = { 'backup_agent' => { 'install' => install, 'config_path' => config_path, 'config' => { 'state_dir' => state_dir } } }
+      Class.new do
+        include BackupAgentCookbook::Helpers
+        define_method(:node) { attrs }
+      end.new
     end
 
-    it 'is false when the dry run has nothing to change (unsupported steps included)' do
-      fake_agent("echo '#{plan('already set', 'already set', 'not supported by this endpoint (NotImplemented)')}'")
-      expect(helper.backup_agent_bucket_changes?).to be false
+    after { FileUtils.rm_rf(state_dir) }
+
+    it 'is due until a setup recorded this config and this agent version, and again when either changes' do
+      File.write(config_path, "storage: {bucket: b}\n")
+      expect(helper.backup_agent_bucket_setup_due?).to be true
+      File.write(helper.backup_agent_bucket_marker, helper.backup_agent_bucket_fingerprint)
+      expect(helper.backup_agent_bucket_setup_due?).to be false
+      File.write(config_path, "storage: {bucket: b}\njobs: {}\n")
+      expect(helper.backup_agent_bucket_setup_due?).to be true
+      File.write(helper.backup_agent_bucket_marker, helper.backup_agent_bucket_fingerprint)
+      install['version'] = '0.2.0'
+      expect(helper.backup_agent_bucket_setup_due?).to be true
     end
 
-    it 'is true when a step would change' do
-      fake_agent("echo '#{plan('already set', 'would change')}'")
-      expect(helper.backup_agent_bucket_changes?).to be true
-    end
-
-    it 'is true when the dry run fails, so the real command reports the error' do
-      fake_agent('echo "cannot reach the endpoint" >&2; exit 1')
-      expect(helper.backup_agent_bucket_changes?).to be true
-    end
-
-    it 'asks the agent with the config this cookbook renders' do
-      fake_agent(%(echo "$@" > #{install_dir}/args; echo '#{plan}'))
-      helper.backup_agent_bucket_changes?
-      expect(File.read(File.join(install_dir, 'args')).strip).to eq('-c /etc/backup-agent/config.yaml bucket setup --dry-run --json')
+    it 'records digests only: the config holds credentials' do
+      File.write(config_path, "storage: {bucket: b, secret_access_key: s3cr3t}\n")
+      expect(helper.backup_agent_bucket_fingerprint).to match(/\Aconfig-sha256=\h{64}\nagent=0.1.0\n\z/)
     end
   end
 

@@ -12,12 +12,10 @@ describe 'backup_agent::bucket' do
     end.converge(*run_list)
   end
   let(:setup_execute) { chef_run.execute('backup-agent bucket setup') }
-  let(:changes) { false }
+  let(:due) { false }
 
-  before do
-    allow(BackupAgentCookbook).to receive(:bucket_changes?)
-      .with('/opt/backup-agent/bin/backup-agent', '/etc/backup-agent/config.yaml').and_return(changes)
-  end
+  # Guards run with the resource as self.
+  before { allow_any_instance_of(Chef::Resource::Execute).to receive(:backup_agent_bucket_setup_due?).and_return(due) }
 
   it 'installs and configures the agent first' do
     expect(chef_run).to include_recipe('backup_agent::default')
@@ -30,15 +28,17 @@ describe 'backup_agent::bucket' do
     expect(delayed.index([BackupAgentSpec::CONFIG_TEMPLATE, :create])).to be < delayed.index(['execute[backup-agent bucket setup]', :run])
   end
 
-  it 'runs it only when the dry run has something to change, so a converge with nothing to do changes nothing' do
+  it 'runs it only when the config or the agent changed since the last setup: a no-op converge calls nothing' do
     expect(chef_run).not_to run_execute('backup-agent bucket setup')
   end
 
-  context 'when the dry run reports a change' do
-    let(:changes) { true }
+  context 'when the config changed since the last setup' do
+    let(:due) { true }
 
-    it 'runs it' do
+    it 'runs it, then records what it applied' do
       expect(chef_run).to run_execute('backup-agent bucket setup')
+      expect(setup_execute).to notify('file[/var/lib/backup-agent/chef-bucket-setup]').to(:create).immediately
+      expect(chef_run.file('/var/lib/backup-agent/chef-bucket-setup')).to do_nothing
     end
   end
 

@@ -232,6 +232,22 @@ describe 'backup_agent::config' do
       expect_failure(%r{\Abackup_agent: cannot load data bag item 'backup_agent/staging' \(secret file .*\): FFI_Yajl::ParseError: lexical error: invalid char in json text\. \{"id": staging\z})
     end
 
+    context 'in local mode, with a data bag file that is not JSON' do
+      let(:data_bags) { Dir.mktmpdir('data_bags') }
+
+      after { FileUtils.rm_rf(data_bags) }
+
+      it 'says so, naming the file' do
+        FileUtils.mkdir_p(File.join(data_bags, 'backup_agent'))
+        File.write(File.join(data_bags, 'backup_agent', 'staging.json'), '{"id": "staging", "bucket": ')
+        stub_data_bag_item('backup_agent', 'staging').and_raise(Net::HTTPFatalError.new('500 "Internal Server Error"', nil))
+        allow(Chef::Config).to receive(:[]).and_call_original
+        allow(Chef::Config).to receive(:[]).with(:local_mode).and_return(true)
+        allow(Chef::Config).to receive(:[]).with(:data_bag_path).and_return(data_bags)
+        expect_failure(%r{\Abackup_agent: data bag item 'backup_agent/staging' is not valid JSON \(#{data_bags}/backup_agent/staging\.json\): })
+      end
+    end
+
     it 'when the secret is wrong' do
       stub_data_bag_item('backup_agent', 'staging')
         .and_return(BackupAgentSpec.encrypted_item('staging', secret: 'not-the-secret'))
