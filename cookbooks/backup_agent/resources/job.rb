@@ -88,15 +88,11 @@ def after_created
         "backup_agent_job[#{name}]: '#{job_name}' is not a job name (letters, digits, '_', '.', '-'; at most 63)"
 end
 
-action :create do
-  description 'Adds the job to the config rendered at the end of this run'
-
+action :create, description: 'Adds the job to the config rendered at the end of this run' do
   backup_agent_register_job(new_resource.job_name, job)
 end
 
-action :delete do
-  description 'Leaves the job out of the config rendered at the end of this run, even if attributes define it'
-
+action :delete, description: 'Leaves the job out of the config rendered at the end of this run, even if attributes define it' do
   backup_agent_register_job(new_resource.job_name, nil)
 end
 

@@ -32,6 +32,32 @@ describe 'backup_agent::default' do
                                    'access_key_id' => 'TESTONLYACCESSKEY000')
       end
 
+      it 'installs the agent into a venv and links it onto root\'s PATH' do
+        expect(chef_run.find_resources(:package).flat_map { |r| Array(r.package_name) }).to include(/python3/)
+        expect(chef_run).to run_execute('create backup-agent venv')
+        expect(chef_run).to run_execute('install backup-agent')
+        expect(chef_run).to create_link('/usr/local/bin/backup-agent')
+      end
+
+      it 'renders the staging schedules and retention' do
+        expect(BackupAgentSpec.rendered_config(chef_run)['jobs']).to eq(BackupAgentSpec.environment_jobs('staging').sort.to_h)
+      end
+
+      it 'renders the unit, and manages no service where systemd is not PID 1' do
+        expect(chef_run).to create_template(BackupAgentSpec::UNIT_PATH)
+        expect(chef_run.find_resources(:service)).to be_empty
+        expect(chef_run.ruby_block('reload backup-agent')).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:run).delayed
+      end
+
+      context 'where systemd is PID 1' do
+        before { allow(BackupAgentCookbook).to receive(:systemd_running?).and_return(true) }
+
+        it 'enables and starts the service' do
+          expect(chef_run).to enable_service('backup-agent')
+          expect(chef_run).to start_service('backup-agent')
+        end
+      end
+
       it 'keeps every secret value out of the node attributes' do
         node_json = JSON.generate(chef_run.node)
         attributes_json = JSON.generate(chef_run.node.attributes.to_hash)
