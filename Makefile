@@ -11,7 +11,7 @@ export CHEF_LICENSE := accept-no-persist
 export BACKUP_AGENT_WHEELHOUSE := $(WHEELHOUSE)
 export BACKUP_AGENT_WHEELS := $(abspath build/wheels)
 
-.PHONY: demo test deps venv bundle wheel lint lint-python lint-ruby chefspec pytest test-converge bench clean
+.PHONY: demo test deps venv bundle wheel lint lint-python lint-ruby chefspec pytest test-converge test-e2e bench clean
 
 demo: venv
 	$(BIN)/python tests/support/demo.py
@@ -44,7 +44,7 @@ lint-python: venv
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/mypy --config-file agent/pyproject.toml
 lint-ruby: bundle
-	bundle exec cookstyle cookbooks/backup_agent Berksfile
+	bundle exec cookstyle cookbooks/backup_agent Berksfile cookbooks/backup_agent/files/ohai/backup_agent.rb
 
 chefspec: bundle
 	cd cookbooks/backup_agent && bundle exec rspec
@@ -58,6 +58,10 @@ pytest: venv wheel
 
 test-converge: venv wheel bundle
 	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v
+
+# knife against chef-zero and an sshd on loopback, bootstrapping this machine (root).
+test-e2e: venv wheel bundle
+	BACKUP_AGENT_E2E=1 $(BIN)/pytest tests/e2e -v
 
 bench: venv
 	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev,bench]'
