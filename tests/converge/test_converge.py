@@ -209,6 +209,9 @@ class ChefRepo:
         proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=1200, check=False)
         seconds = time.monotonic() - started
         TIMINGS.append((label or environment, seconds))
+        # Each run's output stays next to its client.rb, for whoever debugs a failure.
+        log_name = re.sub(r"\W+", "-", label or environment) + ".log"
+        (self.workdir / log_name).write_text(proc.stdout + proc.stderr)
         return Converge(proc.returncode, proc.stdout + proc.stderr, seconds)
 
 
