@@ -5,6 +5,7 @@ GETs, and hand each piece of content (hashed on the way) to a sink. Restore and
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ CHUNK = 1 << 20
 # Entries in one object closer than this are fetched with one GET (reading the gap is cheaper
 # than another request).
 MAX_GAP = 1 << 20
+# Ranged GETs whose body breaks off are retried this many times in all.
+STREAM_ATTEMPTS = 5
 
 
 @dataclass
@@ -82,7 +85,7 @@ def read_all(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage:
     return problems
 
 
-def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink) -> list[str]:
+def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, attempt: int = 1) -> list[str]:
     start = run[0].offset
     end = max(p.offset + p.size for p in run)
     try:
@@ -94,11 +97,13 @@ def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink) -> 
     body = resp["Body"]
     problems: list[str] = []
     pos = start
+    done = 0  # pieces the sink has had in full
     try:
         for p in run:
             if p.offset < pos:
                 # Overlapping pieces (only from a crafted manifest) are fetched on their own.
                 problems += _fetch_run(s3, bucket, key, [p], sink)
+                done += 1
                 continue
             while pos < p.offset:  # skip the gap
                 chunk = body.read(min(CHUNK, p.offset - pos))
@@ -120,6 +125,16 @@ def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink) -> 
             problem = sink(p, chunks())
             if problem:
                 problems.append(problem)
+            done += 1
+    except BotoCoreError as exc:
+        # botocore retries a request until its response headers arrive; a connection that breaks
+        # while the body streams in (reset, truncated, read timeout) is retried here, from the
+        # piece it broke in. Sinks start each piece afresh (restore rewrites its temp file).
+        if attempt >= STREAM_ATTEMPTS:
+            raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
+        body.close()
+        time.sleep(min(0.2 * 2**attempt, 5.0))
+        return problems + _fetch_run(s3, bucket, key, run[done:], sink, attempt + 1)
     finally:
         body.close()
     return problems
