@@ -8,7 +8,9 @@ from dataclasses import dataclass
 UNITS = ("seconds", "minutes", "hours", "days")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
-_EVERY = re.compile(r"every (?P<n>[1-9][0-9]*) (?P<unit>second|minute|hour|day)s?")
+_EVERY = re.compile(r"every (?P<n>[1-9][0-9]{0,8}) (?P<unit>second|minute|hour|day)s?")
+# Longer periods are typos (and overflow the scheduler's date arithmetic).
+MAX_PERIOD = 366 * 86400
 _HOURLY = re.compile(r"hourly at :(?P<mm>[0-5][0-9])")
 _DAILY = re.compile(r"daily at (?P<hh>[01][0-9]|2[0-3]):(?P<mm>[0-5][0-9])")
 _WEEKLY = re.compile(r"weekly on (?P<day>[a-z]+) at (?P<hh>[01][0-9]|2[0-3]):(?P<mm>[0-5][0-9])")
@@ -52,7 +54,10 @@ def parse_schedule(text: str) -> Schedule:
     if body.endswith(" utc"):
         utc, body = True, body[: -len(" utc")]
     if m := _EVERY.fullmatch(body):
-        return Schedule(raw, "every", interval=int(m["n"]), unit=m["unit"] + "s", utc=utc)
+        every = Schedule(raw, "every", interval=int(m["n"]), unit=m["unit"] + "s", utc=utc)
+        if every.period_seconds > MAX_PERIOD:
+            raise ScheduleError(f"'{text}': at most 366 days between runs")
+        return every
     if m := _HOURLY.fullmatch(body):
         return Schedule(raw, "hourly", minute=int(m["mm"]), utc=utc)
     if m := _DAILY.fullmatch(body):
