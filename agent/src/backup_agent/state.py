@@ -59,7 +59,10 @@ class JobLock:
         self._fd: int | None = None
 
     def __enter__(self) -> JobLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a read-only or foreign state_dir
+            raise JobFailed(f"state_dir: cannot open {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -147,7 +150,9 @@ class FileCache:
                     self.db.execute(sql, params)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk): keep the real one.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
 
     @_locked

@@ -7,9 +7,11 @@ no file contents and makes no LIST call; the manifest is uploaded last.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import stat
 import tempfile
 import threading
@@ -18,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
@@ -110,6 +113,13 @@ class FilesJob(S3Job):
         with JobLock(self.cfg.state_dir, self.job.name):
             try:
                 return self._run(started)
+            except (OSError, sqlite3.OperationalError) as exc:
+                # Errors reading the tree are handled per file; these come from local state.
+                if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise
+                why = exc.strerror if isinstance(exc, OSError) else str(exc)
+                raise JobFailed(f"job {self.job.name}: state_dir {self.cfg.state_dir}: {why}; "
+                                "no snapshot made") from None
             finally:
                 if self._cache is not None:
                     self._cache.close()
@@ -163,7 +173,8 @@ class FilesJob(S3Job):
                             staged.append(row)
                             result.bytes_uploaded += uploaded
                     self.cache.stage_files(staged)
-                except (ClientError, BotoCoreError) as exc:
+                # S3UploadFailedError: what upload_file (large files) makes of a ClientError.
+                except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
                     for f in packer.futures:
                         f.cancel()
                     for lf in large:
@@ -276,17 +287,33 @@ class FilesJob(S3Job):
                 return None
             uploaded = 0
             found = self.cache.lookup_blob(sha)
-            if found:
-                obj, offset = found
-            else:
-                obj, offset = layout.large_file_key(path, sha), 0
-                self.s3.upload_file(path, self.bucket, self.root + obj, ExtraArgs=self.data_put_args,
-                                    Config=transfer_config(self.cfg.storage))
+            try:
+                if found:
+                    obj, offset = found
+                else:
+                    obj, offset = layout.large_file_key(path, sha), 0
+                    self.s3.upload_file(path, self.bucket, self.root + obj, ExtraArgs=self.data_put_args,
+                                        Config=transfer_config(self.cfg.storage))
+                    uploaded = size
+                after = os.stat(path)
+            except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
+                return None
+            except OSError as exc:
+                result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+                return None
+            # The upload reads the file again: what it sent is the hashed content only if the file
+            # did not change meanwhile (ctime too: writers that restore the mtime still change it).
+            unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
+                                                                                 st.st_ctime_ns)
+            if uploaded and unchanged:
                 self.cache.add_blobs([(sha, obj, 0, size)])
-                uploaded = size
-            after = os.stat(path)
-            if (after.st_size, after.st_mtime_ns) == (size, st.st_mtime_ns) or attempt == 1:
-                if attempt == 1 and (after.st_size, after.st_mtime_ns) != (size, st.st_mtime_ns):
+            if attempt == 1 and not unchanged and uploaded:
+                # The object may hold bytes that do not match `sha`: leave it out rather than
+                # record a snapshot that cannot be restored.
+                result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
+                return None
+            if unchanged or attempt == 1:
+                if not unchanged:  # stored earlier with exactly the hashed content
                     result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
                 entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
                               **{**base, "mtime_ns": st.st_mtime_ns})
@@ -352,7 +379,11 @@ class FilesJob(S3Job):
             final = not survey.waiting
             ready_keys = survey.ready
             ready = [e for e in todo if self.root + str(e.object) in ready_keys]
-            part = restore_entries(self, ready + (rest if final else []), target)
+            try:
+                part = restore_entries(self, ready + (rest if final else []), target)
+            except OSError as exc:  # the target's file system: full, read-only, permissions
+                where = f" {exc.filename}" if exc.filename else ""
+                raise JobFailed(f"restore into {root}: cannot write{where}: {exc.strerror or exc}") from None
             for k in totals:
                 totals[k] += part[k]
             if part["errors"]:
