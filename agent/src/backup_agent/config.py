@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -104,6 +105,8 @@ def load(path: str) -> Config:
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{name}: {where}YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}: YAML nested too deeply") from None
     marker = _validation_marker(data)
     digest = hashlib.sha256(f"{__version__}\n{TOP_LEVEL!r}\n{JOB_TYPES!r}\n{text}".encode()).hexdigest()
     trusted = marker is not None and _read_marker(marker) == digest
@@ -112,6 +115,25 @@ def load(path: str) -> Config:
         with contextlib.suppress(OSError):
             atomic_write(marker, digest.encode())
     return cfg
+
+
+# A few lines of YAML anchors and aliases can stand for billions of values, which validation
+# and its error messages would then walk: no real config comes near this many.
+MAX_VALUES = 100_000
+
+
+def _check_size(data: Any, name: str) -> None:
+    count, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{name}: more than {MAX_VALUES} values once YAML aliases are expanded")
+        if isinstance(value, dict):
+            stack += value.keys()
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
 
 
 def _validation_marker(data: Any) -> Path | None:
@@ -137,6 +159,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         raise ConfigError(f"{name}: the file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{name}: the top level must be a mapping of keys, not {type(data).__name__}")
+    _check_size(data, name)
     data = copy.deepcopy(data)
     if not trusted:
         _validate(TOP_LEVEL, data, name, "")
@@ -268,7 +291,12 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
         message = "required key is missing"
     elif "propertyNames" in err.relative_schema_path:
         message = f"job name '{err.instance}' may only hold letters, digits, '_', '.', '-' (at most 63)"
+    if _SECRET_KEY.search(key):  # name the key, never echo a credential into logs or chef output
+        message = message.replace(_show(err.instance), "(value not shown)")
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
+
+
+_SECRET_KEY = re.compile(r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.env\.")
 
 
 def _message(err: Any) -> str:
