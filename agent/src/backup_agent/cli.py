@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from backup_agent import __version__
 from backup_agent import config as config_mod
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AgentError, ConfigError
-from backup_agent.logfmt import secret_values, setup_logging
+from backup_agent.logfmt import redact, secret_values, setup_logging
 
 log = logging.getLogger("backup_agent")
 
@@ -82,8 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, as_json)
     except AgentError as exc:
         if as_json:
-            print(json.dumps({"status": "failed", "error": str(exc), **exc.details}, default=str))
-        print(f"backup-agent: {exc}", file=sys.stderr)
+            print(json.dumps({"status": "failed", "error": redact(str(exc)), **exc.details}, default=str))
+        # Not through logging, so masked here: a command's own error output may carry a secret.
+        print(f"backup-agent: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("backup-agent: interrupted", file=sys.stderr)
@@ -96,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback with -v
         log.debug("unexpected error", exc_info=True)
         if as_json:
-            print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exc}"}))
-        print(f"backup-agent: internal error: {type(exc).__name__}: {exc} (rerun with -v for details)",
+            print(json.dumps({"status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")}))
+        print(f"backup-agent: internal error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with -v for details)",
               file=sys.stderr)
         return EXIT_FAILED
 

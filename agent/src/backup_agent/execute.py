@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Locked
+from backup_agent.logfmt import redact
 from backup_agent.state import JobLock, read_status, write_status
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ def _count_snapshots(runner: JobRunner | None, previous: Any, made_one: bool) ->
 def _finish(cfg: Config, record: dict[str, Any], t0: float, notifier: Notifier | None,
             exit_code: int | None, *, wait: bool = True, **fields: Any) -> None:
     record.update(fields)
+    if record.get("error"):  # status, metrics and notifications show it: secrets masked like in logs
+        record["error"] = redact(str(record["error"]))
     record["last_end"] = _now_text()
     record["duration_s"] = round(time.monotonic() - t0, 3)
     record["exit_code"] = exit_code
