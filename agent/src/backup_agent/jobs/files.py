@@ -382,7 +382,8 @@ class FilesJob(S3Job):
             try:
                 part = restore_entries(self, ready + (rest if final else []), target)
             except OSError as exc:  # the target's file system: full, read-only, permissions
-                where = f" {exc.filename}" if exc.filename else ""
+                name = exc.filename2 or exc.filename  # os.symlink/os.replace: the second is ours
+                where = f" {name}" if name else ""
                 raise JobFailed(f"restore into {root}: cannot write{where}: {exc.strerror or exc}") from None
             for k in totals:
                 totals[k] += part[k]

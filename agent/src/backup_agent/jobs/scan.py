@@ -69,6 +69,8 @@ def walk(roots: list[str], excluded: Excluder, one_file_system: bool, follow_sym
             try:
                 with os.scandir(path) as it:
                     children = sorted(it, key=lambda e: e.name)
+            except FileNotFoundError:
+                continue  # removed since it was listed, like a vanished file: empty in this snapshot
             except OSError as exc:
                 yield Found(path + "/", None, exc.strerror or str(exc))
                 continue
