@@ -1,0 +1,286 @@
+"""Malformed configs, hand-written and generated: each gives exit 2 and one line naming the file
+(and the key), no traceback, and nothing written: no state_dir, no object in the bucket.
+
+Most cases call the CLI's `main` in this process (the same argument parsing, dispatch and exit
+mapping as the console script, minus 1 s of interpreter start each); a sample also runs as real
+processes, with `validate`, `run` and `daemon`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import string
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reliability.lab import AGENT, Lab
+from reliability.report import record
+
+
+def base(lab: Lab, state_dir: Path) -> dict[str, Any]:
+    return {
+        "node": "rel-node",
+        "state_dir": str(state_dir),
+        "storage": {"bucket": lab.bucket, "endpoint_url": lab.proxy.url, "access_key_id": lab.seaweed.access_key,
+                    "secret_access_key": lab.seaweed.secret_key},
+        "jobs": {"data": {"type": "files", "paths": [str(state_dir.parent / "src")], "schedule": "daily at 02:00",
+                          "retention": {"keep_last": 3}}},
+    }
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    node = out
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return out
+
+
+DELETE = object()
+FILES = "jobs.data"
+# (what is wrong, key path or raw YAML, value)
+HAND: list[tuple[str, str, Any]] = [
+    ("storage missing", "storage", DELETE),
+    ("bucket missing", "storage.bucket", DELETE),
+    ("bucket name invalid", "storage.bucket", "Not_A_Bucket"),
+    ("bucket a number", "storage.bucket", 12345),
+    ("endpoint not http", "storage.endpoint_url", "ftp://127.0.0.1:21"),
+    ("prefix with leading slash", "storage.prefix", "/node"),
+    ("unknown storage key", "storage.buckett", "x"),
+    ("unknown top-level key", "jbos", {}),
+    ("state_dir relative", "state_dir", "var/lib/backup-agent"),
+    ("log level unknown", "log_level", "LOUD"),
+    ("max_parallel_jobs zero", "max_parallel_jobs", 0),
+    ("max_parallel_jobs a string", "max_parallel_jobs", "two"),
+    ("stop_timeout negative", "stop_timeout", -1),
+    ("splay absurd", "splay", 10**9),
+    ("concurrency absurd", "storage.concurrency", 1000),
+    ("pack size zero", "storage.pack_size_mb", 0),
+    ("multipart chunk below S3's 5 MiB", "storage.multipart_chunk_mb", 4),
+    ("access key without secret", "storage.secret_access_key", DELETE),
+    ("jobs a list", "jobs", ["data"]),
+    ("job name with spaces", "jobs.bad name!", {"type": "files", "paths": ["/tmp"]}),
+    ("job without type", f"{FILES}.type", DELETE),
+    ("job type unknown", f"{FILES}.type", "tape"),
+    ("files job without paths", f"{FILES}.paths", DELETE),
+    ("paths empty", f"{FILES}.paths", []),
+    ("path relative", f"{FILES}.paths", ["relative/dir"]),
+    ("path with ..", f"{FILES}.paths", ["/etc/../root"]),
+    ("path with .. at the end", f"{FILES}.paths", ["/srv/data/.."]),
+    ("paths a string", f"{FILES}.paths", "/etc"),
+    ("exclude a string", f"{FILES}.exclude", "*.tmp"),
+    ("one_file_system a string", f"{FILES}.one_file_system", "yes"),
+    ("schedule nonsense", f"{FILES}.schedule", "sometimes"),
+    ("schedule hour 25", f"{FILES}.schedule", "daily at 25:00"),
+    ("schedule minute 61", f"{FILES}.schedule", "hourly at :61"),
+    ("schedule weekday unknown", f"{FILES}.schedule", "weekly on funday at 02:00"),
+    ("schedule every 0", f"{FILES}.schedule", "every 0 minutes"),
+    ("schedule every 400 days", f"{FILES}.schedule", "every 400 days"),
+    ("schedule every 10^20 s", f"{FILES}.schedule", "every 100000000000000000000 seconds"),
+    ("schedule a number", f"{FILES}.schedule", 5),
+    ("retention negative", f"{FILES}.retention", {"keep_last": -1}),
+    ("retention absurd", f"{FILES}.retention", {"keep_daily": 10**12}),
+    ("retention unknown rule", f"{FILES}.retention", {"keep_forever": 1}),
+    ("retention a word", f"{FILES}.retention", {"keep_last": "all"}),
+    ("retention a fraction", f"{FILES}.retention", {"keep_last": 1.5}),
+    ("retention a list", f"{FILES}.retention", [1, 2]),
+    ("storage class unknown", f"{FILES}.storage_class", "GLACIERISH"),
+    ("timeout zero", f"{FILES}.timeout", 0),
+    ("catch_up a string", f"{FILES}.catch_up", "no"),
+    ("unknown job key", f"{FILES}.pathz", ["/tmp"]),
+    ("a command job's key on a files job", f"{FILES}.command", ["true"]),
+    ("webhook not a URL", "notify.webhook_url", "not a url"),
+    ("unknown notify key", "notify.email", "ops@example.com"),
+    ("metrics textfile relative", "metrics.textfile", "backup.prom"),
+    ("instance id malformed", "aws.instance_id", "x-123"),
+    ("command job without command", "jobs.cmd", {"type": "command"}),
+    ("preset without database", "jobs.pg", {"type": "command", "preset": "postgresql"}),
+    ("ebs volumes malformed", "jobs.vols", {"type": "ebs_snapshot", "volumes": ["sda"]}),
+]
+RAW: list[tuple[str, bytes]] = [
+    ("empty file", b""),
+    ("a list at the top", b"- a\n- b\n"),
+    ("a string at the top", b"just words\n"),
+    ("YAML syntax error", b"storage: {bucket: [unclosed\n"),
+    ("tab indentation", b"storage:\n\tbucket: x\n"),
+    ("not UTF-8", b"\xff\xfe\x00\x01garbage\n"),
+    ("python object tag", b"storage: !!python/object/apply:os.system ['touch /tmp/pwned']\n"),
+    ("nested 5000 deep", b"storage: " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+    ("alias bomb (9^9 values)", b"\n".join(
+        [b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]".encode() for p, n in zip("abcdefgh", "bcdefghi", strict=True)]
+        + [b"node: *i", b"storage: {bucket: abc-def}"]) + b"\n"),
+]
+
+
+def run_main(args: list[str]) -> tuple[int, str, str]:
+    from backup_agent.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_rejected(lab: Lab, path: Path, state_dir: Path, code: int, out: str, err: str, what: str) -> None:
+    assert code == 2, f"{what}: exit {code}\n{err}"
+    assert out == "", f"{what}: printed {out!r}"
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"backup-agent: {path}:"), f"{what}: {err!r}"
+    assert "Traceback" not in err and "internal error" not in err, f"{what}: {err}"
+    assert not state_dir.exists(), f"{what}: {state_dir} was created"
+    assert lab.object_keys() == [], f"{what}: wrote to the bucket"
+
+
+def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
+    cases: list[tuple[str, bytes]] = []
+    for i, (what, key, value) in enumerate(HAND):
+        doc = _set(base(lab, tmp_path / f"state-{i}"), key, value)
+        cases.append((what, yaml.safe_dump(doc).encode()))
+    cases += RAW
+    for i, (what, text) in enumerate(cases):
+        path = tmp_path / f"bad-{i}.yaml"
+        path.write_bytes(text)
+        code, out, err = run_main(["-c", str(path), "run", "data"])
+        assert_rejected(lab, path, tmp_path / f"state-{i}", code, out, err, what)
+
+    # The same through real processes, for a sample and for every verb that reads the config.
+    sample = [(i, verb) for i in range(0, len(cases), 8) for verb in ("validate", "run data")] + [(7, "daemon")]
+
+    def real(item: tuple[int, str]) -> tuple[int, subprocess.CompletedProcess[str]]:
+        i, verb = item
+        return i, subprocess.run([AGENT, "-c", str(tmp_path / f"bad-{i}.yaml"), *verb.split()], capture_output=True,
+                                 text=True, timeout=60)
+
+    with ThreadPoolExecutor(4) as pool:
+        for i, proc in pool.map(real, sample):
+            assert_rejected(lab, tmp_path / f"bad-{i}.yaml", tmp_path / f"state-{i}", proc.returncode,
+                            proc.stdout, proc.stderr, f"{cases[i][0]} ({' '.join(proc.args[3:])})")
+    record("hostile.config_hand", cases=len(cases),
+           result="wrong types, unknown keys, invalid schedules, absurd retention and limits, relative paths and "
+                  "'..', YAML syntax errors, a python tag, deep nesting, an alias bomb: each exit 2 with one line "
+                  "naming the file (and key), no traceback, no state_dir, nothing in the bucket; "
+                  f"{len(sample)} of them also as real processes (validate, run, daemon)")
+
+
+# Every typed leaf of the base config, and values that cannot be of its type.
+LEAVES = {
+    "node": "str", "state_dir": "path", "log_level": "enum", "splay": "int", "max_parallel_jobs": "int",
+    "storage.bucket": "str", "storage.region": "str", "storage.endpoint_url": "str", "storage.concurrency": "int",
+    "storage.pack_size_mb": "int", f"{FILES}.paths": "list", f"{FILES}.schedule": "str",
+    f"{FILES}.retention.keep_last": "int", f"{FILES}.retention.keep_daily": "int", f"{FILES}.one_file_system": "bool",
+    f"{FILES}.follow_symlinks": "bool", f"{FILES}.exclude": "list", "notify.webhook_url": "str",
+    "metrics.textfile": "path",
+}
+
+
+def _known_keys() -> set[str]:
+    """Every key the schema knows, at any level: a generated "unknown" key must be none of them."""
+    from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, RETENTION, TOP_LEVEL
+
+    keys = set(TOP_LEVEL["properties"]) | set(COMMON_JOB_KEYS) | set(RETENTION["properties"])
+    for sub in TOP_LEVEL["properties"].values():
+        keys |= set(sub.get("properties", {}))
+    for spec in JOB_TYPES.values():
+        keys |= set(spec["properties"])
+    return keys
+
+
+KNOWN_KEYS = _known_keys()
+text = st.text(string.ascii_letters + string.digits + " ./:-_", max_size=20)
+wrong = {
+    "str": st.one_of(st.integers(), st.booleans(), st.lists(text, max_size=3), st.dictionaries(text, text, max_size=2)),
+    "path": st.one_of(text.filter(lambda s: not s.startswith("/")), st.integers(), st.lists(text, max_size=2)),
+    "enum": st.one_of(text.filter(lambda s: s not in ("DEBUG", "INFO", "WARNING", "ERROR")), st.integers()),
+    "int": st.one_of(text, st.booleans(), st.floats(allow_nan=False, allow_infinity=False).filter(
+        lambda f: not f.is_integer()), st.lists(st.integers(), max_size=2), st.integers(max_value=-1)),
+    "bool": st.one_of(text, st.integers(), st.lists(st.booleans(), max_size=2)),
+    "list": st.one_of(text, st.integers(), st.dictionaries(text, text, max_size=2), st.booleans()),
+}
+mutations = st.one_of(
+    st.sampled_from(sorted(LEAVES)).flatmap(lambda k: st.tuples(st.just("type"), st.just(k), wrong[LEAVES[k]])),
+    st.tuples(st.just("unknown key"),
+              st.sampled_from(["", "storage.", "jobs.data.", "jobs.data.retention.", "notify.", "metrics.", "aws."]),
+              st.text(string.ascii_lowercase + "_", min_size=1, max_size=12).filter(lambda k: k not in KNOWN_KEYS)),
+    st.tuples(st.just("schedule"), st.just(f"{FILES}.schedule"),
+              st.one_of(text.filter(lambda s: not s.strip().lower().startswith(("every", "hourly", "daily", "weekly"))),
+                        st.integers(367, 10**6).map(lambda n: f"every {n} days"),
+                        st.integers(24, 99).map(lambda h: f"daily at {h}:00"))),
+    st.tuples(st.just("retention"), st.sampled_from([f"{FILES}.retention.keep_{r}" for r in
+                                                     ("last", "hourly", "daily", "weekly", "monthly", "yearly")]),
+              st.one_of(st.integers(max_value=-1), st.integers(min_value=100_001))),
+    st.tuples(st.just("dotdot path"), st.just(f"{FILES}.paths"),
+              st.lists(st.sampled_from(["etc", "..", "srv", "data", "."]), min_size=1, max_size=5)
+              .filter(lambda parts: ".." in parts).map(lambda parts: ["/" + "/".join(parts)])),
+)
+
+
+def test_generated_malformed_configs(lab: Lab, tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    @settings(max_examples=80, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(mutation=mutations)
+    def check(mutation: tuple[str, str, Any]) -> None:
+        kind, key, value = mutation
+        state_dir = tmp_path / f"state-{len(ran)}"
+        doc = base(lab, state_dir)
+        doc = _set(doc, key + value, "surprise") if kind == "unknown key" else _set(doc, key, value)
+        path = tmp_path / f"gen-{len(ran)}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        code, out, err = run_main(["-c", str(path), "run", "data"])
+        assert_rejected(lab, path, state_dir, code, out, err, f"{kind} {key}={value!r}")
+        ran.append(kind)
+
+    check()
+    assert len(ran) >= 50, len(ran)
+    kinds = sorted(set(ran))
+    record("hostile.config_generated", cases=len(ran),
+           result=f"mutations of a valid config ({', '.join(kinds)}): each exit 2, one line, no traceback, "
+                  "nothing written")
+
+
+SECRET = "Zq8-s3cr3t-V4lue-9f2k"
+SECRET_NUMBER = 918273645546372819
+
+
+def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    command = {"type": "command", "preset": "postgresql", "database": "app"}
+    cases = {
+        "storage.secret_access_key as a number": _set(base(lab, state_dir), "storage.secret_access_key", SECRET_NUMBER),
+        "storage.secret_access_key as a list": _set(base(lab, state_dir), "storage.secret_access_key", [SECRET]),
+        "storage.session_token as a number": _set(base(lab, state_dir), "storage.session_token", SECRET_NUMBER),
+        "password as a number": _set(base(lab, state_dir), "jobs.db", {**command, "password": SECRET_NUMBER}),
+        "env value as a number": _set(base(lab, state_dir), "jobs.db",
+                                      {"type": "command", "command": ["true"], "env": {"API_TOKEN": SECRET_NUMBER}}),
+        "webhook_url malformed": _set(base(lab, state_dir), "notify.webhook_url", f"hxxps://hooks.example/{SECRET}"),
+        "healthchecks_url malformed": _set(base(lab, state_dir), "notify.healthchecks_url", f"ping/{SECRET}"),
+    }
+    for i, (what, doc) in enumerate(cases.items()):
+        path = tmp_path / f"secret-{i}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        code, out, err = run_main(["-c", str(path), "validate"])
+        assert_rejected(lab, path, state_dir, code, out, err, what)
+        key = what.split(" ")[0].split(".")[-1]
+        assert key in err, f"{what}: the error does not name the key: {err}"
+        assert SECRET not in err and str(SECRET_NUMBER) not in err, f"{what}: the secret is in {err!r}"
+    record("hostile.config_secrets", cases=len(cases),
+           result="wrong-typed or malformed secret_access_key, session_token, password, env value, webhook and "
+                  "healthchecks URLs: exit 2, one line naming the key, the value not shown")
