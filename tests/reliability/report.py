@@ -129,11 +129,15 @@ and the bad-input converges added there); they run where `CI=true` or `BACKUP_AG
 
 ## Bounds and limits found
 
-- **S3 down**: botocore's adaptive retry mode with `max_attempts: 10` (storage/s3.py) waits up to
-  20 s between attempts, so one failing request gives up after at most ~111 s of backoff plus
-  the requests' own time. An endpoint that accepts connections and never answers is bounded by
-  `read_timeout` (120 s) times 10 attempts: about 20 minutes before the run fails; the job's
-  `timeout` (enforced by the daemon) is the knob for that case.
+- **S3 down**: botocore's adaptive retry mode with `max_attempts: 10` (storage/s3.py) backs off
+  `rand(0, 1) * min(scale * 2^i, 20 s)` between attempts, with `scale` 1 s for throttling
+  (SlowDown) and 0.05 s for other errors (5xx, resets, refused connections). One request
+  therefore gives up after at most 111 s of backoff (about 55 s on average) when S3 throttles,
+  and 25.6 s (about 13 s) otherwise, plus the requests' own time; a run fails at its first
+  request that gives up. An endpoint that accepts connections and never answers is bounded by
+  `read_timeout` (120 s) times 10 attempts, about 20 minutes, and one that drops SYNs by
+  `connect_timeout` (10 s) times 10; the job's `timeout` (enforced by the daemon) is the knob
+  for those.
 - **A large file that shrinks while it is uploaded** (e.g. `copytruncate` log rotation of a
   file ≥ `large_file_mb`): the upload sends a body shorter than its Content-Length; S3 answers
   `RequestTimeout` after ~20 s and botocore retries, so the run takes minutes and then fails as

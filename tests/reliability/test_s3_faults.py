@@ -19,8 +19,9 @@ from reliability.lab import AGENT, NODE, Lab, capture, diff, one_line_error
 from reliability.report import record
 
 FAULT_RATE = 0.3
-# botocore (storage/s3.py): 10 attempts, backoff random(0, 2^n) capped at 20 s, so one request
-# gives up after at most 1+2+4+8+16+20+20+20+20 = 111 s of backoff, plus its own time.
+# botocore (storage/s3.py): 10 attempts, backoff rand(0,1) * min(scale * 2^i, 20 s) with scale 1 s
+# for throttling (SlowDown), 0.05 s otherwise: one request gives up after at most
+# 1+2+4+8+16+20+20+20+20 = 111 s of backoff (25.6 s when not throttled), plus its own time.
 DOWN_BOUND_S = 150
 KIND_NAMES = {"500": "500 InternalError", "503": "503 SlowDown", "reset": "reset before the store",
               "reset_after": "reset after the store applied it", "stall": "1 s stall",
