@@ -18,7 +18,7 @@ from reliability.crash import is_manifest_put, is_pack_put, write_files
 from reliability.lab import AGENT, NODE, Lab, capture, diff, one_line_error
 from reliability.report import record
 
-FAULT_RATE = 0.3
+FAULT_RATE = 0.35
 # botocore (storage/s3.py): 10 attempts, backoff rand(0,1) * min(scale * 2^i, 20 s) with scale 1 s
 # for throttling (SlowDown), 0.05 s otherwise: one request gives up after at most
 # 1+2+4+8+16+20+20+20+20 = 111 s of backoff (25.6 s when not throttled), plus its own time.
@@ -40,6 +40,8 @@ def test_backup_check_and_restore_through_faults(lab: Lab, tmp_path: Path) -> No
     make_tree(src, rng)
     lab.storage(pack_size_mb=1, multipart_chunk_mb=5)
     lab.job("data", type="files", paths=[str(src)])
+    for kind in FAULT_KINDS:  # each kind at least once, whatever the dice say
+        lab.proxy.inject(lambda r: True, kind)
     lab.proxy.faults(FAULT_RATE, stall_s=1.0, seed=20)
     started = time.monotonic()
     states: dict[str, Any] = {}
