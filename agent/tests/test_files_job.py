@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from treeutil import capture
+from support.treeutil import capture
 
 
 def make_tree(root: Path) -> None:

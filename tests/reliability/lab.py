@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -21,31 +19,10 @@ from typing import Any
 import yaml
 from support.faultproxy import FaultProxy, Hold
 from support.seaweedfs import SeaweedFS
+from support.treeutil import Tree, capture
 
 AGENT = str(Path(sys.executable).parent / "backup-agent")
 NODE = "rel-node"
-
-Tree = dict[str, tuple[Any, ...]]
-
-
-def capture(root: Path) -> Tree:
-    """Relative path → (kind, mode, mtime_ns, sha256 | link target): what a restore must give back."""
-    out: Tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            rel = os.path.relpath(p, root)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-            else:
-                with open(p, "rb") as f:
-                    digest = hashlib.sha256(f.read()).hexdigest()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, digest)
-    return out
-
 
 def diff(expected: Tree, got: Tree) -> str:
     missing = sorted(set(expected) - set(got))[:5]

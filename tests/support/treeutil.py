@@ -9,10 +9,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
+Tree = dict[str, tuple[Any, ...]]
 
-def capture(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Map relative path → (kind, mode, mtime_ns, content hash | link target)."""
-    out: dict[str, tuple[Any, ...]] = {}
+
+def capture(root: Path) -> Tree:
+    """Relative path → (kind, mode, mtime_ns, sha256 | link target): what a restore must give back."""
+    out: Tree = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
