@@ -28,7 +28,7 @@ import requests
 import yaml
 from botocore.config import Config as BotoConfig
 from support.seaweedfs import free_port
-from treeutil import capture
+from support.treeutil import capture
 
 from backup_agent import cli
 from backup_agent.storage import cold

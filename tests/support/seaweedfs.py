@@ -128,7 +128,7 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=256",
-            "-volume.max=200",
+            "-volume.max=3000",  # each bucket is a collection that grows ~7 volumes at once
         ]
         self.log_path = self.workdir / "weed.log"
         log = self.log_path.open("wb")
