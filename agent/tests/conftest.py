@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fake_aws import CREDS, EbsEnv, ebs_env, shared_moto
 from support.seaweedfs import SeaweedFS
 
 AGENT = str(Path(sys.executable).parent / "backup-agent")
@@ -86,3 +87,12 @@ def agent(seaweed: SeaweedFS, tmp_path: Path) -> Agent:
     a = Agent(tmp_path / "config.yaml", data, s3, bucket)
     a.write()
     return a
+
+
+@pytest.fixture
+def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
+    """moto's EC2 in server mode plus a loopback IMDSv2, for ebs_snapshot jobs."""
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    with ebs_env(shared_moto(), tmp_path) as env:
+        yield env

@@ -6,23 +6,14 @@ The node is an instance with a root volume (/dev/sda1) and two data volumes (/de
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_aws import CREDS, REGION, EbsEnv, ImdsServer, closed_port_url, ebs_env, shared_moto
+from fake_aws import REGION, EbsEnv, ImdsServer, closed_port_url
 
 from backup_agent.errors import ConfigError
 from backup_agent.jobs.ebs_sets import tags_of
 from backup_agent.state import read_status
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
-    for k, v in CREDS.items():
-        monkeypatch.setenv(k, v)
-    with ebs_env(shared_moto(), tmp_path) as env:
-        yield env
 
 
 def volumes_of(snaps: list[dict[str, object]]) -> set[object]:

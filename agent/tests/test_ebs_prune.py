@@ -4,23 +4,12 @@ snapshot sets are ever deleted; foreign and AMI-backed snapshots are left alone 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
-from fake_aws import CREDS, EbsEnv, ebs_env, shared_moto
+from fake_aws import EbsEnv
 
 from backup_agent.jobs.ebs_sets import tag_list
-
-
-@pytest.fixture
-def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
-    for k, v in CREDS.items():
-        monkeypatch.setenv(k, v)
-    with ebs_env(shared_moto(), tmp_path) as env:
-        yield env
 
 
 def runs(aws: EbsEnv, job: str, times: list[datetime]) -> list[str]:
