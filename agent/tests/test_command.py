@@ -149,7 +149,7 @@ class FakeS3:
         self.bodies.append(id(kw["Body"]))
         if kw["PartNumber"] == 3:
             raise ClientError({"Error": {"Code": "SlowDown", "Message": "no"}}, "UploadPart")
-        return {"ETag": f"e{kw['PartNumber']}"}
+        return {"ETag": f"e{kw['PartNumber']}", "ChecksumSHA256": "c"}
 
     def abort_multipart_upload(self, **kw: Any) -> None:
         self.calls.append("abort")

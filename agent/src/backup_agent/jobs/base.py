@@ -240,7 +240,7 @@ class S3Job(JobRunner):
     def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
         spool.seek(0)
         # Manifests stay in an instantly readable class whatever the data's class is.
-        extra = {"ContentType": "application/gzip", **self._sse_args()}
+        extra = {"ContentType": "application/gzip", "ChecksumAlgorithm": "SHA256", **self._sse_args()}
         self.s3.upload_fileobj(spool, self.bucket, self.root + layout.manifest_key(sid), ExtraArgs=extra)
 
     def _sse_args(self) -> dict[str, str]:

@@ -28,14 +28,33 @@ class Target:
     def __init__(self, target: Path) -> None:
         target.mkdir(parents=True, exist_ok=True)
         self.root = os.path.realpath(target)
+        # Parents already resolved and found inside the target, while no symlink from the
+        # snapshot exists yet: thousands of files share a few directories.
+        self.checked: set[str] | None = set()
+        self.made: set[str] = set()  # directories this restore made or found
 
     def dest(self, path: str) -> str:
         rel = safe_relative(path, "restore")
         dest = os.path.join(self.root, rel) if rel else self.root
-        parent = os.path.realpath(os.path.dirname(dest))
-        if parent != self.root and not parent.startswith(self.root + os.sep):
+        parent = os.path.dirname(dest)
+        if self.checked is not None and parent in self.checked:
+            return dest
+        real = os.path.realpath(parent)
+        if real != self.root and not real.startswith(self.root + os.sep):
             raise ManifestError(f"{path}: would be written outside the target through a symlink")
+        if self.checked is not None:
+            self.checked.add(parent)
         return dest
+
+    def make_parent(self, dest: str) -> None:
+        parent = os.path.dirname(dest)
+        if parent not in self.made:
+            os.makedirs(parent, exist_ok=True)
+            self.made.add(parent)
+
+    def symlinks_from_now(self) -> None:
+        """Links from the snapshot are about to be made: every path is resolved again."""
+        self.checked = None
 
 
 def _apply_meta(dest: str, e: Entry, link: bool = False) -> None:
@@ -67,6 +86,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
         d = dest_or_error(e)
         if d is not None:
             os.makedirs(d, mode=0o700, exist_ok=True)
+            target.made.add(d)
             counts["dirs"] += 1
 
     files = [e for e in entries if e.type == "file"]
@@ -74,7 +94,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
     for e in empty:
         d = dest_or_error(e)
         if d is not None:
-            os.makedirs(os.path.dirname(d), exist_ok=True)
+            target.make_parent(d)
             with open(d, "wb"):
                 pass
             _apply_meta(d, e)
@@ -89,7 +109,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
         handles = []
         try:
             for _, d in dests:
-                os.makedirs(os.path.dirname(d), exist_ok=True)
+                target.make_parent(d)
                 tmp = f"{d}.restore-tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                 handles.append((os.fdopen(fd, "wb"), tmp))
@@ -119,6 +139,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
     errors += read_all(job.s3, job.bucket, job.root, [e for e in files if e.size > 0], job.cfg.storage, sink)
     progress.close()
 
+    target.symlinks_from_now()
     for e in entries:
         if e.type != "symlink":
             continue
