@@ -89,6 +89,26 @@ def test_lost_state_costs_a_rescan_not_a_reupload(agent, tmp_path: Path) -> None
     assert capture(target / str(src).lstrip("/")) == capture(src)
 
 
+def test_last_snapshot_deleted_from_the_bucket_means_a_full_rescan(agent, tmp_path: Path) -> None:
+    """Someone removed the snapshot the local cache describes, and the data with it: the next run
+    must upload the content again, not point at objects that are gone."""
+    src = tmp_path / "src"
+    make_tree(src)
+    agent.job("data", type="files", paths=[str(src)])
+    first = agent.json("run", "data")
+    keys = agent.object_keys()
+    agent.s3.delete_objects(Bucket=agent.bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+    proc = agent.run("run", "data", "--json")
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads(proc.stdout)
+    assert f"last snapshot {first['snapshot']} is gone from the bucket: rescanning from scratch" in proc.stderr
+    assert again["bytes_uploaded"] == first["bytes_uploaded"]
+    assert agent.run("check", "data", "--read-data").returncode == 0
+    target = tmp_path / "r"
+    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
+    assert capture(target / str(src).lstrip("/")) == capture(src)
+
+
 def test_restore_single_path_and_at_time(agent, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src)

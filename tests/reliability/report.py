@@ -70,6 +70,7 @@ SCENARIOS = [
     Scenario("local.small_changes", "local", "small files deleted and rewritten after the scan listed them"),
     Scenario("local.large_vanish", "local", "a large file deleted while its upload is under way"),
     Scenario("local.large_change", "local", "a large file rewritten while it is uploaded"),
+    Scenario("local.large_truncate", "local", "a large file truncated between its parts (copytruncate)"),
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
     Scenario("hostile.config_hand", "hostile", "hand-written malformed configs"),
@@ -138,11 +139,6 @@ and the bad-input converges added there); they run where `CI=true` or `BACKUP_AG
   `read_timeout` (120 s) times 10 attempts, about 20 minutes, and one that drops SYNs by
   `connect_timeout` (10 s) times 10; the job's `timeout` (enforced by the daemon) is the knob
   for those.
-- **A large file that shrinks while it is uploaded** (e.g. `copytruncate` log rotation of a
-  file ≥ `large_file_mb`): the upload sends a body shorter than its Content-Length; S3 answers
-  `RequestTimeout` after ~20 s and botocore retries, so the run takes minutes and then fails as
-  a whole. Not covered by a test here (it would take minutes); exclude such files or quiesce
-  them with `pre` hooks.
 - **Clock behind the newest snapshot**: the run still makes a complete, listable, restorable
   snapshot, but snapshots sort by their time, so `restore` without `--snapshot` and `keep_last`
   treat an older run as the newest until the clock has caught up.

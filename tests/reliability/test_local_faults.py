@@ -202,6 +202,30 @@ def test_large_file_rewritten_during_its_upload(lab: Lab, tmp_path: Path) -> Non
                   "check --read-data ok, restores identical")
 
 
+def test_large_file_truncated_during_its_upload(lab: Lab, tmp_path: Path) -> None:
+    """copytruncate log rotation: the file shrinks between its parts. The upload stops at the
+    short read (no body shorter than its Content-Length waiting for S3's RequestTimeout), is
+    aborted, and the file is read again."""
+    rng = random.Random(33)
+    src = tmp_path / "src"
+    big = _multipart_tree(lab, src, rng)
+    lab.storage(multipart_chunk_mb=5, concurrency=1)  # parts in order: part 1 is held, 2 and 3 not read yet
+    hold = lab.proxy.hold(lambda r: r.method == "PUT" and r.query.get("partNumber") == ["1"])
+    proc = lab.popen("run", "data", "--json")
+    assert hold.wait(120), lab.log()
+    with open(big, "r+b") as fh:
+        fh.truncate(6 << 20)  # still a large file: one PUT on the second attempt
+    hold.release(forward=True)
+    assert proc.wait(120) == 0, lab.log()
+    aborted = [s for s in lab.proxy.seen if s.method == "DELETE" and "uploadId" in s.query]
+    assert len(aborted) == 1, [(s.method, s.path, s.query) for s in lab.proxy.seen]
+    assert lab.check("data") == 1
+    lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})
+    record("local.large_truncate", cases=1,
+           result="multipart upload aborted at the short read, the file read again and stored in its new size: "
+                  "run exit 0 at once (no RequestTimeout), check --read-data ok, restore identical")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as nobody")
 def test_permission_denied_as_nobody(lab: Lab, tmp_path: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="rel-perm-"))

@@ -20,7 +20,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
@@ -31,13 +30,18 @@ from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, ensure_dir
 from backup_agent.storage import cold, layout
 from backup_agent.storage.manifest import Entry, ManifestWriter
-from backup_agent.storage.s3 import checksum_args, describe, put_args, transfer_config
+from backup_agent.storage.s3 import checksum_args, describe, put_args
+from backup_agent.storage.upload import FileShrank, upload_file
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STAGE_BATCH = 2000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
+
+
+class _LastSnapshotGone(Exception):
+    """The snapshot the cache describes is no longer in the bucket."""
 
 
 class PackUploader:
@@ -112,7 +116,14 @@ class FilesJob(S3Job):
         ensure_dir(self.cfg.state_dir)
         with JobLock(self.cfg.state_dir, self.job.name):
             try:
-                return self._run(started)
+                try:
+                    return self._run(started)
+                except _LastSnapshotGone as gone:
+                    # Someone removed our last snapshot: the cache may have pointed that scan at
+                    # deleted data. What it uploaded is unreferenced now; prune removes it.
+                    log.warning("last snapshot %s is gone from the bucket: rescanning from scratch", gone)
+                    self.cache.reset()
+                    return self._run(started)
             except (OSError, sqlite3.OperationalError) as exc:
                 # Errors reading the tree are handled per file; these come from local state.
                 if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -130,17 +141,20 @@ class FilesJob(S3Job):
         sid = layout.new_snapshot_id(now)
         result = RunResult(job=self.job.name, snapshot=None)
         last = self.cache.get_meta("last_snapshot")
+        preflight: Future[bool] | None = None
+        side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight")
         try:
-            if last and not self.manifest_exists(last):
-                # Someone removed our last snapshot: the cache may point at deleted data.
-                log.warning("last snapshot %s is gone from the bucket: rescanning from scratch", last)
-                self.cache.reset()
-                last = None
-            if not last:
+            if last:
+                # The usual rerun: S3's answers matter only before the manifest goes up, so their
+                # round trips (tens of ms each on AWS) overlap with the scan.
+                preflight = side.submit(self._preflight, last, result)
+            else:
                 self._seed_cache_from_bucket()
-            self.warn_if_unversioned(result)
+                self.warn_if_unversioned(result)
         except (ClientError, BotoCoreError) as exc:
             raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
+        finally:
+            side.shutdown(wait=False)
 
         tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
@@ -176,12 +190,16 @@ class FilesJob(S3Job):
                             staged.append(row)
                             result.bytes_uploaded += uploaded
                     self.cache.stage_files(staged)
-                # S3UploadFailedError: what upload_file (large files) makes of a ClientError.
-                except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
+                    if preflight is not None and not preflight.result():
+                        raise _LastSnapshotGone(str(last))
+                except (ClientError, BotoCoreError) as exc:
                     for f in packer.futures:
                         f.cancel()
                     for lf in large:
                         lf.cancel()
+                    if preflight is not None and preflight.done() and preflight.exception() is not None:
+                        raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
+                                        f"{describe(preflight.exception())}") from None  # type: ignore[arg-type]
                     raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {describe(exc)}") from None
             result.files_failed = len(result.failed)
             result.duration_s = time.monotonic() - started
@@ -198,6 +216,12 @@ class FilesJob(S3Job):
         result.status = "partial" if result.failed else "success"
         result.duration_s = time.monotonic() - started
         return result
+
+    def _preflight(self, last: str, result: RunResult) -> bool:
+        """Is our last snapshot still in the bucket? Also warns when versioning is off."""
+        found = self.manifest_exists(last)
+        self.warn_if_unversioned(result)
+        return found
 
     def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
              large: list[Future[LargeResult]], staged: list[tuple[Any, ...]],
@@ -295,17 +319,24 @@ class FilesJob(S3Job):
                     obj, offset = found
                 else:
                     obj, offset = layout.large_file_key(path, sha), 0
-                    tc = transfer_config(self.cfg.storage)
-                    # One PUT carries our hash for the server to check; a multipart upload has
-                    # botocore hash each part (S3 has no whole-object SHA-256 for those).
-                    check = (checksum_args(sha) if size < tc.multipart_threshold
-                             else {"ChecksumAlgorithm": "SHA256"})
-                    self.s3.upload_file(path, self.bucket, self.root + obj, ExtraArgs={**self.data_put_args, **check},
-                                        Config=tc)
+                    st_cfg = self.cfg.storage
+                    upload_file(self.s3, self.bucket, self.root + obj, path, size=size, sha256=sha,
+                                extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
+                                concurrency=st_cfg.concurrency)
                     uploaded = size
                 after = os.stat(path)
             except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
                 return None
+            except FileShrank:
+                if attempt == 1:
+                    result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
+                    return None
+                log.info("%s shrank while uploaded: reading it again", path)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    return None
+                continue
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None

@@ -23,7 +23,7 @@ class ManifestError(ValueError):
     pass
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     path: str
     type: str

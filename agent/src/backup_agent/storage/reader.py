@@ -23,13 +23,11 @@ CHUNK = 1 << 20
 # Entries in one object closer than this are fetched with one GET (reading the gap is cheaper
 # than another request).
 MAX_GAP = 1 << 20
-# Runs up to this size are read into memory at once (packs are 16 MiB by default).
-WHOLE_RUN = 32 << 20
 # Ranged GETs whose body breaks off are retried this many times in all.
 STREAM_ATTEMPTS = 5
 
 
-@dataclass
+@dataclass(slots=True)
 class Piece:
     """One stored byte range and every manifest entry whose content it is."""
 
@@ -97,9 +95,9 @@ def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, att
             raise NotReady(f"{key} is archived and not restored yet") from None
         raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
     body = resp["Body"]
-    if end - start <= WHOLE_RUN:
-        # A run of packed small files is read in one go and cut into pieces in memory: one read
-        # instead of one per file, which spares the threads a GIL hand-off per tiny read.
+    if len(run) > 1:
+        # Packed small files: a few large reads cut into pieces in memory instead of one read per
+        # file, which spares the threads a GIL hand-off per tiny read.
         body = _Buffered(body)
     problems: list[str] = []
     pos = start
@@ -147,19 +145,22 @@ def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, att
 
 
 class _Buffered:
-    """A response body read completely on the first read, then served from memory."""
+    """Reads a response body in blocks and serves small reads from memory."""
+
+    BLOCK = 4 << 20
 
     def __init__(self, body: Any) -> None:
         self.body = body
-        self.data: memoryview | None = None
+        self.buf = b""
         self.pos = 0
 
     def read(self, n: int) -> bytes:
-        if self.data is None:
-            self.data = memoryview(self.body.read())
-        chunk = self.data[self.pos : self.pos + n]
+        if self.pos + n > len(self.buf):
+            rest = self.buf[self.pos :]
+            self.buf, self.pos = rest + self.body.read(max(n - len(rest), self.BLOCK)), 0
+        chunk = self.buf[self.pos : self.pos + n]
         self.pos += len(chunk)
-        return bytes(chunk)
+        return chunk
 
     def close(self) -> None:
         self.body.close()

@@ -6,7 +6,6 @@ import base64
 from typing import Any
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -29,27 +28,15 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
         max_pool_connections=max(10, (concurrency or storage.concurrency) * 2 + 4),
         connect_timeout=10,
         read_timeout=120,
-        # Custom endpoints (SeaweedFS, MinIO, moto) want path-style addressing.
-        # Payloads are not SigV4-signed (that hashes every byte a second time on both ends);
-        # integrity comes from the x-amz-checksum-sha256 header (`checksum_args`) that we send with
-        # data and the server verifies: a signed header, so as tamper-proof as a signed payload.
+        # Custom endpoints (SeaweedFS, MinIO, moto) want path-style addressing. Payloads are not
+        # SigV4-signed (that hashes every byte a second time on both ends); integrity comes from
+        # the x-amz-checksum-sha256 header (`checksum_args`, or botocore's per part) that we send
+        # with data and the server verifies: a signed header, as tamper-proof as a signed payload.
         s3={"addressing_style": "path" if storage.endpoint_url else "auto", "payload_signing_enabled": False},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
     return session.client("s3", endpoint_url=storage.endpoint_url, config=cfg)
-
-
-def transfer_config(storage: Storage) -> TransferConfig:
-    # Few large parts beat many small ones: each part is a request and (on SeaweedFS and others)
-    # a piece to stitch together at completion; measured on SeaweedFS, 2 x 200 MiB took 29 s in
-    # 8 MiB parts and 11 s in 64 MiB parts. A file below two parts goes up in one PUT.
-    return TransferConfig(
-        multipart_threshold=2 * storage.multipart_chunk_size,
-        multipart_chunksize=storage.multipart_chunk_size,
-        max_concurrency=storage.concurrency,
-        use_threads=True,
-    )
 
 
 def put_args(storage: Storage, storage_class: str | None = None) -> dict[str, str]:
