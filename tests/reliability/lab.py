@@ -113,9 +113,10 @@ class Lab:
         assert proc.returncode in (0, 3), proc.stderr
         return json.loads(proc.stdout)
 
-    def popen(self, *args: str, log: str = "agent.log") -> subprocess.Popen[bytes]:
-        with open(self.tmp / log, "wb") as err:
-            proc = subprocess.Popen([AGENT, "-c", str(self.path), *args], stdout=subprocess.DEVNULL, stderr=err)
+    def popen(self, *args: str, log: str = "agent.log", out: str | None = None) -> subprocess.Popen[bytes]:
+        """The agent in the background; stderr to `log`, stdout to `out` (both under tmp) if given."""
+        with open(self.tmp / log, "wb") as err, open(self.tmp / out if out else os.devnull, "wb") as stdout:
+            proc = subprocess.Popen([AGENT, "-c", str(self.path), *args], stdout=stdout, stderr=err)
         self.procs.append(proc)
         return proc
 

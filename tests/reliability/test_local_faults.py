@@ -113,7 +113,7 @@ def test_small_files_and_a_directory_change_after_the_scan_listed_them(lab: Lab,
         return r.method == "PUT" and "/packs/" in r.path
 
     hold = lab.proxy.hold(pack_put)
-    proc = lab.popen("run", "data", "--json")
+    proc = lab.popen("run", "data", "--json", out="run.json")
     assert hold.wait(120), lab.log()
     listed = capture(src)  # directories keep the metadata they were listed with
     d = src / "d" / "f-dir000"
@@ -128,6 +128,9 @@ def test_small_files_and_a_directory_change_after_the_scan_listed_them(lab: Lab,
     expected = {**capture(src), "z": listed["z"], "d/f-dir000": listed["d/f-dir000"]}
     hold.release(forward=True)
     assert proc.wait(120) == 0, lab.log()
+    report = json.loads((lab.tmp / "run.json").read_text())
+    stored = sum(1 for v in expected.values() if v[0] == "file")
+    assert report["files_new"] == stored, (report, stored)  # the vanished ones are not counted
     sid = lab.snapshot_ids("data")[-1]
     assert lab.check("data") == 1
     lab.assert_restores("data", src, {sid: expected})

@@ -170,7 +170,7 @@ class FilesJob(S3Job):
             with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="large") as big_pool:
                 packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
-                large: list[Future[LargeResult]] = []
+                large: list[tuple[Future[LargeResult], str]] = []
                 staged: list[tuple[Any, ...]] = []
                 try:
                     for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
@@ -182,10 +182,12 @@ class FilesJob(S3Job):
                     packer.seal()
                     for fut in packer.futures:
                         result.bytes_uploaded += fut.result()
-                    for lf in large:
+                    for lf, counter in large:
                         done = lf.result()
                         if done is not None:
                             entry, row, uploaded = done
+                            setattr(result, counter, getattr(result, counter) + 1)
+                            result.bytes_total += entry.size
                             writer.add(entry)
                             staged.append(row)
                             result.bytes_uploaded += uploaded
@@ -195,7 +197,7 @@ class FilesJob(S3Job):
                 except (ClientError, BotoCoreError) as exc:
                     for f in packer.futures:
                         f.cancel()
-                    for lf in large:
+                    for lf, _ in large:
                         lf.cancel()
                     if preflight is not None and preflight.done() and preflight.exception() is not None:
                         raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
@@ -224,7 +226,7 @@ class FilesJob(S3Job):
         return found
 
     def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
-             large: list[Future[LargeResult]], staged: list[tuple[Any, ...]],
+             large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]],
              result: RunResult) -> None:
         if found.st is None:
             result.failed.append({"path": found.path.rstrip("/"), "error": found.error or "unreadable"})
@@ -246,22 +248,21 @@ class FilesJob(S3Job):
             return
         if not stat.S_ISREG(st.st_mode):
             return  # sockets, fifos, devices: not content a restore could use
-        result.bytes_total += st.st_size
         row = self.cache.lookup_file(path)
         if row and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
             result.files_unchanged += 1
+            result.bytes_total += st.st_size
             writer.add(Entry(type="file", size=st.st_size, sha256=row[4], object=row[5], offset=row[6], **base))
             staged.append((path, *row[:4], *row[4:]))
             return
-        if row:
-            result.files_changed += 1
-        else:
-            result.files_new += 1
+        # Counted once stored: a file that vanishes or cannot be read is neither new nor changed.
+        counter = "files_changed" if row else "files_new"
         if st.st_size == 0:
+            setattr(result, counter, getattr(result, counter) + 1)
             self._add_file(writer, staged, base, st, EMPTY_SHA256, "", 0, 0)
             return
         if st.st_size >= self.cfg.storage.large_file_size:
-            large.append(pool.submit(self._store_large, path, st, base, result))
+            large.append((pool.submit(self._store_large, path, st, base, result), counter))
             return
         try:
             data, st = self._read_small(path, st, result)
@@ -273,8 +274,10 @@ class FilesJob(S3Job):
             log.warning("cannot read %s: %s", path, exc.strerror)
             return
         if data is None:  # grew past the large-file threshold while we looked
-            large.append(pool.submit(self._store_large, path, st, base, result))
+            large.append((pool.submit(self._store_large, path, st, base, result), counter))
             return
+        setattr(result, counter, getattr(result, counter) + 1)
+        result.bytes_total += len(data)
         base["mtime_ns"] = st.st_mtime_ns
         sha = hashlib.sha256(data).hexdigest()
         loc = self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)
