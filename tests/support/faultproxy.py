@@ -36,6 +36,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 # How long a request body may stall before the proxy answers 400 RequestTimeout, as S3 does.
 BODY_TIMEOUT = 20.0
 FAULT_KINDS = ("500", "503", "reset", "reset_after", "stall", "truncate")
+# Only on request (`inject`): after the store applied the request, the answer stops right after
+# its status line; http.client takes the EOF for the end of the headers: a 200 without any.
+INJECT_ONLY = ("headers_lost",)
 ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
     "<Error><Code>{code}</Code><Message>{message}</Message><RequestId>faultproxy</RequestId></Error>"
@@ -139,8 +142,8 @@ class FaultProxy:
         return h
 
     def inject(self, match: Callable[[Request], bool], kind: str, times: int = 1) -> None:
-        """Give the next `times` matching requests the fault `kind` (one of FAULT_KINDS)."""
-        assert kind in FAULT_KINDS, kind
+        """Give the next `times` matching requests the fault `kind` (FAULT_KINDS, INJECT_ONLY)."""
+        assert kind in FAULT_KINDS + INJECT_ONLY, kind
         with self.lock:
             self.injections.append([match, kind, times])
 
@@ -252,6 +255,12 @@ class FaultProxy:
                 if action == "truncate":
                     self._note(req, action, status)
                     _send_truncated(conn, req, status, reason, headers, body)
+                    return
+                if action == "headers_lost":
+                    self._note(req, action, status)
+                    with contextlib.suppress(OSError):
+                        conn.sendall(f"HTTP/1.1 {status} {reason}\r\n".encode())
+                        conn.shutdown(socket.SHUT_RDWR)
                     return
                 self._note(req, action if action != "held" else "forwarded", status)
                 conn.sendall(_response_bytes(req, status, reason, headers, body))

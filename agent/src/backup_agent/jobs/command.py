@@ -44,6 +44,7 @@ from backup_agent.state import JobLock, ensure_dir
 from backup_agent.storage import layout
 from backup_agent.storage.manifest import Entry, ManifestWriter
 from backup_agent.storage.s3 import describe, error_code, put_args
+from backup_agent.storage.upload import upload_part
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +318,8 @@ class StreamUpload:
     def _part(self, number: int, body: bytearray) -> dict[str, Any]:
         try:
             # botocore sends a bytearray as it is: no copy of the part.
-            resp = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                       PartNumber=number, Body=body, ChecksumAlgorithm="SHA256")
-            return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": resp["ChecksumSHA256"]}
+            return upload_part(self.s3, Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                               PartNumber=number, Body=body)
         except BaseException as exc:
             self.failed = exc
             raise

@@ -22,6 +22,25 @@ from backup_agent.storage.s3 import checksum_args
 MAX_PARTS = 10_000  # S3's limit
 
 
+class IncompleteAnswer(BotoCoreError):
+    fmt = "{operation}: {detail}"
+
+
+def upload_part(s3: Any, **kwargs: Any) -> dict[str, Any]:
+    """UploadPart with a SHA-256 checked by S3; returns the part's entry for the completion.
+
+    An answer cut right after its status line reaches botocore as a 200 without headers: without
+    the ETag the part cannot be named at completion, so it is sent again (the same number
+    replaces it)."""
+    for _ in range(3):
+        resp = s3.upload_part(**kwargs, ChecksumAlgorithm="SHA256")
+        if "ETag" in resp and "ChecksumSHA256" in resp:
+            return {"PartNumber": kwargs["PartNumber"], "ETag": resp["ETag"], "ChecksumSHA256": resp["ChecksumSHA256"]}
+        if hasattr(kwargs["Body"], "seek"):  # a file range; bytes are sent again as they are
+            kwargs["Body"].seek(0)
+    raise IncompleteAnswer(operation="UploadPart", detail=f"part {kwargs['PartNumber']}: answered without an ETag")
+
+
 class FileShrank(Exception):
     """The file ended before the size it had when its upload started."""
 
@@ -95,10 +114,8 @@ def _multipart(s3: Any, bucket: str, key: str, fd: int, path: str, size: int, ex
 
     def part(number: int) -> dict[str, Any]:
         start = (number - 1) * part_size
-        body = FileRange(fd, start, min(part_size, size - start), path)
-        resp = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
-                              ChecksumAlgorithm="SHA256")
-        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": resp["ChecksumSHA256"]}
+        return upload_part(s3, Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                           Body=FileRange(fd, start, min(part_size, size - start), path))
 
     count = -(-size // part_size)
     try:
