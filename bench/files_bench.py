@@ -191,8 +191,12 @@ def main() -> int:
         sys.exit(f"bench: missing tools: {', '.join(missing)} (apt-get install awscli rclone restic time)")
     work = Path(tempfile.mkdtemp(prefix="backup-agent-bench-"))
     try:
-        with SeaweedFS() as s3:
-            s3.client().create_bucket(Bucket="bench")
+        # Large volumes, and the bucket's first volumes grown before any tool runs: SeaweedFS
+        # pauses writes while it grows volumes, which would land on whichever tool is running.
+        with SeaweedFS(volume_size_limit_mb=4096) as s3:
+            client = s3.client()
+            client.create_bucket(Bucket="bench")
+            client.put_object(Bucket="bench", Key="warm-up", Body=b"x")
             if args.rss_tree:
                 return rss_tree(s3, work, args.rss_tree)
             return compare(s3, work, args)

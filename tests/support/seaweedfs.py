@@ -74,6 +74,7 @@ class SeaweedFS:
         access_key: str = DEFAULT_ACCESS_KEY,
         secret_key: str = DEFAULT_SECRET_KEY,
         workdir: str | None = None,
+        volume_size_limit_mb: int = 256,
     ) -> None:
         self.port = port or free_port()
         self.access_key = access_key
@@ -81,6 +82,8 @@ class SeaweedFS:
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="seaweedfs-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        # Small volumes keep test disks small; a benchmark wants few volume-growth pauses.
+        self.volume_size_limit_mb = volume_size_limit_mb
 
     @property
     def endpoint_url(self) -> str:
@@ -127,7 +130,7 @@ class SeaweedFS:
             f"-s3.config={s3_config}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=256",
+            f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             "-volume.max=3000",  # each bucket is a collection that grows ~7 volumes at once
         ]
         self.log_path = self.workdir / "weed.log"
