@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from conftest import AGENT
-from httpreceiver import Receiver
+from support.httpreceiver import Receiver
 
 UUID = "0b6f1e0a-3c1d-4d7e-8f5a-9e2b7c4d1f00"
 

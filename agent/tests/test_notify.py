@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from httpreceiver import Receiver
+from support.httpreceiver import Receiver
 
 from backup_agent.logfmt import set_secrets
 from backup_agent.notify import Notifier

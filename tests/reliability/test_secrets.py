@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.httpsink import HttpSink
+from support.httpreceiver import Receiver
 
 from reliability.lab import AGENT, NODE, Lab, wait_for
 from reliability.report import REPO, record
@@ -55,7 +55,7 @@ def test_no_secret_in_logs_state_metrics_notifications_or_proc(lab: Lab, tmp_pat
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("hello\n")
-    sink = HttpSink()
+    sink = Receiver().start()
     metrics = tmp_path / "metrics" / "backup_agent.prom"
     metrics.parent.mkdir()
     lab.data["notify"] = {"healthchecks_url": f"{sink.url}/ping/{values['healthchecks token']}",
@@ -135,22 +135,22 @@ def test_no_secret_in_logs_state_metrics_notifications_or_proc(lab: Lab, tmp_pat
     state_files = [p for p in lab.state_dir.rglob("*") if p.is_file()]
     for p in state_files:
         find(values, f"state_dir file {p.relative_to(lab.state_dir)}", p.read_bytes(), hits)
-    for r in sink.received:
+    for r in sink.requests:
         others = {k: v for k, v in values.items() if v not in r.path}  # its own URL token is its address
-        find(others, f"a notification to {r.path.split('?')[0][:20]}...", r.path + r.headers, hits)
+        find(others, f"a notification to {r.path.split('?')[0][:20]}...", r.path + str(r.headers), hits)
         find(values, "a notification body", r.body, hits)
     sink.close()
     assert "login failed for token=" in " ".join(p.stderr for w, p in outputs if w == "failing command run"), (
         "the failing command's own message should still be shown (masked)")
     assert not hits, "secrets leaked:\n" + "\n".join(hits)
-    places = len(outputs) * 2 + 3 + len(state_files) + len(sink.received) + sampled + len(agent_pids)
+    places = len(outputs) * 2 + 3 + len(state_files) + len(sink.requests) + sampled + len(agent_pids)
     record("secrets.agent", cases=len(values),
            result="runs with notifications, a failing command that prints its token, a wrong secret, a missing "
                   "bucket, a daemon with a run and a manual run alive: 0 hits in stderr and --json output, the "
                   "daemon's log, status, metrics, every state_dir file, notification requests, /proc/*/cmdline "
                   "and the agent processes' environment",
            measured=f"{places} places searched ({sampled} command lines, {len(state_files)} state files, "
-                    f"{len(sink.received)} notifications)")
+                    f"{len(sink.requests)} notifications)")
 
 
 CONVERGE = os.environ.get("CI") == "true" or os.environ.get("BACKUP_AGENT_CONVERGE") == "1"

@@ -1,4 +1,5 @@
-"""A local HTTP server in a thread that records what it receives, for notification tests.
+"""A local HTTP server in a thread that records what it receives, for notification tests
+(agent/tests) and for the secrets audit (tests/reliability).
 
 Paths choose the behaviour: `/hang/...` never answers (until the server closes), `/fail500/...`
 answers 500, anything else 200.
@@ -38,7 +39,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with receiver._lock:
-                    receiver.requests.append(Request("POST", self.path, body, dict(self.headers)))
+                    receiver.requests.append(Request(self.command, self.path, body, dict(self.headers)))
                 if self.path.startswith("/hang/"):
                     receiver.closing.wait(60)
                     return
@@ -49,6 +50,7 @@ class Receiver:
                 self.wfile.write(b"OK")
 
             do_GET = do_POST
+            do_HEAD = do_POST
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -58,14 +60,20 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
-    def __enter__(self) -> Receiver:
+    def start(self) -> Receiver:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.closing.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def paths(self) -> list[str]:
         with self._lock:
