@@ -140,6 +140,23 @@ def test_large_file_has_a_readable_key(agent, tmp_path: Path) -> None:
     assert body == (src / "database.img").read_bytes()
 
 
+def test_identical_large_files_are_stored_once(agent, tmp_path: Path) -> None:
+    """Two large files are hashed side by side while one uploads; a twin must still find the
+    other's content instead of uploading it again."""
+    src = tmp_path / "src"
+    src.mkdir()
+    content = os.urandom(9 << 20)
+    for name in ("a.img", "b.img", "c.img"):
+        (src / name).write_bytes(content)
+    agent.job("data", type="files", paths=[str(src)])
+    out = agent.json("run", "data")
+    assert out["bytes_uploaded"] == len(content), out
+    assert len([k for k in agent.object_keys() if ".img@" in k]) == 1
+    target = tmp_path / "r"
+    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
+    assert capture(target / str(src).lstrip("/")) == capture(src)
+
+
 def test_excludes_and_one_file_system(agent, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "cache").mkdir(parents=True)

@@ -97,6 +97,7 @@ class FilesJob(S3Job):
         self.opts = job.options
         self.data_put_args = put_args(cfg.storage, self.opts["storage_class"])
         self._cache: FileCache | None = None
+        self.one_upload = threading.Lock()
 
     @property
     def cache(self) -> FileCache:
@@ -165,10 +166,11 @@ class FilesJob(S3Job):
             writer = ManifestWriter(spool, header)
             self.cache.begin_files()
             conc = self.cfg.storage.concurrency
-            # Large files go up one at a time, each in parallel parts: measured on SeaweedFS, two
-            # concurrent multipart uploads took longer than the same two in a row.
+            # Large files go up one at a time (`one_upload`), each in parallel parts: measured on
+            # SeaweedFS, two concurrent multipart uploads took longer than the same two in a row.
+            # Two workers so the next large file is hashed while one uploads, and no further ahead.
             with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="large") as big_pool:
+                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
                 packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
                 large: list[tuple[Future[LargeResult], str]] = []
                 staged: list[tuple[Any, ...]] = []
@@ -315,54 +317,60 @@ class FilesJob(S3Job):
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None
-            uploaded = 0
-            found = self.cache.lookup_blob(sha)
+            # One large upload at a time, and the blob lookup, upload and blob record together:
+            # an identical file hashed by the other worker then finds this one's content.
+            self.one_upload.acquire()
             try:
-                if found:
-                    obj, offset = found
-                else:
-                    obj, offset = layout.large_file_key(path, sha), 0
-                    st_cfg = self.cfg.storage
-                    upload_file(self.s3, self.bucket, self.root + obj, path, size=size, sha256=sha,
-                                extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                                concurrency=st_cfg.concurrency)
-                    uploaded = size
-                after = os.stat(path)
-            except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
-                return None
-            except FileShrank:
-                if attempt == 1:
+                uploaded = 0
+                found = self.cache.lookup_blob(sha)
+                try:
+                    if found:
+                        obj, offset = found
+                    else:
+                        obj, offset = layout.large_file_key(path, sha), 0
+                        st_cfg = self.cfg.storage
+                        upload_file(self.s3, self.bucket, self.root + obj, path, size=size, sha256=sha,
+                                    extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
+                                    concurrency=st_cfg.concurrency)
+                        uploaded = size
+                    after = os.stat(path)
+                except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
+                    return None
+                except FileShrank:
+                    if attempt == 1:
+                        result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
+                        return None
+                    log.info("%s shrank while uploaded: reading it again", path)
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        return None
+                    continue
+                except OSError as exc:
+                    result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+                    return None
+                # The upload reads the file again: what it sent is the hashed content only if the file
+                # did not change meanwhile (ctime too: writers that restore the mtime still change it).
+                unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
+                                                                                     st.st_ctime_ns)
+                if uploaded and unchanged:
+                    self.cache.add_blobs([(sha, obj, 0, size)])
+                if attempt == 1 and not unchanged and uploaded:
+                    # The object may hold bytes that do not match `sha`: leave it out rather than
+                    # record a snapshot that cannot be restored.
                     result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
                     return None
-                log.info("%s shrank while uploaded: reading it again", path)
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    return None
-                continue
-            except OSError as exc:
-                result.failed.append({"path": path, "error": exc.strerror or str(exc)})
-                return None
-            # The upload reads the file again: what it sent is the hashed content only if the file
-            # did not change meanwhile (ctime too: writers that restore the mtime still change it).
-            unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
-                                                                                 st.st_ctime_ns)
-            if uploaded and unchanged:
-                self.cache.add_blobs([(sha, obj, 0, size)])
-            if attempt == 1 and not unchanged and uploaded:
-                # The object may hold bytes that do not match `sha`: leave it out rather than
-                # record a snapshot that cannot be restored.
-                result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
-                return None
-            if unchanged or attempt == 1:
-                if not unchanged:  # stored earlier with exactly the hashed content
-                    result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
-                entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
-                              **{**base, "mtime_ns": st.st_mtime_ns})
-                row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
-                return entry, row, uploaded
-            log.info("%s changed while read: reading it again", path)
-            st = after
+                if unchanged or attempt == 1:
+                    if not unchanged:  # stored earlier with exactly the hashed content
+                        result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
+                    entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
+                                  **{**base, "mtime_ns": st.st_mtime_ns})
+                    row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
+                    return entry, row, uploaded
+                log.info("%s changed while read: reading it again", path)
+                st = after
+            finally:
+                self.one_upload.release()
         return None
 
     def _seed_cache_from_bucket(self) -> None:
