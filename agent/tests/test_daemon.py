@@ -23,16 +23,9 @@ import pytest
 import yaml
 from conftest import AGENT
 from support.httpreceiver import Receiver
+from support.waiting import wait_for
 
 UUID = "0b6f1e0a-3c1d-4d7e-8f5a-9e2b7c4d1f00"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Daemon:
@@ -48,7 +41,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 30, count: int = 1) -> None:
-        wait_until(lambda: self.log.count(text) >= count or self.proc.poll() is not None, timeout, repr(text))
+        wait_for(lambda: self.log.count(text) >= count or self.proc.poll() is not None, timeout, repr(text))
         assert self.log.count(text) >= count, f"daemon exited ({self.proc.returncode}):\n{self.log}"
 
     def signal(self, sig: int) -> None:
@@ -160,7 +153,7 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
     agent.write(log_format="json", stop_timeout=30, metrics={"textfile": str(tmp_path / "backup_agent.prom")})
     agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 2 seconds")
     d = start_daemon(agent)
-    wait_until(lambda: snapshots(agent) >= 2, 60, "two snapshots")
+    wait_for(lambda: snapshots(agent) >= 2, 60, "two snapshots")
 
     status = agent.json("status")
     (job,) = status["jobs"]
@@ -186,7 +179,7 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
         st = json.loads((Path(agent.data["state_dir"]) / "status" / "etc.json").read_text())
         return bool(st["last_start"] > rejected and st["result"] == "success")
 
-    wait_until(ran_since_rejection, 30, "a successful run started after the rejected reload")
+    wait_for(ran_since_rejection, 30, "a successful run started after the rejected reload")
     assert snapshots(agent) >= 3
     assert d.proc.poll() is None
 
@@ -196,11 +189,11 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
     d.signal(signal.SIGHUP)
     d.wait_log("config reloaded")
     # daemon.json is rewritten just after the log line: wait for it rather than race it
-    wait_until(lambda: daemon_state(agent)["jobs"]["etc"]["schedule"] == "every 1 hour", 30, "the new plan")
+    wait_for(lambda: daemon_state(agent)["jobs"]["etc"]["schedule"] == "every 1 hour", 30, "the new plan")
     plan = daemon_state(agent)["jobs"]["etc"]
     ahead = datetime.fromisoformat(plan["next_run"].replace("Z", "+00:00")) - datetime.now(UTC)
     assert timedelta(minutes=55) < ahead <= timedelta(hours=1)
-    wait_until(lambda: daemon_state(agent)["jobs"]["etc"]["running_since"] is None, 30, "the last run to end")
+    wait_for(lambda: daemon_state(agent)["jobs"]["etc"]["running_since"] is None, 30, "the last run to end")
     settled = snapshots(agent)
     time.sleep(2.5)  # "every 2 seconds" would have started another run by now
     assert snapshots(agent) == settled
@@ -333,7 +326,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
     }))
     first = subprocess.Popen([AGENT, "-c", str(cfg), "daemon"], stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: (tmp_path / "state" / "daemon.json").exists(), 30, "the first daemon")
+        wait_for(lambda: (tmp_path / "state" / "daemon.json").exists(), 30, "the first daemon")
         second = subprocess.run([AGENT, "-c", str(cfg), "daemon"], capture_output=True, text=True, timeout=30)
         assert second.returncode == 75
         assert second.stderr.strip() == (f"backup-agent: another daemon (pid {first.pid}) is running with "

@@ -10,9 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import yaml
 from support.faultproxy import FaultProxy, Hold
 from support.seaweedfs import SeaweedFS
 from support.treeutil import Tree, capture
+from support.waiting import wait_for
 
 AGENT = str(Path(sys.executable).parent / "backup-agent")
 NODE = "rel-node"
@@ -38,14 +37,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, proc.stderr
     assert not lines[0].startswith("backup-agent: internal error"), lines[0]
     return lines[0]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclasses.dataclass

@@ -143,19 +143,18 @@ class FilesJob(S3Job):
         result = RunResult(job=self.job.name, snapshot=None)
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
-        side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight")
-        try:
-            if last:
-                # The usual rerun: S3's answers matter only before the manifest goes up, so their
-                # round trips (tens of ms each on AWS) overlap with the scan.
-                preflight = side.submit(self._preflight, last, result)
-            else:
+        if last:
+            # The usual rerun: S3's answers matter only before the manifest goes up, so their
+            # round trips (tens of ms each on AWS) overlap with the scan.
+            side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preflight")
+            preflight = side.submit(self._preflight, last, result)
+            side.shutdown(wait=False)
+        else:
+            try:
                 self._seed_cache_from_bucket()
                 self.warn_if_unversioned(result)
-        except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
-        finally:
-            side.shutdown(wait=False)
+            except (ClientError, BotoCoreError) as exc:
+                raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
 
         tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
@@ -319,59 +318,63 @@ class FilesJob(S3Job):
                 return None
             # One large upload at a time, and the blob lookup, upload and blob record together:
             # an identical file hashed by the other worker then finds this one's content.
-            self.one_upload.acquire()
-            try:
-                uploaded = 0
-                found = self.cache.lookup_blob(sha)
-                try:
-                    if found:
-                        obj, offset = found
-                    else:
-                        obj, offset = layout.large_file_key(path, sha), 0
-                        st_cfg = self.cfg.storage
-                        upload_file(self.s3, self.bucket, self.root + obj, path, size=size, sha256=sha,
-                                    extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                                    concurrency=st_cfg.concurrency)
-                        uploaded = size
-                    after = os.stat(path)
-                except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
-                    return None
-                except FileShrank:
-                    if attempt == 1:
-                        result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
-                        return None
-                    log.info("%s shrank while uploaded: reading it again", path)
-                    try:
-                        st = os.stat(path)
-                    except OSError:
-                        return None
-                    continue
-                except OSError as exc:
-                    result.failed.append({"path": path, "error": exc.strerror or str(exc)})
-                    return None
-                # The upload reads the file again: what it sent is the hashed content only if the file
-                # did not change meanwhile (ctime too: writers that restore the mtime still change it).
-                unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
-                                                                                     st.st_ctime_ns)
-                if uploaded and unchanged:
-                    self.cache.add_blobs([(sha, obj, 0, size)])
-                if attempt == 1 and not unchanged and uploaded:
-                    # The object may hold bytes that do not match `sha`: leave it out rather than
-                    # record a snapshot that cannot be restored.
-                    result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
-                    return None
-                if unchanged or attempt == 1:
-                    if not unchanged:  # stored earlier with exactly the hashed content
-                        result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
-                    entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
-                                  **{**base, "mtime_ns": st.st_mtime_ns})
-                    row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
-                    return entry, row, uploaded
-                log.info("%s changed while read: reading it again", path)
-                st = after
-            finally:
-                self.one_upload.release()
+            with self.one_upload:
+                outcome = self._store_hashed(path, st, base, result, sha, size, last_try=attempt == 1)
+            if not isinstance(outcome, os.stat_result):
+                return outcome
+            st = outcome  # changed while read: hash and store it again
         return None
+
+    def _store_hashed(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
+                      sha: str, size: int, *, last_try: bool) -> LargeResult | os.stat_result:
+        """Find or upload content hashed as `sha`; a stat result means: changed, read it again."""
+        uploaded = 0
+        found = self.cache.lookup_blob(sha)
+        try:
+            if found:
+                obj, offset = found
+            else:
+                obj, offset = layout.large_file_key(path, sha), 0
+                st_cfg = self.cfg.storage
+                upload_file(self.s3, self.bucket, self.root + obj, path, size=size, sha256=sha,
+                            extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
+                            concurrency=st_cfg.concurrency)
+                uploaded = size
+            after = os.stat(path)
+        except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
+            return None
+        except FileShrank:
+            if last_try:
+                result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
+                return None
+            log.info("%s shrank while uploaded: reading it again", path)
+            try:
+                return os.stat(path)
+            except OSError:
+                return None
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            return None
+        # The upload reads the file again: what it sent is the hashed content only if the file
+        # did not change meanwhile (ctime too: writers that restore the mtime still change it).
+        unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
+                                                                             st.st_ctime_ns)
+        if uploaded and unchanged:
+            self.cache.add_blobs([(sha, obj, 0, size)])
+        if last_try and not unchanged and uploaded:
+            # The object may hold bytes that do not match `sha`: leave it out rather than
+            # record a snapshot that cannot be restored.
+            result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
+            return None
+        if unchanged or last_try:
+            if not unchanged:  # stored earlier with exactly the hashed content
+                result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
+            entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
+                          **{**base, "mtime_ns": st.st_mtime_ns})
+            row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
+            return entry, row, uploaded
+        log.info("%s changed while read: reading it again", path)
+        return after
 
     def _seed_cache_from_bucket(self) -> None:
         """A new disk or node has no cache: learn what content the latest snapshot already stores,

@@ -57,23 +57,16 @@ class Target:
         self.checked = None
 
 
-def _apply_meta_fd(fd: int, e: Entry) -> None:
+def _apply_meta(where: str | int, e: Entry, link: bool = False) -> None:
+    """Owner (as root), mode and mtime, on a path or an open descriptor; `link`: the link itself."""
     if IS_ROOT:
         with contextlib.suppress(OSError):
-            os.fchown(fd, e.uid, e.gid)
-    os.fchmod(fd, e.mode)
-    with contextlib.suppress(OSError):
-        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-
-
-def _apply_meta(dest: str, e: Entry, link: bool = False) -> None:
-    if IS_ROOT:
-        with contextlib.suppress(OSError):
-            os.lchown(dest, e.uid, e.gid)
+            # A path never has its owner changed through a symlink (lchown); a descriptor is the file.
+            os.chown(where, e.uid, e.gid, follow_symlinks=isinstance(where, int))
     if not link:
-        os.chmod(dest, e.mode)
+        os.chmod(where, e.mode)
     with contextlib.suppress(OSError, NotImplementedError):
-        os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not link)
+        os.utime(where, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not link)
 
 
 def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[str, Any]:
@@ -135,7 +128,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
                 # Metadata through the open descriptor, before the rename: no path walks, and the
                 # mtime that marks a verified file comes last.
                 for (e, _), (fd, _) in zip(dests, handles, strict=True):
-                    _apply_meta_fd(fd, e)
+                    _apply_meta(fd, e)
         finally:
             for fd, _ in handles:
                 os.close(fd)
