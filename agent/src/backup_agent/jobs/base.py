@@ -3,9 +3,11 @@ listing, selection, retention and verification over manifests."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -133,9 +135,28 @@ class S3Job(JobRunner):
 
     def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
         super().__init__(cfg, job, clock)
-        self.s3 = s3 or make_client(cfg.storage)
+        self._s3 = s3
+        self._writer = s3  # a client given by the caller serves every request
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
+
+    @property
+    def s3(self) -> Any:
+        """boto3's client, built on first use."""
+        if self._s3 is None:
+            self._s3 = make_client(self.cfg.storage)
+        return self._s3
+
+    @property
+    def writer(self) -> Any:
+        """The client for what a backup run sends (HEAD, PUT, multipart, versioning): the direct
+        one when it can serve this storage (no boto3 import), else boto3's. Not thread-safe:
+        touch it before starting threads."""
+        if self._writer is None:
+            from backup_agent.storage.s3_direct import direct_client
+
+            self._writer = direct_client(self.cfg.storage) or self.s3
+        return self._writer
 
     # --- listing and selecting -----------------------------------------------------------------
 
@@ -238,10 +259,16 @@ class S3Job(JobRunner):
                 raise IntegrityError(str(exc)) from None
 
     def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
+        from backup_agent.storage.upload import upload_open_file
+
+        spool.flush()
         spool.seek(0)
+        sha256 = hashlib.file_digest(spool, "sha256").hexdigest()  # type: ignore[arg-type]
         # Manifests stay in an instantly readable class whatever the data's class is.
-        extra = {"ContentType": "application/gzip", "ChecksumAlgorithm": "SHA256", **self._sse_args()}
-        self.s3.upload_fileobj(spool, self.bucket, self.root + layout.manifest_key(sid), ExtraArgs=extra)
+        extra = {"ContentType": "application/gzip", **self._sse_args()}
+        upload_open_file(self.writer, self.bucket, self.root + layout.manifest_key(sid), spool.fileno(),
+                         f"manifest of {sid}", size=os.fstat(spool.fileno()).st_size, sha256=sha256, extra=extra,
+                         part_size=self.cfg.storage.multipart_chunk_size, concurrency=self.cfg.storage.concurrency)
 
     def _sse_args(self) -> dict[str, str]:
         from backup_agent.storage.s3 import put_args
@@ -257,7 +284,7 @@ class S3Job(JobRunner):
 
     def manifest_exists(self, sid: str) -> bool:
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
+            self.writer.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
             return True
         except ClientError as exc:
             if is_not_found(exc):
@@ -266,7 +293,7 @@ class S3Job(JobRunner):
 
     def warn_if_unversioned(self, result: RunResult) -> None:
         try:
-            status = self.s3.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            status = self.writer.get_bucket_versioning(Bucket=self.bucket).get("Status")
         except (ClientError, BotoCoreError) as exc:
             log.debug("cannot read bucket versioning: %s", describe(exc))
             return

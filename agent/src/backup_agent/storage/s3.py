@@ -1,12 +1,11 @@
-"""The one place S3 clients are made: endpoints, credentials, retries and encryption settings."""
+"""The one place boto3 S3 clients are made (endpoints, credentials, retries, encryption settings),
+and the helpers both S3 clients share; the direct client of backup runs is in s3_direct.py."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-import boto3
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Storage
@@ -17,6 +16,10 @@ RETRIES = {"mode": "adaptive", "max_attempts": 10}
 
 
 def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
+    # Imported here: a backup run that only writes does without boto3 (storage/s3_direct.py).
+    import boto3
+    from botocore.config import Config as BotoConfig
+
     session = boto3.session.Session(
         aws_access_key_id=storage.access_key_id,
         aws_secret_access_key=storage.secret_access_key,

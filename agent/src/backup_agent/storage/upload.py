@@ -100,12 +100,19 @@ def upload_file(s3: Any, bucket: str, key: str, path: str, *, size: int, sha256:
     8 MiB parts and 11 s in 64 MiB parts (`multipart_chunk_mb`, default 64)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        if size < 2 * part_size:
-            s3.put_object(Bucket=bucket, Key=key, Body=FileRange(fd, 0, size, path), **extra, **checksum_args(sha256))
-            return
-        _multipart(s3, bucket, key, fd, path, size, extra, max(part_size, -(-size // MAX_PARTS)), concurrency)
+        upload_open_file(s3, bucket, key, fd, path, size=size, sha256=sha256, extra=extra, part_size=part_size,
+                         concurrency=concurrency)
     finally:
         os.close(fd)
+
+
+def upload_open_file(s3: Any, bucket: str, key: str, fd: int, name: str, *, size: int, sha256: str,
+                     extra: dict[str, str], part_size: int, concurrency: int) -> None:
+    """`upload_file` for a descriptor we hold (a spooled manifest); `name` is for messages."""
+    if size < 2 * part_size:
+        s3.put_object(Bucket=bucket, Key=key, Body=FileRange(fd, 0, size, name), **extra, **checksum_args(sha256))
+        return
+    _multipart(s3, bucket, key, fd, name, size, extra, max(part_size, -(-size // MAX_PARTS)), concurrency)
 
 
 def _multipart(s3: Any, bucket: str, key: str, fd: int, path: str, size: int, extra: dict[str, str],
