@@ -51,7 +51,8 @@ def test_early_deletion() -> None:
 
 def test_a_request_not_visible_on_head_is_not_repeated_until_its_window_passed(tmp_path: Path) -> None:
     now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-    thaw = cold.Thaw(None, "b", "n/j/", tmp_path, "j", tier="Standard", days=3, concurrency=2, clock=lambda: now)
+    thaw = cold.Thaw(None, lambda: None, "b", "n/j/", tmp_path, "j", tier="Standard", days=3, concurrency=2,
+                     clock=lambda: now)
     thaw.record.requests["n/j/packs/aa/1"] = {"requested_at": "2026-06-01T02:00:00Z", "tier": "Standard",
                                               "storage_class": "DEEP_ARCHIVE"}
     thaw.record.requests["n/j/packs/aa/2"] = {"requested_at": "2026-05-30T02:00:00Z", "tier": "Standard",

@@ -24,7 +24,7 @@ from support.faultproxy import FaultProxy
 
 from backup_agent.config import Storage
 from backup_agent.storage.s3 import is_not_found
-from backup_agent.storage.s3_direct import DirectS3, S3Unreachable, direct_client
+from backup_agent.storage.s3_direct import DirectS3, S3Unreachable, StreamBroken, direct_client
 from backup_agent.storage.sigv4 import UNSIGNED, Signer, uri_encode
 from backup_agent.storage.upload import upload_part
 
@@ -174,3 +174,36 @@ def test_a_rerun_lists_nothing_and_does_without_boto3(agent, seaweed, tmp_path: 
         puts = [s for s in seen if s.startswith("PUT")]
         assert len(puts) == 2, seen  # the pack holding the changed file, and the manifest
         assert agent.json("check", "data", "--read-data")["status"] == "ok"
+
+
+def test_listing_pages_and_keys_that_need_escaping(seaweed, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    s3, direct = seaweed.client(), _direct(seaweed.endpoint_url, seaweed)
+    keys = [*sorted(f"p/{i} a&b<c>'\"ü+%20\nz" for i in range(7)), "q/outside"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x" * i)
+    pages = list(direct.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="p/",
+                                                                   PaginationConfig={"PageSize": 3}))
+    assert [len(p.get("Contents", [])) for p in pages] == [3, 3, 1], [[o["Key"] for o in p["Contents"]] for p in pages]
+    listed = [o for p in pages for o in p["Contents"]]
+    assert [(o["Key"], o["Size"]) for o in listed] == [(k, i) for i, k in enumerate(keys[:7])]
+    assert all(o["LastModified"].tzinfo is not None for o in listed)
+
+
+def test_a_body_that_breaks_off_is_an_error_to_retry_not_short_content(seaweed, bucket: str,  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    seaweed.client().put_object(Bucket=bucket, Key="obj", Body=data)
+    with FaultProxy(seaweed.endpoint_url) as proxy:
+        direct = _direct(proxy.url, seaweed)
+        assert direct.get_object(Bucket=bucket, Key="obj", Range="bytes=5-9")["Body"].read() == data[5:10]
+        proxy.inject(lambda r: r.method == "GET", "truncate")
+        body = direct.get_object(Bucket=bucket, Key="obj")["Body"]
+        with pytest.raises(StreamBroken):
+            while body.read(1 << 20):
+                pass
+        proxy.inject(lambda r: r.method == "GET", "truncate", times=2)
+        with (tmp_path / "copy").open("w+b") as f:
+            direct.download_fileobj(bucket, "obj", f)  # fetched again from the start
+            f.seek(0)
+            assert f.read() == data
+        assert proxy.faulted() == 3

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -136,32 +137,34 @@ class S3Job(JobRunner):
     def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
         super().__init__(cfg, job, clock)
         self._s3 = s3
-        self._writer = s3  # a client given by the caller serves every request
+        self._store = s3  # a client given by the caller serves every request
+        self._making = threading.Lock()
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
 
     @property
     def s3(self) -> Any:
-        """boto3's client, built on first use."""
-        if self._s3 is None:
-            self._s3 = make_client(self.cfg.storage)
-        return self._s3
+        """boto3's client, built on first use: deletes, Glacier restores, command jobs' uploads."""
+        with self._making:
+            if self._s3 is None:
+                self._s3 = make_client(self.cfg.storage)
+            return self._s3
 
     @property
-    def writer(self) -> Any:
-        """The client for what a backup run sends (HEAD, PUT, multipart, versioning): the direct
-        one when it can serve this storage (no boto3 import), else boto3's. Not thread-safe:
-        touch it before starting threads."""
-        if self._writer is None:
+    def store(self) -> Any:
+        """The client for listing, reading and writing (HEAD, GET, LIST, PUT, multipart): the
+        direct one when it can serve this storage, which spares the boto3 import, else boto3's."""
+        if self._store is None:
             from backup_agent.storage.s3_direct import direct_client
 
-            self._writer = direct_client(self.cfg.storage) or self.s3
-        return self._writer
+            direct = direct_client(self.cfg.storage)
+            self._store = direct if direct is not None else self.s3
+        return self._store
 
     # --- listing and selecting -----------------------------------------------------------------
 
     def list_keys(self, sub: str) -> Iterator[dict[str, Any]]:
-        paginator = self.s3.get_paginator("list_objects_v2")
+        paginator = self.store.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + sub):
                 yield from page.get("Contents", [])
@@ -233,7 +236,7 @@ class S3Job(JobRunner):
     def _manifest_header(self, sid: str) -> dict[str, Any]:
         # The header is the first line: a ranged GET spares reading a manifest of millions of entries.
         key = self.root + layout.manifest_key(sid)
-        head = self.s3.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-65535")["Body"].read()
+        head = self.store.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-65535")["Body"].read()
         try:
             return read_header(io.BytesIO(head), f"snapshot {sid}")
         except (EOFError, OSError):
@@ -249,7 +252,7 @@ class S3Job(JobRunner):
         key = self.root + layout.manifest_key(sid)
         with tempfile.TemporaryFile() as spool:
             try:
-                self.s3.download_fileobj(self.bucket, key, spool)
+                self.store.download_fileobj(self.bucket, key, spool)
             except (ClientError, BotoCoreError) as exc:
                 raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
             spool.seek(0)
@@ -266,7 +269,7 @@ class S3Job(JobRunner):
         sha256 = hashlib.file_digest(spool, "sha256").hexdigest()  # type: ignore[arg-type]
         # Manifests stay in an instantly readable class whatever the data's class is.
         extra = {"ContentType": "application/gzip", **self._sse_args()}
-        upload_open_file(self.writer, self.bucket, self.root + layout.manifest_key(sid), spool.fileno(),
+        upload_open_file(self.store, self.bucket, self.root + layout.manifest_key(sid), spool.fileno(),
                          f"manifest of {sid}", size=os.fstat(spool.fileno()).st_size, sha256=sha256, extra=extra,
                          part_size=self.cfg.storage.multipart_chunk_size, concurrency=self.cfg.storage.concurrency)
 
@@ -277,14 +280,14 @@ class S3Job(JobRunner):
 
     def thaw(self, tier: str | None = None, days: int | None = None) -> cold.Thaw:
         """Glacier restores for this job, with its restore_tier/restore_days unless overridden."""
-        return cold.Thaw(self.s3, self.bucket, self.root, self.cfg.state_dir, self.job.name,
+        return cold.Thaw(self.store, lambda: self.s3, self.bucket, self.root, self.cfg.state_dir, self.job.name,
                          tier=tier or self.job.options.get("restore_tier", "Standard"),
                          days=days or self.job.options.get("restore_days", 7),
                          concurrency=self.cfg.storage.concurrency, clock=self.clock)
 
     def manifest_exists(self, sid: str) -> bool:
         try:
-            self.writer.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
+            self.store.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
             return True
         except ClientError as exc:
             if is_not_found(exc):
@@ -293,7 +296,7 @@ class S3Job(JobRunner):
 
     def warn_if_unversioned(self, result: RunResult) -> None:
         try:
-            status = self.writer.get_bucket_versioning(Bucket=self.bucket).get("Status")
+            status = self.store.get_bucket_versioning(Bucket=self.bucket).get("Status")
         except (ClientError, BotoCoreError) as exc:
             log.debug("cannot read bucket versioning: %s", describe(exc))
             return
@@ -423,7 +426,7 @@ class S3Job(JobRunner):
                                     f"needs {e.offset + e.size}")
             if read_data:
                 good = [e for e in files if sizes.get(e.object or "", -1) >= e.offset + e.size]
-                problems += [f"snapshot {snap.id}: {p}" for p in verify_entries(self.s3, self.bucket, self.root,
+                problems += [f"snapshot {snap.id}: {p}" for p in verify_entries(self.store, self.bucket, self.root,
                                                                                  good, self.cfg.storage)]
             checked += 1
         result = {"job": self.job.name, "snapshots_checked": checked, "read_data": read_data,

@@ -81,7 +81,7 @@ class PackUploader:
 
     def _upload(self, key: str, body: bytes, blobs: list[tuple[str, str, int, int]]) -> int:
         try:
-            self.job.writer.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
+            self.job.store.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
                                    **self.job.data_put_args, **checksum_args(hashlib.sha256(body).hexdigest()))
             self.job.cache.add_blobs(blobs)
             for sha, *_ in blobs:  # the cache answers for them now; keeps `known` small on huge trees
@@ -143,7 +143,7 @@ class FilesJob(S3Job):
         result = RunResult(job=self.job.name, snapshot=None)
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
-        _ = self.writer  # made here, before the threads that use it
+        _ = self.store  # made here, before the threads that use it
         if last:
             # The usual rerun: S3's answers matter only before the manifest goes up, so their
             # round trips (tens of ms each on AWS) overlap with the scan.
@@ -337,7 +337,7 @@ class FilesJob(S3Job):
             else:
                 obj, offset = layout.large_file_key(path, sha), 0
                 st_cfg = self.cfg.storage
-                upload_file(self.writer, self.bucket, self.root + obj, path, size=size, sha256=sha,
+                upload_file(self.store, self.bucket, self.root + obj, path, size=size, sha256=sha,
                             extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
                             concurrency=st_cfg.concurrency)
                 uploaded = size

@@ -144,7 +144,7 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
             counts["bytes"] += piece.size * len(dests)
         return None
 
-    errors += read_all(job.s3, job.bucket, job.root, [e for e in files if e.size > 0], job.cfg.storage, sink)
+    errors += read_all(job.store, job.bucket, job.root, [e for e in files if e.size > 0], job.cfg.storage, sink)
     progress.close()
 
     target.symlinks_from_now()

@@ -201,9 +201,10 @@ def classify(head: dict[str, Any]) -> tuple[str, str]:
 class Thaw:
     """Makes a set of objects readable: the restore and `check --read-data` share it."""
 
-    def __init__(self, s3: Any, bucket: str, root: str, state_dir: Path, job: str, *, tier: str, days: int,
-                 concurrency: int, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, s3: Any, restorer: Callable[[], Any], bucket: str, root: str, state_dir: Path, job: str, *,
+                 tier: str, days: int, concurrency: int, clock: Callable[[], datetime] | None = None) -> None:
         self.s3 = s3
+        self.restorer = restorer  # the client for RestoreObject (boto3's), made when one is needed
         self.bucket = bucket
         self.root = root
         self.tier = tier
@@ -287,7 +288,7 @@ class Thaw:
         if not intelligent:
             body["Days"] = self.days
         try:
-            resp = self.s3.restore_object(Bucket=self.bucket, Key=key, RestoreRequest=body)
+            resp = self.restorer().restore_object(Bucket=self.bucket, Key=key, RestoreRequest=body)
         except (ClientError, BotoCoreError) as exc:
             code = error_code(exc)
             if code == "RestoreAlreadyInProgress":
