@@ -64,7 +64,7 @@ def test_aws_addressing_is_virtual_hosted_unless_the_name_has_dots() -> None:
 
 
 def _storage(**kw: object) -> Storage:
-    return Storage(**{"bucket": "b", "prefix": "p", "region": "us-east-1", "access_key_id": "AK",  # type: ignore[arg-type]
+    return Storage(**{"bucket": "b", "prefix": "p", "region": "us-east-1", "access_key_id": "AK",
                       "secret_access_key": "SK", **kw})
 
 
@@ -87,17 +87,17 @@ def test_boto3_serves_what_the_direct_client_does_not(monkeypatch: pytest.Monkey
 
 
 @pytest.fixture
-def bucket(seaweed) -> str:  # type: ignore[no-untyped-def]
+def bucket(seaweed) -> str:
     name = f"d-{uuid.uuid4().hex[:16]}"
     seaweed.client().create_bucket(Bucket=name)
     return name
 
 
-def _direct(url: str, seaweed) -> DirectS3:  # type: ignore[no-untyped-def]
+def _direct(url: str, seaweed) -> DirectS3:
     return DirectS3(url, Signer(seaweed.access_key, seaweed.secret_key, None, "us-east-1"))
 
 
-def test_objects_written_directly_read_back_with_boto3(seaweed, bucket: str) -> None:  # type: ignore[no-untyped-def]
+def test_objects_written_directly_read_back_with_boto3(seaweed, bucket: str) -> None:
     s3, direct = seaweed.client(), _direct(seaweed.endpoint_url, seaweed)
     body = os.urandom(70_000)
     direct.put_object(Bucket=bucket, Key=KEY, Body=body, ContentType="application/gzip",
@@ -116,7 +116,7 @@ def test_objects_written_directly_read_back_with_boto3(seaweed, bucket: str) -> 
     assert direct.get_bucket_versioning(Bucket=bucket) == {"Status": "Enabled"}
 
 
-def test_errors_are_botocore_errors_with_s3_codes(seaweed, bucket: str) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_botocore_errors_with_s3_codes(seaweed, bucket: str) -> None:
     direct = _direct(seaweed.endpoint_url, seaweed)
     with pytest.raises(ClientError) as missing:
         direct.head_object(Bucket=bucket, Key="nothing-here")
@@ -132,7 +132,7 @@ def test_errors_are_botocore_errors_with_s3_codes(seaweed, bucket: str) -> None:
     assert denied.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
 
 
-def test_transient_faults_are_retried_and_a_dead_endpoint_is_named(seaweed, bucket: str,  # type: ignore[no-untyped-def]
+def test_transient_faults_are_retried_and_a_dead_endpoint_is_named(seaweed, bucket: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("backup_agent.storage.s3_direct.time.sleep", lambda _s: None)
     with FaultProxy(seaweed.endpoint_url) as proxy:
@@ -151,7 +151,7 @@ def test_transient_faults_are_retried_and_a_dead_endpoint_is_named(seaweed, buck
         _direct(url, seaweed).put_object(Bucket=bucket, Key="k3", Body=b"payload")
 
 
-def test_a_rerun_lists_nothing_and_does_without_boto3(agent, seaweed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_rerun_lists_nothing_and_does_without_boto3(agent, seaweed, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(30):
@@ -176,7 +176,7 @@ def test_a_rerun_lists_nothing_and_does_without_boto3(agent, seaweed, tmp_path: 
         assert agent.json("check", "data", "--read-data")["status"] == "ok"
 
 
-def test_listing_pages_and_keys_that_need_escaping(seaweed, bucket: str) -> None:  # type: ignore[no-untyped-def]
+def test_listing_pages_and_keys_that_need_escaping(seaweed, bucket: str) -> None:
     s3, direct = seaweed.client(), _direct(seaweed.endpoint_url, seaweed)
     keys = [*sorted(f"p/{i} a&b<c>'\"ü+%20\nz" for i in range(7)), "q/outside"]
     for i, key in enumerate(keys):
@@ -189,7 +189,7 @@ def test_listing_pages_and_keys_that_need_escaping(seaweed, bucket: str) -> None
     assert all(o["LastModified"].tzinfo is not None for o in listed)
 
 
-def test_a_body_that_breaks_off_is_an_error_to_retry_not_short_content(seaweed, bucket: str,  # type: ignore[no-untyped-def]
+def test_a_body_that_breaks_off_is_an_error_to_retry_not_short_content(seaweed, bucket: str,
                                                                         tmp_path: Path) -> None:
     data = os.urandom(3 << 20)
     seaweed.client().put_object(Bucket=bucket, Key="obj", Body=data)

@@ -42,7 +42,7 @@ class Storage:
     pack_size: int = 16 << 20
     large_file_size: int = 8 << 20
     concurrency: int = 8
-    multipart_chunk_size: int = 64 << 20
+    multipart_chunk_size: int = 128 << 20
     noncurrent_version_days: int = 30
     abort_multipart_days: int = 7
 

@@ -163,7 +163,7 @@ TOP_LEVEL: dict[str, Any] = {
                 "large_file_mb": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 8},
                 "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
                 "multipart_chunk_mb": {
-                    "type": "integer", "minimum": 5, "maximum": 5000, "default": 64,
+                    "type": "integer", "minimum": 5, "maximum": 5000, "default": 128,
                     "description": "part size of multipart uploads; files under two parts use one PUT",
                 },
                 "noncurrent_version_days": {"type": "integer", "minimum": 1, "default": 30},
