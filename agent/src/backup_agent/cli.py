@@ -133,6 +133,10 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     from backup_agent.jobs import runner_for
 
     job = cfg.job(args.job)
+    if args.verb in ("restore", "check"):
+        from backup_agent.memory import limit_malloc_arenas
+
+        limit_malloc_arenas()  # before their download threads exist
     if args.verb == "run":
         from backup_agent.execute import run_job
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -17,6 +18,7 @@ from typing import IO, Any
 FORMAT = "backup-agent-manifest"
 VERSION = 1
 ENTRY_TYPES = ("file", "dir", "symlink")
+_TYPES = {t: t for t in ENTRY_TYPES}
 
 
 class ManifestError(ValueError):
@@ -166,7 +168,9 @@ def parse_entry(obj: Any, where: str) -> Entry:
             raise ManifestError(f"{where}: {key} must be a non-negative integer")
         return v
 
-    entry = Entry(path=str(path), type=etype, mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
+    # One string object per type and per object key: a restore holds every selected entry, and
+    # thousands of entries share each pack's key.
+    entry = Entry(path=str(path), type=_TYPES[etype], mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
                   mtime_ns=num("mtime_ns"))
     if etype == "file":
         entry.size, entry.offset = num("size"), num("offset")
@@ -175,7 +179,7 @@ def parse_entry(obj: Any, where: str) -> Entry:
             raise ManifestError(f"{where}: sha256 missing or malformed")
         if not isinstance(objkey, str) or ".." in objkey.split("/") or objkey.startswith("/"):
             raise ManifestError(f"{where}: object key missing or malformed")
-        entry.sha256, entry.object = sha, objkey
+        entry.sha256, entry.object = sha, sys.intern(objkey)
     elif etype == "symlink":
         target = obj.get("target")
         if not isinstance(target, str) or "\x00" in target:
