@@ -138,7 +138,7 @@ class S3Job(JobRunner):
         super().__init__(cfg, job, clock)
         self._s3 = s3
         self._store = s3  # a client given by the caller serves every request
-        self._making = threading.Lock()
+        self._making = threading.RLock()  # `store` may make `s3`
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
 
@@ -154,12 +154,13 @@ class S3Job(JobRunner):
     def store(self) -> Any:
         """The client for listing, reading and writing (HEAD, GET, LIST, PUT, multipart): the
         direct one when it can serve this storage, which spares the boto3 import, else boto3's."""
-        if self._store is None:
-            from backup_agent.storage.s3_direct import direct_client
+        with self._making:
+            if self._store is None:
+                from backup_agent.storage.s3_direct import direct_client
 
-            direct = direct_client(self.cfg.storage)
-            self._store = direct if direct is not None else self.s3
-        return self._store
+                direct = direct_client(self.cfg.storage)
+                self._store = direct if direct is not None else self.s3
+            return self._store
 
     # --- listing and selecting -----------------------------------------------------------------
 

@@ -143,7 +143,6 @@ class FilesJob(S3Job):
         result = RunResult(job=self.job.name, snapshot=None)
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
-        _ = self.store  # made here, before the threads that use it
         if last:
             # The usual rerun: S3's answers matter only before the manifest goes up, so their
             # round trips (tens of ms each on AWS) overlap with the scan.

@@ -15,8 +15,14 @@ from backup_agent.config import Storage
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
 
 
+class IncompleteAnswer(BotoCoreError):
+    """S3 answered 2xx without what the operation needs (an ETag, an UploadId)."""
+
+    fmt = "{operation}: {detail}"
+
+
 def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
-    # Imported here: a backup run that only writes does without boto3 (storage/s3_direct.py).
+    # Imported here: runs, restores and checks with static keys do without boto3 (s3_direct.py).
     import boto3
     from botocore.config import Config as BotoConfig
 

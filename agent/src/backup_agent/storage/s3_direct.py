@@ -25,6 +25,7 @@ import http.client
 import os
 import random
 import re
+import ssl  # http.client imports it anyway
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent import __version__
 from backup_agent.config import Storage
+from backup_agent.storage.s3 import IncompleteAnswer
 from backup_agent.storage.sigv4 import EMPTY_SHA256, UNSIGNED, Signer, uri_encode
 
 CONNECT_TIMEOUT = 10.0
@@ -180,7 +182,7 @@ class DirectS3:
             except StreamBroken:
                 if attempt == MAX_ATTEMPTS:
                     raise
-                time.sleep(random.random() * min(0.05 * 2 ** (attempt - 1), MAX_BACKOFF))
+                _backoff(attempt, 0.05)
             finally:
                 body.close()
 
@@ -228,8 +230,7 @@ class DirectS3:
         a = self._request("CreateMultipartUpload", "POST", Bucket, Key, {"uploads": ""}, _headers(extra))
         upload_id = _tag(a.body, "UploadId")
         if not upload_id:
-            raise S3Unreachable(operation="CreateMultipartUpload", endpoint=self._describe_endpoint(),
-                                attempts=1, error="the answer has no UploadId")
+            raise IncompleteAnswer(operation="CreateMultipartUpload", detail="the answer has no UploadId")
         return {"UploadId": upload_id}
 
     def upload_part(self, *, Bucket: str, Key: str, UploadId: str, PartNumber: int, Body: bytes | Readable,
@@ -283,8 +284,6 @@ class DirectS3:
             try:
                 answer = self._exchange(host, method, target, signed, body, stream)
             except (OSError, http.client.HTTPException) as exc:
-                import ssl
-
                 if isinstance(exc, ssl.SSLCertVerificationError):
                     raise S3Unreachable(operation=op, endpoint=self._describe_endpoint(host), attempts=attempt,
                                         error=str(exc)) from None
@@ -308,7 +307,7 @@ class DirectS3:
                     raise failure
                 scale = 1.0 if code in THROTTLING or answer.status == 429 else 0.05
             if attempt < MAX_ATTEMPTS:
-                time.sleep(random.random() * min(scale * 2 ** (attempt - 1), MAX_BACKOFF))
+                _backoff(attempt, scale)
         assert failure is not None
         raise failure
 
@@ -367,8 +366,6 @@ class DirectS3:
 
     def _tls_context(self) -> Any:
         if self._tls is None:
-            import ssl
-
             # AWS_CA_BUNDLE as botocore reads it: a private CA in front of a custom endpoint.
             self._tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or None)
         return self._tls
@@ -401,6 +398,10 @@ class ListPages:
             token = page.get("NextContinuationToken")
             if not token:
                 return
+
+
+def _backoff(attempt: int, scale: float) -> None:
+    time.sleep(random.random() * min(scale * 2 ** (attempt - 1), MAX_BACKOFF))
 
 
 def _headers(extra: dict[str, str]) -> dict[str, str]:

@@ -17,13 +17,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from backup_agent.storage.s3 import checksum_args
+from backup_agent.storage.s3 import IncompleteAnswer, checksum_args
 
 MAX_PARTS = 10_000  # S3's limit
-
-
-class IncompleteAnswer(BotoCoreError):
-    fmt = "{operation}: {detail}"
 
 
 def upload_part(s3: Any, **kwargs: Any) -> dict[str, Any]:
