@@ -207,3 +207,16 @@ def test_a_body_that_breaks_off_is_an_error_to_retry_not_short_content(seaweed, 
             f.seek(0)
             assert f.read() == data
         assert proxy.faulted() == 3
+
+
+def test_an_unknown_client_choice_is_refused_in_one_line(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    agent.job("data", type="files", paths=[str(src)])
+    bad = agent.run("run", "data", env={"BACKUP_AGENT_S3_CLIENT": "botocore"})
+    assert bad.returncode == 2, bad.stderr
+    assert "Traceback" not in bad.stderr
+    lines = [ln for ln in bad.stderr.splitlines() if ln.startswith("backup-agent:")]
+    assert lines == ["backup-agent: BACKUP_AGENT_S3_CLIENT=botocore: expected auto or boto3"], bad.stderr
+    assert not agent.object_keys(), "a refused run stored something"

@@ -38,6 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent import __version__
 from backup_agent.config import Storage
+from backup_agent.errors import ConfigError
 from backup_agent.storage.s3 import IncompleteAnswer
 from backup_agent.storage.sigv4 import EMPTY_SHA256, UNSIGNED, Signer, uri_encode
 
@@ -124,7 +125,10 @@ class StreamBody:
 
 def direct_client(storage: Storage) -> DirectS3 | None:
     """The direct client for this storage, or None when boto3 must serve it (module docstring)."""
-    if os.environ.get("BACKUP_AGENT_S3_CLIENT", "").lower() == "boto3":
+    choice = os.environ.get("BACKUP_AGENT_S3_CLIENT", "auto")
+    if choice not in ("auto", "boto3"):
+        raise ConfigError(f"BACKUP_AGENT_S3_CLIENT={choice}: expected auto or boto3")
+    if choice == "boto3":
         return None
     if any(os.environ.get(name) for name in BOTO_ONLY_ENV) or storage.region.startswith("cn-"):
         return None
