@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -23,6 +24,7 @@ from botocore.exceptions import ClientError
 from support.faultproxy import FaultProxy
 
 from backup_agent.config import Storage
+from backup_agent.storage.bodies import FileRange, FileShrank, Pieces
 from backup_agent.storage.s3 import is_not_found
 from backup_agent.storage.s3_direct import DirectS3, S3Unreachable, StreamBroken, direct_client
 from backup_agent.storage.sigv4 import UNSIGNED, Signer, uri_encode
@@ -114,6 +116,43 @@ def test_objects_written_directly_read_back_with_boto3(seaweed, bucket: str) -> 
     assert direct.get_bucket_versioning(Bucket=bucket) == {}
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     assert direct.get_bucket_versioning(Bucket=bucket) == {"Status": "Enabled"}
+
+
+def test_packs_and_file_ranges_are_sent_without_copies_and_arrive_whole(seaweed, bucket: str,
+                                                                        tmp_path: Path) -> None:
+    """A pack goes out with sendmsg over its pieces (more of them than one call takes, some
+    empty), a file range with sendfile from its offset; both arrive byte for byte, also when a
+    reset makes the client send them again, and through boto3, which reads them instead."""
+    rng = random.Random(5)
+    pieces = [rng.randbytes(rng.choice((0, 1, 700, 9000))) for _ in range(3000)]
+    whole = b"".join(pieces)
+    path = tmp_path / "big.bin"
+    path.write_bytes(rng.randbytes(3 << 20))
+    with FaultProxy(seaweed.endpoint_url) as proxy:
+        direct = _direct(proxy.url, seaweed)
+        proxy.inject(lambda r: r.method == "PUT", "reset_after", times=2)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            direct.put_object(Bucket=bucket, Key="pack", Body=Pieces(pieces), ChecksumSHA256=_b64sha(whole))
+            direct.put_object(Bucket=bucket, Key="range", Body=FileRange(fd, 1000, 2 << 20, str(path)),
+                              ChecksumSHA256=_b64sha(path.read_bytes()[1000:1000 + (2 << 20)]))
+            assert proxy.faulted() == 2
+            seaweed.client().put_object(Bucket=bucket, Key="pack-boto3", Body=Pieces(pieces),
+                                        ChecksumSHA256=_b64sha(whole))
+            os.truncate(path, 1 << 20)  # copytruncate: the range now ends early
+            with pytest.raises(FileShrank):
+                direct.put_object(Bucket=bucket, Key="shrunk", Body=FileRange(fd, 0, 2 << 20, str(path)))
+        finally:
+            os.close(fd)
+    s3 = seaweed.client()
+    assert s3.get_object(Bucket=bucket, Key="pack")["Body"].read() == whole
+    assert s3.get_object(Bucket=bucket, Key="pack-boto3")["Body"].read() == whole
+    assert len(s3.get_object(Bucket=bucket, Key="range")["Body"].read()) == 2 << 20
+    assert "shrunk" not in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def _b64sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def test_errors_are_botocore_errors_with_s3_codes(seaweed, bucket: str) -> None:

@@ -29,9 +29,10 @@ from backup_agent.jobs.restore_files import restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, ensure_dir
 from backup_agent.storage import cold, layout
+from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
 from backup_agent.storage.s3 import checksum_args, describe, put_args
-from backup_agent.storage.upload import FileShrank, upload_file
+from backup_agent.storage.upload import upload_file
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -55,34 +56,42 @@ class PackUploader:
         self.job = job
         self.pool = pool
         self.slots = threading.Semaphore(in_flight)
-        self.buf = bytearray()
+        # The files' bytes as read, never copied into one buffer (bodies.Pieces): growing a
+        # bytearray reallocated and copied it over and over, and each fresh 16 MiB pack was
+        # faulted in page by page (15 % of a full backup's CPU for 90 MB of small files).
+        self.pieces: list[bytes] = []
+        self.size = 0
         self.key = layout.new_pack_key()
         self.blobs: list[tuple[str, str, int, int]] = []
         self.known: dict[str, tuple[str, int]] = {}  # content packed in this run, not yet in the cache
         self.futures: list[Future[int]] = []
 
     def add(self, data: bytes, sha256: str) -> tuple[str, int]:
-        offset = len(self.buf)
-        self.buf += data
+        offset = self.size
+        self.pieces.append(data)
+        self.size += len(data)
         self.blobs.append((sha256, self.key, offset, len(data)))
         loc = (self.key, offset)
         self.known[sha256] = loc
-        if len(self.buf) >= self.job.cfg.storage.pack_size:
+        if self.size >= self.job.cfg.storage.pack_size:
             self.seal()
         return loc
 
     def seal(self) -> None:
-        if not self.buf:
+        if not self.pieces:
             return
         self.slots.acquire()
-        body, key, blobs = bytes(self.buf), self.key, self.blobs
-        self.buf, self.key, self.blobs = bytearray(), layout.new_pack_key(), []
+        body, key, blobs = Pieces(self.pieces), self.key, self.blobs
+        self.pieces, self.size, self.key, self.blobs = [], 0, layout.new_pack_key(), []
         self.futures.append(self.pool.submit(self._upload, key, body, blobs))
 
-    def _upload(self, key: str, body: bytes, blobs: list[tuple[str, str, int, int]]) -> int:
+    def _upload(self, key: str, body: Pieces, blobs: list[tuple[str, str, int, int]]) -> int:
         try:
+            digest = hashlib.sha256()
+            for part in body.parts:
+                digest.update(part)
             self.job.store.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
-                                   **self.job.data_put_args, **checksum_args(hashlib.sha256(body).hexdigest()))
+                                      **self.job.data_put_args, **checksum_args(digest.hexdigest()))
             self.job.cache.add_blobs(blobs)
             for sha, *_ in blobs:  # the cache answers for them now; keeps `known` small on huge trees
                 self.known.pop(sha, None)
@@ -293,9 +302,12 @@ class FilesJob(S3Job):
     def _read_small(self, path: str, st: os.stat_result, result: RunResult) -> tuple[bytes | None, os.stat_result]:
         limit = self.cfg.storage.large_file_size
         for attempt in range(2):
-            with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-                data = fh.read(limit)
-                after = os.fstat(fh.fileno())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                data = _read_upto(fd, min(limit, st.st_size + 1))
+                after = os.fstat(fd)
+            finally:
+                os.close(fd)
             if len(data) >= limit:
                 return None, after
             if after.st_size == len(data) and after.st_mtime_ns == st.st_mtime_ns:
@@ -471,11 +483,28 @@ def _already_restored(root: str, e: Entry) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
 
 
+def _read_upto(fd: int, want: int) -> bytes:
+    """Up to `want` bytes, fewer only at the end of the file.
+
+    Asking for exactly the size we expect (plus one byte, to notice growth) instead of the
+    large-file threshold: a read of 8 MiB allocates 8 MiB first, which glibc maps and unmaps
+    for every small file."""
+    data = os.read(fd, want)
+    while 0 < len(data) < want:
+        more = os.read(fd, want - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
 def _hash_file(path: str) -> tuple[str, int]:
     h = hashlib.sha256()
     n = 0
-    with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        while chunk := fh.read(4 << 20):
-            h.update(chunk)
-            n += len(chunk)
+    buf = bytearray(1 << 20)  # reused: fresh 4 MiB reads were mapped, faulted in and unmapped each time
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
+        while got := fh.readinto(buf):
+            h.update(view[:got])
+            n += got
     return h.hexdigest(), n

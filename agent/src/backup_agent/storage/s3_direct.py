@@ -66,7 +66,7 @@ _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
 
 class Readable(Protocol):
-    """A re-readable request body that is not in memory (upload.FileRange)."""
+    """A re-readable request body that is not in memory (bodies.FileRange, bodies.Pieces)."""
 
     def __len__(self) -> int: ...
     def read(self, n: int = -1) -> bytes: ...
@@ -332,9 +332,13 @@ class DirectS3:
             else:
                 conn.putheader("content-length", str(len(body)))
                 conn.endheaders()
-                body.seek(0)
-                while chunk := body.read(SEND_BLOCK):
-                    conn.send(chunk)
+                send_to = getattr(body, "send_to", None)
+                if send_to is not None and self.scheme == "http":
+                    send_to(conn.sock)
+                else:
+                    body.seek(0)
+                    while chunk := body.read(SEND_BLOCK):
+                        conn.send(chunk)
             resp = conn.getresponse()
             rheaders = {k.lower(): v for k, v in resp.getheaders()}
             if stream and resp.status < 300:  # the body is read by the caller, on this connection

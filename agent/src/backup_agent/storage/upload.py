@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from backup_agent.storage.bodies import FileRange
 from backup_agent.storage.s3 import IncompleteAnswer, checksum_args
 
 MAX_PARTS = 10_000  # S3's limit
@@ -35,55 +36,6 @@ def upload_part(s3: Any, **kwargs: Any) -> dict[str, Any]:
         if hasattr(kwargs["Body"], "seek"):  # a file range; bytes are sent again as they are
             kwargs["Body"].seek(0)
     raise IncompleteAnswer(operation="UploadPart", detail=f"part {kwargs['PartNumber']}: answered without an ETag")
-
-
-class FileShrank(Exception):
-    """The file ended before the size it had when its upload started."""
-
-
-class FileRange:
-    """`length` bytes of an open file from `start`, as the seekable body botocore wants.
-
-    http.client asks for 16 KiB at a time; reads go to the file 1 MiB at a time."""
-
-    BLOCK = 1 << 20
-
-    def __init__(self, fd: int, start: int, length: int, path: str) -> None:
-        self.fd, self.start, self.length, self.path = fd, start, length, path
-        self.pos = 0
-        self.buf = b""
-        self.buf_at = 0  # position of buf[0]
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, n: int = -1) -> bytes:
-        want = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
-        if want <= 0:
-            return b""
-        skip = self.pos - self.buf_at
-        if not 0 <= skip < len(self.buf):
-            self.buf = os.pread(self.fd, max(want, min(self.BLOCK, self.length - self.pos)), self.start + self.pos)
-            self.buf_at, skip = self.pos, 0
-            if not self.buf:
-                raise FileShrank(f"{self.path}: ended at {self.start + self.pos} bytes while being uploaded")
-        data = self.buf[skip : skip + want]
-        self.pos += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
 
 def upload_file(s3: Any, bucket: str, key: str, path: str, *, size: int, sha256: str, extra: dict[str, str],
