@@ -122,6 +122,8 @@ class FileCache:
         self.target = target
         self._files: dict[str, tuple[Any, ...]] | None = None
         self._preload_tried = False
+        self._changed: list[tuple[Any, ...]] = []  # the in-memory baseline's staging (begin_files)
+        self._seen: set[str] = set()
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -198,21 +200,53 @@ class FileCache:
 
     @_locked
     def begin_files(self) -> None:
-        """Stage the next baseline in its own table; the old one stays valid until commit."""
+        """Start the next baseline; the old one stays valid until `commit_files`.
+
+        While the baseline fits in memory (PRELOAD_LIMIT files), only new, changed and vanished
+        paths are written, at commit: an unchanged rerun of 5,000 files wrote all 5,000 rows
+        again (~45 ms). Larger trees stage the whole next baseline in a table swapped in at
+        commit, so memory stays bounded."""
+        if not self._preload_tried:
+            self._files, self._preload_tried = self._preload_files(), True
+        self._changed, self._seen = [], set()
+        if self._files is None:
+            self._create_next()
+
+    def _create_next(self) -> None:
         self._tx([("DROP TABLE IF EXISTS files_next", ()),
                   ("CREATE TABLE files_next (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,"
                    " ctime_ns INT, sha256 TEXT, object TEXT, offset INT)", ())])
 
     @_locked
     def stage_files(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows (path, size, mtime_ns, ino, ctime_ns, sha256, object, offset) of this snapshot."""
+        if self._files is not None:
+            old = self._files
+            for row in rows:
+                self._seen.add(row[0])
+                if old.get(row[0]) != row[1:]:
+                    self._changed.append(row)
+            if len(self._seen) <= PRELOAD_LIMIT:
+                return
+            # The tree outgrew an in-memory baseline (a first run of a huge tree): stage what
+            # was seen so far in a table and carry on there; lookups go to SQLite from now on.
+            changed = {r[0] for r in self._changed}
+            rows = self._changed + [(p, *old[p]) for p in self._seen - changed]
+            self._files, self._changed, self._seen = None, [], set()
+            self._create_next()
         self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)])
 
     @_locked
     def commit_files(self, snapshot_id: str) -> None:
         """After a snapshot is complete: it becomes the baseline for the next run's change detection."""
+        mark = ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))
+        if self._files is not None:
+            gone = [(p,) for p in self._files.keys() - self._seen]
+            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._changed),
+                      ("DELETE FROM files WHERE path=?", gone), mark])
+        else:
+            self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), mark])
         self._files, self._preload_tried = None, False
-        self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()),
-                  ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))])
 
     @_locked
     def forget_objects(self, objects: set[str]) -> None:

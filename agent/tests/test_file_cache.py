@@ -1,0 +1,62 @@
+"""The local cache's baseline (state.FileCache): after a snapshot is committed, change detection
+sees exactly that snapshot's files, whether the baseline was kept in memory (only the
+differences written) or staged in a table (trees above PRELOAD_LIMIT), and a run that never
+commits leaves the previous baseline as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_agent import state
+from backup_agent.state import FileCache
+
+
+def _row(path: str, size: int, sha: str = "a" * 64) -> tuple[Any, ...]:
+    return (path, size, 1_700_000_000_000_000_000 + size, 1000 + size, 1_700_000_000_000_000_001, sha, "pack/1", size)
+
+
+def _snapshot(cache: FileCache, sid: str, rows: list[tuple[Any, ...]], batch: int = 2) -> None:
+    cache.begin_files()
+    for path, *_ in rows:
+        cache.lookup_file(path)  # as the scan does, before staging
+    for i in range(0, len(rows), batch):
+        cache.stage_files(rows[i : i + batch])
+    cache.commit_files(sid)
+
+
+def _baseline(tmp_path: Path) -> dict[str, tuple[Any, ...]]:
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    try:
+        return {r[0]: tuple(r[1:]) for r in cache.db.execute("SELECT * FROM files")}
+    finally:
+        cache.close()
+
+
+@pytest.mark.parametrize("limit", [100_000, 3], ids=["in-memory", "outgrows-memory"])
+def test_committed_baseline_is_exactly_the_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     limit: int) -> None:
+    monkeypatch.setattr(state, "PRELOAD_LIMIT", limit)
+    first = [_row(f"/src/f{i}", i) for i in range(8)]
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    _snapshot(cache, "s1", first)
+    # f0 vanished, f1 changed, f2..f7 unchanged, f8 and f9 new
+    second = [_row("/src/f1", 1, sha="b" * 64), *first[2:], _row("/src/f8", 8), _row("/src/f9", 9)]
+    _snapshot(cache, "s2", second)
+    assert cache.get_meta("last_snapshot") == "s2"
+    assert cache.lookup_file("/src/f0") is None
+    assert cache.lookup_file("/src/f1") == second[0][1:]
+    cache.close()
+    assert _baseline(tmp_path) == {r[0]: r[1:] for r in second}
+
+
+def test_a_run_that_does_not_commit_leaves_the_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = [_row(f"/src/f{i}", i) for i in range(5)]
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    _snapshot(cache, "s1", first)
+    cache.begin_files()
+    cache.stage_files([_row("/src/f0", 0, sha="c" * 64)])  # the run then fails: no commit
+    cache.close()
+    assert _baseline(tmp_path) == {r[0]: r[1:] for r in first}
