@@ -71,6 +71,7 @@ SCENARIOS = [
     Scenario("local.large_vanish", "local", "a large file deleted while its upload is under way"),
     Scenario("local.large_change", "local", "a large file rewritten while it is uploaded"),
     Scenario("local.large_truncate", "local", "a large file truncated between its parts (copytruncate)"),
+    Scenario("local.large_rewrite_put", "local", "a large file rewritten in place between its hash and its PUT"),
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
     Scenario("hostile.config_hand", "hostile", "hand-written malformed configs"),

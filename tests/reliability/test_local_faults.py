@@ -229,6 +229,36 @@ def test_large_file_truncated_during_its_upload(lab: Lab, tmp_path: Path) -> Non
                   "run exit 0 at once (no RequestTimeout), check --read-data ok, restore identical")
 
 
+def test_large_file_rewritten_between_its_hash_and_its_put(lab: Lab, tmp_path: Path) -> None:
+    """A file rewritten in place (same size, mtime put back) after it was hashed: the single PUT
+    carries the old SHA-256, S3 refuses the body (BadDigest), the file is hashed and sent again."""
+    rng = random.Random(34)
+    src = tmp_path / "src"
+    write_files(src / "small", 20, rng)
+    for name in ("a.img", "b.img"):
+        (src / name).write_bytes(rng.randbytes(9 << 20))  # large, one PUT each
+    lab.job("data", type="files", paths=[str(src)])
+    # Large files go up one at a time: while the first PUT is held, the other is hashed and waits.
+    hold = lab.proxy.hold(lambda r: r.method == "PUT" and ".img@" in r.path)
+    proc = lab.popen("run", "data", "--json")
+    assert hold.wait(120), lab.log()
+    assert hold.request is not None
+    other = src / ("b.img" if "/a.img@" in hold.request.path else "a.img")
+    time.sleep(1)  # hashing 9 MiB takes milliseconds
+    st = other.stat()
+    other.write_bytes(rng.randbytes(9 << 20))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hold.release(forward=True)
+    assert proc.wait(120) == 0, lab.log()
+    puts = [s.status for s in lab.proxy.seen if s.method == "PUT" and f"/{other.name}@" in s.path]
+    assert len(puts) == 2 and puts[0] == 400 and puts[1] == 200, puts
+    assert lab.check("data") == 1
+    lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})
+    record("local.large_rewrite_put", cases=1,
+           result="the PUT refused by S3 (BadDigest), the file hashed and sent again: run exit 0, "
+                  "check --read-data ok, restore identical to the rewritten file")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as nobody")
 def test_permission_denied_as_nobody(lab: Lab, tmp_path: Path) -> None:
     base = Path(tempfile.mkdtemp(prefix="rel-perm-"))
