@@ -133,6 +133,13 @@ class SeaweedFS:
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             "-volume.max=3000",  # each bucket is a collection that grows ~7 volumes at once
         ]
+        # weed dies with the process that started it: a test run, benchmark or demo killed
+        # without its cleanup (SIGKILL, a CI timeout) used to leave weed running, holding its
+        # ports and writing into a data directory nobody would remove. The parent must be the
+        # main thread: the signal follows the thread that started weed.
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
         self.log_path = self.workdir / "weed.log"
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
