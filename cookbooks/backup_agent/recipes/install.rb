@@ -27,6 +27,14 @@ file backup_agent_install_marker do
   mode '0644'
 end
 
-link install['bin_link'] do
-  to backup_agent_bin
+# nil or false: no link (the agent stays at its venv path). A link elsewhere than
+# /usr/local/bin gets its directory: a missing one used to fail the converge at this step.
+if install['bin_link']
+  directory ::File.dirname(install['bin_link']) do
+    recursive true
+  end
+
+  link install['bin_link'] do
+    to backup_agent_bin
+  end
 end

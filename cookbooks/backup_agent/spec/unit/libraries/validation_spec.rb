@@ -54,6 +54,8 @@ describe BackupAgentCookbook::Validation do
                                "node['backup_agent']['config']['state_dir']: must be an absolute path, got \"var/lib\""],
     'jobs under config' => [->(a) { a['config']['jobs'] = {} },
                             "node['backup_agent']['config']['jobs']: jobs are node['backup_agent']['jobs'], not a config setting"],
+    'a relative bin_link' => [->(a) { a['install']['bin_link'] = 'bin/backup-agent' },
+                              "node['backup_agent']['install']['bin_link']: must be an absolute path, got \"bin/backup-agent\""],
     'find_links as a string' => [->(a) { a['install']['find_links'] = '/srv/wheels' },
                                  "node['backup_agent']['install']['find_links']: must be a list of strings, got the string \"/srv/wheels\""],
     'a version that is a number' => [->(a) { a['install']['version'] = 1.0 },

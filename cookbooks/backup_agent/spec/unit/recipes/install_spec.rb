@@ -65,4 +65,21 @@ describe 'backup_agent::install' do
   it 'links the agent onto root\'s PATH' do
     expect(chef_run).to create_link('/usr/local/bin/backup-agent').with(to: '/opt/backup-agent/bin/backup-agent')
   end
+
+  context 'with the link in a directory that may not exist yet' do
+    let(:attributes) { { 'bin_link' => '/opt/tools/bin/backup-agent' } }
+
+    it 'creates the directory before the link' do
+      expect(chef_run).to create_directory('/opt/tools/bin').with(recursive: true)
+      expect(chef_run).to create_link('/opt/tools/bin/backup-agent').with(to: '/opt/backup-agent/bin/backup-agent')
+    end
+  end
+
+  context 'with bin_link false' do
+    let(:attributes) { { 'bin_link' => false } }
+
+    it 'makes no link' do
+      expect(chef_run.find_resources(:link)).to be_empty
+    end
+  end
 end
