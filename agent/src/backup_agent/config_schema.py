@@ -81,21 +81,32 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
     "command": {
         "required": [],
         "properties": {
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            "shell": {**_bool, "default": False},
-            "preset": {"enum": ["postgresql", "mysql"]},
-            "database": _str,
-            "tables": _string_list,
-            "schemas": _string_list,
-            "host": _str,
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-            "username": _str,
-            "password": {"type": "string"},
-            "env": _str_map,
-            "user": _str,
-            "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip"},
+            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                        "description": "argv of the program whose standard output is stored (no shell; "
+                                       "instead of a preset)"},
+            "shell": {**_bool, "default": False,
+                      "description": "join the command's elements into one /bin/sh -c line"},
+            "preset": {"enum": ["postgresql", "mysql"],
+                       "description": "dump and restore with pg_dump/pg_restore or mysqldump/mysql "
+                                      "(see docs/DATABASE_DUMPS.md)"},
+            "database": {**_str, "description": "the database a preset dumps"},
+            "tables": {**_string_list, "description": "only these tables (pg_dump --table, mysqldump tables)"},
+            "schemas": {**_string_list, "description": "only these schemas (postgresql only, pg_dump --schema)"},
+            "host": {**_str, "description": "database host; a path (/var/run/postgresql) means a unix socket"},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
+            "username": {**_str, "description": "database user the preset connects as"},
+            "password": {"type": "string",
+                         "description": "database password for a preset: written to a 0600 .pgpass or option file, "
+                                        "never on a command line (the cookbook takes it from the encrypted "
+                                        "data bag)"},
+            "env": {**_str_map, "description": "extra environment variables for the command"},
+            "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
+            "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
+                            "description": "how the agent compresses the stream before storing it"},
             **COLD_KEYS,
-            "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                "description": "argv that `restore --into X` pipes the dump into; {into} "
+                                               "in an argument becomes X"},
         },
     },
     "ebs_snapshot": {
