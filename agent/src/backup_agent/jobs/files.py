@@ -31,13 +31,11 @@ from backup_agent.state import FileCache, JobLock, ensure_dir
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
-from backup_agent.storage.s3 import checksum_args, describe, error_code, put_args
+from backup_agent.storage.s3 import checksum_args, describe, is_content_mismatch, put_args
 from backup_agent.storage.upload import upload_file
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-# S3's answers when the body does not match the checksum sent with it.
-CONTENT_MISMATCH = {"BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"}
 STAGE_BATCH = 2000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
@@ -360,7 +358,7 @@ class FilesJob(S3Job):
         except (FileShrank, ClientError) as exc:
             # A single PUT carries the SHA-256 of the bytes we hashed; S3 refuses a body that no
             # longer matches it (a file rewritten in place after hashing, same size).
-            if isinstance(exc, ClientError) and error_code(exc) not in CONTENT_MISMATCH:
+            if isinstance(exc, ClientError) and not is_content_mismatch(exc):
                 raise
             if last_try:
                 result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})

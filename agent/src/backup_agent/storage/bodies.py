@@ -18,7 +18,31 @@ class FileShrank(Exception):
     """The file ended before the size it had when its upload started."""
 
 
-class FileRange:
+class _Body:
+    """`length` bytes read from `pos`: what botocore needs to size a body and rewind it."""
+
+    length: int
+    pos: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
+class FileRange(_Body):
     """`length` bytes of an open file from `start`, as the seekable body botocore wants.
 
     http.client asks for 16 KiB at a time; reads go to the file 1 MiB at a time."""
@@ -30,9 +54,6 @@ class FileRange:
         self.pos = 0
         self.buf = b""
         self.buf_at = 0  # position of buf[0]
-
-    def __len__(self) -> int:
-        return self.length
 
     def read(self, n: int = -1) -> bytes:
         want = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
@@ -69,22 +90,8 @@ class FileRange:
             sent += n
         self.pos = self.length
 
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
 
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-
-class Pieces:
+class Pieces(_Body):
     """A pack: small files' bytes back to back, sent as they were read, never joined.
 
     `read` (botocore, or a TLS connection) joins them once, on first use."""
@@ -97,9 +104,6 @@ class Pieces:
         self.pos = 0
         self._joined: memoryview | None = None
 
-    def __len__(self) -> int:
-        return self.length
-
     def read(self, n: int = -1) -> bytes:
         if self._joined is None:
             self._joined = memoryview(b"".join(self.parts))
@@ -107,20 +111,6 @@ class Pieces:
         data = bytes(self._joined[self.pos : end])
         self.pos = end
         return data
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
 
     def send_to(self, sock: socket.socket) -> None:
         """All pieces with sendmsg(2), up to IOV_MAX at a time. Plain-text sockets only."""

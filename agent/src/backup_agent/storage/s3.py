@@ -84,3 +84,8 @@ def describe(exc: BaseException) -> str:
 
 def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+def is_content_mismatch(exc: BaseException) -> bool:
+    """S3 refused a body that does not match the checksum sent with it."""
+    return error_code(exc) in ("BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch")
