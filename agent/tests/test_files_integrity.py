@@ -8,9 +8,14 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from support.treeutil import capture
+
 from backup_agent import config
+from backup_agent.errors import IntegrityError
 from backup_agent.jobs.files import FilesJob
 from backup_agent.retention import apply
+from backup_agent.storage import reader
 from backup_agent.storage.s3 import make_client
 
 
@@ -144,3 +149,58 @@ def test_hostile_manifest_never_writes_outside_target(agent, tmp_path: Path) -> 
                         Body=good)
     proc = agent.run("restore", "data", "--target", str(target))
     assert proc.returncode == 1 and "truncated" in proc.stderr
+
+
+def test_restore_and_check_read_the_manifest_a_window_at_a_time(agent, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore and check never hold a whole snapshot's entries; with windows of 4 entries, pieces
+    of one pack, shared content and directory metadata span many windows and must still come back."""
+    src = tmp_path / "src"
+    for d in range(6):
+        sub = src / f"dir{d}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(7):
+            (sub / f"f{i}.txt").write_text(f"{d}/{i}\n" * (i + 1))
+        (sub / "same.txt").write_text("identical in every directory\n")
+        (sub / "empty").write_bytes(b"")
+        (sub / "link").symlink_to("f0.txt")
+        sub.chmod(0o750)
+        os.utime(sub, ns=(1_600_000_000_000_000_000 + d, 1_600_000_000_000_000_000 + d))
+    agent.job("data", type="files", paths=[str(src)])
+    assert agent.run("run", "data").returncode == 0
+    want = capture(src)
+    monkeypatch.setattr(reader, "WINDOW", 4)
+    job = in_process(agent, "data")
+    target = tmp_path / "r"
+    out = job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert out["files"] == 6 * 9 and out["symlinks"] == 6
+    assert capture(target / str(src).lstrip("/")) == want
+    assert job.check(read_data=True)["status"] == "ok"
+    # a corrupt pack is reported for every file it holds, whichever window the file fell in
+    pack = next(k for k in agent.object_keys() if "/packs/" in k)
+    body = agent.s3.get_object(Bucket=agent.bucket, Key=pack)["Body"].read()
+    agent.s3.put_object(Bucket=agent.bucket, Key=pack, Body=bytes(b ^ 0xFF for b in body))
+    with pytest.raises(IntegrityError) as failed:
+        in_process(agent, "data").check(read_data=True)
+    bad = {e.split(": ")[1] for e in failed.value.details["errors"]}
+    assert {p for p in bad if not p.endswith("same.txt")} == {str(p) for p in src.rglob("f*.txt")}
+    assert any(p.endswith("same.txt") for p in bad)
+
+
+def test_a_bad_entry_at_the_end_of_a_manifest_means_nothing_is_written(agent, tmp_path: Path) -> None:
+    """The whole manifest is read and checked before the first file is written."""
+    agent.job("data", type="files", paths=[str(tmp_path)])
+    agent.s3.put_object(Bucket=agent.bucket, Key="test-node/data/packs/aa/pack", Body=b"hello")
+    sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256(b"hello")
+    ok = [{"path": "/d", "type": "dir", "mode": 493, "uid": 0, "gid": 0, "mtime_ns": 0},
+          {"path": "/d/hello.txt", "type": "file", "size": 5, "sha256": sha, "object": "packs/aa/pack",
+           "offset": 0, "mode": 420, "uid": 0, "gid": 0, "mtime_ns": 0}]
+    _put_manifest(agent, "20260101T000000Z-aaaaaa", ok)
+    target = tmp_path / "good"
+    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
+    assert (target / "d" / "hello.txt").read_bytes() == b"hello"
+    _put_manifest(agent, "20260102T000000Z-bbbbbb", [*ok, {"path": "/d/x", "type": "device"}])
+    target = tmp_path / "bad"
+    proc = agent.run("restore", "data", "--target", str(target))
+    assert proc.returncode == 1 and "unknown type 'device'" in proc.stderr
+    assert not target.exists() or list(target.iterdir()) == []

@@ -3,6 +3,7 @@ listing, selection, retention and verification over manifests."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,14 @@ from backup_agent.storage.s3 import describe, is_not_found, make_client
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+
+def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
+    """A manifest's entries, its problems raised as IntegrityError wherever they are read."""
+    try:
+        yield from entries
+    except ManifestError as exc:
+        raise IntegrityError(str(exc)) from None
 
 
 def utcnow() -> datetime:
@@ -250,17 +259,30 @@ class S3Job(JobRunner):
     @contextmanager
     def open_manifest(self, sid: str) -> Iterator[tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]]:
         """Spool the manifest to a temp file (not memory) and stream its entries."""
+        with self.manifest_passes(sid) as passes:
+            yield passes()
+
+    @contextmanager
+    def manifest_passes(self, sid: str) -> Iterator[Callable[[], tuple[dict[str, Any], Iterator[Entry],
+                                                                         dict[str, Any]]]]:
+        """Spool the manifest once; each call of what this yields reads it again from the start
+        (a restore reads it in passes instead of holding millions of entries)."""
         key = self.root + layout.manifest_key(sid)
         with tempfile.TemporaryFile() as spool:
             try:
                 self.store.download_fileobj(self.bucket, key, spool)
             except (ClientError, BotoCoreError) as exc:
                 raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
-            spool.seek(0)
-            try:
-                yield read(spool, f"snapshot {sid}")
-            except ManifestError as exc:
-                raise IntegrityError(str(exc)) from None
+
+            def again() -> tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]:
+                spool.seek(0)
+                try:
+                    header, entries, trailer = read(spool, f"snapshot {sid}")
+                except ManifestError as exc:
+                    raise IntegrityError(str(exc)) from None
+                return header, _checked(entries), trailer
+
+            yield again
 
     def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
         from backup_agent.storage.upload import upload_open_file
@@ -411,24 +433,36 @@ class S3Job(JobRunner):
         if read_data:
             self._thaw_for_reading(snaps, {o["Key"] for o in listing if cold.is_archived(o.get("StorageClass"))})
         for snap in snaps:
-            try:
-                with self.open_manifest(snap.id) as (_, entries, _):
-                    files = [e for e in entries if e.type == "file" and e.size > 0]
-            except (IntegrityError, JobFailed) as exc:
-                problems.append(str(exc))
-                continue
-            for e in files:
-                assert e.object is not None
-                have = sizes.get(e.object)
-                if have is None:
-                    problems.append(f"snapshot {snap.id}: {e.path}: object {e.object} is missing")
-                elif have < e.offset + e.size:
-                    problems.append(f"snapshot {snap.id}: {e.path}: object {e.object} is {have} bytes, "
-                                    f"needs {e.offset + e.size}")
-            if read_data:
-                good = [e for e in files if sizes.get(e.object or "", -1) >= e.offset + e.size]
-                problems += [f"snapshot {snap.id}: {p}" for p in verify_entries(self.store, self.bucket, self.root,
-                                                                                 good, self.cfg.storage)]
+            found: list[str] = []
+
+            def present(entries: Iterator[Entry], sid: str = snap.id, found: list[str] = found) -> Iterator[Entry]:
+                """Files whose bytes the listing shows; the others are problems."""
+                for e in entries:
+                    if e.type != "file" or e.size == 0:
+                        continue
+                    assert e.object is not None
+                    have = sizes.get(e.object)
+                    if have is None:
+                        found.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
+                    elif have < e.offset + e.size:
+                        found.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, "
+                                     f"needs {e.offset + e.size}")
+                    else:
+                        yield e
+
+            with contextlib.ExitStack() as stack:
+                try:
+                    passes = stack.enter_context(self.manifest_passes(snap.id))
+                    for _ in present(passes()[1]):  # all of the manifest is checked before any data is read
+                        pass
+                except (IntegrityError, JobFailed) as exc:
+                    problems.append(str(exc))
+                    continue
+                if read_data:
+                    bad = verify_entries(self.store, self.bucket, self.root, present(passes()[1], found=[]),
+                                         self.cfg.storage)
+                    found += [f"snapshot {snap.id}: {p}" for p in bad]
+            problems += found
             checked += 1
         result = {"job": self.job.name, "snapshots_checked": checked, "read_data": read_data,
                   "errors": problems, "status": "ok" if not problems else "error"}

@@ -16,6 +16,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -419,37 +420,64 @@ class FilesJob(S3Job):
             if not p.startswith("/"):
                 raise ConfigError(f"--path {p}: must be an absolute path as backed up (e.g. /etc/hosts)")
         snap = self.select(snapshot, at)
-        with self.open_manifest(snap.id) as (_, entries, _):
-            wanted = [p.rstrip("/") or "/" for p in paths]
-            selected = [e for e in entries if not wanted or any(
-                e.path == w or e.path.startswith(w.rstrip("/") + "/") for w in wanted)]
-        if paths and not selected:
-            raise JobFailed(f"snapshot {snap.id}: no entry matches {', '.join(paths)}")
-        return self._restore_selected(snap.id, selected, Path(target), wait=wait, tier=tier, days=days)
+        wanted = [(w, w.rstrip("/") + "/") for w in (p.rstrip("/") or "/" for p in paths)]
+        with self.manifest_passes(snap.id) as passes:
 
-    def _restore_selected(self, sid: str, selected: list[Entry], target: Path, *, wait: bool, tier: str | None,
-                          days: int | None) -> dict[str, Any]:
+            def selected() -> Iterator[Entry]:
+                for e in passes()[1]:
+                    if not wanted or any(e.path == w or e.path.startswith(under) for w, under in wanted):
+                        yield e
+
+            return self._restore_selected(snap.id, selected, paths, Path(target), wait=wait, tier=tier, days=days)
+
+    def _restore_selected(self, sid: str, selected: Callable[[], Iterator[Entry]], paths: list[str], target: Path,
+                          *, wait: bool, tier: str | None, days: int | None) -> dict[str, Any]:
         """Readable content is restored at once; archived objects are requested from Glacier and
         restored as they arrive (--wait) or by a rerun, which skips what an earlier run wrote.
-        Directory metadata and symlinks come last, once all content is in place."""
+        Directory metadata and symlinks come last, once all content is in place.
+
+        The manifest is read in passes, never held: a first pass checks all of it and counts,
+        then one pass per batch of objects that became readable."""
         started = time.monotonic()
         root = os.path.realpath(target)
         progress_key = f"{sid}|{root}"
         thaw = self.thaw(tier, days)
         done = set(thaw.record.progress.get(progress_key, []))
-        content = [e for e in selected if e.type == "file" and e.size > 0]
-        rest = [e for e in selected if not (e.type == "file" and e.size > 0)]
-        resumed = [e.object in done and _already_restored(root, e) for e in content]
-        todo = [e for e, skip in zip(content, resumed, strict=True) if not skip]
-        needed = sorted({self.root + str(e.object) for e in todo})
+
+        def resumed(e: Entry) -> bool:
+            return e.object in done and _already_restored(root, e)
+
+        count = content = skipped = 0
+        object_bytes: dict[str, int] = {}  # what is left to fetch, by object key
+        for e in selected():
+            count += 1
+            if e.type == "file" and e.size > 0:
+                content += 1
+                if resumed(e):
+                    skipped += 1
+                else:
+                    key = self.root + str(e.object)
+                    object_bytes[key] = object_bytes.get(key, 0) + e.size
+        if paths and not count:
+            raise JobFailed(f"snapshot {sid}: no entry matches {', '.join(paths)}")
+        needed = sorted(object_bytes)
         survey = thaw.prepare(needed)
-        totals = {"files": sum(resumed), "dirs": 0, "symlinks": 0, "bytes": 0}
+        totals = {"files": skipped, "dirs": 0, "symlinks": 0, "bytes": 0}
+        finished: set[str] = set()  # object keys whose files this run restored
         while True:
             final = not survey.waiting
-            ready_keys = survey.ready
-            ready = [e for e in todo if self.root + str(e.object) in ready_keys]
+            ready = survey.ready - finished
+
+            def batch(ready: set[str] = ready, final: bool = final) -> Iterator[Entry]:
+                for e in selected():
+                    if e.type != "file" or e.size == 0:
+                        if final:
+                            yield e
+                    elif self.root + str(e.object) in ready and not resumed(e):
+                        yield e
+
             try:
-                part = restore_entries(self, ready + (rest if final else []), target)
+                part = restore_entries(self, batch(), target, sum(object_bytes.get(k, 0) for k in ready))
             except OSError as exc:  # the target's file system: full, read-only, permissions
                 name = exc.filename2 or exc.filename  # os.symlink/os.replace: the second is ours
                 where = f" {name}" if name else ""
@@ -459,21 +487,21 @@ class FilesJob(S3Job):
             if part["errors"]:
                 raise IntegrityError(f"snapshot {sid}: " + "; ".join(part["errors"][:5]),
                                      {**totals, "errors": part["errors"]})
-            done |= {str(e.object) for e in ready}
-            todo = [e for e in todo if self.root + str(e.object) not in ready_keys]
+            done |= {k[len(self.root) :] for k in ready}
+            finished |= ready
             if final:
                 break
             thaw.record.progress[progress_key] = sorted(done)
             thaw.record.save()
             if not wait:
                 raise NotReady(thaw.pending_message(survey, f"restore {self.job.name}",
-                                                    f"{totals['files']} of {len(content)} file(s) restored so far"),
+                                                    f"{totals['files']} of {content} file(s) restored so far"),
                                {"job": self.job.name, "snapshot": sid, "target": root,
                                 "files_restored": totals["files"], **thaw.pending_details(survey)})
             survey = thaw.wait_for_more(survey, started)
         thaw.finish(needed, progress_key)
         archived = sum(cold.is_archived(c) for c in survey.storage_class.values())
-        return {**totals, "files_already_restored": sum(resumed), "archived_objects": archived,
+        return {**totals, "files_already_restored": skipped, "archived_objects": archived,
                 "restores_requested": survey.requested_now, "errors": [], "job": self.job.name,
                 "snapshot": sid, "target": root}
 

@@ -1,8 +1,9 @@
 """Writing a snapshot's entries under a target directory, never outside it.
 
-Order matters for safety: directories, then file contents (each written to a temp name and
-renamed only once its sha256 matched), then symlinks last so no link from the snapshot can
-redirect a later write, then directory metadata deepest first.
+Order matters for safety: each directory before anything in it (made private, 0700), file
+contents (each written to a temp name and renamed only once its sha256 matched), then symlinks
+last so no link from the snapshot can redirect a later write, then directory metadata deepest
+first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +70,16 @@ def _apply_meta(where: str | int, e: Entry, link: bool = False) -> None:
         os.utime(where, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=not link)
 
 
-def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[str, Any]:
+def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, content_bytes: int) -> dict[str, Any]:
+    """Restore a stream of entries in one pass (the manifest's scan order puts each directory
+    before what it holds); only directories and symlinks are held until the end."""
     target = Target(target_dir)
     errors: list[str] = []
     counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
     lock = threading.Lock()
-    progress = _Progress(sum(e.size for e in entries if e.type == "file"))
+    progress = _Progress(content_bytes)
+    dirs: list[Entry] = []
+    links: list[Entry] = []
 
     def dest_or_error(e: Entry) -> str | None:
         try:
@@ -83,24 +88,31 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
             errors.append(str(exc))
             return None
 
-    dirs = [e for e in entries if e.type == "dir"]
-    for e in dirs:
-        d = dest_or_error(e)
-        if d is not None:
-            os.makedirs(d, mode=0o700, exist_ok=True)
-            target.made.add(d)
-            counts["dirs"] += 1
-
-    files = [e for e in entries if e.type == "file"]
-    empty = [e for e in files if e.size == 0]
-    for e in empty:
-        d = dest_or_error(e)
-        if d is not None:
-            target.make_parent(d)
-            with open(d, "wb"):
-                pass
-            _apply_meta(d, e)
-            counts["files"] += 1
+    def content() -> Iterator[Entry]:
+        """Makes directories and empty files on the way; yields what has bytes to fetch."""
+        for e in entries:
+            if e.type == "symlink":
+                links.append(e)
+                continue
+            if e.type == "file" and e.size > 0:
+                yield e
+                continue
+            d = dest_or_error(e)
+            if d is None:
+                continue
+            if e.type == "dir":
+                # Private until the end: its own mode comes last, with the other metadata.
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                target.made.add(d)
+                dirs.append(e)
+                counts["dirs"] += 1
+            else:
+                target.make_parent(d)
+                with open(d, "wb"):
+                    pass
+                _apply_meta(d, e)
+                with lock:
+                    counts["files"] += 1
 
     def sink(piece: Piece, chunks: Iterator[bytes]) -> str | None:
         dests = []
@@ -144,13 +156,11 @@ def restore_entries(job: S3Job, entries: list[Entry], target_dir: Path) -> dict[
             counts["bytes"] += piece.size * len(dests)
         return None
 
-    errors += read_all(job.store, job.bucket, job.root, [e for e in files if e.size > 0], job.cfg.storage, sink)
+    errors += read_all(job.store, job.bucket, job.root, content(), job.cfg.storage, sink)
     progress.close()
 
     target.symlinks_from_now()
-    for e in entries:
-        if e.type != "symlink":
-            continue
+    for e in links:
         d = dest_or_error(e)
         if d is None:
             continue

@@ -1,14 +1,19 @@
 """Reading content back: group manifest entries by object, fetch each object once with ranged
 GETs, and hand each piece of content (hashed on the way) to a sink. Restore and
-`check --read-data` share it."""
+`check --read-data` share it.
+
+Entries arrive as a stream and are grouped a window at a time, so memory follows the window and
+not the snapshot (a million-file restore held every entry and its pieces: about 1 GB). Scan order
+keeps a pack's files together in the manifest, so windows rarely split a pack's reads.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,9 @@ CHUNK = 1 << 20
 MAX_GAP = 1 << 20
 # Ranged GETs whose body breaks off are retried this many times in all.
 STREAM_ATTEMPTS = 5
+# Entries grouped into GETs at a time (a few MB of entries and pieces). Content shared by entries
+# in different windows is fetched once per window.
+WINDOW = 20_000
 
 
 @dataclass(slots=True)
@@ -77,12 +85,35 @@ def _runs(pieces: list[Piece]) -> Iterator[list[Piece]]:
 def read_all(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage: Storage, sink: Sink,
              concurrency: int | None = None) -> list[str]:
     """Fetch every piece once and feed it to `sink`; return the problems found."""
-    work = [(obj, run) for obj, plist in group(entries).items() for run in _runs(plist)]
+    workers = concurrency or storage.concurrency
     problems: list[str] = []
-    with ThreadPoolExecutor(max_workers=concurrency or storage.concurrency) as pool:
-        for found in pool.map(lambda w: _fetch_run(s3, bucket, root + w[0], w[1], sink), work):
-            problems += found
+    pending: deque[Future[list[str]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for window in _windows(entries):
+                for obj, plist in group(window).items():
+                    for run in _runs(plist):
+                        # Bounded queue: the manifest is read only as far ahead as the GETs need.
+                        while len(pending) >= 2 * workers:
+                            problems += pending.popleft().result()
+                        pending.append(pool.submit(_fetch_run, s3, bucket, root + obj, run, sink))
+            while pending:
+                problems += pending.popleft().result()
+        finally:
+            for f in pending:  # a failed read or a bad manifest entry: nothing more is started
+                f.cancel()
     return problems
+
+
+def _windows(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
+    window: list[Entry] = []
+    for e in entries:
+        window.append(e)
+        if len(window) >= WINDOW:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, attempt: int = 1) -> list[str]:
@@ -181,6 +212,6 @@ def hashing(chunks: Iterator[bytes], piece: Piece, each: Callable[[bytes], None]
     return None
 
 
-def verify_entries(s3: Any, bucket: str, root: str, entries: list[Entry], storage: Storage) -> list[str]:
+def verify_entries(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage: Storage) -> list[str]:
     return read_all(s3, bucket, root, entries, storage,
                     lambda piece, chunks: hashing(chunks, piece, lambda _c: None))
