@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import resource
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -204,3 +205,24 @@ def test_a_bad_entry_at_the_end_of_a_manifest_means_nothing_is_written(agent, tm
     proc = agent.run("restore", "data", "--target", str(target))
     assert proc.returncode == 1 and "unknown type 'device'" in proc.stderr
     assert not target.exists() or list(target.iterdir()) == []
+
+
+def test_thousands_of_identical_files_restore_under_a_small_descriptor_limit(agent, tmp_path: Path) -> None:
+    """Identical files (LICENSE files, empty __init__.py's cousins) share one stored piece; restoring
+    them must not hold a descriptor per file (a node's default limit is 1024)."""
+    src = tmp_path / "src"
+    for d in range(10):
+        sub = src / f"pkg{d}"
+        sub.mkdir(parents=True)
+        for i in range(150):
+            (sub / f"LICENSE{i}").write_text("MIT License\n")
+    agent.job("data", type="files", paths=[str(src)])
+    assert agent.run("run", "data").returncode == 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        out = in_process(agent, "data").restore(snapshot=None, at=None, target=str(tmp_path / "r"), paths=[])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert out["files"] == 1500
+    assert capture(tmp_path / "r" / str(src).lstrip("/")) == capture(src)

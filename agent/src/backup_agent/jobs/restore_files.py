@@ -9,6 +9,7 @@ first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -120,37 +121,46 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
             d = dest_or_error(e)
             if d is not None:
                 dests.append((e, d))
-        handles: list[tuple[int, str]] = []  # raw descriptors: no buffered file object per small file
+        # The content goes to the first destination; the others (hard links, identical files) are
+        # copied from it once it is verified, one at a time: a descriptor per destination ran out
+        # of descriptors on trees with thousands of identical files.
+        fd = tmp = None
         problem: str | None = None
         try:
-            for _, d in dests:
-                target.make_parent(d)
-                tmp = f"{d}.restore-tmp"
-                handles.append((os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600), tmp))
+            if dests:
+                target.make_parent(dests[0][1])
+                tmp = f"{dests[0][1]}.restore-tmp"
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
 
             def write(chunk: bytes) -> None:
-                for fd, _ in handles:
+                if fd is not None:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
                 progress.add(len(chunk))
 
             problem = hashing(chunks, piece, write)
-            if not problem:
+            if not problem and fd is not None:
+                for e, d in dests[1:]:
+                    _copy_restored(fd, piece.size, e, d, target)
                 # Metadata through the open descriptor, before the rename: no path walks, and the
                 # mtime that marks a verified file comes last.
-                for (e, _), (fd, _) in zip(dests, handles, strict=True):
-                    _apply_meta(fd, e)
+                _apply_meta(fd, dests[0][0])
+        except BaseException:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
         finally:
-            for fd, _ in handles:
+            if fd is not None:
                 os.close(fd)
         if problem:
-            for _, tmp in handles:
+            if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             return problem
-        for (_, d), (_, tmp) in zip(dests, handles, strict=True):
-            os.replace(tmp, d)
+        if tmp is not None:
+            os.replace(tmp, dests[0][1])
         with lock:
             counts["files"] += len(dests)
             counts["bytes"] += piece.size * len(dests)
@@ -178,6 +188,33 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
         if d is not None:
             _apply_meta(d, e)
     return {**counts, "errors": errors}
+
+
+def _copy_restored(src: int, size: int, e: Entry, dest: str, target: Target) -> None:
+    """Another destination of verified content: a copy of it under a temp name, renamed once whole."""
+    target.make_parent(dest)
+    tmp = f"{dest}.restore-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        done = 0
+        while done < size:
+            try:
+                n = os.copy_file_range(src, fd, size - done, done, done)
+            except OSError as exc:  # not between these file systems: through user space
+                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                n = os.pwrite(fd, os.pread(src, min(size - done, 1 << 20), done), done)
+            if n <= 0:
+                raise OSError(errno.EIO, "restored content shorter than verified", tmp)
+            done += n
+        _apply_meta(fd, e)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, dest)
 
 
 class _Progress:
