@@ -14,6 +14,7 @@ from support.treeutil import capture
 
 from backup_agent import config
 from backup_agent.errors import IntegrityError
+from backup_agent.jobs import files
 from backup_agent.jobs.files import FilesJob
 from backup_agent.retention import apply
 from backup_agent.storage import reader
@@ -171,6 +172,7 @@ def test_restore_and_check_read_the_manifest_a_window_at_a_time(agent, tmp_path:
     assert agent.run("run", "data").returncode == 0
     want = capture(src)
     monkeypatch.setattr(reader, "WINDOW", 4)
+    monkeypatch.setattr(files, "HOLD_ENTRIES", 10)  # the manifest is read again for each pass
     job = in_process(agent, "data")
     target = tmp_path / "r"
     out = job.restore(snapshot=None, at=None, target=str(target), paths=[])

@@ -16,7 +16,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ from backup_agent.storage.upload import upload_file
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STAGE_BATCH = 2000
+# A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
+# snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
+HOLD_ENTRIES = 50_000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
 
@@ -436,8 +439,9 @@ class FilesJob(S3Job):
         restored as they arrive (--wait) or by a rerun, which skips what an earlier run wrote.
         Directory metadata and symlinks come last, once all content is in place.
 
-        The manifest is read in passes, never held: a first pass checks all of it and counts,
-        then one pass per batch of objects that became readable."""
+        A first pass reads and checks all of the manifest and counts before anything is written;
+        then one pass per batch of objects that became readable, over the entries the first pass
+        kept or, for a snapshot above HOLD_ENTRIES, over the manifest read again."""
         started = time.monotonic()
         root = os.path.realpath(target)
         progress_key = f"{sid}|{root}"
@@ -449,8 +453,13 @@ class FilesJob(S3Job):
 
         count = content = skipped = 0
         object_bytes: dict[str, int] = {}  # what is left to fetch, by object key
+        held: list[Entry] | None = []
         for e in selected():
             count += 1
+            if held is not None:
+                held.append(e)
+                if len(held) > HOLD_ENTRIES:
+                    held = None
             if e.type == "file" and e.size > 0:
                 content += 1
                 if resumed(e):
@@ -460,6 +469,8 @@ class FilesJob(S3Job):
                     object_bytes[key] = object_bytes.get(key, 0) + e.size
         if paths and not count:
             raise JobFailed(f"snapshot {sid}: no entry matches {', '.join(paths)}")
+        kept = held
+        entries: Callable[[], Iterable[Entry]] = selected if kept is None else (lambda: kept)
         needed = sorted(object_bytes)
         survey = thaw.prepare(needed)
         totals = {"files": skipped, "dirs": 0, "symlinks": 0, "bytes": 0}
@@ -469,7 +480,7 @@ class FilesJob(S3Job):
             ready = survey.ready - finished
 
             def batch(ready: set[str] = ready, final: bool = final) -> Iterator[Entry]:
-                for e in selected():
+                for e in entries():
                     if e.type != "file" or e.size == 0:
                         if final:
                             yield e
