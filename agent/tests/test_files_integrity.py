@@ -6,10 +6,14 @@ import gzip
 import json
 import os
 import resource
+import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import AGENT
 from support.treeutil import capture
 
 from backup_agent import config
@@ -228,3 +232,42 @@ def test_thousands_of_identical_files_restore_under_a_small_descriptor_limit(age
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert out["files"] == 1500
     assert capture(tmp_path / "r" / str(src).lstrip("/")) == capture(src)
+
+
+def test_prune_from_another_machine_leaves_a_running_backup_its_data(agent, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's lock lives in its own state_dir; a prune from another machine (same bucket and
+    prefix, its own state_dir) runs while this node's backup has stored data that no manifest
+    references yet. That data is newer than every complete snapshot: prune must leave it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    agent.job("data", type="files", paths=[str(src)], retention={"keep_last": 1})
+    for step in range(2):
+        (src / "doc.txt").write_text(f"version {step}\n" * 100)
+        assert agent.run("run", "data").returncode == 0
+        time.sleep(1.1)  # snapshot ids and S3 times have second resolution
+    (src / "doc.txt").write_text("version 2, stored while the other machine prunes\n" * 100)
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(yaml.safe_dump({**agent.data, "state_dir": str(tmp_path / "other-state")}))
+    pruned: list[dict] = []
+    upload = files.PackUploader._upload
+
+    def upload_then_prune_elsewhere(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        done = upload(self, *args, **kwargs)
+        proc = subprocess.run([AGENT, "-c", str(elsewhere), "prune", "data", "--json"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        pruned.append(json.loads(proc.stdout))
+        return done
+
+    monkeypatch.setattr(files.PackUploader, "_upload", upload_then_prune_elsewhere)
+    result = in_process(agent, "data").run()
+    assert result.status == "success" and len(pruned) == 1
+    monkeypatch.undo()
+    proc = agent.run("check", "data", "--read-data")
+    assert proc.returncode == 0, proc.stderr  # the new snapshot's pack is still there
+    target = tmp_path / "r"
+    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
+    assert capture(target / str(src).lstrip("/")) == capture(src)
+    assert len(pruned[0]["forget"]) == 1 and pruned[0]["objects_newer_than_snapshots"] == 1
+    assert pruned[0]["objects_deleted"] == 1  # the forgotten snapshot's own pack

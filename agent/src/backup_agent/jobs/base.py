@@ -372,14 +372,26 @@ class S3Job(JobRunner):
         garbage: list[str] = []
         freed = early = 0
         now = self.clock()
-        for obj in self.list_keys(""):
+        listing = list(self.list_keys(""))
+        # Data stored after the newest complete snapshot may belong to a run still uploading
+        # (from another machine pruning this job, our lock does not keep it out) or to a failed
+        # run whose uploads the next run reuses: it is left for a prune after a later snapshot.
+        # Compared with the store's own times, not this machine's clock.
+        newest = max((o["LastModified"] for o in listing if o.get("LastModified")
+                      and layout.snapshot_id_from_key(o["Key"][len(self.root) :])), default=None)
+        result["objects_newer_than_snapshots"] = 0
+        for obj in listing:
             rel = obj["Key"][len(self.root) :]
             if rel.startswith("snapshots/"):
                 continue
             if not layout.is_owned(rel):
                 result["foreign_keys"] += 1
                 continue
-            if rel not in referenced:
+            if rel in referenced:
+                continue
+            if newest is not None and obj.get("LastModified") and obj["LastModified"] > newest:
+                result["objects_newer_than_snapshots"] += 1
+            else:
                 garbage.append(obj["Key"])
                 freed += int(obj.get("Size", 0))
                 early += cold.early_deletion(obj.get("StorageClass"), obj.get("LastModified"), now)
