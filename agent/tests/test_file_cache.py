@@ -24,7 +24,7 @@ def _snapshot(cache: FileCache, sid: str, rows: list[tuple[Any, ...]], batch: in
         cache.lookup_file(path)  # as the scan does, before staging
     for i in range(0, len(rows), batch):
         cache.stage_files(rows[i : i + batch])
-    cache.commit_files(sid)
+    cache.commit_files(sid, {r[6] for r in rows})
 
 
 def _baseline(tmp_path: Path) -> dict[str, tuple[Any, ...]]:

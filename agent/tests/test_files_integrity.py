@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from botocore.exceptions import ClientError
 from conftest import AGENT
 from support.treeutil import capture
 
 from backup_agent import config
-from backup_agent.errors import IntegrityError
+from backup_agent.errors import IntegrityError, JobFailed
 from backup_agent.jobs import files
 from backup_agent.jobs.files import FilesJob
 from backup_agent.retention import apply
@@ -271,3 +272,39 @@ def test_prune_from_another_machine_leaves_a_running_backup_its_data(agent, tmp_
     assert capture(target / str(src).lstrip("/")) == capture(src)
     assert len(pruned[0]["forget"]) == 1 and pruned[0]["objects_newer_than_snapshots"] == 1
     assert pruned[0]["objects_deleted"] == 1  # the forgotten snapshot's own pack
+
+
+def test_content_of_a_failed_run_is_not_reused_once_a_later_snapshot_left_it_out(
+        agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed run's uploads are reused by the next run, but once a complete snapshot does not
+    reference them any prune may delete them (one from another machine cannot tell this node's
+    cache): content that comes back later must be uploaded again, not pointed at."""
+    src = tmp_path / "src"
+    src.mkdir()
+    doc = src / "doc.txt"
+    agent.job("data", type="files", paths=[str(src)], retention={"keep_last": 1})
+    doc.write_text("first\n" * 100)
+    assert agent.run("run", "data").returncode == 0
+    doc.write_text("content of the failed run\n" * 100)
+
+    def manifest_refused(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "PutObject")
+
+    monkeypatch.setattr(files.FilesJob, "upload_manifest", manifest_refused)
+    with pytest.raises(JobFailed):
+        in_process(agent, "data").run()  # its pack is stored; no snapshot references it
+    monkeypatch.undo()
+    time.sleep(1.1)
+    doc.write_text("content of the next snapshot\n" * 100)
+    assert agent.run("run", "data").returncode == 0
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(yaml.safe_dump({**agent.data, "state_dir": str(tmp_path / "other-state")}))
+    proc = subprocess.run([AGENT, "-c", str(elsewhere), "prune", "data", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["objects_deleted"] == 2  # the first snapshot's pack and the failed run's
+    doc.write_text("content of the failed run\n" * 100)  # the content comes back
+    out = agent.json("run", "data")
+    assert out["bytes_uploaded"] == doc.stat().st_size
+    proc = agent.run("check", "data", "--read-data")
+    assert proc.returncode == 0, proc.stderr

@@ -135,6 +135,7 @@ class FileCache:
                 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,
                     ctime_ns INT, sha256 TEXT, object TEXT, offset INT);
                 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, object TEXT, offset INT, size INT);
+                CREATE TABLE IF NOT EXISTS unconfirmed (object TEXT PRIMARY KEY);
                 """
             )
         except sqlite3.DatabaseError as exc:
@@ -165,7 +166,8 @@ class FileCache:
     @_locked
     def reset(self) -> None:
         self._files, self._preload_tried = None, False
-        self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM meta", ()),
+        self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM unconfirmed", ()),
+                  ("DELETE FROM meta", ()),
                   ("INSERT INTO meta VALUES ('target', ?)", (self.target,))])
 
     def lookup_file(self, path: str) -> tuple[Any, ...] | None:
@@ -194,9 +196,15 @@ class FileCache:
         return None if row is None else (str(row[0]), int(row[1]))
 
     @_locked
-    def add_blobs(self, rows: list[tuple[str, str, int, int]]) -> None:
-        """Record content that is durably stored, even if the run later fails (reused next time)."""
-        self._tx([("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)])
+    def add_blobs(self, rows: list[tuple[str, str, int, int]], *, in_snapshot: bool = False) -> None:
+        """Record content that is durably stored, even if the run later fails (reused next time).
+
+        Until a snapshot references its object (`in_snapshot`: learnt from a manifest), the
+        object is unconfirmed: see commit_files."""
+        statements: list[tuple[str, Any]] = [("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)]
+        if not in_snapshot:
+            statements.append(("INSERT OR IGNORE INTO unconfirmed VALUES (?)", [(o,) for o in {r[1] for r in rows}]))
+        self._tx(statements)
 
     @_locked
     def begin_files(self) -> None:
@@ -237,15 +245,21 @@ class FileCache:
         self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)])
 
     @_locked
-    def commit_files(self, snapshot_id: str) -> None:
-        """After a snapshot is complete: it becomes the baseline for the next run's change detection."""
+    def commit_files(self, snapshot_id: str, referenced: set[str]) -> None:
+        """After a snapshot is complete: it becomes the baseline for the next run's change detection.
+
+        Objects stored by earlier runs that failed, and that this snapshot does not reference
+        either, are forgotten: nothing references them now, so any prune may delete them (one
+        from another machine cannot tell this cache), and content found there must not be reused."""
         mark = ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))
+        orphans = [row for row in self.db.execute("SELECT object FROM unconfirmed") if row[0] not in referenced]
+        confirm = [("DELETE FROM blobs WHERE object=?", orphans), ("DELETE FROM unconfirmed", ()), mark]
         if self._files is not None:
             gone = [(p,) for p in self._files.keys() - self._seen]
             self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._changed),
-                      ("DELETE FROM files WHERE path=?", gone), mark])
+                      ("DELETE FROM files WHERE path=?", gone), *confirm])
         else:
-            self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), mark])
+            self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), *confirm])
         self._files, self._preload_tried = None, False
 
     @_locked

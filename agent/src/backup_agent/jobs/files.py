@@ -227,7 +227,7 @@ class FilesJob(S3Job):
             except (ClientError, BotoCoreError) as exc:
                 raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
                                 f"{describe(exc)}") from None
-        self.cache.commit_files(sid)
+        self.cache.commit_files(sid, writer.objects)
         result.snapshot = sid
         result.status = "partial" if result.failed else "success"
         result.duration_s = time.monotonic() - started
@@ -408,9 +408,9 @@ class FilesJob(S3Job):
                 if e.type == "file" and e.size > 0 and e.sha256 and e.object:
                     batch.append((e.sha256, e.object, e.offset, e.size))
                     if len(batch) >= STAGE_BATCH:
-                        self.cache.add_blobs(batch)
+                        self.cache.add_blobs(batch, in_snapshot=True)
                         batch = []
-        self.cache.add_blobs(batch)
+        self.cache.add_blobs(batch, in_snapshot=True)
         log.info("no local cache: reusing content stored by snapshot %s", snaps[-1].id)
 
     # --- restore -------------------------------------------------------------------------------

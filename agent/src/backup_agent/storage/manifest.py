@@ -61,6 +61,7 @@ class ManifestWriter:
         self._gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1)
         self._pending: list[str] = []
         self.count = 0
+        self.objects: set[str] = set()  # every object the manifest's files live in
         self._line({"format": FORMAT, "version": VERSION, **header})
 
     def _line(self, obj: dict[str, Any]) -> None:
@@ -77,6 +78,8 @@ class ManifestWriter:
         # Hand-assembled around json-encoded strings: the same bytes json.dumps would give for
         # to_json(), at a fraction of the cost on the per-file hot path.
         if entry.type == "file":
+            if entry.object:
+                self.objects.add(entry.object)
             line = (f'{{"path":{_encode(entry.path)},"type":"file","mode":{entry.mode},"uid":{entry.uid},'
                     f'"gid":{entry.gid},"mtime_ns":{entry.mtime_ns},"size":{entry.size},'
                     f'"sha256":{_encode(entry.sha256)},"object":{_encode(entry.object)},"offset":{entry.offset}}}')
