@@ -248,17 +248,12 @@ def test_prune_from_another_machine_leaves_a_running_backup_its_data(agent, tmp_
         assert agent.run("run", "data").returncode == 0
         time.sleep(1.1)  # snapshot ids and S3 times have second resolution
     (src / "doc.txt").write_text("version 2, stored while the other machine prunes\n" * 100)
-    elsewhere = tmp_path / "elsewhere.yaml"
-    elsewhere.write_text(yaml.safe_dump({**agent.data, "state_dir": str(tmp_path / "other-state")}))
     pruned: list[dict] = []
     upload = files.PackUploader._upload
 
     def upload_then_prune_elsewhere(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         done = upload(self, *args, **kwargs)
-        proc = subprocess.run([AGENT, "-c", str(elsewhere), "prune", "data", "--json"], capture_output=True,
-                              text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        pruned.append(json.loads(proc.stdout))
+        pruned.append(_prune_from_another_machine(agent, tmp_path))
         return done
 
     monkeypatch.setattr(files.PackUploader, "_upload", upload_then_prune_elsewhere)
@@ -297,14 +292,20 @@ def test_content_of_a_failed_run_is_not_reused_once_a_later_snapshot_left_it_out
     time.sleep(1.1)
     doc.write_text("content of the next snapshot\n" * 100)
     assert agent.run("run", "data").returncode == 0
-    elsewhere = tmp_path / "elsewhere.yaml"
-    elsewhere.write_text(yaml.safe_dump({**agent.data, "state_dir": str(tmp_path / "other-state")}))
-    proc = subprocess.run([AGENT, "-c", str(elsewhere), "prune", "data", "--json"], capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["objects_deleted"] == 2  # the first snapshot's pack and the failed run's
+    # the first snapshot's pack and the failed run's
+    assert _prune_from_another_machine(agent, tmp_path)["objects_deleted"] == 2
     doc.write_text("content of the failed run\n" * 100)  # the content comes back
     out = agent.json("run", "data")
     assert out["bytes_uploaded"] == doc.stat().st_size
     proc = agent.run("check", "data", "--read-data")
     assert proc.returncode == 0, proc.stderr
+
+
+def _prune_from_another_machine(agent, tmp_path: Path) -> dict:
+    """`prune data` with the same bucket and prefix but its own state_dir (and so its own lock)."""
+    elsewhere = tmp_path / "elsewhere.yaml"
+    elsewhere.write_text(yaml.safe_dump({**agent.data, "state_dir": str(tmp_path / "other-state")}))
+    proc = subprocess.run([AGENT, "-c", str(elsewhere), "prune", "data", "--json"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

@@ -40,6 +40,21 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
         raise IntegrityError(str(exc)) from None
 
 
+def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str]) -> Iterator[Entry]:
+    """The files with bytes whose object the listing shows whole; the others go to `problems`."""
+    for e in entries:
+        if e.type != "file" or e.size == 0:
+            continue
+        assert e.object is not None
+        have = sizes.get(e.object)
+        if have is None:
+            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
+        elif have < e.offset + e.size:
+            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, needs {e.offset + e.size}")
+        else:
+            yield e
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -446,33 +461,17 @@ class S3Job(JobRunner):
             self._thaw_for_reading(snaps, {o["Key"] for o in listing if cold.is_archived(o.get("StorageClass"))})
         for snap in snaps:
             found: list[str] = []
-
-            def present(entries: Iterator[Entry], sid: str = snap.id, found: list[str] = found) -> Iterator[Entry]:
-                """Files whose bytes the listing shows; the others are problems."""
-                for e in entries:
-                    if e.type != "file" or e.size == 0:
-                        continue
-                    assert e.object is not None
-                    have = sizes.get(e.object)
-                    if have is None:
-                        found.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
-                    elif have < e.offset + e.size:
-                        found.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, "
-                                     f"needs {e.offset + e.size}")
-                    else:
-                        yield e
-
             with contextlib.ExitStack() as stack:
                 try:
                     passes = stack.enter_context(self.manifest_passes(snap.id))
-                    for _ in present(passes()[1]):  # all of the manifest is checked before any data is read
+                    for _ in _stored(passes()[1], sizes, snap.id, found):  # all of it before any data
                         pass
                 except (IntegrityError, JobFailed) as exc:
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    bad = verify_entries(self.store, self.bucket, self.root, present(passes()[1], found=[]),
-                                         self.cfg.storage)
+                    bad = verify_entries(self.store, self.bucket, self.root,
+                                         _stored(passes()[1], sizes, snap.id, []), self.cfg.storage)
                     found += [f"snapshot {snap.id}: {p}" for p in bad]
             problems += found
             checked += 1

@@ -126,6 +126,7 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
         # of descriptors on trees with thousands of identical files.
         fd = tmp = None
         problem: str | None = None
+        verified = False
         try:
             if dests:
                 target.make_parent(dests[0][1])
@@ -146,18 +147,14 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
                 # Metadata through the open descriptor, before the rename: no path walks, and the
                 # mtime that marks a verified file comes last.
                 _apply_meta(fd, dests[0][0])
-        except BaseException:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            raise
+            verified = not problem
         finally:
             if fd is not None:
                 os.close(fd)
-        if problem:
-            if tmp is not None:
+            if tmp is not None and not verified:  # a mismatch, or an error on the way
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+        if problem:
             return problem
         if tmp is not None:
             os.replace(tmp, dests[0][1])
