@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the config's JSON Schema")
     s = sub.add_parser("run", help="run one job now")
     s.add_argument("job")
+    s.add_argument("--prune", action="store_true",
+                   help="then apply the job's retention, as the daemon does after every scheduled run")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("snapshots", help="list a job's complete snapshots, oldest first")
     s.add_argument("job")
@@ -140,13 +142,18 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     if args.verb == "run":
         from backup_agent.execute import run_job
 
-        result = run_job(cfg, job)
+        result = run_job(cfg, job, prune=args.prune)
         code = EXIT_PARTIAL if result.status == "partial" else EXIT_OK
         for f in result.failed:
             print(f"backup-agent: could not read {f['path']}: {f['error']}", file=sys.stderr)
         text = (f"snapshot {result.snapshot} ({result.status}): {result.files_new} new, "
                 f"{result.files_changed} changed, {result.files_unchanged} unchanged, "
                 f"{result.files_failed} failed, {result.bytes_uploaded} bytes uploaded in {result.duration_s:.1f}s")
+        pruned = result.extra.get("prune")
+        if pruned:  # a failed prune is reported, and the backup's exit code stands
+            if pruned["result"] in ("failed", "aborted"):
+                print(f"backup-agent: prune {pruned['result']}: {pruned['error']}", file=sys.stderr)
+            text += "\n" + _prune_line(pruned)
         _emit(result.to_json(), as_json, text)
         return code
     runner = runner_for(cfg, job)
@@ -173,9 +180,18 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _emit(out, as_json, f"restored snapshot {out.get('snapshot')}: {out.get('files', 0)} files, "
                      f"{out.get('bytes', 0)} bytes into {out.get('target')}")
     if args.verb == "prune":
-        out = runner.prune(dry_run=args.dry_run)
+        from backup_agent.errors import Locked
+        from backup_agent.prune import record_prune
+
+        try:
+            out = runner.prune(dry_run=args.dry_run)
+        except AgentError as exc:
+            if not args.dry_run and not isinstance(exc, Locked):
+                record_prune(cfg, job.name, result="failed", error=str(exc))
+            raise
         if not args.dry_run:
             record_snapshot_count(cfg, job.name, len(out["keep"]))
+            record_prune(cfg, job.name, result="success", out=out)
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
                 f"deleted {out.get('objects_deleted', 0)} object(s), {out.get('bytes_freed', 0)} bytes")
@@ -187,6 +203,14 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _emit(out, as_json, f"ok: {out['snapshots_checked']} snapshot(s) verified"
                      + (" with data" if args.read_data else ""))
     raise AssertionError(args.verb)
+
+
+def _prune_line(p: dict[str, Any]) -> str:
+    if p["result"] != "success":
+        return f"prune {p['result']}: {p.get('error') or p.get('note')}"
+    text = (f"pruned: forgot {p['snapshots_forgotten']} snapshot(s), kept {p['snapshots_kept']}; "
+            f"deleted {p['objects_deleted']} object(s), {p['bytes_freed']} bytes")
+    return text + (" (unreferenced data is collected at most daily)" if p["garbage_collected"] is False else "")
 
 
 def _emit(doc: Any, as_json: bool, text: str | None) -> int:

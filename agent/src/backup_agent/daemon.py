@@ -309,6 +309,10 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
         env[DAEMON_PID_ENV] = str(os.getpid())
         argv = [sys.executable, "-m", "backup_agent", "-c", "/dev/stdin", "run", job.name]
+        if job.retention:
+            # Retention is applied on schedule: the run prunes after its snapshot (never turning
+            # its success into a failure); deleting unreferenced data happens at most daily.
+            argv.append("--prune")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
                                     start_new_session=True, close_fds=True)

@@ -32,8 +32,11 @@ def _now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def run_job(cfg: Config, job: Job) -> RunResult:
-    """Run `job` now. Status is persisted whatever happens; AgentErrors propagate to the caller."""
+def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
+    """Run `job` now. Status is persisted whatever happens; AgentErrors propagate to the caller.
+
+    With `prune`, a run that made a snapshot then applies the job's retention (prune.py); its
+    outcome is `result.extra["prune"]` and never changes the run's own result."""
     from backup_agent.jobs import runner_for
 
     _obey_the_daemon()
@@ -67,6 +70,13 @@ def run_job(cfg: Config, job: Job) -> RunResult:
             files_failed=result.files_failed, error=None)
     log.info("job %s: %s, snapshot %s, %d bytes uploaded in %.1fs", job.name, result.status, result.snapshot,
              result.bytes_uploaded, result.duration_s)
+    # After `_finish`: the run's success is recorded and notified before anything is deleted.
+    # Partial runs prune too: their snapshot is complete but for unreadable files, and a file
+    # that stays unreadable would otherwise stop retention for good.
+    if prune and result.snapshot:
+        from backup_agent.prune import prune_after_run
+
+        result.extra["prune"] = prune_after_run(cfg, job, runner, notifier)
     return result
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from backup_agent.prune import read_prune
 from backup_agent.state import atomic_write, read_status
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,12 @@ METRICS: tuple[tuple[str, str, str], ...] = (
      "Outcome of the job's last run as an exit code: 0 success, 1 failed or aborted, 3 partial."),
     ("backup_agent_consecutive_failures", "gauge", "Failed runs of the job since its last success."),
     ("backup_agent_snapshots", "gauge", "Snapshots of the job in storage after its last successful run."),
+    ("backup_agent_last_prune_timestamp_seconds", "gauge", "Unix time the job's retention was last applied."),
+    ("backup_agent_last_prune_success", "gauge", "1 if the job's last prune succeeded, 0 if it failed."),
+    ("backup_agent_last_prune_snapshots_removed", "gauge", "Snapshots the job's last prune removed."),
+    ("backup_agent_last_prune_bytes_freed", "gauge", "Bytes of unreferenced data the job's last prune deleted."),
+    ("backup_agent_last_gc_timestamp_seconds", "gauge",
+     "Unix time unreferenced data of the job was last deleted (at most daily after runs)."),
 )
 
 
@@ -57,6 +64,12 @@ def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
         "backup_agent_last_run_status": None if status is None else float(status),
         "backup_agent_consecutive_failures": number("consecutive_failures"),
         "backup_agent_snapshots": number("snapshots"),
+        "backup_agent_last_prune_timestamp_seconds": _timestamp(st.get("last_prune")),
+        "backup_agent_last_prune_success": (None if not st.get("prune_result")
+                                            else float(st["prune_result"] == "success")),
+        "backup_agent_last_prune_snapshots_removed": number("prune_snapshots_forgotten"),
+        "backup_agent_last_prune_bytes_freed": number("prune_bytes_freed"),
+        "backup_agent_last_gc_timestamp_seconds": _timestamp(st.get("last_gc")),
     }
 
 
@@ -69,7 +82,8 @@ def _number(value: float) -> str:
 
 
 def render(statuses: Mapping[str, Mapping[str, Any]]) -> str:
-    """Prometheus text exposition format for jobs → their status records. Pure."""
+    """Prometheus text exposition format for jobs → their status records (with the last prune's
+    fields under the names `status --json` gives them). Pure."""
     values = {job: _values(st) for job, st in sorted(statuses.items()) if st}
     lines: list[str] = []
     for name, kind, help_text in METRICS:
@@ -81,10 +95,18 @@ def render(statuses: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _with_prune(status: dict[str, Any], prune: dict[str, Any]) -> dict[str, Any]:
+    if not prune:
+        return status
+    return {**status, "last_prune": prune.get("last_prune"), "prune_result": prune.get("result"),
+            "prune_snapshots_forgotten": prune.get("snapshots_forgotten"),
+            "prune_bytes_freed": prune.get("bytes_freed"), "last_gc": prune.get("last_gc")}
+
+
 def write_textfile(path: str | Path, state_dir: Path, jobs: list[str]) -> None:
     """Rewrite the textfile from the status of `jobs`. Never raises: metrics must not fail a backup."""
     try:
-        text = render({job: read_status(state_dir, job) for job in jobs})
+        text = render({job: _with_prune(read_status(state_dir, job), read_prune(state_dir, job)) for job in jobs})
         # node_exporter usually runs as its own user: the file must be world-readable.
         atomic_write(Path(path), text.encode(), mode=0o644)
     except OSError as exc:

@@ -99,6 +99,21 @@ class Notifier:
         if self.webhook_url:
             self._send("webhook", self.webhook_url, json=self.payload(record, exit_code))
 
+    def prune_failed(self, record: dict[str, Any]) -> None:
+        """After a run whose retention failed: reported apart from the run, which succeeded.
+
+        healthchecks gets a `/log` entry, which shows in the check's log without changing its
+        up/down state (the backup is fine); the webhook gets its own event."""
+        job = str(record.get("job"))
+        summary = redact(f"{job}: prune failed: {record.get('error')}")
+        if self.healthchecks_url:
+            self._send("healthchecks log", self._ping_url(job, "/log"), data=summary)
+        if self.webhook_url:
+            self._send("webhook", self.webhook_url, json={
+                "event": "backup_agent.prune", "node": self.node, "environment": self.environment, "job": job,
+                "result": record.get("result"), "ended": record.get("last_prune"),
+                "error": redact(str(record["error"])) if record.get("error") else None, "summary": summary})
+
     def payload(self, record: dict[str, Any], exit_code: int | None) -> dict[str, Any]:
         return {
             "event": "backup_agent.run",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_agent.config import Config
+from backup_agent.prune import read_prune
 from backup_agent.state import read_status
 
 DAEMON_STATE = "daemon.json"
@@ -50,6 +51,7 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
     out = []
     for name, job in sorted(cfg.jobs.items()):
         st = read_status(cfg.state_dir, name)
+        pr = read_prune(cfg.state_dir, name)
         plan = planned.get(name) or {}
         out.append({
             "job": name,
@@ -68,6 +70,14 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             "consecutive_failures": st.get("consecutive_failures", 0),
             "snapshots": st.get("snapshots"),
             "error": st.get("error"),
+            # The last prune (`prune`, `run --prune`, or the daemon after a scheduled run).
+            "last_prune": pr.get("last_prune"),
+            "prune_result": pr.get("result"),
+            "prune_error": pr.get("error"),
+            "prune_snapshots_forgotten": pr.get("snapshots_forgotten"),
+            "prune_objects_deleted": pr.get("objects_deleted"),
+            "prune_bytes_freed": pr.get("bytes_freed"),
+            "last_gc": pr.get("last_gc"),
         })
     return out
 
@@ -86,7 +96,7 @@ def render_status(cfg: Config) -> dict[str, Any]:
 # --- the text table --------------------------------------------------------------------------
 
 COLUMNS = ("JOB", "SCHEDULE", "NEXT RUN", "LAST START", "LAST END", "RESULT", "SNAPSHOT", "BYTES",
-           "DURATION", "FAILURES")
+           "DURATION", "FAILURES", "LAST PRUNE", "PRUNE")
 
 
 def _time(text: Any) -> str:
@@ -136,6 +146,8 @@ def _row(j: dict[str, Any]) -> tuple[str, ...]:
         _bytes(j["bytes"]),
         _duration(j["duration_s"]),
         str(j["consecutive_failures"] or 0),
+        _time(j.get("last_prune")),
+        str(j.get("prune_result") or "-"),
     )
 
 
@@ -154,4 +166,7 @@ def format_table(doc: dict[str, Any]) -> str:
     errors = [j for j in doc["jobs"] if j.get("error") and j["result"] not in ("success", "never run")]
     for j in errors:
         lines.append(f"{j['job']}: {j['error']}")
+    for j in doc["jobs"]:
+        if j.get("prune_error") and j.get("prune_result") != "success":
+            lines.append(f"{j['job']}: prune {j['prune_result']}: {j['prune_error']}")
     return "\n".join(lines)

@@ -148,7 +148,10 @@ class JobRunner:
                 wait: bool = False) -> dict[str, Any]:
         raise NotImplementedError
 
-    def prune(self, *, dry_run: bool) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, collect_garbage: bool = True) -> dict[str, Any]:
+        """Apply the job's retention. `collect_garbage=False` only forgets snapshots and leaves
+        deleting data no kept snapshot references for a later prune (job types that store no
+        such data ignore it)."""
         raise NotImplementedError
 
     def check(self, *, read_data: bool) -> dict[str, Any]:
@@ -353,7 +356,7 @@ class S3Job(JobRunner):
     def forget_cached(self, objects: set[str]) -> None:
         """Hook for jobs with a local cache of stored content."""
 
-    def prune(self, *, dry_run: bool) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, collect_garbage: bool = True) -> dict[str, Any]:
         if dry_run:
             return self._prune(dry_run=True)
         # A run uploads its data before its manifest, so until it ends nothing references that
@@ -361,9 +364,9 @@ class S3Job(JobRunner):
         from backup_agent.state import JobLock
 
         with JobLock(self.cfg.state_dir, self.job.name):
-            return self._prune(dry_run=False)
+            return self._prune(dry_run=False, collect_garbage=collect_garbage)
 
-    def _prune(self, *, dry_run: bool) -> dict[str, Any]:
+    def _prune(self, *, dry_run: bool, collect_garbage: bool = True) -> dict[str, Any]:
         snaps = self.snapshots()
         decision = retention.apply([(s.id, s.time) for s in snaps], self.job.retention)
         result: dict[str, Any] = {
@@ -381,6 +384,11 @@ class S3Job(JobRunner):
             return result
         # Manifests first: a snapshot disappears whole before any of its data does.
         self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
+        result["garbage_collected"] = collect_garbage
+        if not collect_garbage:
+            # The costly half (every kept manifest read, every object listed) is left for later:
+            # what the forgotten snapshots alone referenced stays stored until then.
+            return result
         referenced: set[str] = set()
         for sid in decision.keep:
             referenced |= self.referenced_objects(sid)

@@ -418,7 +418,8 @@ class EbsSnapshotJob(JobRunner):
 
     # --- prune -----------------------------------------------------------------------------------
 
-    def prune(self, *, dry_run: bool) -> dict[str, Any]:
+    def prune(self, *, dry_run: bool, collect_garbage: bool = True) -> dict[str, Any]:
+        # Nothing to collect: deleting a set's EBS snapshots frees its blocks (AWS keeps them).
         ensure_dir(self.cfg.state_dir)
         with JobLock(self.cfg.state_dir, self.job.name):
             region = self.region()
