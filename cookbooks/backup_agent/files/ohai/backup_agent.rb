@@ -2,9 +2,11 @@
 # Cookbook:: backup_agent
 # Ohai plugin:: backup_agent (installed by recipe backup_agent::fleet_view)
 #
-# The fleet view: each job's last result, last success and snapshot count from
-# `backup-agent status --json`, under node['backup_agent']['status'] (automatic), and a top-level
-# `backup_agent_stale` flag, so the Chef server answers `knife search node 'backup_agent_stale:true'`.
+# The fleet view: each job's last result, last success, snapshot count and last prune (time,
+# result, snapshots forgotten, last collection of unreferenced data) from `backup-agent status
+# --json`, under node['backup_agent']['status'] (automatic), the jobs whose last prune did not
+# succeed in `prune_failed_jobs`, and a top-level `backup_agent_stale` flag, so the Chef server
+# answers `knife search node 'backup_agent_stale:true'`.
 #
 # It runs with the rest of Ohai at the start of every chef-client run (and once more at the end
 # of the run that installed or changed it), so the server shows the state the node had at its
@@ -37,7 +39,8 @@ Ohai.plugin(:BackupAgent) do
 
   # Fields of a job's status that are facts about its runs, safe on the Chef server.
   def job_fields
-    %w(type schedule result last_start last_end last_success snapshots consecutive_failures exit_code next_run)
+    %w(type schedule result last_start last_end last_success snapshots consecutive_failures exit_code next_run
+       last_prune prune_result prune_snapshots_forgotten last_gc)
   end
 
   # How often a schedule string fires (the agent's Schedule.period_seconds); nil for a form this
@@ -108,6 +111,8 @@ Ohai.plugin(:BackupAgent) do
         jobs[job['job']] = job.slice(*job_fields).merge('stale' => job_stale?(job, now, periods, config_written))
       end
       status[:stale_jobs] = status[:jobs].select { |_, job| job['stale'] }.keys.sort
+      # A failed prune leaves the backups fine but storage growing: searchable on its own.
+      status[:prune_failed_jobs] = status[:jobs].select { |_, job| %w(failed aborted).include?(job['prune_result']) }.keys.sort
       status[:stale] = !status[:stale_jobs].empty?
     else
       # The agent is installed but cannot say what it did: nobody knows these backups are fine.

@@ -22,7 +22,8 @@ describe 'Ohai plugin backup_agent' do
   def job(name, schedule, **fields)
     { 'job' => name, 'type' => 'files', 'schedule' => schedule, 'next_run' => nil, 'running_since' => nil,
       'result' => 'never run', 'last_success' => nil, 'consecutive_failures' => 0, 'snapshots' => nil,
-      'error' => nil }.merge(fields.transform_keys(&:to_s))
+      'error' => nil, 'last_prune' => nil, 'prune_result' => nil, 'prune_error' => nil,
+      'prune_snapshots_forgotten' => nil, 'last_gc' => nil }.merge(fields.transform_keys(&:to_s))
   end
 
   def fake_agent(document, exit_code: 0)
@@ -70,6 +71,26 @@ describe 'Ohai plugin backup_agent' do
     expect(status['jobs']['failing']).to include('consecutive_failures' => 2, 'stale' => true)
     expect(status['jobs']['manual']['stale']).to be false
     expect(status['jobs']['new']['stale']).to be false
+  end
+
+  it 'reports the last prune of each job and lists the jobs whose prune failed' do
+    fake_agent({ 'daemon' => { 'running' => true }, 'jobs' => [
+                 job('etc', 'every 6 hours', result: 'success', last_success: at(hour),
+                                             last_prune: at(hour), prune_result: 'success', prune_snapshots_forgotten: 1,
+                                             prune_objects_deleted: 4, last_gc: at(5 * hour), prune_error: nil),
+                 job('vols', 'daily at 03:00', result: 'success', last_success: at(hour),
+                                               last_prune: at(hour), prune_result: 'failed',
+                                               prune_error: 'UnauthorizedOperation on snap-secret'),
+                 job('manual', nil),
+               ] })
+    status = collect['backup_agent']['status']
+    expect(status['jobs']['etc']).to include('last_prune' => at(hour), 'prune_result' => 'success',
+                                             'prune_snapshots_forgotten' => 1, 'last_gc' => at(5 * hour))
+    expect(status['jobs']['vols']).to include('prune_result' => 'failed')
+    expect(status['jobs']['manual']).to include('last_prune' => nil, 'prune_result' => nil)
+    expect(status['prune_failed_jobs']).to eq(%w(vols))
+    expect(status['stale']).to be false # the backups themselves are fine
+    expect(JSON.generate(status)).not_to include('snap-secret')
   end
 
   it 'copies no error text, node or environment from the agent' do
