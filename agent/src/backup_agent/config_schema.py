@@ -22,7 +22,8 @@ _str_map = {"type": "object", "additionalProperties": {"type": "string"}}
 
 RETENTION = {
     "type": "object",
-    "description": "restic-style retention; a snapshot kept by any rule survives",
+    "description": ("restic-style retention; a snapshot kept by any rule survives. Applied after every scheduled "
+                    "run and `run --prune` (unreferenced data deleted at most daily), and by `prune`"),
     "additionalProperties": False,
     "properties": {
         key: _count
