@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from fake_aws import EbsEnv
 from support.httpreceiver import Receiver
-from support.waiting import wait_for
 from test_daemon import Daemon, data_dir, snapshots
 
 from backup_agent.prune import GC_INTERVAL, gc_due
