@@ -1,4 +1,4 @@
-"""Exceptions that carry the process exit code of CONTRACT.md, so only cli.py maps them to exits."""
+"""Exceptions that carry the process exit code of docs/CONTRACT.md, so only cli.py maps them to exits."""
 
 from __future__ import annotations
 

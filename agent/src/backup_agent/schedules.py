@@ -1,4 +1,4 @@
-"""Schedule strings of the config (CONTRACT.md) parsed into plain values; no I/O, no clock."""
+"""Schedule strings of the config (docs/CONTRACT.md) parsed into plain values; no I/O, no clock."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ module BackupAgentCookbook
     RETENTION_KEYS = %w(keep_last keep_hourly keep_daily keep_weekly keep_monthly keep_yearly).freeze
     WEEKDAYS = %w(monday tuesday wednesday thursday friday saturday sunday).freeze
 
-    # The schedule strings of CONTRACT.md, as the agent's schedules.py parses them (case and
+    # The schedule strings of docs/CONTRACT.md, as the agent's schedules.py parses them (case and
     # runs of spaces do not matter; a trailing ' UTC' means UTC instead of local time).
     SCHEDULES = [
       /\Aevery [1-9][0-9]* (second|minute|hour|day)s?\z/,
