@@ -167,3 +167,44 @@ def test_collection_is_due_daily() -> None:
     assert gc_due((now - GC_INTERVAL - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"), now)
     assert gc_due("2026-12-04T00:00:00Z", now), "a clock set back must not postpone collection forever"
     assert gc_due("garbage", now)
+
+
+def test_run_prune_applies_a_command_jobs_retention(agent: Any, tmp_path: Path) -> None:
+    src = tmp_path / "dump.sql"
+    agent.job("db", type="command", command=["cat", str(src)], retention={"keep_last": 1})
+    for i in range(3):
+        src.write_bytes(os.urandom(5000 + i))
+        assert agent.run("run", "db").returncode == 0
+    dumps = [k for k in agent.object_keys("test-node/db/") if "/snapshots/" not in k]
+    assert snapshots(agent, "db") == 3 and len(dumps) == 3
+
+    out = agent.json("run", "db", "--prune")
+    assert out["prune"]["result"] == "success" and out["prune"]["snapshots_forgotten"] == 3
+    assert snapshots(agent, "db") == 1
+    # The first prune of the day also deletes the forgotten snapshots' dumps.
+    assert len([k for k in agent.object_keys("test-node/db/") if "/snapshots/" not in k]) == 1
+
+
+def test_metrics_and_table_show_the_last_prune(tmp_path: Path) -> None:
+    from backup_agent.metrics import render
+    from backup_agent.status import format_table
+
+    text = render({"etc": {"result": "success", "last_prune": "2026-11-27T02:00:07Z", "prune_result": "failed",
+                           "prune_snapshots_forgotten": 0, "prune_bytes_freed": 0,
+                           "last_gc": "2026-11-26T02:00:09Z"},
+                   "new": {"result": "success"}})
+    assert 'backup_agent_last_prune_success{job="etc"} 0' in text
+    assert 'backup_agent_last_prune_timestamp_seconds{job="etc"} 1795744807' in text
+    assert 'backup_agent_last_gc_timestamp_seconds{job="etc"} 1795658409' in text
+    assert 'backup_agent_last_prune_snapshots_removed{job="etc"} 0' in text
+    assert 'job="new"} ' in text and 'backup_agent_last_prune_success{job="new"}' not in text
+
+    job = {"job": "vols", "type": "ebs_snapshot", "schedule": "daily at 03:00", "next_run": None,
+           "running_since": None, "last_start": None, "last_end": None, "result": "success", "snapshot": "s1",
+           "bytes": None, "duration_s": None, "consecutive_failures": 0, "error": None,
+           "last_prune": "2026-11-27T03:00:09Z", "prune_result": "failed",
+           "prune_error": "prune in us-east-1: UnauthorizedOperation"}
+    table = format_table({"node": "web-01", "daemon": {}, "jobs": [job]}).splitlines()
+    assert table[1].split()[-4:] == ["FAILURES", "LAST", "PRUNE", "PRUNE"]
+    assert table[2].split()[-3:] == ["2026-11-27", "03:00:09", "failed"]
+    assert table[3] == "vols: prune failed: prune in us-east-1: UnauthorizedOperation"
