@@ -208,3 +208,16 @@ def test_metrics_and_table_show_the_last_prune(tmp_path: Path) -> None:
     assert table[1].split()[-4:] == ["FAILURES", "LAST", "PRUNE", "PRUNE"]
     assert table[2].split()[-3:] == ["2026-11-27", "03:00:09", "failed"]
     assert table[3] == "vols: prune failed: prune in us-east-1: UnauthorizedOperation"
+
+
+def test_a_failed_prune_is_a_healthchecks_log_entry_not_a_failure() -> None:
+    from backup_agent.notify import Notifier
+
+    with Receiver() as r:
+        n = Notifier({"healthchecks_url": f"{r.url}/ping/KEY/{{job}}"}, node="web-01", environment=None)
+        n.prune_failed({"job": "etc", "result": "failed", "error": "AccessDenied",
+                        "last_prune": "2026-12-03T02:00:00Z"})
+        assert n.wait(5)
+        (req,) = r.requests
+        assert req.path == f"/ping/KEY/etc/log?rid={n.run_id}"
+        assert req.body == b"etc: prune failed: AccessDenied"
