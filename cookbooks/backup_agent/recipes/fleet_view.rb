@@ -2,8 +2,8 @@
 # Cookbook:: backup_agent
 # Recipe:: fleet_view
 #
-# Installs the Ohai plugin that copies each job's last result, last success and snapshot count
-# (never a secret) into node['backup_agent']['status'] and sets the top-level flag
+# Installs the Ohai plugin that copies each job's last result, last success, snapshot count and
+# last prune (never a secret) into node['backup_agent']['status'] and sets the top-level flag
 # node['backup_agent_stale'], so the Chef server can answer
 #   knife search node 'backup_agent_stale:true'
 #   knife node show NAME -a backup_agent.status
