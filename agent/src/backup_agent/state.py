@@ -133,6 +133,28 @@ def clear_damage(state_dir: Path, job: str, healed: set[str]) -> None:
             damage_path(state_dir, job).unlink()
 
 
+_UNDECODED = "hex:"  # no scanned path starts so: they are all absolute
+
+
+def _db_path(path: str) -> str:
+    """SQLite's text is UTF-8; a name that is not (held as surrogate escapes since the scan) is
+    stored as its bytes in hex, so its file is found unchanged next time instead of making
+    every commit fail after the manifest was stored."""
+    try:
+        path.encode()
+        return path
+    except UnicodeEncodeError:
+        return _UNDECODED + os.fsencode(path).hex()
+
+
+def _py_path(key: str) -> str:
+    return os.fsdecode(bytes.fromhex(key[len(_UNDECODED) :])) if key.startswith(_UNDECODED) else key
+
+
+def _db_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(_db_path(r[0]), *r[1:]) for r in rows]
+
+
 def _locked(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: FileCache, *args: Any, **kwargs: Any) -> T:
@@ -212,7 +234,8 @@ class FileCache:
             return self._files.get(path)
         with self.lock:
             return self.db.execute(  # type: ignore[no-any-return]
-                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?", (path,)
+                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?",
+                (_db_path(path),)
             ).fetchone()
 
     @_locked
@@ -223,7 +246,7 @@ class FileCache:
         if count > PRELOAD_LIMIT:
             return None
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files")
-        return {r[0]: r[1:] for r in rows}
+        return {_py_path(r[0]): r[1:] for r in rows}
 
     @_locked
     def lookup_blob(self, sha256: str) -> tuple[str, int] | None:
@@ -272,7 +295,7 @@ class FileCache:
             rows = self._changed + [(p, *old[p]) for p in self._seen - changed]
             self._files, self._changed, self._seen = None, [], set()
             self._create_next()
-        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)])
+        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
 
     @_locked
     def commit_files(self, snapshot_id: str, referenced: set[str]) -> None:
@@ -287,8 +310,8 @@ class FileCache:
         stale = [row for row in self.db.execute("SELECT DISTINCT object FROM blobs") if row[0] not in referenced]
         confirm = [("DELETE FROM blobs WHERE object=?", stale), mark]
         if self._files is not None:
-            gone = [(p,) for p in self._files.keys() - self._seen]
-            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._changed),
+            gone = [(_db_path(p),) for p in self._files.keys() - self._seen]
+            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
                       ("DELETE FROM files WHERE path=?", gone), *confirm])
         else:
             self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), *confirm])
