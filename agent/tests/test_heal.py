@@ -241,3 +241,24 @@ def test_a_file_from_before_1970_round_trips(agent, tmp_path: Path) -> None:
     proc = agent.run("restore", "data", "--target", str(target))
     assert proc.returncode == 0, proc.stderr
     assert capture(target / str(src).lstrip("/")) == capture(src)
+
+
+def test_a_lost_answer_to_the_manifest_upload_still_reports_the_snapshot(
+        agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import ClientError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    agent.job("data", type="files", paths=[str(src)])
+    stored = FilesJob.upload_manifest
+
+    def answer_lost(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        stored(self, *args, **kwargs)
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "connection reset"}}, "PutObject")
+
+    monkeypatch.setattr(FilesJob, "upload_manifest", answer_lost)
+    result = in_process(agent).run()
+    monkeypatch.undo()
+    assert result.status == "success" and [s["id"] for s in agent.json("snapshots", "data")] == [result.snapshot]
+    assert any("is stored and complete" in w for w in result.warnings)

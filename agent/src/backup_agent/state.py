@@ -118,6 +118,8 @@ def save_damage(state_dir: Path, job: str, objects: set[str]) -> None:
     known = read_damage(state_dir, job)
     if objects <= known:
         return
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # `check` may be the first verb run
+    damage_path(state_dir, job).parent.mkdir(mode=0o700, exist_ok=True)
     atomic_write(damage_path(state_dir, job), json.dumps({"objects": sorted(known | objects)}, indent=1).encode())
 
 

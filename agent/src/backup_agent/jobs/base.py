@@ -372,8 +372,10 @@ class S3Job(JobRunner):
     def forget_cached(self, objects: set[str]) -> None:
         """Hook for jobs with a local cache of stored content."""
 
-    def record_damage(self, objects: set[str]) -> None:
-        """Hook for jobs that reuse stored content: `check` found these objects missing or corrupt."""
+    def record_damage(self, objects: set[str]) -> bool:
+        """Hook for jobs that reuse stored content: `check` found these objects missing or corrupt.
+        True when the next run will store their content again."""
+        return False
 
     def prune(self, *, dry_run: bool) -> dict[str, Any]:
         if dry_run:
@@ -516,12 +518,13 @@ class S3Job(JobRunner):
                     found += [f"snapshot {snap.id}: {p}" for p in bad]
             problems += found
             checked += 1
-        if damaged:
-            self.record_damage(damaged)
+        healing = bool(damaged) and self.record_damage(damaged)
         result = {"job": self.job.name, "snapshots_checked": checked, "read_data": read_data,
                   "errors": problems, "status": "ok" if not problems else "error",
                   "damaged_objects": sorted(damaged), "foreign_snapshot_keys": list(self.foreign_snapshot_keys)}
         if problems:
+            heal = (f"; the next run stores the content of {len(damaged)} damaged object(s) again; older "
+                    "snapshots stay damaged" if healing else "")
             raise IntegrityError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5
-                                                            else ""), result)
+                                                            else "") + heal, result)
         return result

@@ -124,13 +124,15 @@ class FilesJob(S3Job):
     def forget_cached(self, objects: set[str]) -> None:
         self.cache.forget_objects(objects)
 
-    def record_damage(self, objects: set[str]) -> None:
+    def record_damage(self, objects: set[str]) -> bool:
         """What `check` found missing or corrupt: the next run stores that content again."""
         try:
             save_damage(self.cfg.state_dir, self.job.name, objects)
+            return True
         except OSError as exc:  # e.g. check run by a user who cannot write state_dir
             log.warning("job %s: cannot record damaged objects in %s: %s; the next run will not know "
                         "to upload their content again", self.job.name, self.cfg.state_dir, exc.strerror or exc)
+            return False
 
     # --- run -----------------------------------------------------------------------------------
 
@@ -241,8 +243,15 @@ class FilesJob(S3Job):
             try:
                 self.upload_manifest(sid, spool)
             except (ClientError, BotoCoreError) as exc:
-                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
-                                f"{describe(exc)}") from None
+                # The answer can be lost after S3 stored it: exit code and status must say
+                # whether the snapshot exists, so ask.
+                exists = self._manifest_stored(sid)
+                if exists is not True:
+                    made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
+                    raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
+                                    f"{describe(exc)}") from None
+                result.warnings.append(f"storing the manifest reported {describe(exc)}, but snapshot {sid} "
+                                       "is stored and complete")
         result.snapshot = sid
         try:
             self.cache.commit_files(sid, writer.objects)
@@ -260,6 +269,14 @@ class FilesJob(S3Job):
         result.status = "partial" if result.failed else "success"
         result.duration_s = time.monotonic() - started
         return result
+
+    def _manifest_stored(self, sid: str) -> bool | None:
+        """Is the manifest in the bucket? None when S3 does not say."""
+        try:
+            return self.manifest_exists(sid)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, describe(exc))
+            return None
 
     def _preflight(self, last: str, result: RunResult) -> bool:
         """Is our last snapshot still in the bucket? Also warns when versioning is off."""
