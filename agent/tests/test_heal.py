@@ -170,7 +170,8 @@ def test_stray_objects_under_snapshots_are_reported_and_skipped(agent, tmp_path:
     (src / "a.txt").write_text("a\n")
     agent.job("data", type="files", paths=[str(src)], retention={"keep_last": 2})
     sid = agent.json("run", "data")["snapshot"]
-    strays = ["snapshots/20261399T256199Z-aaaaaa.json.gz", "snapshots/notes.txt", "snapshots/x/y.json.gz"]
+    strays = ["snapshots/20261399T256199Z-aaaaaa.json.gz", "snapshots/notes.txt", "snapshots/x/y.json.gz",
+              "snapshots/a&b <c>+%20ü.json.gz"]
     for rel in strays:
         _put(agent, rel, b"not a manifest")
     listed = agent.run("snapshots", "data", "--json")
@@ -184,7 +185,7 @@ def test_stray_objects_under_snapshots_are_reported_and_skipped(agent, tmp_path:
     assert sorted(json.loads(proc.stdout)["foreign_snapshot_keys"]) == sorted(strays)
     assert agent.json("run", "data")["status"] == "success"
     out = agent.json("prune", "data")
-    assert out["foreign_keys"] == 3
+    assert out["foreign_keys"] == 4
     assert all(ROOT + rel in agent.object_keys(ROOT) for rel in strays)  # never deleted
 
 
