@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import AGENT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.treeutil import capture
 
 from backup_agent import config
@@ -263,3 +265,22 @@ def test_a_lost_answer_to_the_manifest_upload_still_reports_the_snapshot(
     monkeypatch.undo()
     assert result.status == "success" and [s["id"] for s in agent.json("snapshots", "data")] == [result.snapshot]
     assert any("is stored and complete" in w for w in result.warnings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                             timezones=st.just(UTC)), min_size=1, max_size=12),
+       st.sampled_from([None, "20261127T020000Z-ffffff"]))
+def test_ids_follow_the_order_of_runs_whatever_the_clock_says(clocks: list[datetime], before: str | None) -> None:
+    """Each run makes its id after the previous one (an id of an earlier version included): the
+    listing, `latest` and keep_last follow the order of the runs, not of the clock readings."""
+    from backup_agent.jobs.base import Snapshot, pick_snapshot
+    from backup_agent.retention import apply
+
+    made = [before] if before else []
+    for now in clocks:
+        made.append(layout.new_snapshot_id(now, after=made[-1] if made else None))
+    assert sorted(reversed(made), key=layout.snapshot_order) == made
+    snaps = [Snapshot(s, layout.snapshot_time(s)) for s in sorted(made, key=layout.snapshot_order)]
+    assert pick_snapshot(snaps, None, None, "data", "here").id == made[-1]
+    assert apply([(s.id, s.time) for s in snaps], {"keep_last": 1}).keep == [made[-1]]

@@ -449,7 +449,7 @@ class FilesJob(S3Job):
         not found damaged) is reused: the manifest says where content was put, not that it is
         still there. Only the newest snapshot: every retention policy keeps it (and so its
         objects), while an older one may be pruned, from any machine, during this run.
-        Returns the newest snapshot's id (None without one)."""
+        Returns the newest snapshot's id (None without a readable one)."""
         snaps = self.snapshots()
         if not snaps:
             return None
@@ -474,7 +474,7 @@ class FilesJob(S3Job):
             log.warning("job %s: cannot reuse what snapshot %s stores (%s): uploading all content",
                         self.job.name, newest, exc)
             self.cache.reset()
-            return newest
+            return None  # not ours, maybe: its name must not set the time of the snapshots to come
         self.cache.add_blobs(batch)
         log.info("no local cache: reusing content stored by snapshot %s (%d entries)", newest, reused)
         if skipped:
