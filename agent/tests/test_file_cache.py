@@ -60,3 +60,18 @@ def test_a_run_that_does_not_commit_leaves_the_baseline(tmp_path: Path, monkeypa
     cache.stage_files([_row("/src/f0", 0, sha="c" * 64)])  # the run then fails: no commit
     cache.close()
     assert _baseline(tmp_path) == {r[0]: r[1:] for r in first}
+
+
+@pytest.mark.parametrize("limit", [100_000, 1], ids=["in-memory", "outgrows-memory"])
+def test_names_that_are_not_utf8_are_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """A name with bytes that are not UTF-8 (held as surrogate escapes) made every commit fail
+    after the manifest was stored; now its file is found unchanged by the next run."""
+    monkeypatch.setattr(state, "PRELOAD_LIMIT", limit)
+    odd = "/srv/caf\udce9.txt"  # b"/srv/caf\xe9.txt", Latin-1
+    rows = [_row(odd, 5), _row("/srv/hex:plain", 6), _row("/srv/ok", 7)]
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    _snapshot(cache, "s1", rows)
+    assert cache.lookup_file(odd) == tuple(rows[0][1:])
+    _snapshot(cache, "s2", rows[1:])  # the odd one deleted
+    assert cache.lookup_file(odd) is None and cache.lookup_file("/srv/ok") == tuple(rows[2][1:])
+    cache.close()

@@ -40,6 +40,7 @@ class Scenario:
 AREAS = {
     "crash": "Crash consistency: `backup-agent run` and `prune` SIGKILLed at exact points",
     "s3": "Faults between the agent and S3 (fault-injecting proxy in front of SeaweedFS)",
+    "damage": "Damage in the bucket: objects deleted or rewritten behind the agent's back",
     "local": "Local faults",
     "hostile": "Hostile input",
     "secrets": "Secrets audit",
@@ -64,6 +65,9 @@ SCENARIOS = [
     Scenario("s3.faults", "s3", "backup, rerun, check --read-data and restores with faults on ≥ 20 % of requests"),
     Scenario("s3.lost_answers", "s3", "S3 applied a request but its answer was lost (connection reset)"),
     Scenario("s3.down", "s3", "S3 stays down: the run fails cleanly within a bounded time"),
+    Scenario("damage.heal", "damage", "objects deleted or corrupted, found by check (or the run), stored again"),
+    Scenario("damage.pruned_elsewhere", "damage",
+             "a prune from another machine deletes content this node's cache lists; the content comes back"),
     Scenario("local.disk_full", "local", "state_dir on a full file system (1 MiB tmpfs), then space freed"),
     Scenario("local.restore_full", "local", "restore into a full file system"),
     Scenario("local.read_only", "local", "state_dir on a read-only file system"),
@@ -74,10 +78,12 @@ SCENARIOS = [
     Scenario("local.large_rewrite_put", "local", "a large file rewritten in place between its hash and its PUT"),
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
+    Scenario("local.same_instant", "local", "runs in the same instant (a stopped clock)"),
     Scenario("hostile.config_hand", "hostile", "hand-written malformed configs"),
     Scenario("hostile.config_generated", "hostile", "generated malformed configs (hypothesis, derandomized)"),
     Scenario("hostile.config_secrets", "hostile", "config errors on secret keys do not echo the value"),
     Scenario("hostile.manifests", "hostile", "malformed manifests in the bucket, then `restore`"),
+    Scenario("hostile.bucket_objects", "hostile", "foreign and malformed objects under the job's prefix, every verb"),
     Scenario("secrets.agent", "secrets", "secret values after runs with notifications, a failing run and a daemon"),
     Scenario("secrets.converge", "secrets", "a sandboxed converge: node JSON, chef-client output, files it wrote"),
     Scenario("concurrency.two_runs", "concurrency", "two runs of one job at once"),
@@ -141,9 +147,15 @@ and the bad-input converges added there); they run where `CI=true` or `BACKUP_AG
   `read_timeout` (120 s) times 10 attempts, about 20 minutes, and one that drops SYNs by
   `connect_timeout` (10 s) times 10; the job's `timeout` (enforced by the daemon) is the knob
   for those.
-- **Clock behind the newest snapshot**: the run still makes a complete, listable, restorable
-  snapshot, but snapshots sort by their time, so `restore` without `--snapshot` and `keep_last`
-  treat an older run as the newest until the clock has caught up.
+- **Clock behind the newest snapshot**: a snapshot's id (and so its time) is always later than the
+  job's newest snapshot, by a microsecond if the clock says otherwise, so `restore` without
+  `--snapshot`, `--at` and `keep_last` follow the order the runs were made in. The price: while
+  the clock is behind, new snapshots carry times just after the newest one (a clock once set a day
+  ahead gives the next day's snapshots that day's time, and `keep_daily` counts them as one day).
+- **Damage is found by `check`**: a run trusts its cache and makes no LIST (an unchanged rerun costs
+  a HEAD and a PUT); an object deleted or rewritten behind its back is found by `check` (deleted,
+  truncated) or `check --read-data` (rewritten), which records it in state_dir for the next run.
+  A lost cache is rebuilt only from objects one LIST shows whole.
 """
 
 

@@ -50,6 +50,12 @@ def cases(outside: Path) -> dict[str, tuple[bytes, str]]:
         "wrong sha256": (manifest([entry("/x.txt", sha256="0" * 64)]), "does not match its sha256"),
         "offset past the object": (manifest([entry("/x.txt", offset=10**6)]), "cannot read"),
         "negative size": (manifest([entry("/x.txt", size=-5)]), "size must be a non-negative integer"),
+        "size past 64 bits": (manifest([entry("/x.txt", size=2**64)]), "size 18446744073709551616 is out of range"),
+        "offset + size past 64 bits": (manifest([entry("/x.txt", offset=2**63 - 2)]), "offset + size is out of range"),
+        "mode with file type bits": (manifest([entry("/x.txt", mode=0o100644)]), "mode 33188 is out of range"),
+        "uid past 32 bits": (manifest([entry("/x.txt", uid=2**40)]), "uid 1099511627776 is out of range"),
+        "gid -1 as unsigned": (manifest([entry("/x.txt", gid=2**32 - 1)]), "gid 4294967295 is out of range"),
+        "mtime past 64 bits": (manifest([entry("/x.txt", mtime_ns=10**30)]), "is out of range"),
         "object key with ..": (manifest([entry("/x.txt", object="../../other/secret")]), "object key"),
         "absolute object key": (manifest([entry("/x.txt", object="/etc/passwd")]), "object key"),
         "missing object": (manifest([entry("/x.txt", object="packs/zz/none")]), "packs/zz/none is missing"),
@@ -117,6 +123,7 @@ def test_malformed_manifests_are_refused_and_write_nothing_outside(lab: Lab, tmp
     assert not (tmp_path / "escaped.txt").exists()
     record("hostile.manifests", cases=len(all_cases),
            result="escaping, relative, NUL and unnormalised paths, the target itself as a file, writes through "
-                  "symlinks, wrong sizes, offsets and hashes, bad object keys, unknown types, truncated JSON, cut "
+                  "symlinks, wrong sizes, offsets and hashes, numbers out of range (size, offset, mode, uid, gid, "
+                  "mtime), bad object keys, unknown types, truncated JSON, cut "
                   "gzip, not gzip, foreign format and version, overlong names: each exit 1 with one line saying "
                   "what is wrong, nothing written or deleted outside the target, no temp files left")

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from backup_agent.storage.layout import order_rank
+
 _BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
     "keep_hourly": lambda t: (t.year, t.month, t.day, t.hour),
     "keep_daily": lambda t: (t.year, t.month, t.day),
@@ -30,7 +32,9 @@ class Decision:
 
 def apply(snapshots: Sequence[tuple[str, datetime]], policy: dict[str, int]) -> Decision:
     """Split (id, time) pairs into kept and forgotten ids. No policy at all keeps everything."""
-    newest_first = sorted(snapshots, key=lambda s: (s[1], s[0]), reverse=True)
+    # The snapshots' one order (storage.layout): by time, then an id with a fraction after a
+    # whole-second one of the same instant.
+    newest_first = sorted(snapshots, key=lambda s: (s[1], order_rank(s[0]), s[0]), reverse=True)
     if not any(policy.get(rule, 0) for rule in RULES):
         return Decision([s for s, _ in reversed(newest_first)], [], {s: ["no policy"] for s, _ in newest_first})
     reasons: dict[str, list[str]] = {}

@@ -98,6 +98,65 @@ def write_status(state_dir: Path, job: str, status: dict[str, Any]) -> None:
     atomic_write(status_path(state_dir, job), json.dumps(status, indent=2, sort_keys=True).encode())
 
 
+def damage_path(state_dir: Path, job: str) -> Path:
+    # Beside the cache, not in it: deleting the cache must not forget what `check` found.
+    return state_dir / "damage" / f"{job}.json"
+
+
+def read_damage(state_dir: Path, job: str) -> set[str]:
+    """Objects (relative keys) that `check` found missing, short or corrupt."""
+    try:
+        data = json.loads(damage_path(state_dir, job).read_text())
+    except (OSError, ValueError):
+        return set()
+    objects = data.get("objects") if isinstance(data, dict) else None
+    return {o for o in objects if isinstance(o, str)} if isinstance(objects, list) else set()
+
+
+def save_damage(state_dir: Path, job: str, objects: set[str]) -> None:
+    """Add to the record; the next run forgets them and uploads their content again."""
+    known = read_damage(state_dir, job)
+    if objects <= known:
+        return
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # `check` may be the first verb run
+    damage_path(state_dir, job).parent.mkdir(mode=0o700, exist_ok=True)
+    atomic_write(damage_path(state_dir, job), json.dumps({"objects": sorted(known | objects)}, indent=1).encode())
+
+
+def clear_damage(state_dir: Path, job: str, healed: set[str]) -> None:
+    """After a snapshot that no longer uses `healed` is complete."""
+    if not healed:
+        return
+    left = read_damage(state_dir, job) - healed
+    if left:
+        atomic_write(damage_path(state_dir, job), json.dumps({"objects": sorted(left)}, indent=1).encode())
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            damage_path(state_dir, job).unlink()
+
+
+_UNDECODED = "hex:"  # no scanned path starts so: they are all absolute
+
+
+def _db_path(path: str) -> str:
+    """SQLite's text is UTF-8; a name that is not (held as surrogate escapes since the scan) is
+    stored as its bytes in hex, so its file is found unchanged next time instead of making
+    every commit fail after the manifest was stored."""
+    try:
+        path.encode()
+        return path
+    except UnicodeEncodeError:
+        return _UNDECODED + os.fsencode(path).hex()
+
+
+def _py_path(key: str) -> str:
+    return os.fsdecode(bytes.fromhex(key[len(_UNDECODED) :])) if key.startswith(_UNDECODED) else key
+
+
+def _db_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(_db_path(r[0]), *r[1:]) for r in rows]
+
+
 def _locked(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: FileCache, *args: Any, **kwargs: Any) -> T:
@@ -135,7 +194,8 @@ class FileCache:
                 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,
                     ctime_ns INT, sha256 TEXT, object TEXT, offset INT);
                 CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, object TEXT, offset INT, size INT);
-                CREATE TABLE IF NOT EXISTS unconfirmed (object TEXT PRIMARY KEY);
+                DROP TABLE IF EXISTS unconfirmed;
+                CREATE INDEX IF NOT EXISTS blobs_object ON blobs (object);
                 """
             )
         except sqlite3.DatabaseError as exc:
@@ -166,8 +226,7 @@ class FileCache:
     @_locked
     def reset(self) -> None:
         self._files, self._preload_tried = None, False
-        self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM unconfirmed", ()),
-                  ("DELETE FROM meta", ()),
+        self._tx([("DELETE FROM files", ()), ("DELETE FROM blobs", ()), ("DELETE FROM meta", ()),
                   ("INSERT INTO meta VALUES ('target', ?)", (self.target,))])
 
     def lookup_file(self, path: str) -> tuple[Any, ...] | None:
@@ -177,7 +236,8 @@ class FileCache:
             return self._files.get(path)
         with self.lock:
             return self.db.execute(  # type: ignore[no-any-return]
-                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?", (path,)
+                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?",
+                (_db_path(path),)
             ).fetchone()
 
     @_locked
@@ -188,7 +248,7 @@ class FileCache:
         if count > PRELOAD_LIMIT:
             return None
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files")
-        return {r[0]: r[1:] for r in rows}
+        return {_py_path(r[0]): r[1:] for r in rows}
 
     @_locked
     def lookup_blob(self, sha256: str) -> tuple[str, int] | None:
@@ -196,15 +256,10 @@ class FileCache:
         return None if row is None else (str(row[0]), int(row[1]))
 
     @_locked
-    def add_blobs(self, rows: list[tuple[str, str, int, int]], *, in_snapshot: bool = False) -> None:
-        """Record content that is durably stored, even if the run later fails (reused next time).
-
-        Until a snapshot references its object (`in_snapshot`: learnt from a manifest), the
-        object is unconfirmed: see commit_files."""
-        statements: list[tuple[str, Any]] = [("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)]
-        if not in_snapshot:
-            statements.append(("INSERT OR IGNORE INTO unconfirmed VALUES (?)", [(o,) for o in {r[1] for r in rows}]))
-        self._tx(statements)
+    def add_blobs(self, rows: list[tuple[str, str, int, int]]) -> None:
+        """Record content that is durably stored, even if the run later fails (reused next time,
+        until a complete snapshot leaves its object out: see commit_files)."""
+        self._tx([("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)])
 
     @_locked
     def begin_files(self) -> None:
@@ -242,21 +297,23 @@ class FileCache:
             rows = self._changed + [(p, *old[p]) for p in self._seen - changed]
             self._files, self._changed, self._seen = None, [], set()
             self._create_next()
-        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)])
+        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
 
     @_locked
     def commit_files(self, snapshot_id: str, referenced: set[str]) -> None:
         """After a snapshot is complete: it becomes the baseline for the next run's change detection.
 
-        Objects stored by earlier runs that failed, and that this snapshot does not reference
-        either, are forgotten: nothing references them now, so any prune may delete them (one
-        from another machine cannot tell this cache), and content found there must not be reused."""
+        Content is reused afterwards only from objects this snapshot references. Any other
+        object (an older snapshot's, or stored by a run that failed) may be deleted by a prune
+        from anywhere once it is unreferenced, which this cache cannot see; the newest snapshot's
+        objects are kept by every retention policy, and the next run checks that this snapshot
+        is still there. Content that comes back later is uploaded again, not pointed at."""
         mark = ("INSERT OR REPLACE INTO meta VALUES ('last_snapshot', ?)", (snapshot_id,))
-        orphans = [row for row in self.db.execute("SELECT object FROM unconfirmed") if row[0] not in referenced]
-        confirm = [("DELETE FROM blobs WHERE object=?", orphans), ("DELETE FROM unconfirmed", ()), mark]
+        stale = [row for row in self.db.execute("SELECT DISTINCT object FROM blobs") if row[0] not in referenced]
+        confirm = [("DELETE FROM blobs WHERE object=?", stale), mark]
         if self._files is not None:
-            gone = [(p,) for p in self._files.keys() - self._seen]
-            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._changed),
+            gone = [(_db_path(p),) for p in self._files.keys() - self._seen]
+            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
                       ("DELETE FROM files WHERE path=?", gone), *confirm])
         else:
             self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), *confirm])
@@ -264,7 +321,8 @@ class FileCache:
 
     @_locked
     def forget_objects(self, objects: set[str]) -> None:
-        """Prune deleted these objects: content that lived there must be uploaded again."""
+        """These objects are deleted or damaged (prune, or `check`): content that lived there must
+        be uploaded again, and files stored there are read again."""
         self._files, self._preload_tried = None, False
         params = [(o,) for o in objects]
         self._tx([("DELETE FROM blobs WHERE object=?", params), ("DELETE FROM files WHERE object=?", params)])

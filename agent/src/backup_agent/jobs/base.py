@@ -40,8 +40,10 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
         raise IntegrityError(str(exc)) from None
 
 
-def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str]) -> Iterator[Entry]:
-    """The files with bytes whose object the listing shows whole; the others go to `problems`."""
+def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
+            damaged: set[str]) -> Iterator[Entry]:
+    """The files with bytes whose object the listing shows whole; the others go to `problems`,
+    their objects to `damaged`."""
     for e in entries:
         if e.type != "file" or e.size == 0:
             continue
@@ -49,8 +51,10 @@ def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems:
         have = sizes.get(e.object)
         if have is None:
             problems.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
+            damaged.add(e.object)
         elif have < e.offset + e.size:
             problems.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, needs {e.offset + e.size}")
+            damaged.add(e.object)
         else:
             yield e
 
@@ -61,6 +65,11 @@ def utcnow() -> datetime:
 
 def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_precise(t: datetime) -> str:
+    """With the microseconds when there are any: a snapshot's time, which orders snapshots."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if t.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> datetime:
@@ -101,7 +110,7 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "time": rfc3339(self.time), "manifest_bytes": self.size, **self.extra}
+        return {"id": self.id, "time": rfc3339_precise(self.time), "manifest_bytes": self.size, **self.extra}
 
 
 S = TypeVar("S", bound=Snapshot)
@@ -119,6 +128,8 @@ def pick_snapshot(snaps: list[S], snapshot: str | None, at: str | None, job: str
         raise JobFailed(f"job {job}: no snapshot {snapshot}")
     if at:
         when = parse_time(at)
+        if "." not in at:  # a time to the second names all of that second, as with whole-second ids
+            when = when.replace(microsecond=999_999)
         earlier = [s for s in snaps if s.time <= when]
         if not earlier:
             raise JobFailed(f"job {job}: no snapshot at or before {rfc3339(when)}")
@@ -168,6 +179,7 @@ class S3Job(JobRunner):
         self._making = threading.RLock()  # `store` may make `s3`
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
+        self.foreign_snapshot_keys: list[str] = []  # seen under snapshots/, not ours: reported, skipped
 
     @property
     def s3(self) -> Any:
@@ -200,12 +212,19 @@ class S3Job(JobRunner):
             raise JobFailed(f"cannot list s3://{self.bucket}/{self.root}{sub}: {describe(exc)}") from None
 
     def snapshots(self) -> list[Snapshot]:
+        """Complete snapshots, oldest first by creation. An object under snapshots/ whose name is
+        not a snapshot id of ours is reported (once per process) and skipped, never fatal."""
         out = []
         for obj in self.list_keys("snapshots/"):
-            sid = layout.snapshot_id_from_key(obj["Key"][len(self.root) :])
+            rel = obj["Key"][len(self.root) :]
+            sid = layout.snapshot_id_from_key(rel)
             if sid:
                 out.append(Snapshot(sid, layout.snapshot_time(sid), int(obj.get("Size", 0))))
-        return sorted(out, key=lambda s: (s.time, s.id))
+            elif rel not in self.foreign_snapshot_keys:
+                self.foreign_snapshot_keys.append(rel)
+                log.warning("s3://%s/%s%s is not a snapshot manifest of this agent: skipped", self.bucket,
+                            self.root, rel)
+        return sorted(out, key=lambda s: layout.snapshot_order(s.id))
 
     def describe_snapshots(self) -> list[Snapshot]:
         """Snapshots with the class their data was written in (manifest header) and whether they
@@ -356,6 +375,11 @@ class S3Job(JobRunner):
     def forget_cached(self, objects: set[str]) -> None:
         """Hook for jobs with a local cache of stored content."""
 
+    def record_damage(self, objects: set[str]) -> bool:
+        """Hook for jobs that reuse stored content: `check` found these objects missing or corrupt.
+        True when the next run will store their content again."""
+        return False
+
     def prune(self, *, dry_run: bool, collect_garbage: bool = True) -> dict[str, Any]:
         if dry_run:
             return self._prune(dry_run=True)
@@ -376,7 +400,7 @@ class S3Job(JobRunner):
             "forget": decision.forget,
             "objects_deleted": 0,
             "bytes_freed": 0,
-            "foreign_keys": 0,
+            "foreign_keys": len(self.foreign_snapshot_keys),
         }
         if not self.job.retention:
             result["note"] = f"jobs.{self.job.name}.retention is not set: every snapshot is kept"
@@ -390,8 +414,19 @@ class S3Job(JobRunner):
             # what the forgotten snapshots alone referenced stays stored until then.
             return result
         referenced: set[str] = set()
+        unreadable: list[str] = []
         for sid in decision.keep:
-            referenced |= self.referenced_objects(sid)
+            try:
+                referenced |= self.referenced_objects(sid)
+            except IntegrityError as exc:
+                unreadable.append(str(exc))
+        if unreadable:
+            # What an unreadable manifest references is unknown: deleting any data could take
+            # some of it. Retention is applied to manifests; data waits for a readable bucket.
+            log.warning("prune %s: no data deleted: %s", self.job.name, "; ".join(unreadable[:3]))
+            result.update(unreadable_manifests=unreadable, objects_deleted_early=0,
+                          note=f"{len(unreadable)} kept snapshot(s) have an unreadable manifest: no data deleted")
+            return result
         garbage: list[str] = []
         freed = early = 0
         now = self.clock()
@@ -458,7 +493,15 @@ class S3Job(JobRunner):
                            {"job": self.job.name, **thaw.pending_details(survey)})
 
     def check(self, *, read_data: bool) -> dict[str, Any]:
-        from backup_agent.storage.reader import verify_entries
+        from backup_agent.storage.reader import Piece, hashing, read_all
+
+        damaged: set[str] = set()
+
+        def verify(piece: Piece, chunks: Iterator[bytes]) -> str | None:
+            problem = hashing(chunks, piece, lambda _c: None)
+            if problem:
+                damaged.add(piece.object)
+            return problem
 
         listing = [o for o in self.list_keys("") if layout.is_owned(o["Key"][len(self.root) :])]
         sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in listing}
@@ -472,20 +515,24 @@ class S3Job(JobRunner):
             with contextlib.ExitStack() as stack:
                 try:
                     passes = stack.enter_context(self.manifest_passes(snap.id))
-                    for _ in _stored(passes()[1], sizes, snap.id, found):  # all of it before any data
+                    for _ in _stored(passes()[1], sizes, snap.id, found, damaged):  # all of it before any data
                         pass
                 except (IntegrityError, JobFailed) as exc:
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    bad = verify_entries(self.store, self.bucket, self.root,
-                                         _stored(passes()[1], sizes, snap.id, []), self.cfg.storage)
+                    bad = read_all(self.store, self.bucket, self.root,
+                                   _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify)
                     found += [f"snapshot {snap.id}: {p}" for p in bad]
             problems += found
             checked += 1
+        healing = bool(damaged) and self.record_damage(damaged)
         result = {"job": self.job.name, "snapshots_checked": checked, "read_data": read_data,
-                  "errors": problems, "status": "ok" if not problems else "error"}
+                  "errors": problems, "status": "ok" if not problems else "error",
+                  "damaged_objects": sorted(damaged), "foreign_snapshot_keys": list(self.foreign_snapshot_keys)}
         if problems:
+            heal = (f"; the next run stores the content of {len(damaged)} damaged object(s) again; older "
+                    "snapshots stay damaged" if healing else "")
             raise IntegrityError("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5
-                                                            else ""), result)
+                                                            else "") + heal, result)
         return result

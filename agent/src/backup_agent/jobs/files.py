@@ -7,6 +7,7 @@ no file contents and makes no LIST call; the manifest is uploaded last.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -28,7 +29,7 @@ from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
 from backup_agent.jobs.restore_files import restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
-from backup_agent.state import FileCache, JobLock, ensure_dir
+from backup_agent.state import FileCache, JobLock, clear_damage, ensure_dir, read_damage, save_damage
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
@@ -123,6 +124,16 @@ class FilesJob(S3Job):
     def forget_cached(self, objects: set[str]) -> None:
         self.cache.forget_objects(objects)
 
+    def record_damage(self, objects: set[str]) -> bool:
+        """What `check` found missing or corrupt: the next run stores that content again."""
+        try:
+            save_damage(self.cfg.state_dir, self.job.name, objects)
+            return True
+        except OSError as exc:  # e.g. check run by a user who cannot write state_dir
+            log.warning("job %s: cannot record damaged objects in %s: %s; the next run will not know "
+                        "to upload their content again", self.job.name, self.cfg.state_dir, exc.strerror or exc)
+            return False
+
     # --- run -----------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -152,8 +163,14 @@ class FilesJob(S3Job):
 
     def _run(self, started: float) -> RunResult:
         now = self.clock()
-        sid = layout.new_snapshot_id(now)
         result = RunResult(job=self.job.name, snapshot=None)
+        damaged = read_damage(self.cfg.state_dir, self.job.name)
+        if damaged:
+            # `check` found these objects missing or corrupt: the files stored there are read
+            # and uploaded again, so this snapshot restores exactly.
+            log.warning("job %s: %d damaged object(s) found by check: storing their content again",
+                        self.job.name, len(damaged))
+            self.cache.forget_objects(damaged)
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
         if last:
@@ -164,10 +181,11 @@ class FilesJob(S3Job):
             side.shutdown(wait=False)
         else:
             try:
-                self._seed_cache_from_bucket()
+                last = self._seed_cache_from_bucket(damaged)
                 self.warn_if_unversioned(result)
             except (ClientError, BotoCoreError) as exc:
                 raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
+        sid = layout.new_snapshot_id(now, after=last)
 
         tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
@@ -225,13 +243,40 @@ class FilesJob(S3Job):
             try:
                 self.upload_manifest(sid, spool)
             except (ClientError, BotoCoreError) as exc:
-                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
-                                f"{describe(exc)}") from None
-        self.cache.commit_files(sid, writer.objects)
+                # The answer can be lost after S3 stored it: exit code and status must say
+                # whether the snapshot exists, so ask.
+                exists = self._manifest_stored(sid)
+                if exists is not True:
+                    made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
+                    raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
+                                    f"{describe(exc)}") from None
+                result.warnings.append(f"storing the manifest reported {describe(exc)}, but snapshot {sid} "
+                                       "is stored and complete")
         result.snapshot = sid
+        try:
+            self.cache.commit_files(sid, writer.objects)
+        except Exception as exc:  # the snapshot is complete: say so, whatever failed here
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            msg = f"snapshot {sid} is complete, but the local cache could not record it ({why}): the next run rescans"
+            log.warning("job %s: %s", self.job.name, msg)
+            result.warnings.append(msg)
+            with contextlib.suppress(Exception):
+                self.cache.reset()  # a rescan and re-hash; never a baseline that disagrees with the bucket
+        try:
+            clear_damage(self.cfg.state_dir, self.job.name, damaged)
+        except OSError as exc:  # the record only makes a later run forget objects already forgotten
+            log.warning("job %s: cannot update %s: %s", self.job.name, self.cfg.state_dir, exc.strerror or exc)
         result.status = "partial" if result.failed else "success"
         result.duration_s = time.monotonic() - started
         return result
+
+    def _manifest_stored(self, sid: str) -> bool | None:
+        """Is the manifest in the bucket? None when S3 does not say."""
+        try:
+            return self.manifest_exists(sid)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, describe(exc))
+            return None
 
     def _preflight(self, last: str, result: RunResult) -> bool:
         """Is our last snapshot still in the bucket? Also warns when versioning is off."""
@@ -396,22 +441,46 @@ class FilesJob(S3Job):
         log.info("%s changed while read: reading it again", path)
         return after
 
-    def _seed_cache_from_bucket(self) -> None:
-        """A new disk or node has no cache: learn what content the latest snapshot already stores,
-        so losing state_dir costs a rescan and re-hash, not a second upload of everything."""
+    def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
+        """A new disk or node has no cache: learn what content the newest snapshot already stores,
+        so losing state_dir costs a rescan and re-hash, not a second upload of everything.
+
+        Only content whose object one LIST of the job's prefix shows whole (and that `check` has
+        not found damaged) is reused: the manifest says where content was put, not that it is
+        still there. Only the newest snapshot: every retention policy keeps it (and so its
+        objects), while an older one may be pruned, from any machine, during this run.
+        Returns the newest snapshot's id (None without a readable one)."""
         snaps = self.snapshots()
         if not snaps:
-            return
+            return None
+        newest = snaps[-1].id
+        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in self.list_keys("")}
         batch: list[tuple[str, str, int, int]] = []
-        with self.open_manifest(snaps[-1].id) as (_, entries, _):
-            for e in entries:
-                if e.type == "file" and e.size > 0 and e.sha256 and e.object:
+        reused = skipped = 0
+        try:
+            with self.open_manifest(newest) as (_, entries, _):
+                for e in entries:
+                    if e.type != "file" or e.size <= 0 or not e.sha256 or not e.object:
+                        continue
+                    if e.object in damaged or sizes.get(e.object, -1) < e.offset + e.size:
+                        skipped += 1
+                        continue
                     batch.append((e.sha256, e.object, e.offset, e.size))
+                    reused += 1
                     if len(batch) >= STAGE_BATCH:
-                        self.cache.add_blobs(batch, in_snapshot=True)
+                        self.cache.add_blobs(batch)
                         batch = []
-        self.cache.add_blobs(batch, in_snapshot=True)
-        log.info("no local cache: reusing content stored by snapshot %s", snaps[-1].id)
+        except (IntegrityError, JobFailed) as exc:
+            log.warning("job %s: cannot reuse what snapshot %s stores (%s): uploading all content",
+                        self.job.name, newest, exc)
+            self.cache.reset()
+            return None  # not ours, maybe: its name must not set the time of the snapshots to come
+        self.cache.add_blobs(batch)
+        log.info("no local cache: reusing content stored by snapshot %s (%d entries)", newest, reused)
+        if skipped:
+            log.warning("job %s: snapshot %s: %d file(s) point at missing, short or damaged objects: "
+                        "storing their content again", self.job.name, newest, skipped)
+        return newest
 
     # --- restore -------------------------------------------------------------------------------
 

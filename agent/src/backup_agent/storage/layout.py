@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-SNAPSHOT_ID = re.compile(r"^(?P<ts>\d{8}T\d{6}Z)-(?P<rand>[0-9a-f]{6})$")
+# `20261127T020000.123456Z-1a2b3c`; ids made before sub-second times were added have no
+# fraction (`20261127T020000Z-1a2b3c`) and still parse.
+SNAPSHOT_ID = re.compile(r"^(?P<ts>\d{8}T\d{6})(?:\.(?P<us>\d{6}))?Z-(?P<rand>[0-9a-f]{6})$")
 OWNED_DIRS = ("packs/", "files/", "blobs/", "dumps/")
 _KEY_SAFE = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 
@@ -22,15 +25,39 @@ def job_root(prefix: str, job: str) -> str:
     return f"{prefix.strip('/')}/{job}/"
 
 
-def new_snapshot_id(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+def new_snapshot_id(now: datetime, after: str | None = None) -> str:
+    """A new id, later than `after` (the job's newest snapshot) even if the clock says otherwise.
+
+    Microseconds and the `after` bound give snapshots a total order by creation: with whole
+    seconds, two runs in the same second were ordered by their random suffix, and `latest`,
+    `--at` and retention picked between them by chance. A clock that is stopped or set back
+    still gives a later id than the snapshot before it."""
+    t = now.astimezone(UTC)
+    if after is not None and SNAPSHOT_ID.match(after):
+        with contextlib.suppress(ValueError):
+            t = max(t, snapshot_time(after) + timedelta(microseconds=1))
+    return t.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
 
 
 def snapshot_time(snapshot_id: str) -> datetime:
+    """When the snapshot was made; ValueError for a string that is not a valid snapshot id."""
     m = SNAPSHOT_ID.match(snapshot_id)
     if not m:
         raise ValueError(f"not a snapshot id: {snapshot_id!r}")
-    return datetime.strptime(m["ts"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    t = datetime.strptime(m["ts"], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    return t.replace(microsecond=int(m["us"])) if m["us"] else t
+
+
+def order_rank(snapshot_id: str) -> int:
+    """Breaks a tie of equal times: an id with a fraction was made after a whole-second id of the
+    same instant (the fraction came with a later version of the agent)."""
+    m = SNAPSHOT_ID.match(snapshot_id)
+    return 1 if m and m["us"] else 0
+
+
+def snapshot_order(snapshot_id: str) -> tuple[datetime, int, str]:
+    """The sort key of snapshot ids, oldest first: every listing, selection and retention uses it."""
+    return snapshot_time(snapshot_id), order_rank(snapshot_id), snapshot_id
 
 
 def manifest_key(snapshot_id: str) -> str:
@@ -41,7 +68,11 @@ def snapshot_id_from_key(rel_key: str) -> str | None:
     if not rel_key.startswith("snapshots/") or not rel_key.endswith(".json.gz"):
         return None
     sid = rel_key[len("snapshots/") : -len(".json.gz")]
-    return sid if SNAPSHOT_ID.match(sid) else None
+    try:
+        snapshot_time(sid)  # the pattern alone lets through dates like 20261399T256199Z
+    except ValueError:
+        return None
+    return sid
 
 
 def new_pack_key() -> str:

@@ -19,6 +19,11 @@ FORMAT = "backup-agent-manifest"
 VERSION = 1
 ENTRY_TYPES = ("file", "dir", "symlink")
 _TYPES = {t: t for t in ENTRY_TYPES}
+# Numbers a manifest may hold: what the kernel's calls take (a file before 1970 has a negative
+# mtime; uid 2**32-1 means "leave unchanged" to chown). Larger values are refused while the
+# manifest is read, before a restore writes anything, instead of failing in the middle of it.
+INT64_MAX = 2**63 - 1
+ID_MAX = 2**32 - 2
 
 
 class ManifestError(ValueError):
@@ -165,18 +170,22 @@ def parse_entry(obj: Any, where: str) -> Entry:
     if etype not in ENTRY_TYPES:
         raise ManifestError(f"{where}: unknown type {etype!r}")
 
-    def num(key: str, default: int = 0) -> int:
-        v = obj.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+    def num(key: str, low: int = 0, high: int = INT64_MAX) -> int:
+        v = obj.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 <= low:
             raise ManifestError(f"{where}: {key} must be a non-negative integer")
+        if not low <= v <= high:
+            raise ManifestError(f"{where}: {key} {v} is out of range ({low}..{high})")
         return v
 
     # One string object per type and per object key: a restore holds every selected entry, and
     # thousands of entries share each pack's key.
-    entry = Entry(path=str(path), type=_TYPES[etype], mode=num("mode") & 0o7777, uid=num("uid"), gid=num("gid"),
-                  mtime_ns=num("mtime_ns"))
+    entry = Entry(path=str(path), type=_TYPES[etype], mode=num("mode", high=0o7777), uid=num("uid", high=ID_MAX),
+                  gid=num("gid", high=ID_MAX), mtime_ns=num("mtime_ns", low=-INT64_MAX - 1))
     if etype == "file":
         entry.size, entry.offset = num("size"), num("offset")
+        if entry.size + entry.offset > INT64_MAX:
+            raise ManifestError(f"{where}: offset + size is out of range")
         sha, objkey = obj.get("sha256"), obj.get("object")
         if not isinstance(sha, str) or len(sha) != 64:
             raise ManifestError(f"{where}: sha256 missing or malformed")
