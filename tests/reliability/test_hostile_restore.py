@@ -4,7 +4,7 @@ Each example is a tree of directories, files (empty or not, odd modes), and syml
 pointing outside), with arbitrary names up to 255 bytes; its content is stored in SeaweedFS and its
 manifest is a real snapshot of the job. Before the restore, the target is planted: at the tree's
 names, symlinks to a file and to a directory outside the target, hard links to an outside file,
-plain files where directories belong, and hard links at the `NAME.restore-tmp` names restore
+plain files and FIFOs, and hard links at the `NAME.restore-tmp` names restore
 used to write through. Afterwards the outside files must be byte-, mode- and time-identical, the
 restored tree exact, and no temp file left."""
 
@@ -28,7 +28,7 @@ from reliability.report import record
 
 OLD_TEMP = ".restore-tmp"
 T0 = 1_600_000_000_000_000_000
-PLANTS = ("none", "link to a file", "link to a directory", "hard link", "plain file", "none")
+PLANTS = ("none", "link to a file", "link to a directory", "hard link", "plain file", "fifo", "none")
 
 
 def _fill(char: str, size: int) -> str:
@@ -105,6 +105,8 @@ def plant(root: Path, flat: list[tuple[str, tuple[Any, ...]]], kinds: list[str],
             place.symlink_to(out / "d")
         elif kind == "hard link":
             os.link(out / "f", place)
+        elif kind == "fifo":
+            os.mkfifo(place)  # opening it would block: restore must not even try
         else:
             place.write_bytes(b"junk that was in the target")
         planted.append(rel)
