@@ -187,7 +187,8 @@ def test_generated_snapshots_restore_exactly_into_planted_targets(lab: Lab, tmp_
     record("hostile.restore_target", cases=len(ran),
            result="generated trees (directories, empty and non-empty files with set-id and read-only modes, "
                   "symlinks, names of 1-255 bytes in any script) restored into targets planted with symlinks "
-                  "to an outside file and directory, hard links to an outside file, plain files where "
-                  "directories belong and hard links at the old NAME.restore-tmp names: outside files "
+                  "to an outside file and directory, hard links to an outside file, plain files and "
+                  "FIFOs where files and directories belong, and hard links at the old NAME.restore-tmp names: "
+                  "outside files "
                   "byte-, mode- and time-identical, the tree exact, no temp file left",
            measured=f"{sum(ran)} entries")
