@@ -12,8 +12,8 @@ Order: each directory before anything in it (those of the snapshot private, 0700
 file contents (renamed only once their sha256 matched), symlinks, then directory metadata deepest
 first, also when the restore fails, so no directory is left at 0700.
 
-`Target.parent` and `place` are the primitives for any kind of entry (other modules restore
-FIFOs, devices and hard links with them).
+`Target.parent` and `place` are the primitives for any kind of entry: other modules add FIFOs,
+devices or hard links to `KINDS`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -120,6 +121,21 @@ def place(dfd: int, name: str, e: Entry, make: Callable[[str], object]) -> None:
         discard(dfd, tmp)
         raise
     commit(dfd, tmp, name)
+
+
+def _make_symlink(target: Target, dfd: int, tmp: str, e: Entry) -> None:
+    assert e.target is not None
+    os.symlink(e.target, tmp, dir_fd=dfd)
+
+
+# Entries other than files and directories, by manifest type: make(target, dfd, tmp, e=entry)
+# creates one under the temp name `tmp` in directory `dfd`, failing with FileExistsError if that
+# name exists (symlink, mkfifo, mknod and link do), and may add xattrs to it; `place` then sets its
+# metadata without following links and renames it over the entry's name. They are made after all
+# file contents, so a hard link finds the file it links to (`target.parent(path)` gives that
+# file's directory). Other modules add their kinds here.
+Maker = Callable[..., object]
+KINDS: dict[str, Maker] = {"symlink": _make_symlink}
 
 
 def _open_dir(parent: int, name: str, make: bool, mode: int) -> tuple[int, bool]:
@@ -249,7 +265,7 @@ def lstat_inside(root: str, path: str) -> os.stat_result | None:
 
 def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, content_bytes: int) -> dict[str, Any]:
     """Restore a stream of entries in one pass (the manifest's scan order puts each directory
-    before what it holds); only directories and symlinks are held until the end."""
+    before what it holds); only directories, symlinks and the other KINDS are held until the end."""
     target = Target(target_dir)
     try:
         return _restore(job, entries, target, content_bytes)
@@ -263,14 +279,12 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
     lock = threading.Lock()
     progress = _Progress(content_bytes)
     dirs: list[Entry] = []
-    links: list[Entry] = []
+    late: list[Entry] = []  # symlinks and the other KINDS
 
     def content() -> Iterator[Entry]:
         """Makes directories and empty files on the way; yields what has bytes to fetch."""
         for e in entries:
-            if e.type == "symlink":
-                links.append(e)
-            elif e.type == "file" and e.size > 0:
+            if e.type == "file" and e.size > 0:
                 yield e
             elif e.type == "dir":
                 try:
@@ -280,6 +294,11 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
                 except OSError as exc:
                     raise target.named(e.path, exc) from None
                 counts["dirs"] += 1
+            elif e.type != "file":
+                if e.type in KINDS:
+                    late.append(e)
+                else:
+                    errors.append(f"{e.path}: entries of type {e.type!r} cannot be restored")
             else:
                 try:
                     with target.parent(e.path) as (dfd, name):
@@ -322,27 +341,23 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
     try:
         errors += read_all(job.store, job.bucket, job.root, content(), job.cfg.storage, sink)
         progress.close()
-        for e in links:
-            assert e.target is not None
+        for e in late:
             try:
                 with target.parent(e.path) as (dfd, name):
-                    place(dfd, name, e, _symlink_maker(e.target, dfd))
+                    place(dfd, name, e, partial(KINDS[e.type], target, dfd, e=e))
             except ManifestError as exc:
                 errors.append(str(exc))
                 continue
             except OSError as exc:
                 raise target.named(e.path, exc) from None
-            counts["symlinks"] += 1
+            key = f"{e.type}s"
+            counts[key] = counts.get(key, 0) + 1
     except BaseException:
         # Also after a failure: the directories made so far get their modes (none stays at 0700).
         _dir_meta(target, dirs, quiet=True)
         raise
     _dir_meta(target, dirs)
     return {**counts, "errors": errors}
-
-
-def _symlink_maker(link_target: str, dfd: int) -> Callable[[str], None]:
-    return lambda tmp: os.symlink(link_target, tmp, dir_fd=dfd)
 
 
 def _write_piece(target: Target, piece: Piece, chunks: Iterator[bytes], dests: list[Entry], dfd: int, name: str,
