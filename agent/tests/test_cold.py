@@ -221,6 +221,40 @@ def test_restore_interrupted_half_way_resumes(ca: ColdAgent, tmp_path: Path) -> 
     assert capture(restored) == capture(src)
 
 
+def test_a_resumed_restore_takes_nothing_beyond_a_planted_link_for_restored(ca: ColdAgent, tmp_path: Path) -> None:
+    """Between two passes, the target's first directory becomes a link to a copy outside whose
+    large-0.bin has the restored size and mtime but other bytes: the next pass must not count it
+    as restored (a look-up through the link did), nor write there."""
+    src = tmp_path / "src"
+    make_tree(src, large=2)
+    ca.job("cold", type="files", paths=[str(src)], storage_class="DEEP_ARCHIVE", restore_tier="Bulk")
+    ca.json("run", "cold")
+    data = ca.data_keys("cold")
+    target = tmp_path / "restore"
+    ca.json("restore", "cold", "--target", str(target), code=75)
+    ca.moto.hold(ca.bucket, data)
+    ca.moto.release(ca.bucket, [next(k for k in data if "/large-0.bin@" in k)])
+    assert ca.json("restore", "cold", "--target", str(target), code=75)["files_restored"] == 1
+    first = str(src).lstrip("/").split("/")[0]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (target / first).rename(outside / first)
+    (target / first).symlink_to(outside / first)
+    fake = outside / str(src).lstrip("/") / "large-0.bin"
+    st = fake.stat()
+    fake.write_bytes(b"x" * st.st_size)
+    os.utime(fake, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    before = capture(outside)
+
+    ca.moto.release(ca.bucket, data)
+    done = ca.json("restore", "cold", "--target", str(target))
+
+    assert done["files_already_restored"] == 0
+    assert capture(outside) == before
+    assert not (target / first).is_symlink()
+    assert capture(target / str(src).lstrip("/")) == capture(src)
+
+
 def test_wait_polls_with_backoff_and_a_killed_wait_resumes(ca: ColdAgent, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"

@@ -84,6 +84,7 @@ SCENARIOS = [
     Scenario("hostile.config_secrets", "hostile", "config errors on secret keys do not echo the value"),
     Scenario("hostile.manifests", "hostile", "malformed manifests in the bucket, then `restore`"),
     Scenario("hostile.bucket_objects", "hostile", "foreign and malformed objects under the job's prefix, every verb"),
+    Scenario("hostile.restore_target", "hostile", "generated snapshots restored into targets planted with links"),
     Scenario("secrets.agent", "secrets", "secret values after runs with notifications, a failing run and a daemon"),
     Scenario("secrets.converge", "secrets", "a sandboxed converge: node JSON, chef-client output, files it wrote"),
     Scenario("concurrency.two_runs", "concurrency", "two runs of one job at once"),

@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
-from backup_agent.jobs.restore_files import restore_entries
+from backup_agent.jobs.restore_files import lstat_inside, restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, clear_damage, ensure_dir, read_damage, save_damage
 from backup_agent.storage import cold, layout
@@ -587,12 +587,11 @@ class FilesJob(S3Job):
 
 
 def _already_restored(root: str, e: Entry) -> bool:
-    """Written by an earlier run of the same restore: a verified file gets its mtime last."""
-    try:
-        st = os.lstat(os.path.join(root, e.path.lstrip("/")))
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+    """Written by an earlier run of the same restore: a verified file gets its mtime last. Looked
+    up through real directories only: a link planted in the target since cannot pass a file
+    outside it off as restored."""
+    st = lstat_inside(root, e.path)
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
 
 
 def _read_upto(fd: int, want: int) -> bytes:
