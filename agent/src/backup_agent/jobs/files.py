@@ -395,7 +395,7 @@ class FilesJob(S3Job):
             if found:
                 obj, offset = found
             else:
-                obj, offset = layout.large_file_key(path, sha), 0
+                obj, offset = layout.large_file_key(path, sha, self.root), 0
                 st_cfg = self.cfg.storage
                 upload_file(self.store, self.bucket, self.root + obj, path, size=size, sha256=sha,
                             extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,

@@ -3,7 +3,8 @@
     snapshots/<id>.json.gz        the manifest; written last, so its presence means "complete"
     packs/<xx>/<random id>        small files concatenated; the manifest holds offsets
     files/<abs path>@<hash16>     large files under a readable key (aws s3 cp works on them)
-    blobs/<xx>/<sha256>           large files whose path cannot be an S3 key (control chars, bad UTF-8)
+    blobs/<xx>/<sha256>           large files whose path cannot be an S3 key (control chars, bad UTF-8,
+                                  too long: see `fits`)
     dumps/<snapshot id>.<ext>     command job output (one object per snapshot)
 """
 
@@ -19,10 +20,38 @@ from datetime import UTC, datetime, timedelta
 SNAPSHOT_ID = re.compile(r"^(?P<ts>\d{8}T\d{6})(?:\.(?P<us>\d{6}))?Z-(?P<rand>[0-9a-f]{6})$")
 OWNED_DIRS = ("packs/", "files/", "blobs/", "dumps/")
 _KEY_SAFE = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
+# S3 refuses keys over 1,024 bytes (UTF-8); SeaweedFS, whose filer stores a key as a path, also
+# refuses any '/'-separated part over 255 bytes (KeyTooLongError). A key must meet both.
+MAX_KEY_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+# The longest key below the job root the agent makes without a user's path in it (`blobs/` is
+# longer than `packs/`, `snapshots/<id>.json.gz` and `dumps/<id>.dump.zst`).
+LONGEST_FIXED_KEY = len("blobs/xx/") + 64
 
 
 def job_root(prefix: str, job: str) -> str:
     return f"{prefix.strip('/')}/{job}/"
+
+
+def fits(key: str) -> bool:
+    """Whether every store the agent supports accepts `key` (a whole key, job root included)."""
+    return (len(key.encode()) <= MAX_KEY_BYTES
+            and all(len(part.encode()) <= MAX_SEGMENT_BYTES for part in key.split("/")))
+
+
+def root_problem(prefix: str, job: str) -> str | None:
+    """Why the job's root leaves no room for the agent's own keys, or None when it does.
+
+    Config loading refuses such a prefix/job pair: otherwise every upload would fail at run time."""
+    parts = prefix.strip("/").split("/")
+    if (long := next((p for p in parts if len(p.encode()) > MAX_SEGMENT_BYTES), None)) is not None:
+        return f"'{long[:20]}...' is {len(long.encode())} bytes; a store accepts at most " \
+               f"{MAX_SEGMENT_BYTES} bytes between two '/'"
+    size = len(job_root(prefix, job).encode())
+    if size + LONGEST_FIXED_KEY > MAX_KEY_BYTES:
+        return f"with job '{job}' the keys would be {size + LONGEST_FIXED_KEY} bytes; S3 accepts at most " \
+               f"{MAX_KEY_BYTES} (prefix and job name may take {MAX_KEY_BYTES - LONGEST_FIXED_KEY - 2} bytes together)"
+    return None
 
 
 def new_snapshot_id(now: datetime, after: str | None = None) -> str:
@@ -80,14 +109,20 @@ def new_pack_key() -> str:
     return f"packs/{pid[:2]}/{pid}"
 
 
-def large_file_key(path: str, sha256: str) -> str:
+def large_file_key(path: str, sha256: str, root: str) -> str:
+    """The key of a large file below `root` (the job root): readable when it can be, else by hash.
+
+    Only writers call this; readers take keys from manifests, so keys written by earlier versions
+    (readable ones up to 900 bytes of path) keep working."""
+    key = f"files/{path.lstrip('/')}@{sha256[:16]}"
     try:
-        path.encode("utf-8")
-        readable = bool(_KEY_SAFE.match(path)) and len(path.encode()) < 900
-    except UnicodeEncodeError:
+        # The `@<hash16>` suffix makes a 239..255-byte file name a segment no store accepts; a
+        # deep path or a long prefix makes the whole key too long: both take the hash key.
+        readable = bool(_KEY_SAFE.match(path)) and fits(root + key)
+    except UnicodeEncodeError:  # a name that is not UTF-8 (kept as surrogates)
         readable = False
     if readable:
-        return f"files/{path.lstrip('/')}@{sha256[:16]}"
+        return key
     return f"blobs/{sha256[:2]}/{sha256}"
 
 
