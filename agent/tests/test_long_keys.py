@@ -55,6 +55,20 @@ def test_large_files_with_longest_names_deep_paths_and_a_long_prefix(agent, tmp_
     assert [k for k in readable if f"/{'m' * 238}@" in k], readable  # short enough: still readable
 
 
+def test_a_prefix_that_leaves_no_room_for_keys_is_refused_at_load(agent, tmp_path: Path) -> None:
+    agent.data["storage"]["prefix"] = "/".join(["p" * 250] * 4)
+    agent.job("data", type="files", paths=[str(tmp_path)])
+    proc = agent.run("validate")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "storage.prefix" in lines[0] and "1024" in lines[0], proc.stderr
+
+    agent.data["storage"]["prefix"] = "x" * 256  # one segment longer than a store accepts
+    agent.write()
+    proc = agent.run("validate")
+    assert proc.returncode == 2 and "255" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_old_readable_keys_are_unchanged() -> None:
     """Restore reads keys from manifests; writers that fit keep the key a user can `aws s3 cp`."""
     sha = "ab" * 32

@@ -23,6 +23,7 @@ from backup_agent.config_schema import JOB_TYPES, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
 from backup_agent.state import atomic_write
+from backup_agent.storage import layout
 
 DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
@@ -197,6 +198,10 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     if bool(storage.access_key_id) != bool(storage.secret_access_key):
         missing = "secret_access_key" if storage.access_key_id else "access_key_id"
         raise ConfigError(f"{name}: storage.{missing}: required when the other key is set")
+    for job_name in jobs_raw or [""]:  # keys that do not fit would fail every upload: refuse now
+        if problem := layout.root_problem(storage.prefix, job_name):
+            where = "storage.prefix" if st.get("prefix") else "node (the default storage.prefix)"
+            raise ConfigError(f"{name}: {where}: {problem}")
     jobs = {job_name: _job(job_name, raw) for job_name, raw in jobs_raw.items()}
     return Config(
         path=name,

@@ -163,7 +163,8 @@ TOP_LEVEL: dict[str, Any] = {
             "required": ["bucket"],
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
-                "prefix": {"type": "string", "pattern": "^[^/].*[^/]$|^[^/]$"},
+                "prefix": {"type": "string", "pattern": "^[^/].*[^/]$|^[^/]$",
+                           "description": "default: node; with a job name at most 949 bytes, 255 between two '/'"},
                 "region": {**_str, "default": "us-east-1"},
                 "endpoint_url": _url,
                 "access_key_id": _str,
