@@ -466,7 +466,8 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
-_SECRET_KEY = re.compile(r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.env\.")
+_SECRET_KEY = re.compile(
+    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env\.")
 
 
 def _message(err: Any) -> str:
