@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,6 +18,14 @@ from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, 
 from backup_agent.logfmt import redact, secret_values, setup_logging
 
 log = logging.getLogger("backup_agent")
+
+
+def _nonempty(value: str) -> str:
+    # An empty --target was the current directory, an empty --snapshot the latest: never what
+    # a script with an unset variable meant.
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="restore a snapshot into a directory")
     s.add_argument("job")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", help="snapshot id (default: the latest)")
-    which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
+    which.add_argument("--snapshot", type=_nonempty, help="snapshot id (default: the latest)")
+    which.add_argument("--at", type=_nonempty, help="RFC 3339 time: the newest snapshot at or before it")
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--target", help="directory to restore into ('-' = stdout, command jobs)")
-    where.add_argument("--into", metavar="DATABASE",
+    where.add_argument("--target", type=_nonempty, help="directory to restore into ('-' = stdout, command jobs)")
+    where.add_argument("--into", metavar="DATABASE", type=_nonempty,
                        help="command jobs: pipe the dump into the preset's restore tool (or restore_command)")
-    s.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
+    s.add_argument("--path", action="append", default=[], type=_nonempty,
+                   help="restore only this path (repeatable)")
     s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
     s.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"], help="Glacier retrieval tier")
     s.add_argument("--days", type=int, help="days a Glacier restore stays readable")
@@ -104,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
+    if getattr(args, "target", None) == "-":
+        _check_stdout_writable()  # first: with fd 1 closed, the next file opened would get it
     if args.verb == "schema":
         from backup_agent.config_schema import full_schema
 
@@ -187,6 +199,18 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _emit(out, as_json, f"ok: {out['snapshots_checked']} snapshot(s) verified"
                      + (" with data" if args.read_data else ""))
     raise AssertionError(args.verb)
+
+
+def _check_stdout_writable() -> None:
+    """`--target -` with stdout closed (`>&-`) or read-only: say so before downloading anything,
+    rather than fail on the first write (Python even sets sys.stdout to None then)."""
+    try:
+        mode = fcntl.fcntl(1, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        mode = None
+    if sys.stdout is None or mode not in (os.O_WRONLY, os.O_RDWR):
+        raise ConfigError("--target -: standard output is closed or not writable; redirect it to a file or a "
+                          "pipe, or give --target FILE")
 
 
 def _emit(doc: Any, as_json: bool, text: str | None) -> int:
