@@ -243,8 +243,6 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
             _validate(job_schema(raw["type"]), raw, name, where)
             _check_job_semantics(raw, name, where)
         _normalise_job(raw, name, where)
-    if not trusted:
-        _check_storage_names(data, name)
     _normalise_top(data, name)
     _apply_defaults(TOP_LEVEL, data)
     node = data.get("node") or socket.gethostname().split(".")[0]
@@ -377,13 +375,6 @@ def _normalise_top(data: dict[str, Any], name: str) -> None:
         metrics["textfile"] = textfile
 
 
-def _check_storage_names(data: dict[str, Any], name: str) -> None:
-    prefix = (data.get("storage") or {}).get("prefix")
-    if isinstance(prefix, str) and any(part in (".", "..") for part in prefix.split("/")):
-        raise ConfigError(f"{name}: storage.prefix: {_show(prefix)} must not have '.' or '..' parts "
-                          "(S3 clients and consoles resolve them as directories)")
-
-
 # --- schema plumbing -------------------------------------------------------------------------
 
 _TYPE_WORDS = {
@@ -496,7 +487,8 @@ def _message(err: Any) -> str:
             "^[A-Za-z0-9](?:": "must be a region name like us-east-1",
             "^[A-Za-z0-9][": "must be letters, digits and !_.*'()=:+@,- (starting with a letter or digit)",
             "^[A-Za-z_]": "must be letters, digits and '_', not starting with a digit",
-            f"^[{KEY_CHARS}]+(/": f"must be parts of {KEY_CHARS} separated by single '/'",
+            "^(?!(.*/)?": f"must be parts of {KEY_CHARS} separated by single '/', none of them '.' or '..' "
+                          "(S3 clients and consoles resolve those as directories)",
         }
         for start, hint in hints.items():
             if str(s).startswith(start):

@@ -176,7 +176,7 @@ TOP_LEVEL: dict[str, Any] = {
             "required": ["bucket"],
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
-                "prefix": {"type": "string", "pattern": f"^[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
+                "prefix": {"type": "string", "pattern": f"^(?!(.*/)?\\.\\.?(/|$))[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
                            "description": "where the node's objects go in the bucket (default: node); "
                                           "'/'-separated parts, none of them '.' or '..'"},
                 "region": {**_region, "default": "us-east-1"},
