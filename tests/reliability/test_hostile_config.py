@@ -338,6 +338,11 @@ def schema_leaves() -> list[tuple[str, dict[str, Any]]]:
             out.append((f"{prefix}{key}", sub))
             if sub.get("properties"):
                 walk(f"{prefix}{key}.", sub["properties"])
+            # A list's items and a map's values: `paths: [1]`, `env: {A: [x]}` (`key[]`, `key{}`).
+            if isinstance(sub.get("items"), dict) and sub["items"].get("type"):
+                out.append((f"{prefix}{key}[]", sub["items"]))
+            if isinstance(sub.get("additionalProperties"), dict):
+                out.append((f"{prefix}{key}{{}}", sub["additionalProperties"]))
 
     walk("", {k: v for k, v in TOP_LEVEL["properties"].items() if k != "jobs"})
     for job_type in JOB_BASES:
@@ -374,6 +379,10 @@ def fits(schema: dict[str, Any], value: Any) -> bool:
 def wrong_config(lab: Lab, state_dir: Path, key: str, value: Any) -> dict[str, Any]:
     doc = base(lab, state_dir)
     doc["jobs"].update({t: copy.deepcopy(b) for t, b in JOB_BASES.items()})
+    if key.endswith("[]"):
+        key, value = key[:-2], [value]
+    elif key.endswith("{}"):
+        key, value = key[:-2], {"NAME": value}
     return _set(doc, key, value)
 
 
@@ -396,7 +405,7 @@ def test_a_wrong_type_at_any_key_is_one_line_and_exit_2(lab: Lab, tmp_path: Path
         ran.append(key)
         code, out, err = run_main(["-c", str(path), "run", "data"])
         assert_rejected(lab, path, state_dir, code, out, err, f"{key}={value!r}")
-        assert key.split(".")[-1] in err, f"{key}={value!r}: the error does not name the key: {err}"
+        assert key.split(".")[-1].strip("[]{}") in err, f"{key}={value!r}: the error does not name the key: {err}"
         covered.add(key)
 
     # The base config (with a job of every type) is itself valid: a rejection is the wrong value's.
@@ -412,7 +421,7 @@ def test_a_wrong_type_at_any_key_is_one_line_and_exit_2(lab: Lab, tmp_path: Path
     assert covered == {k for k, _ in LEAF_SCHEMAS}
     record("hostile.config_types", cases=len(LEAF_SCHEMAS),
            result="every key of the JSON Schema (top level, storage, aws, notify, metrics, retention and every job "
-                  "type's keys) given random values of a wrong YAML type (null, bools, integers up to 10^20, NaN, "
+                  "type's keys, list items and map values) given random values of a wrong YAML type (null, bools, integers up to 10^20, NaN, "
                   "infinities, 16.0 for an integer, dates, strings, nested lists and maps): each exit 2 with one line "
                   "naming the file and the key, no traceback, nothing written",
            measured=f"{len(ran)} configs, {len(covered)} of {len(LEAF_SCHEMAS)} keys hit")
