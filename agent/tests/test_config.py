@@ -81,6 +81,10 @@ BAD = [
      "jobs.v.copy_to_regions[0]: must be a region name"),
     ({"storage": {"bucket": "acme-backups"}, "metrics": {"textfile": "/."}}, "metrics.textfile: must be a file path"),
     ({"storage": {"bucket": "acme-backups", 7: "x"}}, "storage.7: unknown key"),
+    ({"storage": {"bucket": "acme-backups", "endpoint_url": "http://[::1"}},
+     "storage.endpoint_url: must be an http(s) URL with a host"),
+    ({"storage": {"bucket": "acme-backups", "endpoint_url": "http://127.0.0.1:99999"}}, "a port of 1-65535"),
+    ({"storage": {"bucket": "acme-backups"}, "aws": {"imds_endpoint": "http://:80"}}, "aws.imds_endpoint: must be"),
 ]
 
 
@@ -190,3 +194,11 @@ def test_secret_env_reaches_the_command_with_env() -> None:
     cfg = config.from_dict({"storage": {"bucket": "acme-backups"}, "jobs": {"db": {
         "type": "command", "command": ["x"], "env": {"PGHOST": "db"}, "secret_env": {"MYSQL_PWD": "pw"}}}}, "c.yaml")
     assert cfg.job("db").options["env"] == {"PGHOST": "db", "MYSQL_PWD": "pw"}
+
+
+def test_a_malformed_notification_url_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"storage": {"bucket": "acme-backups"},
+                          "notify": {"healthchecks_url": "https://:443/ping/7c1f0a5e-secret-uuid"}}, "c.yaml")
+    assert "notify.healthchecks_url: must be an http(s) URL" in str(err.value)
+    assert "secret-uuid" not in str(err.value)

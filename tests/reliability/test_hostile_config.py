@@ -130,6 +130,9 @@ HAND: list[tuple[str, str, Any]] = [
     ("post hook on a files job", f"{FILES}.post", ["touch", "/tmp/never"]),
     ("NUL in a path", f"{FILES}.paths", ["/srv/\x00x"]),
     ("env name with '='", "jobs.cmd", {"type": "command", "command": ["true"], "env": {"A=B": "c"}}),
+    ("endpoint with a broken IPv6 host", "storage.endpoint_url", "http://[::1"),
+    ("endpoint port out of range", "storage.endpoint_url", "http://127.0.0.1:99999"),
+    ("webhook without a host", "notify.webhook_url", "https://:443/hook"),
 ]
 RAW: list[tuple[str, bytes]] = [
     ("empty file", b""),
@@ -204,7 +207,8 @@ def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
            result="wrong types (a list as job type, floats for integers, an integer job name), NaN and infinite "
                   "timeouts, duplicate YAML keys, unknown keys, invalid schedules, absurd retention and limits, "
                   "relative paths, '..' and NUL, state_dir / or a system directory, node, prefix, region and bucket "
-                  "values that break S3 keys or host names, names ending in a newline, pre/post hooks on files jobs, "
+                  "values that break S3 keys or host names, URLs without a host or with a bad port, names ending "
+                  "in a newline, pre/post hooks on files jobs, "
                   "YAML syntax errors, a python tag, deep nesting, an alias bomb: each exit 2 with one line "
                   "naming the file (and key), no traceback, no state_dir, nothing in the bucket; "
                   f"{len(sample)} of them also as real processes (validate, run, daemon)")
@@ -421,8 +425,9 @@ def test_a_wrong_type_at_any_key_is_one_line_and_exit_2(lab: Lab, tmp_path: Path
     assert covered == {k for k, _ in LEAF_SCHEMAS}
     record("hostile.config_types", cases=len(LEAF_SCHEMAS),
            result="every key of the JSON Schema (top level, storage, aws, notify, metrics, retention and every job "
-                  "type's keys, list items and map values) given random values of a wrong YAML type (null, bools, integers up to 10^20, NaN, "
-                  "infinities, 16.0 for an integer, dates, strings, nested lists and maps): each exit 2 with one line "
+                  "type's keys, list items and map values) given random values of a wrong YAML type (null, bools, "
+                  "integers up to 10^20, NaN, infinities, 16.0 for an integer, dates, strings, nested lists and "
+                  "maps): each exit 2 with one line "
                   "naming the file and the key, no traceback, nothing written",
            measured=f"{len(ran)} configs, {len(covered)} of {len(LEAF_SCHEMAS)} keys hit")
 

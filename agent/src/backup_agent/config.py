@@ -243,6 +243,8 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
             _validate(job_schema(raw["type"]), raw, name, where)
             _check_job_semantics(raw, name, where)
         _normalise_job(raw, name, where)
+    if not trusted:
+        _check_urls(data, name)
     _normalise_top(data, name)
     _apply_defaults(TOP_LEVEL, data)
     node = data.get("node") or socket.gethostname().split(".")[0]
@@ -373,6 +375,30 @@ def _normalise_top(data: dict[str, Any], name: str) -> None:
         if textfile == "/":
             raise ConfigError(f"{name}: metrics.textfile: must be a file path, not /")
         metrics["textfile"] = textfile
+
+
+URL_KEYS = (("storage", "endpoint_url"), ("aws", "ec2_endpoint_url"), ("aws", "imds_endpoint"),
+            ("notify", "healthchecks_url"), ("notify", "webhook_url"))
+
+
+def _check_urls(data: dict[str, Any], name: str) -> None:
+    """What the schema's `^https?://` cannot see and the HTTP clients fail on mid-run, as an
+    "internal error" or after ten retries: no host, a bad port, a broken IPv6 literal."""
+    from urllib.parse import urlsplit
+
+    for section, key in URL_KEYS:
+        url = (data.get(section) or {}).get(key)
+        if not isinstance(url, str):
+            continue
+        try:
+            parts = urlsplit(url)
+            ok = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = "" if _SECRET_KEY.search(f"{section}.{key}") else f", not {_show(url)}"
+            raise ConfigError(f"{name}: {section}.{key}: must be an http(s) URL with a host name and, if any, a "
+                              f"port of 1-65535{shown}")
 
 
 # --- schema plumbing -------------------------------------------------------------------------
