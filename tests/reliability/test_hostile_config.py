@@ -305,6 +305,14 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
         "password as a number": _set(base(lab, state_dir), "jobs.db", {**command, "password": SECRET_NUMBER}),
         "env value as a number": _set(base(lab, state_dir), "jobs.db",
                                       {"type": "command", "command": ["true"], "env": {"API_TOKEN": SECRET_NUMBER}}),
+        "secret_env value as a number": _set(base(lab, state_dir), "jobs.db",
+                                             {"type": "command", "command": ["true"],
+                                              "secret_env": {"PLAIN": SECRET_NUMBER}}),
+        "env as a string": _set(base(lab, state_dir), "jobs.db",
+                                {"type": "command", "command": ["true"], "env": f"PGPASSWORD={SECRET}"}),
+        "storage as a list": _set(base(lab, state_dir), "storage", [{"secret_access_key": SECRET}]),
+        "notify as a string": _set(base(lab, state_dir), "notify", f"https://hooks.example/{SECRET}"),
+        "webhook_url without a host": _set(base(lab, state_dir), "notify.webhook_url", f"https://:1/{SECRET}"),
         "webhook_url malformed": _set(base(lab, state_dir), "notify.webhook_url", f"hxxps://hooks.example/{SECRET}"),
         "healthchecks_url malformed": _set(base(lab, state_dir), "notify.healthchecks_url", f"ping/{SECRET}"),
     }
@@ -313,12 +321,13 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(doc))
         code, out, err = run_main(["-c", str(path), "validate"])
         assert_rejected(lab, path, state_dir, code, out, err, what)
-        key = what.split(" ")[0].split(".")[-1]
+        key = what.split(" ")[0].split(".")[-1].replace("_value", "")
         assert key in err, f"{what}: the error does not name the key: {err}"
         assert SECRET not in err and str(SECRET_NUMBER) not in err, f"{what}: the secret is in {err!r}"
     record("hostile.config_secrets", cases=len(cases),
-           result="wrong-typed or malformed secret_access_key, session_token, password, env value, webhook and "
-                  "healthchecks URLs: exit 2, one line naming the key, the value not shown")
+           result="wrong-typed or malformed secret_access_key, session_token, password, env and secret_env values, "
+                  "env as a string, storage and notify of the wrong type, webhook and healthchecks URLs (also "
+                  "without a host): exit 2, one line naming the key, the value not shown")
 
 
 # --- every key of the schema, with a value of every wrong type --------------------------------

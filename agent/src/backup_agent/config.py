@@ -478,13 +478,18 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
         message = f"job name {_show(err.instance)} must be a string (quote it in YAML: '{err.instance}')"
     elif "propertyNames" in err.relative_schema_path:
         message = f"job name {_show(err.instance)} may only hold letters, digits, '_', '.', '-' (at most 63)"
-    if _SECRET_KEY.search(key):  # name the key, never echo a credential into logs or chef output
+    # Name the key, never echo a credential into logs or chef output (names of jobs and env
+    # variables are no secrets: those messages show the name).
+    if _SECRET_KEY.search(key) and "propertyNames" not in err.relative_schema_path:
         message = message.replace(_show(err.instance), "(value not shown)")
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
+# Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
+# ...}]` must not be echoed as "not [...]" either).
 _SECRET_KEY = re.compile(
-    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env\.")
+    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env(\.|$)"
+    r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 
 def _message(err: Any) -> str:
