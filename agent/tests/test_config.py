@@ -85,6 +85,8 @@ BAD = [
      "storage.endpoint_url: must be an http(s) URL with a host"),
     ({"storage": {"bucket": "acme-backups", "endpoint_url": "http://127.0.0.1:99999"}}, "a port of 1-65535"),
     ({"storage": {"bucket": "acme-backups"}, "aws": {"imds_endpoint": "http://:80"}}, "aws.imds_endpoint: must be"),
+    ({"storage": {"bucket": "acme-backups"}, "environment": "prod\nfake"}, "environment: must be an environment name"),
+    ({"storage": {"bucket": "acme-backups"}, "state_dir": "/var"}, "state_dir: must be a directory of the agent's own"),
 ]
 
 

@@ -133,6 +133,7 @@ HAND: list[tuple[str, str, Any]] = [
     ("endpoint with a broken IPv6 host", "storage.endpoint_url", "http://[::1"),
     ("endpoint port out of range", "storage.endpoint_url", "http://127.0.0.1:99999"),
     ("webhook without a host", "notify.webhook_url", "https://:443/hook"),
+    ("environment with a newline", "environment", "production\nstaging"),
 ]
 RAW: list[tuple[str, bytes]] = [
     ("empty file", b""),
@@ -206,8 +207,9 @@ def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
     record("hostile.config_hand", cases=len(cases),
            result="wrong types (a list as job type, floats for integers, an integer job name), NaN and infinite "
                   "timeouts, duplicate YAML keys, unknown keys, invalid schedules, absurd retention and limits, "
-                  "relative paths, '..' and NUL, state_dir / or a system directory, node, prefix, region and bucket "
-                  "values that break S3 keys or host names, URLs without a host or with a bad port, names ending "
+                  "relative paths, '..' and NUL, state_dir / or a system directory, node, environment, prefix, "
+                  "region and bucket values that break S3 keys or host names, URLs without a host or with a bad "
+                  "port, names ending "
                   "in a newline, pre/post hooks on files jobs, "
                   "YAML syntax errors, a python tag, deep nesting, an alias bomb: each exit 2 with one line "
                   "naming the file (and key), no traceback, no state_dir, nothing in the bucket; "

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from backup_agent import __version__
-from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, KEY_CHARS, TOP_LEVEL, job_schema
+from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, KEY_CHARS, SYSTEM_DIRS, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
 from backup_agent.state import atomic_write
@@ -334,12 +334,6 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
 
 # --- paths and names -------------------------------------------------------------------------
 
-# A state_dir gets lock, status and cache files and is created 0700: never one of these.
-SYSTEM_DIRS = frozenset(["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt",
-                         "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
-                         "/var/lib", "/var/tmp", "/var/log"])
-
-
 def normal_path(path: str, name: str, key: str) -> str:
     """An absolute path as the kernel resolves it without links: `//srv/x/./` → `/srv/x`.
 
@@ -366,8 +360,7 @@ def _normalise_top(data: dict[str, Any], name: str) -> None:
     if "state_dir" in data:
         state_dir = normal_path(data["state_dir"], name, "state_dir")
         if state_dir in SYSTEM_DIRS:
-            raise ConfigError(f"{name}: state_dir: must be a directory of the agent's own (such as "
-                              f"/var/lib/backup-agent), not {state_dir}")
+            raise ConfigError(f"{name}: state_dir: {_STATE_DIR_RULE}, not {_show(state_dir)}")
         data["state_dir"] = state_dir
     metrics = data.get("metrics")
     if isinstance(metrics, dict) and metrics.get("textfile"):
@@ -492,9 +485,14 @@ _SECRET_KEY = re.compile(
     r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 
+_STATE_DIR_RULE = "must be a directory of the agent's own (such as /var/lib/backup-agent)"
+
+
 def _message(err: Any) -> str:
     """jsonschema's error (a ValidationError) as the end of one line for a user."""
     v, s, inst = err.validator, err.validator_value, err.instance
+    if v == "not" and list(err.absolute_path) == ["state_dir"]:
+        return f"{_STATE_DIR_RULE}, not {_show(inst)}"
     if v == "type":
         types = s if isinstance(s, list) else [s]
         return f"must be {' or '.join(_TYPE_WORDS.get(str(t), str(t)) for t in types)}, not {_show(inst)}"
@@ -518,6 +516,7 @@ def _message(err: Any) -> str:
             "^[A-Za-z0-9](?:": "must be a region name like us-east-1",
             "^[A-Za-z0-9][": "must be letters, digits and !_.*'()=:+@,- (starting with a letter or digit)",
             "^[A-Za-z_]": "must be letters, digits and '_', not starting with a digit",
+            "^[A-Za-z0-9_][": "must be an environment name (letters, digits, '_', '.', '-')",
             "^(?!(.*/)?": f"must be parts of {KEY_CHARS} separated by single '/', none of them '.' or '..' "
                           "(S3 clients and consoles resolve those as directories)",
         }

@@ -26,6 +26,10 @@ _region = {"type": "string", "pattern": "^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-
 # Characters AWS calls safe in object keys (plus a few harmless ones): the node name and the
 # prefix become S3 keys, lifecycle rule ids, EC2 tags and part of the healthchecks URL.
 KEY_CHARS = "A-Za-z0-9!_.*'()=:+@,-"
+# A state_dir gets lock, status and cache files and is created 0700: never one of these (the
+# loader compares after normalising, so `//var/` is /var too).
+SYSTEM_DIRS = ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
+               "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp"]
 
 RETENTION = {
     "type": "object",
@@ -157,8 +161,9 @@ TOP_LEVEL: dict[str, Any] = {
     "properties": {
         "node": {"type": "string", "pattern": f"^[A-Za-z0-9][{KEY_CHARS}]{{0,252}}$",
                  "description": "node name; default: the host name (also the default storage prefix)"},
-        "environment": {**_str, "description": "Chef environment, used in tags and status"},
-        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent",
+        "environment": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$",
+                        "description": "Chef environment, used in tags and status"},
+        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent", "not": {"enum": SYSTEM_DIRS},
                       "description": "a directory of its own (not / or a system directory such as /var)"},
         "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
         "log_format": {"enum": ["text", "json"], "default": "text",
