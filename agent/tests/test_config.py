@@ -141,6 +141,20 @@ def test_schema_verb_prints_json_schema() -> None:
     proc = subprocess.run([AGENT, "schema"], capture_output=True, text=True)
     schema = json.loads(proc.stdout)
     assert "jobs" in schema["properties"] and schema["additionalProperties"] is False
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(schema)  # the lookaheads and `not` are valid 2020-12
+    # The printed schema refuses what the loader refuses for names, paths and prefixes (ECMA `$`:
+    # a standard validator applies it with Python's re.search, so test values without a newline).
+    v = jsonschema.Draft202012Validator(schema)
+    good = {"storage": {"bucket": "acme-backups", "prefix": "prod/web-01"}, "state_dir": "/var/lib/backup-agent",
+            "jobs": {"etc": {"type": "files", "paths": ["/etc"]}}}
+    assert not list(v.iter_errors(good))
+    bucket = {"bucket": "acme-backups"}
+    for bad in ({"storage": {**bucket, "prefix": "a/../b"}}, {"storage": bucket, "state_dir": "/var"},
+                {"storage": bucket, "node": "a/b"},
+                {"storage": bucket, "jobs": {"etc": {"type": "files", "paths": ["/"], "pre": ["x"]}}}):
+        assert list(v.iter_errors(bad)), bad
 
 
 def test_a_validated_config_is_remembered_and_any_edit_is_checked_again(tmp_path: Path) -> None:
