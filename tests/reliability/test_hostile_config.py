@@ -501,6 +501,11 @@ def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, f"{what}: {proc.returncode} {proc.stderr}"
         assert "must not be empty" in proc.stderr and "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
         assert list(cwd.iterdir()) == [] and not (tmp_path / "out").exists(), f"{what}: restored something"
+    requests = len(lab.proxy.requests())
+    proc = lab.run("restore", "data", "--at", "yesterday", "--target", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.strip() == ("backup-agent: --at: 'yesterday' is not an RFC 3339 time "
+                                                            "(e.g. 2026-11-27T02:00:00Z)"), proc.stderr
+    assert len(lab.proxy.requests()) == requests, "--at was checked only after S3 requests"
     stdouts = {"closed": "exec >&-", "read-only": "exec 1</dev/null"}
     for what, redirect in stdouts.items():
         proc = subprocess.run(["sh", "-c", f'{redirect}; exec "$@"', "sh", AGENT, "-c", str(lab.path), "restore",
@@ -509,7 +514,7 @@ def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
         assert proc.returncode == 2, f"stdout {what}: exit {proc.returncode}: {proc.stderr}"
         assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed or not writable; "
                                        "redirect it to a file or a pipe, or give --target FILE"), proc.stderr
-    record("hostile.cli_args", cases=len(cases) + len(stdouts),
+    record("hostile.cli_args", cases=len(cases) + len(stdouts) + 1,
            result="--target, --snapshot, --at, --path and --into given '': exit 2, one line, nothing restored (an "
-                  "empty --target was the current directory); restore --target - with stdout closed or read-only: "
-                  "exit 2 with one line before anything is downloaded")
+                  "empty --target was the current directory); a malformed --at: exit 2 before any S3 request; restore "
+                  "--target - with stdout closed or read-only: exit 2 with one line before anything is downloaded")

@@ -169,6 +169,10 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
             raise ConfigError("--days: must be at least 1")
+        if args.at:
+            from backup_agent.jobs.base import parse_time
+
+            parse_time(args.at)  # a typo is a usage error now, not after listing the bucket
         kwargs: dict[str, Any] = {}
         if args.tier or args.days:
             kwargs.update(tier=args.tier, days=args.days)
