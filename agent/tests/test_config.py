@@ -178,10 +178,12 @@ def test_paths_are_normalised_when_the_config_loads() -> None:
     cfg = config.from_dict({
         "storage": {"bucket": "acme-backups"}, "state_dir": "/var/lib//backup-agent/",
         "metrics": {"textfile": "/var/lib/node_exporter/./agent.prom"},
-        "jobs": {"etc": {"type": "files", "paths": ["//srv/x", "/srv/x/", "/srv/./y/.", "/"]},
+        "jobs": {"etc": {"type": "files", "paths": ["//srv/x", "/srv/x/", "/srv/./y/.", "/"],
+                         "exclude": ["//srv/x//cache/", "*.tmp", "/srv/*/.git"]},
                  "vols": {"type": "ebs_snapshot", "freeze": ["/.", "//data/"]}},
     }, "c.yaml")
     assert cfg.job("etc").options["paths"] == ["/srv/x", "/srv/y", "/"]
+    assert cfg.job("etc").options["exclude"] == ["/srv/x/cache", "*.tmp", "/srv/*/.git"]
     assert cfg.job("vols").options["freeze"] == ["/", "/data"]
     assert str(cfg.state_dir) == "/var/lib/backup-agent"
     assert cfg.metrics["textfile"] == "/var/lib/node_exporter/agent.prom"

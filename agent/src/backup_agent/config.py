@@ -354,6 +354,10 @@ def _normalise_job(raw: dict[str, Any], name: str, where: str) -> None:
                 if norm not in out:  # `/srv` and `/srv/` are one path: back it up once
                     out.append(norm)
             raw[key] = out
+    if isinstance(raw.get("exclude"), list):
+        # An anchored pattern is matched against normalised paths: `/var//cache` never would be.
+        raw["exclude"] = [normal_path(p, name, f"{where}.exclude[{i}]") if p.startswith("/") else p
+                          for i, p in enumerate(raw["exclude"])]
 
 
 def _normalise_top(data: dict[str, Any], name: str) -> None:
