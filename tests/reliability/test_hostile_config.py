@@ -491,6 +491,8 @@ def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
     cases = {
         "--target ''": ["restore", "data", "--target", ""],
         "--snapshot ''": ["restore", "data", "--snapshot", "", "--target", str(tmp_path / "out")],
+        "--snapshot 'ID\\n'": ["restore", "data", "--snapshot", lab.snapshot_ids("data")[0] + "\n", "--target",
+                               str(tmp_path / "out")],
         "--at ''": ["restore", "data", "--at", "", "--target", str(tmp_path / "out")],
         "--path ''": ["restore", "data", "--path", "", "--target", str(tmp_path / "out")],
         "--into ''": ["restore", "dump", "--into", ""],
@@ -499,7 +501,8 @@ def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
         proc = subprocess.run([AGENT, "-c", str(lab.path), *args], capture_output=True, text=True, cwd=cwd,
                               timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, f"{what}: {proc.returncode} {proc.stderr}"
-        assert "must not be empty" in proc.stderr and "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
+        assert ("must not be empty" in proc.stderr or "is not a snapshot id" in proc.stderr) and \
+            "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
         assert list(cwd.iterdir()) == [] and not (tmp_path / "out").exists(), f"{what}: restored something"
     requests = len(lab.proxy.requests())
     proc = lab.run("restore", "data", "--at", "yesterday", "--target", str(tmp_path / "out"))
@@ -515,6 +518,7 @@ def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
         assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed or not writable; "
                                        "redirect it to a file or a pipe, or give --target FILE"), proc.stderr
     record("hostile.cli_args", cases=len(cases) + len(stdouts) + 1,
-           result="--target, --snapshot, --at, --path and --into given '': exit 2, one line, nothing restored (an "
+           result="--target, --snapshot, --at, --path and --into given '', a snapshot id ending in a newline: exit "
+                  "2, one line, nothing restored (an "
                   "empty --target was the current directory); a malformed --at: exit 2 before any S3 request; restore "
                   "--target - with stdout closed or read-only: exit 2 with one line before anything is downloaded")

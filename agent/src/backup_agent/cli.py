@@ -28,6 +28,14 @@ def _nonempty(value: str) -> str:
     return value
 
 
+def _snapshot_id(value: str) -> str:
+    # Ids (and their prefixes) never hold whitespace; `ID\n` from a script must not pass a
+    # `^...$` check and reach an S3 key.
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a snapshot id")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, exit 2: scripts and humans both read it.
@@ -53,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="restore a snapshot into a directory")
     s.add_argument("job")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", type=_nonempty, help="snapshot id (default: the latest)")
+    which.add_argument("--snapshot", type=_snapshot_id, help="snapshot id (default: the latest)")
     which.add_argument("--at", type=_nonempty, help="RFC 3339 time: the newest snapshot at or before it")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--target", type=_nonempty, help="directory to restore into ('-' = stdout, command jobs)")
