@@ -79,7 +79,9 @@ def test_postgresql_argv_keeps_the_password_off_the_command_line() -> None:
     assert p.argv[:3] == ["pg_dump", "-Fc", "--no-password"]
     assert "-Z0" in p.argv and "--schema=s" in p.argv and "--table=public.t1" in p.argv
     assert p.argv[-1] == "--dbname=dbname='-app=x'"
-    assert p.env == {"PGHOST": "db.internal", "PGPORT": "5433", "PGUSER": "backup", "PGPASSFILE": "/tmp/x/pgpass"}
+    # PGPASSWORD empty: an inherited one would beat PGPASSFILE, i.e. the configured password.
+    assert p.env == {"PGHOST": "db.internal", "PGPORT": "5433", "PGUSER": "backup", "PGPASSFILE": "/tmp/x/pgpass",
+                     "PGPASSWORD": ""}
     assert not any("pa:ss" in a for a in p.argv)
     assert presets.pgpass_line("pa:ss\\word") == "*:*:*:*:pa\\:ss\\\\word\n"
     assert "-Z0" not in presets.dump_argv(opts, None, we_compress=False).argv

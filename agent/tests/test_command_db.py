@@ -197,6 +197,20 @@ def test_postgresql_bad_database_leaves_nothing(agent: Any, pg: Postgres) -> Non
     assert_nothing_left(agent, "pg_bad")
 
 
+def test_an_inherited_pgpassword_does_not_beat_the_configured_one(agent: Any, pg: Postgres) -> None:
+    """libpq prefers PGPASSWORD to the agent's password file: a stale one in the agent's own
+    environment (a shell, a systemd Environment=) made restores log in with the wrong password."""
+    agent.job("pg_env", type="command", preset="postgresql", database="app", host="127.0.0.1", port=pg.port,
+              username="postgres", password=PASSWORD, tables=["public.small"])
+    wrong = {"PGPASSWORD": "not-the-configured-password"}
+    proc = agent.run("run", "pg_env", env=wrong)
+    assert proc.returncode == 0, proc.stderr
+    pg.sql("CREATE DATABASE app_env")
+    proc = agent.run("restore", "pg_env", "--into", "app_env", env=wrong)
+    assert proc.returncode == 0, proc.stderr
+    assert pg.fingerprint("app_env", ["public.small"]) == pg.fingerprint("app", ["public.small"])
+
+
 # --- MariaDB -------------------------------------------------------------------------------------
 
 @dataclass

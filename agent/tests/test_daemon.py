@@ -205,6 +205,56 @@ def test_schedules_reloads_and_survives_a_bad_config(agent: Any, tmp_path: Path,
     assert_no_secret(agent, d.log, table.stdout, agent.run("status", "--json").stdout)
 
 
+def _hostile(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], str]:
+    def make(doc: dict[str, Any]) -> str:
+        doc = json.loads(json.dumps(doc))
+        change(doc)
+        return yaml.safe_dump(doc)
+    return make
+
+
+# Configs the loader once crashed on (a Python exception, not a ConfigError), which made the
+# daemon exit at SIGHUP; and values it once accepted that break runs later.
+HOSTILE_RELOADS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "a list as job type": _hostile(lambda d: d["jobs"]["etc"].update(type=["files"])),
+    "a float pack size": _hostile(lambda d: d["storage"].update(pack_size_mb=16.0)),
+    "an integer job name": _hostile(lambda d: d["jobs"].update({123: d["jobs"]["etc"]})),
+    "a NaN timeout": _hostile(lambda d: d["jobs"]["etc"].update(timeout=float("nan"))),
+    "state_dir /": _hostile(lambda d: d.update(state_dir="/")),
+    "node /": _hostile(lambda d: d.update(node="/")),
+    "a job name ending in a newline": _hostile(lambda d: d["jobs"].update({"etc\n": d["jobs"]["etc"]})),
+    "a duplicate key": lambda d: yaml.safe_dump(d).replace("state_dir:", "state_dir: /srv/elsewhere\nstate_dir:"),
+}
+
+
+def test_a_hostile_config_on_sighup_is_one_log_line_and_the_old_schedule_keeps_running(
+        agent: Any, tmp_path: Path, start_daemon: Any) -> None:
+    agent.write(log_format="json")
+    agent.job("etc", type="files", paths=[str(data_dir(tmp_path))], schedule="every 2 seconds")
+    d = start_daemon(agent)
+    wait_for(lambda: snapshots(agent) >= 1, 60, "a first snapshot")
+    for n, (what, make) in enumerate(HOSTILE_RELOADS.items(), 1):
+        agent.path.write_text(make(agent.data))
+        d.signal(signal.SIGHUP)
+        d.wait_log("reload rejected", count=n)
+        assert d.proc.poll() is None, f"{what}: the daemon exited:\n{d.log}"
+    rejections = [json.loads(line)["message"] for line in d.log.splitlines() if "reload rejected" in line]
+    assert len(rejections) == len(HOSTILE_RELOADS), d.log
+    for what, message in zip(HOSTILE_RELOADS, rejections, strict=True):
+        assert f"{agent.path}: " in message and "internal error" not in message, f"{what}: {message}"
+    assert "key 'state_dir' appears twice" in rejections[-1], rejections[-1]
+    assert "Traceback" not in d.log
+    rejected = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def ran_since() -> bool:
+        st = json.loads((Path(agent.data["state_dir"]) / "status" / "etc.json").read_text())
+        return bool(st["last_start"] > rejected and st["result"] == "success")
+
+    wait_for(ran_since, 30, "a run of the old schedule after the last rejected reload")
+    assert daemon_state(agent)["jobs"]["etc"]["schedule"] == "every 2 seconds"
+    assert d.stop() == 0
+
+
 def test_sigterm_lets_a_running_job_finish_even_if_it_got_sigterm_too(agent: Any, tmp_path: Path, proxy: DelayProxy,
                                            start_daemon: Any) -> None:
     proxy.delay = 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import io
+import signal
 import string
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reliability.lab import AGENT, Lab
+from reliability.lab import AGENT, Lab, wait_for
 from reliability.report import record
 
 
@@ -109,6 +110,30 @@ HAND: list[tuple[str, str, Any]] = [
     ("command job without command", "jobs.cmd", {"type": "command"}),
     ("preset without database", "jobs.pg", {"type": "command", "preset": "postgresql"}),
     ("ebs volumes malformed", "jobs.vols", {"type": "ebs_snapshot", "volumes": ["sda"]}),
+    # issue 17: values the loader crashed on ("internal error") or accepted and broke later
+    ("job type a list", f"{FILES}.type", ["files"]),
+    ("pack size a float", "storage.pack_size_mb", 16.0),
+    ("retention a float", f"{FILES}.retention", {"keep_last": 3.0}),
+    ("timeout NaN", f"{FILES}.timeout", float("nan")),
+    ("stop_timeout NaN", "stop_timeout", float("nan")),
+    ("notify timeout infinite", "notify.timeout", float("inf")),
+    ("state_dir /", "state_dir", "/"),
+    ("state_dir /var", "state_dir", "//var/"),
+    ("node /", "node", "/"),
+    ("node with a newline", "node", "web-01\n"),
+    ("prefix with ..", "storage.prefix", "a/../b"),
+    ("prefix with //", "storage.prefix", "a//b"),
+    ("region a host name", "storage.region", "evil.example.com/"),
+    ("bucket with a newline", "storage.bucket", "abc-def\n"),
+    ("job name ending in a newline", "jobs.data\n", {"type": "files", "paths": ["/tmp"]}),
+    ("pre hook on a files job", f"{FILES}.pre", ["touch", "/tmp/never"]),
+    ("post hook on a files job", f"{FILES}.post", ["touch", "/tmp/never"]),
+    ("NUL in a path", f"{FILES}.paths", ["/srv/\x00x"]),
+    ("env name with '='", "jobs.cmd", {"type": "command", "command": ["true"], "env": {"A=B": "c"}}),
+    ("endpoint with a broken IPv6 host", "storage.endpoint_url", "http://[::1"),
+    ("endpoint port out of range", "storage.endpoint_url", "http://127.0.0.1:99999"),
+    ("webhook without a host", "notify.webhook_url", "https://:443/hook"),
+    ("environment with a newline", "environment", "production\nstaging"),
 ]
 RAW: list[tuple[str, bytes]] = [
     ("empty file", b""),
@@ -117,6 +142,9 @@ RAW: list[tuple[str, bytes]] = [
     ("YAML syntax error", b"storage: {bucket: [unclosed\n"),
     ("tab indentation", b"storage:\n\tbucket: x\n"),
     ("not UTF-8", b"\xff\xfe\x00\x01garbage\n"),
+    ("an integer job name", b"storage: {bucket: abc-def}\njobs:\n  123: {type: files, paths: [/x]}\n"),
+    ("duplicate top-level key", b"storage: {bucket: abc-def}\nstorage: {bucket: ghi-jkl}\n"),
+    ("duplicate job key", b"storage: {bucket: abc-def}\njobs:\n  a: {type: files, paths: [/x], paths: [/y]}\n"),
     ("python object tag", b"storage: !!python/object/apply:os.system ['touch /tmp/pwned']\n"),
     ("nested 5000 deep", b"storage: " + b"[" * 5000 + b"]" * 5000 + b"\n"),
     ("alias bomb (9^9 values)", b"\n".join(
@@ -148,12 +176,16 @@ def assert_rejected(lab: Lab, path: Path, state_dir: Path, code: int, out: str, 
     assert lab.object_keys() == [], f"{what}: wrote to the bucket"
 
 
-def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
+def hand_cases(lab: Lab, tmp_path: Path) -> list[tuple[str, bytes]]:
     cases: list[tuple[str, bytes]] = []
     for i, (what, key, value) in enumerate(HAND):
         doc = _set(base(lab, tmp_path / f"state-{i}"), key, value)
         cases.append((what, yaml.safe_dump(doc).encode()))
-    cases += RAW
+    return cases + RAW
+
+
+def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
+    cases = hand_cases(lab, tmp_path)
     for i, (what, text) in enumerate(cases):
         path = tmp_path / f"bad-{i}.yaml"
         path.write_bytes(text)
@@ -173,8 +205,13 @@ def test_hand_written_malformed_configs(lab: Lab, tmp_path: Path) -> None:
             assert_rejected(lab, tmp_path / f"bad-{i}.yaml", tmp_path / f"state-{i}", proc.returncode,
                             proc.stdout, proc.stderr, f"{cases[i][0]} ({' '.join(proc.args[3:])})")
     record("hostile.config_hand", cases=len(cases),
-           result="wrong types, unknown keys, invalid schedules, absurd retention and limits, relative paths and "
-                  "'..', YAML syntax errors, a python tag, deep nesting, an alias bomb: each exit 2 with one line "
+           result="wrong types (a list as job type, floats for integers, an integer job name), NaN and infinite "
+                  "timeouts, duplicate YAML keys, unknown keys, invalid schedules, absurd retention and limits, "
+                  "relative paths, '..' and NUL, state_dir / or a system directory, node, environment, prefix, "
+                  "region and bucket values that break S3 keys or host names, URLs without a host or with a bad "
+                  "port, names ending "
+                  "in a newline, pre/post hooks on files jobs, "
+                  "YAML syntax errors, a python tag, deep nesting, an alias bomb: each exit 2 with one line "
                   "naming the file (and key), no traceback, no state_dir, nothing in the bucket; "
                   f"{len(sample)} of them also as real processes (validate, run, daemon)")
 
@@ -270,6 +307,14 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
         "password as a number": _set(base(lab, state_dir), "jobs.db", {**command, "password": SECRET_NUMBER}),
         "env value as a number": _set(base(lab, state_dir), "jobs.db",
                                       {"type": "command", "command": ["true"], "env": {"API_TOKEN": SECRET_NUMBER}}),
+        "secret_env value as a number": _set(base(lab, state_dir), "jobs.db",
+                                             {"type": "command", "command": ["true"],
+                                              "secret_env": {"PLAIN": SECRET_NUMBER}}),
+        "env as a string": _set(base(lab, state_dir), "jobs.db",
+                                {"type": "command", "command": ["true"], "env": f"PGPASSWORD={SECRET}"}),
+        "storage as a list": _set(base(lab, state_dir), "storage", [{"secret_access_key": SECRET}]),
+        "notify as a string": _set(base(lab, state_dir), "notify", f"https://hooks.example/{SECRET}"),
+        "webhook_url without a host": _set(base(lab, state_dir), "notify.webhook_url", f"https://:1/{SECRET}"),
         "webhook_url malformed": _set(base(lab, state_dir), "notify.webhook_url", f"hxxps://hooks.example/{SECRET}"),
         "healthchecks_url malformed": _set(base(lab, state_dir), "notify.healthchecks_url", f"ping/{SECRET}"),
     }
@@ -278,9 +323,202 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(doc))
         code, out, err = run_main(["-c", str(path), "validate"])
         assert_rejected(lab, path, state_dir, code, out, err, what)
-        key = what.split(" ")[0].split(".")[-1]
+        key = what.split(" ")[0].split(".")[-1].replace("_value", "")
         assert key in err, f"{what}: the error does not name the key: {err}"
         assert SECRET not in err and str(SECRET_NUMBER) not in err, f"{what}: the secret is in {err!r}"
     record("hostile.config_secrets", cases=len(cases),
-           result="wrong-typed or malformed secret_access_key, session_token, password, env value, webhook and "
-                  "healthchecks URLs: exit 2, one line naming the key, the value not shown")
+           result="wrong-typed or malformed secret_access_key, session_token, password, env and secret_env values, "
+                  "env as a string, storage and notify of the wrong type, webhook and healthchecks URLs (also "
+                  "without a host): exit 2, one line naming the key, the value not shown")
+
+
+# --- every key of the schema, with a value of every wrong type --------------------------------
+
+JOB_BASES: dict[str, dict[str, Any]] = {
+    "files": {"type": "files", "paths": ["/srv/data"]},
+    "command": {"type": "command", "command": ["true"]},
+    "ebs_snapshot": {"type": "ebs_snapshot"},
+}
+
+
+def schema_leaves() -> list[tuple[str, dict[str, Any]]]:
+    """(dotted key, its schema) for every key the config takes, read from the schema itself, so
+    a key added later is covered without touching this test. Jobs are `jobs.<type>.<key>`."""
+    from backup_agent.config_schema import TOP_LEVEL, job_schema
+
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(prefix: str, props: dict[str, Any]) -> None:
+        for key, sub in props.items():
+            out.append((f"{prefix}{key}", sub))
+            if sub.get("properties"):
+                walk(f"{prefix}{key}.", sub["properties"])
+            # A list's items and a map's values: `paths: [1]`, `env: {A: [x]}` (`key[]`, `key{}`).
+            if isinstance(sub.get("items"), dict) and sub["items"].get("type"):
+                out.append((f"{prefix}{key}[]", sub["items"]))
+            if isinstance(sub.get("additionalProperties"), dict):
+                out.append((f"{prefix}{key}{{}}", sub["additionalProperties"]))
+
+    walk("", {k: v for k, v in TOP_LEVEL["properties"].items() if k != "jobs"})
+    for job_type in JOB_BASES:
+        walk(f"jobs.{job_type}.", job_schema(job_type)["properties"])
+    return out
+
+
+LEAF_SCHEMAS = schema_leaves()
+any_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**20), 10**20), st.floats(allow_subnormal=False),
+              st.sampled_from([16.0, float("nan"), float("inf"), -0.0]), text, st.dates()),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(text, children, max_size=3)),
+    max_leaves=6)
+
+
+def fits(schema: dict[str, Any], value: Any) -> bool:
+    """Whether `value` has the type the schema asks for: the test's own reading of the schema,
+    independent of the loader (a bool is no integer, 16.0 is no integer, NaN is no number)."""
+    if "enum" in schema:
+        return any(type(value) is type(e) and value == e for e in schema["enum"])
+    if "oneOf" in schema:
+        return any(fits(s, value) for s in schema["oneOf"])
+    if "const" in schema:
+        return type(value) is type(schema["const"]) and value == schema["const"]
+    kind = schema.get("type")
+    if kind == "integer":
+        return type(value) is int
+    if kind == "number":
+        return type(value) is int or (type(value) is float and value == value and abs(value) != float("inf"))
+    checks = {"string": str, "boolean": bool, "array": list, "object": dict}
+    return kind not in checks or type(value) is checks[kind]
+
+
+def wrong_config(lab: Lab, state_dir: Path, key: str, value: Any) -> dict[str, Any]:
+    doc = base(lab, state_dir)
+    doc["jobs"].update({t: copy.deepcopy(b) for t, b in JOB_BASES.items()})
+    if key.endswith("[]"):
+        key, value = key[:-2], [value]
+    elif key.endswith("{}"):
+        key, value = key[:-2], {"NAME": value}
+    return _set(doc, key, value)
+
+
+def test_a_wrong_type_at_any_key_is_one_line_and_exit_2(lab: Lab, tmp_path: Path) -> None:
+    """Issue 17: `type: [files]`, `pack_size_mb: 16.0`, `timeout: .nan` were "internal error" or
+    accepted. Hypothesis puts values of random YAML types (None, bools, huge ints, NaN, floats
+    that look like integers, dates, strings, nested lists and maps) at every key the schema has."""
+    covered: set[str] = set()
+    ran: list[str] = []
+
+    @settings(max_examples=400, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(case=st.sampled_from(LEAF_SCHEMAS).flatmap(
+        lambda leaf: st.tuples(st.just(leaf), any_value.filter(lambda v: not fits(leaf[1], v)))))
+    def check(case: tuple[tuple[str, dict[str, Any]], Any]) -> None:
+        (key, _), value = case
+        state_dir = tmp_path / f"state-{len(ran)}"
+        path = tmp_path / f"type-{len(ran)}.yaml"
+        path.write_text(yaml.safe_dump(wrong_config(lab, state_dir, key, value)))
+        ran.append(key)
+        code, out, err = run_main(["-c", str(path), "run", "data"])
+        assert_rejected(lab, path, state_dir, code, out, err, f"{key}={value!r}")
+        assert key.split(".")[-1].strip("[]{}") in err, f"{key}={value!r}: the error does not name the key: {err}"
+        covered.add(key)
+
+    # The base config (with a job of every type) is itself valid: a rejection is the wrong value's.
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(wrong_config(lab, tmp_path / "state-good", "jobs.data.schedule", "daily at 02:00")))
+    assert run_main(["-c", str(good), "validate"])[0] == 0
+    check()
+    # Then every key for sure, with the first value of a fixed list that is wrong for it.
+    fixed = [None, True, 16.0, float("nan"), "text", ["x"], {"k": 1}, 7]
+    for key, schema in LEAF_SCHEMAS:
+        if key not in covered:
+            check.hypothesis.inner_test(case=((key, schema), next(v for v in fixed if not fits(schema, v))))
+    assert covered == {k for k, _ in LEAF_SCHEMAS}
+    record("hostile.config_types", cases=len(LEAF_SCHEMAS),
+           result="every key of the JSON Schema (top level, storage, aws, notify, metrics, retention and every job "
+                  "type's keys, list items and map values) given random values of a wrong YAML type (null, bools, "
+                  "integers up to 10^20, NaN, infinities, 16.0 for an integer, dates, strings, nested lists and "
+                  "maps): each exit 2 with one line "
+                  "naming the file and the key, no traceback, nothing written",
+           measured=f"{len(ran)} configs, {len(covered)} of {len(LEAF_SCHEMAS)} keys hit")
+
+
+def test_a_daemon_keeps_its_config_through_every_hostile_reload(lab: Lab, tmp_path: Path) -> None:
+    """Issue 17: a SIGHUP that brought `type: [files]` made the daemon exit. Every hand-written
+    case above, brought by SIGHUP in turn: one log line each, the daemon alive, and the job it had
+    keeps running on its schedule."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    lab.job("data", type="files", paths=[str(src)], schedule="every 2 seconds")
+    good = lab.path.read_bytes()
+    daemon = lab.popen("daemon", log="daemon.log")
+    wait_for(lambda: len(lab.snapshot_ids("data")) >= 1, 60, "a first scheduled snapshot")
+    cases = hand_cases(lab, tmp_path)
+    for n, (what, text) in enumerate(cases, 1):
+        lab.path.write_bytes(text)
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda n=n: lab.log("daemon.log").count("reload rejected") >= n or daemon.poll() is not None,
+                 30, f"the rejection of {what}")
+        assert daemon.poll() is None, f"{what}: the daemon exited:\n{lab.log('daemon.log')}"
+    rejections = [line for line in lab.log("daemon.log").splitlines() if "reload rejected" in line]
+    assert len(rejections) == len(cases)
+    for (what, _), line in zip(cases, rejections, strict=True):
+        assert f"{lab.path}: " in line and "internal error" not in line, f"{what}: {line}"
+    assert "Traceback" not in lab.log("daemon.log")
+    lab.path.write_bytes(good)  # what the next run would read if the daemon handed it the file
+    before = len(lab.snapshot_ids("data"))
+    wait_for(lambda: len(lab.snapshot_ids("data")) >= before + 2, 60, "two more scheduled snapshots")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    record("hostile.config_reload", cases=len(cases),
+           result="each hand-written hostile config brought to a running daemon by SIGHUP: one log line naming the "
+                  "file and key, no traceback, the daemon keeps running and its job keeps its schedule")
+
+
+def test_empty_arguments_and_a_closed_stdout(lab: Lab, tmp_path: Path) -> None:
+    """Issue 17/26: `--target ''` restored into the current directory (exit 0), `--snapshot ''`
+    meant the latest, and `restore --target -` with stdout closed was an "internal error"."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    lab.job("data", type="files", paths=[str(src)])
+    lab.job("dump", type="command", command=["sh", "-c", "echo dump"])
+    assert lab.run("run", "data").returncode == 0
+    assert lab.run("run", "dump").returncode == 0
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    cases = {
+        "--target ''": ["restore", "data", "--target", ""],
+        "--snapshot ''": ["restore", "data", "--snapshot", "", "--target", str(tmp_path / "out")],
+        "--snapshot 'ID\\n'": ["restore", "data", "--snapshot", lab.snapshot_ids("data")[0] + "\n", "--target",
+                               str(tmp_path / "out")],
+        "--at ''": ["restore", "data", "--at", "", "--target", str(tmp_path / "out")],
+        "--path ''": ["restore", "data", "--path", "", "--target", str(tmp_path / "out")],
+        "--into ''": ["restore", "dump", "--into", ""],
+    }
+    for what, args in cases.items():
+        proc = subprocess.run([AGENT, "-c", str(lab.path), *args], capture_output=True, text=True, cwd=cwd,
+                              timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, f"{what}: {proc.returncode} {proc.stderr}"
+        assert ("must not be empty" in proc.stderr or "is not a snapshot id" in proc.stderr) and \
+            "Traceback" not in proc.stderr, f"{what}: {proc.stderr}"
+        assert list(cwd.iterdir()) == [] and not (tmp_path / "out").exists(), f"{what}: restored something"
+    requests = len(lab.proxy.requests())
+    proc = lab.run("restore", "data", "--at", "yesterday", "--target", str(tmp_path / "out"))
+    assert proc.returncode == 2 and proc.stderr.strip() == ("backup-agent: --at: 'yesterday' is not an RFC 3339 time "
+                                                            "(e.g. 2026-11-27T02:00:00Z)"), proc.stderr
+    assert len(lab.proxy.requests()) == requests, "--at was checked only after S3 requests"
+    stdouts = {"closed": "exec >&-", "read-only": "exec 1</dev/null"}
+    for what, redirect in stdouts.items():
+        proc = subprocess.run(["sh", "-c", f'{redirect}; exec "$@"', "sh", AGENT, "-c", str(lab.path), "restore",
+                               "dump", "--target", "-"], capture_output=False, stderr=subprocess.PIPE, text=True,
+                              timeout=120)
+        assert proc.returncode == 2, f"stdout {what}: exit {proc.returncode}: {proc.stderr}"
+        assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed or not writable; "
+                                       "redirect it to a file or a pipe, or give --target FILE"), proc.stderr
+    record("hostile.cli_args", cases=len(cases) + len(stdouts) + 1,
+           result="--target, --snapshot, --at, --path and --into given '', a snapshot id ending in a newline: exit "
+                  "2, one line, nothing restored (an "
+                  "empty --target was the current directory); a malformed --at: exit 2 before any S3 request; restore "
+                  "--target - with stdout closed or read-only: exit 2 with one line before anything is downloaded")

@@ -153,6 +153,46 @@ def test_no_secret_in_logs_state_metrics_notifications_or_proc(lab: Lab, tmp_pat
                     f"{len(sink.requests)} notifications)")
 
 
+def test_short_secrets_and_credential_env_names_are_masked_too(lab: Lab, tmp_path: Path) -> None:
+    """Issue 17: secrets under 6 characters were written as they were; issue 26: env values were
+    masked only under names with pass/secret/token/key/credential (not MYSQL_PWD). Characters no
+    id, time or path of the agent contains, so a hit can only be the secret."""
+    values = {"a 1-character preset password": "¤", "a 2-character MYSQL_PWD": "§7",
+              "a 3-character secret_env value": "q¶¶", "a 2-character PGPASSWORD": "¥x"}
+    sink = Receiver().start()
+    lab.data["notify"] = {"webhook_url": f"{sink.url}/hook/{secrets.token_hex(16)}"}
+    leak = " ".join(values.values())
+    lab.data["jobs"] = {
+        "leaky": {"type": "command", "command": ["sh", "-c", f'echo "login failed: {leak}" >&2; exit 1'],
+                  "env": {"MYSQL_PWD": values["a 2-character MYSQL_PWD"],
+                          "PGPASSWORD": values["a 2-character PGPASSWORD"]},
+                  "secret_env": {"PLAIN_NAME": values["a 3-character secret_env value"]}},
+        "pg": {"type": "command", "preset": "postgresql", "database": "app",
+               "password": values["a 1-character preset password"]},
+    }
+    lab.write()
+    outputs = [lab.run("run", "leaky"), lab.run("run", "leaky", "--json"), lab.run("status"),
+               lab.run("status", "--json")]
+    assert [p.returncode for p in outputs] == [1, 1, 0, 0], [p.stderr for p in outputs]
+    assert "login failed: ***" in outputs[0].stderr, outputs[0].stderr
+    hits: list[str] = []
+    for i, proc in enumerate(outputs):
+        find(values, f"stderr of call {i}", proc.stderr, hits)
+        find(values, f"stdout of call {i}", proc.stdout, hits)
+    state_files = [p for p in lab.state_dir.rglob("*") if p.is_file()]
+    for p in state_files:
+        find(values, f"state_dir file {p.relative_to(lab.state_dir)}", p.read_bytes(), hits)
+    assert len(sink.requests) >= 2
+    for r in sink.requests:
+        find(values, "a notification body", r.body, hits)
+    sink.close()
+    assert not hits, "secrets leaked:\n" + "\n".join(hits)
+    record("secrets.short", cases=len(values),
+           result="a 1-character preset password, 2-character MYSQL_PWD and PGPASSWORD env values and a 3-character "
+                  "secret_env value, all printed by a failing command: masked in stderr, --json, status, every "
+                  "state_dir file and the webhook payloads")
+
+
 CONVERGE = os.environ.get("CI") == "true" or os.environ.get("BACKUP_AGENT_CONVERGE") == "1"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,6 +18,22 @@ from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, 
 from backup_agent.logfmt import redact, secret_values, setup_logging
 
 log = logging.getLogger("backup_agent")
+
+
+def _nonempty(value: str) -> str:
+    # An empty --target was the current directory, an empty --snapshot the latest: never what
+    # a script with an unset variable meant.
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def _snapshot_id(value: str) -> str:
+    # Ids (and their prefixes) never hold whitespace; `ID\n` from a script must not pass a
+    # `^...$` check and reach an S3 key.
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a snapshot id")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="restore a snapshot into a directory")
     s.add_argument("job")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", help="snapshot id (default: the latest)")
-    which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
+    which.add_argument("--snapshot", type=_snapshot_id, help="snapshot id (default: the latest)")
+    which.add_argument("--at", type=_nonempty, help="RFC 3339 time: the newest snapshot at or before it")
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--target", help="directory to restore into ('-' = stdout, command jobs)")
-    where.add_argument("--into", metavar="DATABASE",
+    where.add_argument("--target", type=_nonempty, help="directory to restore into ('-' = stdout, command jobs)")
+    where.add_argument("--into", metavar="DATABASE", type=_nonempty,
                        help="command jobs: pipe the dump into the preset's restore tool (or restore_command)")
-    s.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
+    s.add_argument("--path", action="append", default=[], type=_nonempty,
+                   help="restore only this path (repeatable)")
     s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
     s.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"], help="Glacier retrieval tier")
     s.add_argument("--days", type=int, help="days a Glacier restore stays readable")
@@ -106,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
+    if getattr(args, "target", None) == "-":
+        _check_stdout_writable()  # first: with fd 1 closed, the next file opened would get it
     if args.verb == "schema":
         from backup_agent.config_schema import full_schema
 
@@ -164,6 +184,10 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
             raise ConfigError("--days: must be at least 1")
+        if args.at:
+            from backup_agent.jobs.base import parse_time
+
+            parse_time(args.at)  # a typo is a usage error now, not after listing the bucket
         kwargs: dict[str, Any] = {}
         if args.tier or args.days:
             kwargs.update(tier=args.tier, days=args.days)
@@ -211,6 +235,18 @@ def _prune_line(p: dict[str, Any]) -> str:
     text = (f"pruned: forgot {p['snapshots_forgotten']} snapshot(s), kept {p['snapshots_kept']}; "
             f"deleted {p['objects_deleted']} object(s), {p['bytes_freed']} bytes")
     return text + (" (unreferenced data is collected at most daily)" if p["garbage_collected"] is False else "")
+
+
+def _check_stdout_writable() -> None:
+    """`--target -` with stdout closed (`>&-`) or read-only: say so before downloading anything,
+    rather than fail on the first write (Python even sets sys.stdout to None then)."""
+    try:
+        mode = fcntl.fcntl(1, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        mode = None
+    if sys.stdout is None or mode not in (os.O_WRONLY, os.O_RDWR):
+        raise ConfigError("--target -: standard output is closed or not writable; redirect it to a file or a "
+                          "pipe, or give --target FILE")
 
 
 def _emit(doc: Any, as_json: bool, text: str | None) -> int:

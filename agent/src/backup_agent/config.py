@@ -9,17 +9,19 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from backup_agent import __version__
-from backup_agent.config_schema import JOB_TYPES, TOP_LEVEL, job_schema
+from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, KEY_CHARS, SYSTEM_DIRS, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
 from backup_agent.state import atomic_write
@@ -27,6 +29,9 @@ from backup_agent.storage import layout
 
 DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
+# Part of the digest a validated text is remembered by: bump it whenever a rule of this module
+# changes, so a text the old rules accepted is checked again by the new ones.
+RULES_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -93,14 +98,67 @@ def config_path(explicit: str | None) -> str:
 
 def load(path: str) -> Config:
     name = path
+    text = read_text(path)
+    data = parse_yaml(text, name)
+    marker = _validation_marker(data)
+    digest = hashlib.sha256(f"{__version__}\n{RULES_REVISION}\n{TOP_LEVEL!r}\n{JOB_TYPES!r}\n{text}"
+                            .encode()).hexdigest()
+    trusted = marker is not None and _read_marker(marker) == digest
+    cfg = from_dict(data, name, trusted=trusted)
+    if marker is not None and not trusted:
+        with contextlib.suppress(OSError):
+            atomic_write(marker, digest.encode())
+    return cfg
+
+
+def load_with_text(path: str) -> tuple[Config, str]:
+    """The config, always fully validated, and the exact text it came from (the daemon hands
+    that text to its runs, so they never see a later edit it has not validated)."""
+    text = read_text(path)
+    return from_dict(parse_yaml(text, path), path), text
+
+
+def read_text(path: str) -> str:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{name}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name}: cannot read config: {exc}") from None
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key twice in one mapping is an error: YAML says keys are
+    unique and PyYAML would silently keep the last one (a second `paths:` a reviewer never sees)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` then an explicit key overriding it is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable: the base class reports it
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, name: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no python tags
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{name}: line {exc.line}: key {_show(exc.key)} appears twice in one mapping "
+                          "(YAML allows each key once; remove one)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -108,14 +166,6 @@ def load(path: str) -> Config:
         raise ConfigError(f"{name}: {where}YAML syntax error: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{name}: YAML nested too deeply") from None
-    marker = _validation_marker(data)
-    digest = hashlib.sha256(f"{__version__}\n{TOP_LEVEL!r}\n{JOB_TYPES!r}\n{text}".encode()).hexdigest()
-    trusted = marker is not None and _read_marker(marker) == digest
-    cfg = from_dict(data, name, trusted=trusted)
-    if marker is not None and not trusted:
-        with contextlib.suppress(OSError):
-            atomic_write(marker, digest.encode())
-    return cfg
 
 
 # A few lines of YAML anchors and aliases can stand for billions of values, which validation
@@ -135,6 +185,28 @@ def _check_size(data: Any, name: str) -> None:
             stack += value.values()
         elif isinstance(value, list):
             stack += value
+
+
+def _strings(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """Every string of the config, keys included, with the dotted key it is at (or under)."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{key}.{k}" if key else str(k)
+            if isinstance(k, str):
+                yield sub, k
+            yield from _strings(v, sub)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{key}[{i}]")
+
+
+def _check_nul(data: Any, name: str) -> None:
+    # No file name, argv element, URL or setting can hold NUL: Python would raise mid-run.
+    for key, text in _strings(data, ""):
+        if "\x00" in text:
+            raise ConfigError(f"{name}: {key}: must not contain a NUL character")
 
 
 def _validation_marker(data: Any) -> Path | None:
@@ -163,16 +235,18 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     _check_size(data, name)
     data = copy.deepcopy(data)
     if not trusted:
+        _check_nul(data, name)
         _validate(TOP_LEVEL, data, name, "")
     jobs_raw = data.get("jobs") or {}
     for job_name, raw in jobs_raw.items():
         where = f"jobs.{job_name}"
-        if trusted:
-            continue
-        if raw["type"] not in JOB_TYPES:
-            raise ConfigError(f"{name}: {where}.type: must be one of {', '.join(JOB_TYPES)}, not {_show(raw['type'])}")
-        _validate(job_schema(raw["type"]), raw, name, where)
-        _check_job_semantics(raw, name, where)
+        if not trusted:
+            _validate(job_schema(raw["type"]), raw, name, where)
+            _check_job_semantics(raw, name, where)
+        _normalise_job(raw, name, where)
+    if not trusted:
+        _check_urls(data, name)
+    _normalise_top(data, name)
     _apply_defaults(TOP_LEVEL, data)
     node = data.get("node") or socket.gethostname().split(".")[0]
     st = data["storage"]
@@ -223,6 +297,9 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
 
 def _job(name: str, raw: dict[str, Any]) -> Job:
     full = _with_defaults(job_schema(raw["type"]), raw)
+    if full.get("secret_env"):
+        # The command gets both; `secret_env` stays in the options so its values are masked.
+        full["env"] = {**(full.get("env") or {}), **full["secret_env"]}
     options = {k: v for k, v in full.items() if k not in ("type", "schedule", "retention", "splay",
                                                          "catch_up", "timeout")}
     return Job(
@@ -243,9 +320,9 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:
             raise ConfigError(f"{name}: {where}.schedule: {exc}") from None
-    for i, p in enumerate(raw.get("paths") or []):
-        if ".." in PurePosixPath(p).parts:
-            raise ConfigError(f"{name}: {where}.paths[{i}]: '{p}' must not contain '..'")
+    both = sorted(set(raw.get("env") or {}) & set(raw.get("secret_env") or {}))
+    if both:
+        raise ConfigError(f"{name}: {where}.secret_env.{both[0]}: also set in env; set it in one of them")
     if raw.get("transition_days") is not None:
         from backup_agent.storage.cold import check_job as check_transition
 
@@ -258,6 +335,72 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
         from backup_agent.jobs.presets import check as check_command_job
 
         check_command_job(raw, name, where)
+
+
+# --- paths and names -------------------------------------------------------------------------
+
+def normal_path(path: str, name: str, key: str) -> str:
+    """An absolute path as the kernel resolves it without links: `//srv/x/./` → `/srv/x`.
+
+    Snapshots store paths in this form, and restore, check and prune compare against it; a
+    `..` would make the stored name depend on links, so it is refused rather than resolved."""
+    parts = path.split("/")
+    if ".." in parts:
+        raise ConfigError(f"{name}: {key}: {_show(path)} must not contain '..'")
+    return "/" + "/".join(p for p in parts if p not in ("", "."))
+
+
+def _normalise_job(raw: dict[str, Any], name: str, where: str) -> None:
+    for key in ("paths", "freeze"):
+        if isinstance(raw.get(key), list):
+            out: list[str] = []
+            for i, p in enumerate(raw[key]):
+                norm = normal_path(p, name, f"{where}.{key}[{i}]")
+                if norm not in out:  # `/srv` and `/srv/` are one path: back it up once
+                    out.append(norm)
+            raw[key] = out
+    if isinstance(raw.get("exclude"), list):
+        # An anchored pattern is matched against normalised paths: `/var//cache` never would be.
+        raw["exclude"] = [normal_path(p, name, f"{where}.exclude[{i}]") if p.startswith("/") else p
+                          for i, p in enumerate(raw["exclude"])]
+
+
+def _normalise_top(data: dict[str, Any], name: str) -> None:
+    if "state_dir" in data:
+        state_dir = normal_path(data["state_dir"], name, "state_dir")
+        if state_dir in SYSTEM_DIRS:
+            raise ConfigError(f"{name}: state_dir: {_STATE_DIR_RULE}, not {_show(state_dir)}")
+        data["state_dir"] = state_dir
+    metrics = data.get("metrics")
+    if isinstance(metrics, dict) and metrics.get("textfile"):
+        textfile = normal_path(metrics["textfile"], name, "metrics.textfile")
+        if textfile == "/":
+            raise ConfigError(f"{name}: metrics.textfile: must be a file path, not /")
+        metrics["textfile"] = textfile
+
+
+URL_KEYS = (("storage", "endpoint_url"), ("aws", "ec2_endpoint_url"), ("aws", "imds_endpoint"),
+            ("notify", "healthchecks_url"), ("notify", "webhook_url"))
+
+
+def _check_urls(data: dict[str, Any], name: str) -> None:
+    """What the schema's `^https?://` cannot see and the HTTP clients fail on mid-run, as an
+    "internal error" or after ten retries: no host, a bad port, a broken IPv6 literal."""
+    from urllib.parse import urlsplit
+
+    for section, key in URL_KEYS:
+        url = (data.get(section) or {}).get(key)
+        if not isinstance(url, str):
+            continue
+        try:
+            parts = urlsplit(url)
+            ok = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = "" if _SECRET_KEY.search(f"{section}.{key}") else f", not {_show(url)}"
+            raise ConfigError(f"{name}: {section}.{key}: must be an http(s) URL with a host name and, if any, a "
+                              f"port of 1-65535{shown}")
 
 
 # --- schema plumbing -------------------------------------------------------------------------
@@ -273,10 +416,42 @@ _TYPE_WORDS = {
 }
 
 
-def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
-    import jsonschema  # here, not at the top: a config that validated before never pays the import
+_VALIDATOR: Any = None
 
-    validator = jsonschema.Draft202012Validator(schema)
+
+def _validator_class() -> Any:
+    """Draft 2020-12 with the loader's own reading of three things jsonschema leaves loose:
+    - "integer" is an int (jsonschema takes 16.0, which the code then shifts and indexes with);
+    - "number" is finite (NaN compares false with every bound, so `timeout: .nan` passed them);
+    - a pattern's `$` is the end of the text (ECMA 262), not "before a final newline" (Python):
+      `^[a-z]+$` must not take "etc\n", which would split the status table and land in S3 keys.
+    """
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        import jsonschema  # here, not at the top: a config that validated before never pays the import
+
+        base = jsonschema.Draft202012Validator
+        checker = base.TYPE_CHECKER.redefine_many({
+            "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda _, v: (isinstance(v, int) and not isinstance(v, bool))
+            or (isinstance(v, float) and math.isfinite(v)),
+        })
+
+        def pattern(validator: Any, regex: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+            if isinstance(instance, str) and not re.search(_ecma_end(regex), instance):
+                yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+        _VALIDATOR = jsonschema.validators.extend(base, validators={"pattern": pattern}, type_checker=checker)
+    return _VALIDATOR
+
+
+def _ecma_end(regex: str) -> str:
+    # Every `$` of our patterns is an anchor (none is escaped or inside a class).
+    return regex.replace("$", r"\Z")
+
+
+def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
+    validator = _validator_class()(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if not errors:
         return
@@ -286,27 +461,47 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
     key = ".".join(parts).replace(".[", "[")
     message = _message(err)
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = ", ".join(sorted(err.schema.get("properties", {})))
-        key = ".".join([*([key] if key else []), extra[0]]) if extra else key
+        known = err.schema.get("properties", {})
+        extra = sorted((k for k in err.instance if k not in known), key=str)
+        allowed = ", ".join(sorted(known))
+        key = ".".join([*([key] if key else []), str(extra[0])]) if extra else key
         message = f"unknown key (allowed here: {allowed})"
+        owners = [t for t, spec in JOB_TYPES.items() if extra and extra[0] in spec["properties"]]
+        if base.startswith("jobs.") and owners and "type" in known and extra[0] not in COMMON_JOB_KEYS:
+            message = (f"unknown key for {err.instance.get('type')} jobs (only {' and '.join(owners)} jobs "
+                       f"have it; allowed here: {allowed})")
     elif err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else "?"
         key = ".".join([*([key] if key else []), missing])
         message = "required key is missing"
+    elif "propertyNames" in err.relative_schema_path and key != "jobs":
+        message = f"name {_show(err.instance)} must be letters, digits and '_', not starting with a digit"
+    elif "propertyNames" in err.relative_schema_path and not isinstance(err.instance, str):
+        message = f"job name {_show(err.instance)} must be a string (quote it in YAML: '{err.instance}')"
     elif "propertyNames" in err.relative_schema_path:
-        message = f"job name '{err.instance}' may only hold letters, digits, '_', '.', '-' (at most 63)"
-    if _SECRET_KEY.search(key):  # name the key, never echo a credential into logs or chef output
+        message = f"job name {_show(err.instance)} may only hold letters, digits, '_', '.', '-' (at most 63)"
+    # Name the key, never echo a credential into logs or chef output (names of jobs and env
+    # variables are no secrets: those messages show the name).
+    if _SECRET_KEY.search(key) and "propertyNames" not in err.relative_schema_path:
         message = message.replace(_show(err.instance), "(value not shown)")
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
-_SECRET_KEY = re.compile(r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.env\.")
+# Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
+# ...}]` must not be echoed as "not [...]" either).
+_SECRET_KEY = re.compile(
+    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env(\.|$)"
+    r"|^(storage|notify|jobs|jobs\.[^.]+)$")
+
+
+_STATE_DIR_RULE = "must be a directory of the agent's own (such as /var/lib/backup-agent)"
 
 
 def _message(err: Any) -> str:
     """jsonschema's error (a ValidationError) as the end of one line for a user."""
     v, s, inst = err.validator, err.validator_value, err.instance
+    if v == "not" and list(err.absolute_path) == ["state_dir"]:
+        return f"{_STATE_DIR_RULE}, not {_show(inst)}"
     if v == "type":
         types = s if isinstance(s, list) else [s]
         return f"must be {' or '.join(_TYPE_WORDS.get(str(t), str(t)) for t in types)}, not {_show(inst)}"
@@ -327,7 +522,12 @@ def _message(err: Any) -> str:
             "^[a-z0-9][a-z0-9.-]": "must be a valid S3 bucket name (3-63 of a-z, 0-9, '.', '-')",
             "^i-": "must be an instance id like i-0123456789abcdef0",
             "^(vol-": "must be a volume id (vol-...) or a device path (/dev/...)",
-            "^[^/]": "must not start or end with '/'",
+            "^[A-Za-z0-9](?:": "must be a region name like us-east-1",
+            "^[A-Za-z0-9][": "must be letters, digits and !_.*'()=:+@,- (starting with a letter or digit)",
+            "^[A-Za-z_]": "must be letters, digits and '_', not starting with a digit",
+            "^[A-Za-z0-9_][": "must be an environment name (letters, digits, '_', '.', '-')",
+            "^(?!(.*/)?": f"must be parts of {KEY_CHARS} separated by single '/', none of them '.' or '..' "
+                          "(S3 clients and consoles resolve those as directories)",
         }
         for start, hint in hints.items():
             if str(s).startswith(start):
@@ -339,7 +539,10 @@ def _message(err: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    try:
+        text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    except (TypeError, ValueError):  # keys json cannot write (a YAML date as a key)
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -19,6 +19,17 @@ _seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": 31 * 86400}
 _count = {"type": "integer", "minimum": 0, "maximum": 100000}
 _string_list = {"type": "array", "items": _str}
 _str_map = {"type": "object", "additionalProperties": {"type": "string"}}
+# What a POSIX shell and every libc accept as an environment variable name.
+_env_map = {**_str_map, "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}}
+# botocore's own rule: a region is part of the endpoint's host name.
+_region = {"type": "string", "pattern": "^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"}
+# Characters AWS calls safe in object keys (plus a few harmless ones): the node name and the
+# prefix become S3 keys, lifecycle rule ids, EC2 tags and part of the healthchecks URL.
+KEY_CHARS = "A-Za-z0-9!_.*'()=:+@,-"
+# A state_dir gets lock, status and cache files and is created 0700: never one of these (the
+# loader compares after normalising, so `//var/` is /var too).
+SYSTEM_DIRS = ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
+               "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp"]
 
 RETENTION = {
     "type": "object",
@@ -75,8 +86,6 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "one_file_system": {**_bool, "default": True},
             "follow_symlinks": {**_bool, "default": False},
             **COLD_KEYS,
-            "pre": HOOK,
-            "post": HOOK,
         },
     },
     "command": {
@@ -100,7 +109,12 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
                          "description": "database password for a preset: written to a 0600 .pgpass or option file, "
                                         "never on a command line (the cookbook takes it from the encrypted "
                                         "data bag)"},
-            "env": {**_str_map, "description": "extra environment variables for the command"},
+            "env": {**_env_map, "description": "extra environment variables for the command; values of names "
+                    "that look like credentials (PASS, PWD, SECRET, TOKEN, KEY, AUTH, ...) are masked in "
+                    "everything the agent writes"},
+            "secret_env": {**_env_map, "description": "environment variables for the command whose values are "
+                           "secrets whatever their names: masked in everything the agent writes (the cookbook "
+                           "puts the data bag item's job_secrets.<job>.env here)"},
             "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
             "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
                             "description": "how the agent compresses the stream before storing it"},
@@ -127,7 +141,7 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "tags": _str_map,
             "wait": {**_bool, "default": False},
             "wait_timeout": {**_seconds, "default": 3600},
-            "copy_to_regions": _string_list,
+            "copy_to_regions": {"type": "array", "items": _region},
             "copy_kms_key_id": _str,
             "freeze": {"type": "array", "items": _abs_path},
             "pre": HOOK,
@@ -137,6 +151,8 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
     },
 }
 
+# `$` is the end of the text here, as in ECMA 262 (JSON Schema's regex dialect) and as the
+# loader applies it: never "before a final newline", Python's re.search meaning.
 JOB_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 TOP_LEVEL: dict[str, Any] = {
@@ -144,9 +160,12 @@ TOP_LEVEL: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["storage"],
     "properties": {
-        "node": {**_str, "description": "node name; default: the host name"},
-        "environment": {**_str, "description": "Chef environment, used in tags and status"},
-        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent"},
+        "node": {"type": "string", "pattern": f"^[A-Za-z0-9][{KEY_CHARS}]{{0,252}}$",
+                 "description": "node name; default: the host name (also the default storage prefix)"},
+        "environment": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$",
+                        "description": "Chef environment, used in tags and status"},
+        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent", "not": {"enum": SYSTEM_DIRS},
+                      "description": "a directory of its own (not / or a system directory such as /var)"},
         "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
         "log_format": {"enum": ["text", "json"], "default": "text",
                        "description": "stderr logs as text (journald) or JSON lines"},
@@ -163,9 +182,11 @@ TOP_LEVEL: dict[str, Any] = {
             "required": ["bucket"],
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
-                "prefix": {"type": "string", "pattern": "^[^/].*[^/]$|^[^/]$",
-                           "description": "default: node; with a job name at most 949 bytes, 255 between two '/'"},
-                "region": {**_str, "default": "us-east-1"},
+                "prefix": {"type": "string", "pattern": f"^(?!(.*/)?\\.\\.?(/|$))[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
+                           "description": "where the node's objects go in the bucket (default: node); "
+                                          "'/'-separated parts, none of them '.' or '..', at most 255 bytes each; "
+                                           "with a job name at most 949 bytes"},
+                "region": {**_region, "default": "us-east-1"},
                 "endpoint_url": _url,
                 "access_key_id": _str,
                 "secret_access_key": _str,
@@ -190,14 +211,15 @@ TOP_LEVEL: dict[str, Any] = {
                 "ec2_endpoint_url": _url,
                 "imds_endpoint": _url,
                 "instance_id": {"type": "string", "pattern": "^i-[0-9a-f]+$"},
-                "region": _str,
+                "region": _region,
             },
         },
         "jobs": {
             "type": "object",
             "default": {},
-            "propertyNames": {"pattern": JOB_NAME_PATTERN},
-            "additionalProperties": {"type": "object", "required": ["type"]},
+            "propertyNames": {"type": "string", "pattern": JOB_NAME_PATTERN},
+            "additionalProperties": {"type": "object", "required": ["type"],
+                                     "properties": {"type": {"enum": ["files", "command", "ebs_snapshot"]}}},
         },
         "notify": {
             "type": "object",

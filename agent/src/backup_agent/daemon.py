@@ -32,7 +32,6 @@ from types import FrameType
 from typing import Any
 
 import schedule
-import yaml
 
 from backup_agent import config as config_mod
 from backup_agent.config import Config, Job
@@ -60,13 +59,7 @@ BUSY_WAKE = 1.0
 
 def load_snapshot(path: str) -> tuple[Config, str]:
     """The config and the exact text it was validated from (what the runs will get)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        config_mod.load(path)  # raises the one-line error `validate` would print
-        raise ConfigError(f"{path}: changed while being read; try again") from None
-    return config_mod.from_dict(data, path), text
+    return config_mod.load_with_text(path)
 
 
 def single_instance(state_dir: Path) -> int:
@@ -269,8 +262,10 @@ class Daemon:
         sd_notify("RELOADING=1")
         try:
             cfg, text = load_snapshot(self.path)
-        except ConfigError as exc:
-            log.error("reload rejected, the previous config keeps running: %s", exc)
+        except Exception as exc:  # whatever a new config does, the daemon keeps the one it has
+            why = str(exc) if isinstance(exc, ConfigError) else f"internal error: {type(exc).__name__}: {exc}"
+            log.error("reload rejected, the previous config keeps running: %s", why.replace("\n", " "),
+                      exc_info=not isinstance(exc, ConfigError) and self.verbose)
             sd_notify("READY=1")
             return
         setup_logging("DEBUG" if self.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))

@@ -3,6 +3,11 @@ lines for log shippers (`log_format: json`); both with the config's secrets mask
 
 Masking is a last line of defence: code should not log secrets at all, but a library error
 message that echoes a password must not reach the journal either.
+
+Every occurrence of every secret is masked, whatever its length: a short password is still a
+password. The price is paid only by whoever chose a 1-2 character secret (their logs lose those
+characters everywhere); identifiers in structured output (snapshot ids, counts) are never
+masked, so scripts keep working.
 """
 
 from __future__ import annotations
@@ -20,13 +25,20 @@ if TYPE_CHECKING:
     from backup_agent.config import Config
 
 MASK = "***"
-# Shorter values would mask ordinary words and numbers all over the log.
-_MIN_SECRET_LEN = 6
 # URL path segments and query values this long are credentials (a check's uuid, a hook token).
 _MIN_TOKEN_LEN = 16
-_SECRET_ENV_NAME = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+# Environment names whose values are credentials by convention (PGPASSWORD, MYSQL_PWD,
+# AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN, DATABASE_URL with its password, ...). Values of
+# `secret_env` are masked whatever their names.
+_SECRET_ENV_NAME = re.compile(r"pass|pwd|secret|token|key|credential|auth|cookie|session|private|dsn|url|uri",
+                              re.IGNORECASE)
+# A mask made of a character that occurs in no secret cannot itself spell a secret, alone or
+# next to the text around it.
+_MASK_CHARS = "*#~^%+"
 
 _secrets: tuple[str, ...] = ()
+_pattern: re.Pattern[str] | None = None
+_mask = MASK
 
 
 def secret_values(cfg: Config) -> list[str]:
@@ -41,6 +53,8 @@ def secret_values(cfg: Config) -> list[str]:
             out += [url, parts.path, *tokens]
     for job in cfg.jobs.values():
         out.append(job.options.get("password"))
+        secret_env = job.options.get("secret_env") or {}
+        out += secret_env.values()
         for name, value in (job.options.get("env") or {}).items():
             if _SECRET_ENV_NAME.search(name):
                 out.append(value)
@@ -48,16 +62,25 @@ def secret_values(cfg: Config) -> list[str]:
 
 
 def set_secrets(values: Iterable[str]) -> None:
-    global _secrets
-    # Longest first, so a secret containing another is masked whole.
-    _secrets = tuple(sorted({v for v in values if len(v) >= _MIN_SECRET_LEN}, key=len, reverse=True))
+    global _secrets, _pattern, _mask
+    # Longest first: a secret containing another is masked whole (alternation takes the first).
+    _secrets = tuple(sorted({v for v in values if v}, key=lambda v: (-len(v), v)))
+    _pattern = re.compile("|".join(map(re.escape, _secrets))) if _secrets else None
+    used = set("".join(_secrets))
+    free = [c for c in _MASK_CHARS if c not in used]
+    _mask = free[0] * 3 if free else ""
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    if _pattern is None:
+        return text
+    # One left-to-right pass finds every occurrence not inside an earlier one; with an empty
+    # mask (secrets using every mask character) the joined rest may form a new one: repeat.
+    while True:
+        masked = _pattern.sub(_mask, text)
+        if masked == text or _mask:
+            return masked
+        text = masked
 
 
 class TextFormatter(logging.Formatter):

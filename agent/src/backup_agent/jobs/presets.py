@@ -75,6 +75,10 @@ def pg_env(opts: dict[str, Any]) -> dict[str, str]:
     for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("username", "PGUSER")):
         if opts.get(key) is not None:
             env[var] = str(opts[key])
+    if opts.get("password") is not None:
+        # libpq prefers PGPASSWORD to PGPASSFILE: one inherited from the agent's environment
+        # would beat the configured password. Empty, it means "not set" and the file is read.
+        env["PGPASSWORD"] = ""
     return env
 
 
