@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -86,9 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Not through logging, so masked here: a command's own error output may carry a secret.
         print(f"backup-agent: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("backup-agent: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)  # errors.Interrupted: SIGTERM and SIGHUP too
+        print(f"backup-agent: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:
         # `backup-agent status | head`: the reader left; nothing is wrong with the agent.
         with contextlib.suppress(OSError):

@@ -323,6 +323,7 @@ def _message(err: Any) -> str:
             "^i-": "must be an instance id like i-0123456789abcdef0",
             "^(vol-": "must be a volume id (vol-...) or a device path (/dev/...)",
             "^[^/]": "must not start or end with '/'",
+            "^[a-z]{2}(": "must be an AWS region name like us-east-1",
         }
         for start, hint in hints.items():
             if str(s).startswith(start):

@@ -19,6 +19,8 @@ _seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": 31 * 86400}
 _count = {"type": "integer", "minimum": 0, "maximum": 100000}
 _string_list = {"type": "array", "items": _str}
 _str_map = {"type": "object", "additionalProperties": {"type": "string"}}
+# An AWS region name (us-east-1, eu-central-2, us-gov-west-1): a typo fails at load, not mid-run.
+REGION_PATTERN = "^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$"
 
 RETENTION = {
     "type": "object",
@@ -62,7 +64,8 @@ COMMON_JOB_KEYS: dict[str, Any] = {
     "catch_up": {**_bool, "default": True,
                  "description": "a run missed while the daemon or node was down runs once soon after start"},
     "retention": RETENTION,
-    "timeout": _seconds,
+    "timeout": {**_seconds, "description": "seconds after which the run is stopped and fails; command jobs "
+                                           "default to 21600 (6 h), their command's process group is killed"},
 }
 
 JOB_TYPES: dict[str, dict[str, Any]] = {
@@ -103,6 +106,9 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
             "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
                             "description": "how the agent compresses the stream before storing it"},
+            "allow_empty": {**_bool, "default": False,
+                            "description": "accept a command that exits 0 without writing anything as a "
+                                           "backup (by default that run fails and stores nothing)"},
             **COLD_KEYS,
             "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                                 "description": "argv that `restore --into X` pipes the dump into; {into} "
@@ -126,7 +132,7 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "tags": _str_map,
             "wait": {**_bool, "default": False},
             "wait_timeout": {**_seconds, "default": 3600},
-            "copy_to_regions": _string_list,
+            "copy_to_regions": {"type": "array", "items": {"type": "string", "pattern": REGION_PATTERN}},
             "copy_kms_key_id": _str,
             "freeze": {"type": "array", "items": _abs_path},
             "pre": HOOK,
