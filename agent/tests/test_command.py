@@ -400,6 +400,41 @@ def test_corrupt_dump_is_refused(agent: Any, tmp_path: Path) -> None:
     assert agent.run("check", "c", "--read-data").returncode == 1
 
 
+def test_a_corrupt_dump_reaches_no_reader(agent: Any, tmp_path: Path) -> None:
+    # 3 MB whose last bytes are damaged in the store: neither a pipe reader nor a restore_command
+    # may see a single byte of it.
+    sink = tmp_path / "sink"
+    agent.job("c3", type="command", compression="none", shell=True, command=["seq 1 400000"],
+              restore_command=["sh", "-c", f"cat > {sink}; echo clean=$BACKUP_AGENT_CLEAN >> {sink}"])
+    sid = agent.json("run", "c3")["snapshot"]
+    good = restore_bytes(agent, "c3")
+    key = f"test-node/c3/dumps/{sid}.dump"
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=good[:-7] + b"999999\n")
+    # The documented pipe, with pipefail: the reader gets nothing, the pipeline fails.
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {AGENT} -c {agent.path} restore c3 --target - | wc -c"],
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 1 and piped.stdout.strip() == "0", piped
+    assert "does not match its sha256" in piped.stderr
+    proc = agent.run("restore", "c3", "--into", "db1")
+    assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
+    assert not sink.exists(), "the restore_command was started before the dump was verified"
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=good)
+    assert agent.run("restore", "c3", "--into", "db1", "--clean").returncode == 0
+    assert sink.read_bytes() == good + b"clean=1\n"
+
+
+def test_restore_to_a_closed_stdout_is_one_line(agent: Any) -> None:
+    agent.job("so", type="command", command=["echo", "x"])
+    agent.json("run", "so")
+    proc = subprocess.run(f"exec {AGENT} -c {agent.path} restore so --target - >&-", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed; redirect it to a file "
+                                   "or a pipe")
+    proc = agent.run("restore", "so", "--target", "/tmp", "--clean")
+    assert proc.returncode == 2 and "--clean: only with --into" in proc.stderr
+
+
 # --- Glacier, against moto in server mode (SeaweedFS has no archive semantics) --------------------
 
 @pytest.fixture

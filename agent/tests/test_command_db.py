@@ -197,6 +197,24 @@ def test_postgresql_bad_database_leaves_nothing(agent: Any, pg: Postgres) -> Non
     assert_nothing_left(agent, "pg_bad")
 
 
+def test_postgresql_restore_into_a_database_with_tables_needs_clean(agent: Any, pg: Postgres) -> None:
+    agent.job("pg_small", type="command", preset="postgresql", database="app", host="127.0.0.1", port=pg.port,
+              username="postgres", password=PASSWORD, tables=["public.small"])
+    run_ok(agent, "run", "pg_small")
+    pg.sql("CREATE DATABASE app_busy")
+    pg.sql("CREATE TABLE small (id int PRIMARY KEY, name text, note text); INSERT INTO small VALUES (1, 'keep', 'me');"
+           "CREATE TABLE mine (x int)", "app_busy")
+    proc = agent.run("restore", "pg_small", "--into", "app_busy")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "already has 2 table(s) (public.mine, public.small)" in last and "--clean" in last
+    assert pg.sql("SELECT name FROM small", "app_busy") == "keep"
+    proc = run_ok(agent, "restore", "pg_small", "--into", "app_busy", "--clean")
+    assert "restore --clean: app_busy has 2 table(s) (public.mine, public.small)" in proc.stderr
+    assert pg.fingerprint("app_busy", ["public.small"]) == pg.fingerprint("app", ["public.small"])
+    assert pg.sql("SELECT to_regclass('public.mine') IS NOT NULL", "app_busy") == "t"
+
+
 # --- MariaDB -------------------------------------------------------------------------------------
 
 @dataclass
@@ -297,3 +315,35 @@ def test_mariadb_some_tables_over_the_socket(agent: Any, maria: MariaDB) -> None
     run_ok(agent, "restore", "maria_part", "--into", "shop_part")
     assert maria.sql("SHOW TABLES", "shop_part") == "customers"
     assert maria.fingerprint("shop_part", ["customers"]) == maria.fingerprint("shop", ["customers"])
+
+
+def test_mariadb_restore_never_drops_existing_tables_without_clean(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria_c", type="command", preset="mysql", database="shop", host="127.0.0.1", port=maria.port,
+              username="backup", password=PASSWORD, tables=["customers"])
+    run_ok(agent, "run", "maria_c")
+    maria.sql("CREATE DATABASE shop_busy; CREATE TABLE shop_busy.customers (id INT PRIMARY KEY, name TEXT);"
+              "INSERT INTO shop_busy.customers VALUES (1, 'keep me'); CREATE TABLE shop_busy.mine (x INT)")
+    proc = agent.run("restore", "maria_c", "--into", "shop_busy")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "already has 2 table(s) (customers, mine)" in last and "nothing was changed" in last
+    assert PASSWORD not in proc.stderr
+    assert maria.sql("SELECT name FROM shop_busy.customers") == "keep me"
+    proc = run_ok(agent, "restore", "maria_c", "--into", "shop_busy", "--clean")
+    assert "restore --clean: shop_busy has 2 table(s) (customers, mine)" in proc.stderr
+    assert maria.fingerprint("shop_busy", ["customers"]) == maria.fingerprint("shop", ["customers"])
+    assert maria.sql("SHOW TABLES", "shop_busy").split() == ["customers", "mine"]
+
+
+def test_mariadb_a_corrupt_dump_applies_no_row(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria_x", type="command", preset="mysql", database="shop", host="127.0.0.1", port=maria.port,
+              username="backup", password=PASSWORD, compression="none")
+    sid = json.loads(run_ok(agent, "run", "maria_x", "--json").stdout)["snapshot"]
+    key = f"test-node/maria_x/dumps/{sid}.dump"
+    body = agent.s3.get_object(Bucket=agent.bucket, Key=key)["Body"].read()
+    damage = b"-- damaged at the very end of the dump\n"  # same size: only the sha256 can tell
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=body[:-len(damage)] + damage)
+    maria.sql("CREATE DATABASE shop_empty")
+    proc = agent.run("restore", "maria_x", "--into", "shop_empty")
+    assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
+    assert maria.sql("SHOW TABLES", "shop_empty") == "", "rows reached the database before the check"

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--target", help="directory to restore into ('-' = stdout, command jobs)")
     where.add_argument("--into", metavar="DATABASE",
                        help="command jobs: pipe the dump into the preset's restore tool (or restore_command)")
+    s.add_argument("--clean", action="store_true",
+                   help="with --into: replace what the dump contains when the database already has tables "
+                        "(default: refuse and change nothing)")
     s.add_argument("--path", action="append", default=[], help="restore only this path (repeatable)")
     s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
     s.add_argument("--tier", choices=["Expedited", "Standard", "Bulk"], help="Glacier retrieval tier")
@@ -166,6 +169,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
             if job.type != "command":
                 raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
             kwargs["into"] = args.into
+            kwargs["clean"] = args.clean
+        elif args.clean:
+            raise ConfigError("--clean: only with --into DATABASE")
         out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
                              wait=args.wait, **kwargs)
         if "instructions" in out:  # ebs_snapshot jobs write nothing: they say how to get the volumes back

@@ -643,11 +643,15 @@ class CommandJob(S3Job):
 
     def restore(self, *, snapshot: str | None, at: str | None, target: str | None, paths: list[str],
                 wait: bool = False, tier: str | None = None, days: int | None = None,
-                into: str | None = None) -> dict[str, Any]:
+                into: str | None = None, clean: bool = False) -> dict[str, Any]:
         if paths:
             raise ConfigError("--path: a command job's snapshot is one dump; restore it whole")
         if into is None and not target:
             raise ConfigError("restore: give --target FILE|DIR|- or --into DATABASE")
+        if clean and into is None:
+            raise ConfigError("--clean: only with --into DATABASE")
+        if target == "-":
+            _check_stdout()
         if into is not None and not self.opts.get("preset") and not self.opts.get("restore_command"):
             raise ConfigError(f"{self.where}.restore_command: --into needs a preset or restore_command "
                               "(or use --target - and pipe it yourself)")
@@ -666,9 +670,13 @@ class CommandJob(S3Job):
         out: dict[str, Any] = {"job": self.job.name, "snapshot": snap.id, "files": 1,
                                "bytes_stored": entry.size}
         if into is not None:
-            out.update(self._restore_into(snap.id, entry, key, kind, into))
+            out.update(self._restore_into(snap.id, entry, key, kind, into, clean))
         elif target == "-":
-            out.update(target="-", bytes=self._download(snap.id, entry, key, kind, _stdout_write))
+            # Verified whole before the first byte reaches stdout: a reader (pg_restore, mysql)
+            # never applies part of a dump that turns out corrupt.
+            with self._spooled(snap.id, entry, key, kind) as (spool, size):
+                _copy_to_stdout(spool)
+            out.update(target="-", bytes=size)
         else:
             assert target is not None
             out.update(self._restore_file(snap.id, entry, key, kind, Path(target), header))
@@ -694,45 +702,80 @@ class CommandJob(S3Job):
             raise
         return {"target": str(dest.resolve()), "bytes": size}
 
-    def _restore_into(self, sid: str, entry: Entry, key: str, kind: str, into: str) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _spooled(self, sid: str, entry: Entry, key: str, kind: str) -> Iterator[tuple[IO[bytes], int]]:
+        """The dump, downloaded, decompressed and verified (size, sha256, codec end) into a private
+        unnamed temp file (O_TMPFILE, 0600) under state_dir/tmp, positioned at its start.
+
+        Needs free space for the uncompressed dump; nothing reaches a database or stdout before
+        the whole dump has been checked.
+        """
+        try:
+            where: str | Path = ensure_dir(self.cfg.state_dir / "tmp")
+        except OSError:
+            where = tempfile.gettempdir()  # $TMPDIR: a restore on a fresh node has no state_dir yet
+        with tempfile.TemporaryFile(dir=where) as spool:
+            size = self._download(sid, entry, key, kind, spool.write)
+            spool.flush()
+            spool.seek(0)
+            yield spool, size
+
+    def _restore_into(self, sid: str, entry: Entry, key: str, kind: str, into: str,
+                      clean: bool) -> dict[str, Any]:
         run_as = resolve_user(self.opts.get("user"), self.where)
         owner = (run_as.uid, run_as.gid) if run_as else None
-        with presets.secret_file(self.opts, owner) as secret:
-            if self.opts.get("restore_command"):
+        custom = bool(self.opts.get("restore_command"))
+        with self._spooled(sid, entry, key, kind) as (spool, size), presets.secret_file(self.opts, owner) as secret:
+            if custom:
                 prepared = presets.Prepared([a.replace("{into}", into) for a in self.opts["restore_command"]])
                 if self.opts.get("preset") == "postgresql":
                     prepared.env = presets.pg_env(self.opts) | ({"PGPASSFILE": secret} if secret else {})
+                # The agent cannot know what a command of the user's replaces: it says what was asked.
+                prepared.env["BACKUP_AGENT_CLEAN"] = "1" if clean else "0"
             else:
-                prepared = presets.restore_argv(self.opts, secret, into, path=os.environ.get("PATH"))
+                self._guard_target(into, clean, secret, run_as)
+                prepared = presets.restore_argv(self.opts, secret, into, path=os.environ.get("PATH"), clean=clean)
             env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
-            log.info("job %s: restoring snapshot %s with %s into %s", self.job.name, sid,
-                     prepared.argv[0], into)
-            # The tool's stdout goes to our stderr: stdout stays clean for --json.
+            log.info("job %s: restoring snapshot %s (verified, %d bytes) with %s into %s", self.job.name, sid,
+                     size, prepared.argv[0], into)
+            # The tool reads the verified spool itself; its stdout goes to our stderr, so stdout
+            # stays clean for --json.
             child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
-                          stdin=subprocess.PIPE, stdout=sys.stderr.fileno())
-            assert child.proc.stdin is not None
-            stdin = child.proc.stdin
-
-            def write(data: bytes) -> None:
-                try:
-                    stdin.write(data)
-                except BrokenPipeError:
-                    code = child.wait()
-                    raise JobFailed(f"job {self.job.name}: {child.failure(code, None)}") from None
-
-            try:
-                size = self._download(sid, entry, key, kind, write)
-            except BaseException:
-                # Killed before its input ends, the tool cannot take a truncated dump for a whole one.
-                child.kill()
-                child.wait()
-                raise
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
+                          stdin=spool.fileno(), stdout=sys.stderr.fileno())
             code = child.wait()
         if code != 0:
             raise JobFailed(f"job {self.job.name}: restore into {into}: {child.failure(code, None)}")
-        return {"target": f"{self.opts.get('preset') or 'restore_command'} database {into}", "bytes": size}
+        return {"target": f"{self.opts.get('preset') or 'restore_command'} database {into}", "bytes": size,
+                "clean": clean}
+
+    def _guard_target(self, into: str, clean: bool, secret: str | None, run_as: RunAs | None) -> None:
+        """Refuse a target database that already has tables unless --clean; with it, say which.
+
+        A mysqldump file drops every table it holds before creating it, and pg_restore --clean
+        drops the dump's objects: neither must happen to a database nobody meant to overwrite.
+        """
+        prepared = presets.tables_argv(self.opts, secret, into, path=os.environ.get("PATH"))
+        env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
+        child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
+                      timeout=120)
+        assert child.proc.stdout is not None
+        listing = child.proc.stdout.read(1 << 20)
+        child.proc.stdout.close()
+        code = child.wait()
+        if code != 0:
+            raise JobFailed(f"job {self.job.name}: restore into {into}: cannot list its tables: "
+                            f"{child.failure(code, 120)}")
+        tables = [t for t in listing.decode("utf-8", "replace").splitlines() if t.strip()]
+        if not tables:
+            return
+        shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
+        if not clean:
+            raise ConfigError(f"restore --into {into}: the database already has {len(tables)} table(s) ({shown}); "
+                              "nothing was changed. Restore into an empty database, or add --clean to "
+                              "drop and replace the tables the dump contains")
+        # The confirmation the operator asked for, on stderr whatever the log level.
+        print(f"backup-agent: restore --clean: {into} has {len(tables)} table(s) ({shown}); those the dump "
+              "contains are dropped and replaced, the others are left alone", file=sys.stderr, flush=True)
 
     def _download(self, sid: str, entry: Entry, key: str, kind: str, write: Callable[[bytes], Any]) -> int:
         """Stream the stored object through the decoder into `write`; verify size and sha256."""
@@ -810,10 +853,25 @@ def _decode(decoder: Decoder, chunk: bytes, sid: str) -> bytes:
         raise IntegrityError(f"snapshot {sid}: the dump does not decompress: {exc}") from None
 
 
-def _stdout_write(data: bytes) -> None:
-    out: IO[bytes] = sys.stdout.buffer
+def _check_stdout() -> None:
+    # Python leaves sys.stdout None when the process started with fd 1 closed; fd 1 may since
+    # have been reused by a file or socket of ours, which must not receive the dump.
     try:
-        out.write(data)
+        if sys.stdout is None or sys.stdout.fileno() != 1:
+            raise OSError
+        os.fstat(1)
+    except (OSError, ValueError):
+        raise ConfigError("--target -: standard output is closed; redirect it to a file or a pipe") from None
+
+
+def _copy_to_stdout(spool: IO[bytes]) -> None:
+    fd = 1  # not sys.stdout: it is None when the process started with stdout closed
+    try:
+        while chunk := spool.read(READ_SIZE):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
     except BrokenPipeError:
         raise JobFailed("restore: stdout was closed before the dump ended") from None
-
+    except OSError as exc:
+        raise JobFailed(f"restore: cannot write the dump to stdout: {exc.strerror or exc}") from None

@@ -9,6 +9,7 @@ snapshots with this job's and this node's tags, and never delete one an AMI uses
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
@@ -82,10 +83,21 @@ class EbsSnapshotJob(JobRunner):
             if key.startswith(sets_mod.PREFIX) or key.startswith("aws:"):
                 raise ConfigError(f"{self.where('tags')}.{key}: tags starting with "
                                   f"'{sets_mod.PREFIX}' or 'aws:' are reserved")
-        for i, mount in enumerate(self.opts.get("freeze") or []):
-            if mount.rstrip("/") == "":
-                raise ConfigError(f"{self.where('freeze')}[{i}]: refusing to freeze / (the agent, sshd and "
-                                  "logging write there); use pre/post hooks for the root filesystem")
+        self.freeze = [self._freezable(i, mount) for i, mount in enumerate(self.opts.get("freeze") or [])]
+
+    def _freezable(self, i: int, mount: str) -> str:
+        """The mount point to fsfreeze for `freeze[i]`, resolved: `/.`, `/a/..` or a symlink to / are
+        all the root filesystem, and freezing a directory freezes whatever filesystem holds it."""
+        real = os.path.realpath(mount)
+        where = f"{self.where('freeze')}[{i}]"
+        if real == "/":
+            raise ConfigError(f"{where}: refusing to freeze / ('{mount}'; the agent, sshd and logging write "
+                              "there); use pre/post hooks for the root filesystem")
+        if not os.path.ismount(real):
+            shown = mount if real == mount else f"{mount} (= {real})"
+            raise ConfigError(f"{where}: {shown} is not a mount point; list the mount points to freeze "
+                              "(see findmnt)")
+        return real
 
     def where(self, key: str) -> str:
         return f"{self.cfg.path}: jobs.{self.job.name}.{key}"
@@ -175,20 +187,27 @@ class EbsSnapshotJob(JobRunner):
                           set_id, len(chosen))
         made: list[dict[str, Any]] = []
         attempted = False
+        post_failed: str | None = None
         env = {"BACKUP_AGENT_JOB": self.job.name, "BACKUP_AGENT_SNAPSHOT": set_id}
         try:
             with hooks.consistent(pre=self.opts.get("pre"), post=self.opts.get("post"),
-                                  freeze=self.opts.get("freeze"), timeout=float(self.opts["hook_timeout"]),
+                                  freeze=self.freeze, timeout=float(self.opts["hook_timeout"]),
                                   env=env):
                 attempted = True
                 made = self._capture(ec2, iid, inst, chosen, tags, set_id)
-        except (hooks.PostHookFailed, hooks.Terminated) as exc:
+        except hooks.PostHookFailed as exc:
             if not made:
                 self._discard(ec2, set_id)
-                if isinstance(exc, hooks.Terminated):
-                    raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
                 raise
-            # The capture itself finished (and filesystems were thawed in time): the set is whole.
+            # The capture finished (filesystems thawed in time): the set is whole and kept, and the
+            # run is partial (exit 3) so the failed post hook, which may have left the application
+            # stopped, is not mistaken for a clean run.
+            post_failed = f"snapshot {set_id} was taken ({len(made)} EBS snapshots) and kept, but then: {exc}"
+            log.error("job %s: %s", self.job.name, post_failed)
+        except hooks.Terminated as exc:
+            if not made:
+                self._discard(ec2, set_id)
+                raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
             raise JobFailed(f"job {self.job.name}: snapshot {set_id} was taken ({len(made)} EBS snapshots), "
                             f"but then: {exc}") from None
         except BaseException:
@@ -198,12 +217,16 @@ class EbsSnapshotJob(JobRunner):
         ids = [m["SnapshotId"] for m in made]
         by_volume = {a.volume_id: a.device for a in chosen}
         result = RunResult(job=self.job.name, snapshot=set_id, warnings=warnings)
+        if post_failed:
+            result.status = "partial"
+            result.warnings.append(post_failed)
         result.extra = {
             "ebs_snapshots": ids,
             "instance_id": iid,
             "region": region,
             "volumes": [{"volume_id": m["VolumeId"], "device": by_volume.get(m["VolumeId"]),
                          "snapshot_id": m["SnapshotId"]} for m in made],
+            "post_hook_failed": bool(post_failed),
         }
         log.info("job %s: snapshot %s: %s", self.job.name, set_id, " ".join(ids))
         deadline = time.monotonic() + float(self.opts["wait_timeout"])
