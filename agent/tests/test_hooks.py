@@ -77,7 +77,7 @@ def test_failing_pre_runs_only_post(log: Path) -> None:
 
 
 def test_hanging_pre_is_killed_and_post_runs(log: Path) -> None:
-    with pytest.raises(HookFailed, match="did not finish within 0.5s"), consistent(
+    with pytest.raises(HookFailed, match=r"did not finish within 0\.5s"), consistent(
             pre=["sleep", "30"], post=rec(log, "post"), freeze=None, timeout=0.5):
         pytest.fail("body must not run")
     assert calls(log) == ["post post failed"]
