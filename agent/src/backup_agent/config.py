@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from backup_agent import __version__
-from backup_agent.config_schema import JOB_TYPES, TOP_LEVEL, job_schema
+from backup_agent.config_schema import JOB_NAME_PATTERN, JOB_TYPES, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
 from backup_agent.state import atomic_write
@@ -168,6 +168,10 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         where = f"jobs.{job_name}"
         if trusted:
             continue
+        if not _JOB_NAME.fullmatch(str(job_name)):
+            # The schema's pattern is searched (re.search), where `$` also matches before a final
+            # newline: "etc\n" would pass it, then split the status table and land in S3 keys.
+            raise ConfigError(f"{name}: jobs: {_BAD_JOB_NAME.format(_show(job_name))}")
         if raw["type"] not in JOB_TYPES:
             raise ConfigError(f"{name}: {where}.type: must be one of {', '.join(JOB_TYPES)}, not {_show(raw['type'])}")
         _validate(job_schema(raw["type"]), raw, name, where)
@@ -290,12 +294,14 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
         key = ".".join([*([key] if key else []), missing])
         message = "required key is missing"
     elif "propertyNames" in err.relative_schema_path:
-        message = f"job name '{err.instance}' may only hold letters, digits, '_', '.', '-' (at most 63)"
+        message = _BAD_JOB_NAME.format(_show(err.instance))
     if _SECRET_KEY.search(key):  # name the key, never echo a credential into logs or chef output
         message = message.replace(_show(err.instance), "(value not shown)")
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
+_JOB_NAME = re.compile(JOB_NAME_PATTERN.removeprefix("^").removesuffix("$"))
+_BAD_JOB_NAME = "job name {} may only hold letters, digits, '_', '.', '-' (at most 63, not starting with '_', '.', '-')"
 _SECRET_KEY = re.compile(r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.env\.")
 
 

@@ -22,14 +22,17 @@ module BackupAgentCookbook
     RETENTION_KEYS = %w(keep_last keep_hourly keep_daily keep_weekly keep_monthly keep_yearly).freeze
     WEEKDAYS = %w(monday tuesday wednesday thursday friday saturday sunday).freeze
 
-    # The schedule strings of CONTRACT.md, as the agent's schedules.py parses them (case and
-    # runs of spaces do not matter; a trailing ' UTC' means UTC instead of local time).
-    SCHEDULES = [
-      /\Aevery [1-9][0-9]* (second|minute|hour|day)s?\z/,
-      /\Ahourly at :[0-5][0-9]\z/,
-      /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
-      /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
-    ].freeze
+    # The schedule strings of CONTRACT.md, read exactly as the agent's schedules.py reads them
+    # (tests/fixtures/schedule_cases.json holds the cases both sides run): ASCII only, case and
+    # runs of spaces or tabs do not matter, a trailing ' UTC' means UTC instead of local time.
+    UNIT_SECONDS = { 'second' => 1, 'minute' => 60, 'hour' => 3600, 'day' => 86_400 }.freeze
+    MAX_PERIOD = 366 * 86_400 # longer periods are typos (and the agent refuses them)
+    EVERY = /\Aevery ([1-9][0-9]{0,8}) (second|minute|hour|day)s?\z/.freeze
+    SCHEDULES = {
+      /\Ahourly at :[0-5][0-9]\z/ => 3600,
+      /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ => 86_400,
+      /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ => 7 * 86_400,
+    }.freeze
     SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
                      "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
 
@@ -54,10 +57,19 @@ module BackupAgentCookbook
 
     module_function
 
+    # Seconds between runs of a schedule string, or nil when it is not one.
+    def schedule_period(text)
+      return unless text.is_a?(String) && text.ascii_only?
+      body = text.gsub(/\A[ \t]+|[ \t]+\z/, '').split(/[ \t]+/).join(' ').downcase.delete_suffix(' utc')
+      if (m = EVERY.match(body))
+        period = m[1].to_i * UNIT_SECONDS[m[2]]
+        return period <= MAX_PERIOD ? period : nil
+      end
+      SCHEDULES.find { |form, _| form.match?(body) }&.last
+    end
+
     def schedule?(text)
-      return false unless text.is_a?(String)
-      body = text.split.join(' ').downcase.delete_suffix(' utc')
-      SCHEDULES.any? { |form| form.match?(body) }
+      !schedule_period(text).nil?
     end
 
     def schedule_error(text)

@@ -113,3 +113,22 @@ describe BackupAgentCookbook::Validation do
     end
   end
 end
+
+# The same cases the agent's pytest runs (agent/tests/test_schedule_cases.py): one grammar and one
+# job-name rule on both sides.
+describe 'the shared schedule and job-name cases' do
+  cases = JSON.parse(File.read(File.expand_path('../../../../../tests/fixtures/schedule_cases.json', __dir__)))
+
+  it 'reads every schedule string as the agent does' do
+    cases['schedules'].each do |c|
+      expect([c['text'], BackupAgentCookbook::Validation.schedule_period(c['text'])]).to eq([c['text'], c['period']])
+      expect(BackupAgentCookbook::Validation.schedule?(c['text'])).to eq(!c['period'].nil?)
+    end
+  end
+
+  it 'accepts exactly the job names the agent accepts' do
+    cases['job_names'].each do |c|
+      expect([c['name'], BackupAgentCookbook::Validation::JOB_NAME.match?(c['name'])]).to eq([c['name'], c['valid']])
+    end
+  end
+end
