@@ -54,10 +54,12 @@ def run_job(cfg: Config, job: Job) -> RunResult:
     except Locked:
         raise  # another run owns the job and its status
     except KeyboardInterrupt as exc:
-        # The job unwound (its command's process group killed, its upload aborted): say so.
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        _finish(cfg, record, t0, notifier, 128 + signum, result="aborted",
-                error=f"aborted by {signal.Signals(signum).name}; no snapshot made")
+        # The job unwound (its command's process group killed, its upload aborted): say so,
+        # unless the daemon stopped it, which records and notifies the abort itself.
+        if not os.environ.get(DAEMON_PID_ENV):
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            _finish(cfg, record, t0, notifier, 128 + signum, result="aborted",
+                    error=f"aborted by {signal.Signals(signum).name}; no snapshot made")
         raise
     except AgentError as exc:
         _finish(cfg, record, t0, notifier, exc.exit_code, result="failed", error=str(exc))
