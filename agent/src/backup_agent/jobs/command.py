@@ -711,10 +711,11 @@ class CommandJob(S3Job):
         the whole dump has been checked.
         """
         try:
-            where: str | Path = ensure_dir(self.cfg.state_dir / "tmp")
-        except OSError:
-            where = tempfile.gettempdir()  # $TMPDIR: a restore on a fresh node has no state_dir yet
-        with tempfile.TemporaryFile(dir=where) as spool:
+            spool = tempfile.TemporaryFile(dir=ensure_dir(self.cfg.state_dir / "tmp"))  # noqa: SIM115
+        except (OSError, JobFailed):
+            # $TMPDIR: a restore on a fresh node may have no state_dir yet, or a read-only one.
+            spool = tempfile.TemporaryFile()  # noqa: SIM115
+        with spool:
             size = self._download(sid, entry, key, kind, spool.write)
             spool.flush()
             spool.seek(0)

@@ -83,20 +83,25 @@ class EbsSnapshotJob(JobRunner):
             if key.startswith(sets_mod.PREFIX) or key.startswith("aws:"):
                 raise ConfigError(f"{self.where('tags')}.{key}: tags starting with "
                                   f"'{sets_mod.PREFIX}' or 'aws:' are reserved")
-        self.freeze = [self._freezable(i, mount) for i, mount in enumerate(self.opts.get("freeze") or [])]
+        for i, mount in enumerate(self.opts.get("freeze") or []):
+            if os.path.normpath(mount) in ("/", "//"):  # "/.", "/a/..": on any node, before anything runs
+                raise ConfigError(self._root_refused(i, mount))
+
+    def _root_refused(self, i: int, mount: str) -> str:
+        return (f"{self.where('freeze')}[{i}]: refusing to freeze / ('{mount}'; the agent, sshd and logging "
+                "write there); use pre/post hooks for the root filesystem")
 
     def _freezable(self, i: int, mount: str) -> str:
-        """The mount point to fsfreeze for `freeze[i]`, resolved: `/.`, `/a/..` or a symlink to / are
-        all the root filesystem, and freezing a directory freezes whatever filesystem holds it."""
+        """The mount point to fsfreeze for `freeze[i]`, resolved on this node at run time (a
+        maintenance node may handle the job's snapshots without its mounts): a symlink to / is the
+        root filesystem, and freezing a directory freezes whatever filesystem holds it."""
         real = os.path.realpath(mount)
-        where = f"{self.where('freeze')}[{i}]"
         if real == "/":
-            raise ConfigError(f"{where}: refusing to freeze / ('{mount}'; the agent, sshd and logging write "
-                              "there); use pre/post hooks for the root filesystem")
+            raise ConfigError(self._root_refused(i, mount))
         if not os.path.ismount(real):
             shown = mount if real == mount else f"{mount} (= {real})"
-            raise ConfigError(f"{where}: {shown} is not a mount point; list the mount points to freeze "
-                              "(see findmnt)")
+            raise ConfigError(f"{self.where('freeze')}[{i}]: {shown} is not a mount point; list the mount "
+                              "points to freeze (see findmnt)")
         return real
 
     def where(self, key: str) -> str:
@@ -173,6 +178,7 @@ class EbsSnapshotJob(JobRunner):
         return result
 
     def _run(self) -> RunResult:
+        freeze = [self._freezable(i, mount) for i, mount in enumerate(self.opts.get("freeze") or [])]
         iid, region = self.home()
         copy_to = self.copy_regions(region)
         ec2 = self.client(region)
@@ -191,7 +197,7 @@ class EbsSnapshotJob(JobRunner):
         env = {"BACKUP_AGENT_JOB": self.job.name, "BACKUP_AGENT_SNAPSHOT": set_id}
         try:
             with hooks.consistent(pre=self.opts.get("pre"), post=self.opts.get("post"),
-                                  freeze=self.freeze, timeout=float(self.opts["hook_timeout"]),
+                                  freeze=freeze, timeout=float(self.opts["hook_timeout"]),
                                   env=env):
                 attempted = True
                 made = self._capture(ec2, iid, inst, chosen, tags, set_id)
