@@ -39,6 +39,11 @@ module BackupAgentCookbook
     # Keys that come from the encrypted data bag item and never from attributes.
     STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
     JOB_SECRET_KEYS = %w(password).freeze
+    # Notification URLs carry the credential in the URL itself (a healthchecks uuid, a webhook token).
+    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
+    # Environment variable names taken for secrets (PGPASSWORD, MYSQL_PWD, API_TOKEN, ...): their
+    # values belong in job_secrets.<job>.env of the data bag item.
+    SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
 
     SERVICE_MANAGERS = %w(auto systemd none).freeze
     STORAGE_CLASSES = %w(STANDARD STANDARD_IA GLACIER_IR GLACIER DEEP_ARCHIVE).freeze
@@ -143,6 +148,14 @@ module BackupAgentCookbook
           add.call(%w(config storage), "must be a map, got #{describe(storage)}")
         end
         add.call(%w(config jobs), "jobs are node['backup_agent']['jobs'], not a config setting") if config.key?('jobs')
+        notify = config['notify']
+        if notify.is_a?(Hash)
+          NOTIFY_SECRET_KEYS.each do |key|
+            next if notify[key].nil?
+            add.call(['config', 'notify', key], 'is a credential (whoever has it can report as this node): put it in ' \
+                                                "the encrypted data bag item as notify.#{key}, never in an attribute")
+          end
+        end
         %w(splay max_parallel_jobs).each do |key|
           value = config[key]
           next if value.nil? || (value.is_a?(Integer) && value >= 0)
@@ -178,6 +191,12 @@ module BackupAgentCookbook
           (job.keys & JOB_SECRET_KEYS).each do |key|
             add.call(['jobs', name, key], 'is a secret: put it in the encrypted data bag item as ' \
                                           "job_secrets.#{name}.#{key}, never in an attribute")
+          end
+          next unless job['env'].is_a?(Hash)
+          job['env'].each do |var, value|
+            next if value.nil? || !SECRET_ENV_NAME.match?(var.to_s)
+            add.call(['jobs', name, 'env', var], 'looks like a secret (its name): put it in the encrypted data bag item ' \
+                                                 "as job_secrets.#{name}.env.#{var}, never in an attribute")
           end
         end
       elsif !jobs.nil?

@@ -43,6 +43,17 @@ describe BackupAgentCookbook::Validation do
     'a password in attributes' => [->(a) { a['jobs'] = { 'pg' => { 'type' => 'command', 'password' => 'hunter2' } } },
                                    "node['backup_agent']['jobs']['pg']['password']: is a secret: put it in the encrypted data bag item " \
                                    'as job_secrets.pg.password, never in an attribute'],
+    'a database password in a job\'s env' => [->(a) { a['jobs'] = { 'pg' => { 'type' => 'command', 'env' => { 'PGPASSWORD' => 'x' } } } },
+                                              "node['backup_agent']['jobs']['pg']['env']['PGPASSWORD']: looks like a secret (its name): " \
+                                              'put it in the encrypted data bag item as job_secrets.pg.env.PGPASSWORD, never in an attribute'],
+    'MYSQL_PWD in a job\'s env' => [->(a) { a['jobs'] = { 'my' => { 'type' => 'command', 'env' => { 'MYSQL_PWD' => 'x', 'TZ' => 'UTC' } } } },
+                                    /\['env'\]\['MYSQL_PWD'\]: looks like a secret/],
+    'a healthchecks URL in attributes' => [->(a) { a['config']['notify']['healthchecks_url'] = 'https://hc.example/ping/uuid' },
+                                           "node['backup_agent']['config']['notify']['healthchecks_url']: is a credential (whoever has " \
+                                           'it can report as this node): put it in the encrypted data bag item as notify.healthchecks_url, ' \
+                                           'never in an attribute'],
+    'a webhook URL in attributes' => [->(a) { a['config']['notify']['webhook_url'] = 'https://hooks.example/t0ken' },
+                                      /\['notify'\]\['webhook_url'\]: is a credential/],
     'credentials in attributes' => [->(a) { a['config']['storage']['secret_access_key'] = 'x' },
                                     "node['backup_agent']['config']['storage']['secret_access_key']: comes from the encrypted " \
                                     "data bag item (key 'secret_access_key'), never from an attribute"],
