@@ -88,6 +88,8 @@ SCENARIOS = [
              "real PostgreSQL and MariaDB"),
     Scenario("dumps.command_ends", "dumps", "a command job's leftover child, stderr flood, empty output, and "
              "signals to `run`"),
+    Scenario("dumps.ebs_hooks", "dumps", "EBS hooks: pre failing or hanging, post failing, SIGTERM while frozen, "
+             "freeze paths, regions (moto + local IMDSv2)"),
     Scenario("dumps.schedule_drift", "dumps", "the shared schedule and job-name cases: agent and cookbook"),
 ]
 BY_ID = {s.id: s for s in SCENARIOS}
