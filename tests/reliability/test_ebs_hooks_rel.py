@@ -92,6 +92,10 @@ def test_ebs_hooks_always_undo_what_they_did(aws: Any, tmp_path: Path) -> None:
     assert calls() == ["pre", "fsfreeze -f /dev/shm", "fsfreeze -f /proc", "fsfreeze -u /proc",
                        "fsfreeze -u /dev/shm", "post failed"]
     aws.proxy.delays.clear()
+    # The interrupted CreateSnapshots still reached EC2 (the proxy held it 5 s): its snapshots were
+    # found by the later looks and deleted; only the partial run's set remains.
+    assert len(aws.snapshots()) == 3 and [s["id"] for s in json.loads(aws.run("snapshots", "app", "--json").stdout)] \
+        == [out["snapshot"]]
 
     # Freeze paths and regions: one line, exit 2, nothing run.
     for freeze, message in ((["/."], "refusing to freeze /"), (["/dev/shm/../.."], "refusing to freeze /"),
@@ -106,7 +110,8 @@ def test_ebs_hooks_always_undo_what_they_did(aws: Any, tmp_path: Path) -> None:
     record("dumps.ebs_hooks", cases=6,
            result="pre failing and pre hanging past hook_timeout: exit 1, post runs with BACKUP_AGENT_RESULT=failed, "
                   "no snapshot; post failing after a complete capture: exit 3, status partial, the set kept and "
-                  "listed; SIGTERM between freeze and thaw: exit 143, thawed in reverse order, post runs, nothing "
-                  "kept; freeze /., a path resolving to / and a non-mount point: exit 2 with one line; an invalid "
-                  "copy region: exit 2 with one line",
+                  "listed; SIGTERM between freeze and thaw with CreateSnapshots in flight: exit 143, thawed in "
+                  "reverse order, post runs, the snapshots the interrupted call still made deleted; freeze /., a "
+                  "path resolving to / and a non-mount point: exit 2 with one line; an invalid copy region: exit 2 "
+                  "with one line",
            measured=", ".join(f"{k} {v:.1f}s" for k, v in took.items()))

@@ -67,6 +67,10 @@ class EbsSnapshot(Snapshot):
         }
 
 
+# Seconds between the looks for snapshots of an interrupted create call (see _discard_late).
+LATE_DISCARD_PAUSES = (1.0, 2.0, 3.0)
+
+
 class EbsSnapshotJob(JobRunner):
     poll_interval = 5.0
 
@@ -213,12 +217,15 @@ class EbsSnapshotJob(JobRunner):
         except hooks.Terminated as exc:
             if not made:
                 self._discard(ec2, set_id)
+                self._discard_late(ec2, set_id)
                 raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
             raise JobFailed(f"job {self.job.name}: snapshot {set_id} was taken ({len(made)} EBS snapshots), "
                             f"but then: {exc}") from None
-        except BaseException:
+        except BaseException as exc:
             if attempted:
                 self._discard(ec2, set_id)
+                if not made and isinstance(exc, KeyboardInterrupt):  # errors.Interrupted: a signal
+                    self._discard_late(ec2, set_id)
             raise
         ids = [m["SnapshotId"] for m in made]
         by_volume = {a.volume_id: a.device for a in chosen}
@@ -313,6 +320,14 @@ class EbsSnapshotJob(JobRunner):
         except AwsError as exc:
             log.error("job %s: could not clean up snapshot %s (delete its EBS snapshots by the tag %s=%s): %s",
                       self.job.name, set_id, sets_mod.TAG_SET, set_id, describe(exc))
+
+    def _discard_late(self, ec2: Any, set_id: str) -> None:
+        """A signal may interrupt the create call after AWS took it: its snapshots then appear a
+        moment after the first discard found nothing, complete and tagged, as a snapshot of a run
+        that failed. Look again a few times (6 s in all, within the daemon's ABORT_GRACE)."""
+        for pause in LATE_DISCARD_PAUSES:
+            self.sleep(pause)
+            self._discard(ec2, set_id)
 
     # --- waiting and copying -------------------------------------------------------------------
 
