@@ -335,6 +335,11 @@ def test_command_jobs_have_a_default_timeout(tmp_path: Path) -> None:
                             "jobs": {"d": {"type": "command", "command": ["true"]}}})
     job = command.CommandJob(cfg, cfg.jobs["d"], s3=object())
     assert job.timeout == command.DEFAULT_TIMEOUT == 6 * 3600
+    # The typed job carries it too: the daemon's own deadline (timeout + 60 s) applies as well.
+    assert cfg.jobs["d"].timeout == 6 * 3600
+    files = config.from_dict({"state_dir": str(tmp_path), "storage": {"bucket": "bkt"},
+                              "jobs": {"f": {"type": "files", "paths": ["/etc"]}}})
+    assert files.jobs["f"].timeout is None
 
 
 def test_stderr_flood_is_rate_limited_and_read_in_chunks(agent: Any, tmp_path: Path) -> None:

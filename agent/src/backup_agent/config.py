@@ -231,7 +231,7 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
         retention=dict(raw.get("retention") or {}),
         splay=raw.get("splay"),
         catch_up=full["catch_up"],
-        timeout=raw.get("timeout"),
+        timeout=full.get("timeout"),  # with the type's default (command jobs have one)
         options=options,
     )
 

@@ -64,9 +64,11 @@ COMMON_JOB_KEYS: dict[str, Any] = {
     "catch_up": {**_bool, "default": True,
                  "description": "a run missed while the daemon or node was down runs once soon after start"},
     "retention": RETENTION,
-    "timeout": {**_seconds, "description": "seconds after which the run is stopped and fails; command jobs "
-                                           "default to 21600 (6 h), their command's process group is killed"},
+    "timeout": {**_seconds, "description": "seconds after which the run is stopped and fails"},
 }
+
+# A command job without `timeout` still ends: a dump that takes longer than this is stuck, not slow.
+DEFAULT_COMMAND_TIMEOUT = 6 * 3600
 
 JOB_TYPES: dict[str, dict[str, Any]] = {
     "files": {
@@ -106,6 +108,9 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
             "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
                             "description": "how the agent compresses the stream before storing it"},
+            "timeout": {**_seconds, "default": DEFAULT_COMMAND_TIMEOUT,
+                        "description": "seconds after which the command's process group is killed and the run "
+                                       "fails (the daemon stops the run 60 s later if it is still going)"},
             "allow_empty": {**_bool, "default": False,
                             "description": "accept a command that exits 0 without writing anything as a "
                                            "backup (by default that run fails and stores nothing)"},

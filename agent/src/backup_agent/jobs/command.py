@@ -38,6 +38,7 @@ from typing import IO, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
+from backup_agent.config_schema import DEFAULT_COMMAND_TIMEOUT
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs import presets
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
@@ -60,8 +61,7 @@ STDERR_BURST = 20  # stderr lines logged at once; then one per STDERR_REFILL sec
 STDERR_REFILL = 5.0
 STDERR_CHUNK = 64 << 10
 LINE_MAX = 2000  # characters of one stderr line kept; the rest of the line is skipped unread
-# A command job without `timeout` still ends: a dump that takes longer is stuck, not slow.
-DEFAULT_TIMEOUT = 6 * 3600
+DEFAULT_TIMEOUT = DEFAULT_COMMAND_TIMEOUT  # the schema's default of a command job's `timeout`
 # After the program exits and its group is killed, how long its output may still take to
 # reach EOF (a holder that left the group with setsid is then ignored).
 EOF_GRACE = 5.0
