@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -298,11 +299,91 @@ def test_runs_as_another_user_without_the_agents_credentials(agent: Any) -> None
     assert proc.returncode == 2 and "jobs.who2.user: no such user" in proc.stderr
 
 
-def test_empty_output_is_a_snapshot_with_a_warning(agent: Any) -> None:
+def test_empty_output_fails_unless_allowed(agent: Any) -> None:
     agent.job("empty", type="command", command=["true"], compression="none")
+    proc = agent.run("run", "empty", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "wrote nothing" in json.loads(proc.stdout)["error"] and "allow_empty" in proc.stderr
+    assert_nothing_left(agent, "empty")
+    status = json.loads((Path(agent.data["state_dir"]) / "status" / "empty.json").read_text())
+    assert status["result"] == "failed" and status["last_snapshot"] is None
+
+    agent.job("empty", type="command", command=["true"], compression="none", allow_empty=True)
     out = agent.json("run", "empty")
     assert out["bytes_raw"] == 0 and any("wrote nothing" in w for w in out["warnings"])
     assert restore_bytes(agent, "empty") == b""
+
+
+def _leftovers(marker: str) -> list[str]:
+    return [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).endswith(f"sleep {marker}")]
+
+
+def test_background_child_holding_stdout_does_not_hold_the_job(agent: Any) -> None:
+    marker = "618.5"
+    # The shell exits at once; its background sleep keeps the pipe open (no timeout is set).
+    agent.job("bg", type="command", compression="none", shell=True,
+              command=[f"echo dumped; sleep {marker} & echo done >&2"])
+    started = time.monotonic()
+    proc = agent.run("run", "bg", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 30
+    assert "still run" in proc.stderr and "killing them" in proc.stderr
+    assert _leftovers(marker) == []
+    assert restore_bytes(agent, "bg") == b"dumped\n"
+
+
+def test_command_jobs_have_a_default_timeout(tmp_path: Path) -> None:
+    cfg = config.from_dict({"state_dir": str(tmp_path), "storage": {"bucket": "bkt"},
+                            "jobs": {"d": {"type": "command", "command": ["true"]}}})
+    job = command.CommandJob(cfg, cfg.jobs["d"], s3=object())
+    assert job.timeout == command.DEFAULT_TIMEOUT == 6 * 3600
+    # The typed job carries it too: the daemon's own deadline (timeout + 60 s) applies as well.
+    assert cfg.jobs["d"].timeout == 6 * 3600
+    files = config.from_dict({"state_dir": str(tmp_path), "storage": {"bucket": "bkt"},
+                              "jobs": {"f": {"type": "files", "paths": ["/etc"]}}})
+    assert files.jobs["f"].timeout is None
+
+
+def test_stderr_flood_is_rate_limited_and_read_in_chunks(agent: Any, tmp_path: Path) -> None:
+    # 200,000 lines, then one 100 MB line without a newline: the log stays small and the agent's
+    # memory stays far below the line's size.
+    agent.job("noisy", type="command", compression="none", shell=True,
+              command=["seq 1 200000 >&2; head -c 100000000 /dev/zero | tr '\\0' x >&2; echo ok"])
+    script = ("import resource, subprocess, sys; "
+              "p = subprocess.run(sys.argv[1:], capture_output=True); "
+              "sys.stdout.write(str(p.returncode) + ' ' + str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+              " + ' ' + str(len(p.stderr)) + '\\n'); sys.stdout.write(p.stderr.decode(errors='replace')[-3000:])")
+    out = subprocess.run([sys.executable, "-c", script, AGENT, "-c", str(agent.path), "run", "noisy"],
+                         capture_output=True, text=True, timeout=300).stdout
+    head, _, tail = out.partition("\n")
+    code, maxrss_kb, log_bytes = map(int, head.split())
+    assert code == 0, tail
+    assert log_bytes < 64_000, "every stderr line became a log line"
+    assert maxrss_kb < 150_000, f"the agent held the long line: {maxrss_kb} kB"
+    assert "more stderr line(s) not logged" in tail and "[line cut]" in tail
+    assert restore_bytes(agent, "noisy") == b"ok\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_signal_to_run_stops_the_command_aborts_and_records(agent: Any, sig: signal.Signals) -> None:
+    marker = f"619.{int(sig)}"
+    agent.job("long", type="command", compression="none",
+              command=["sh", "-c", f"head -c 12000000 /dev/urandom; sleep {marker}"])
+    proc = subprocess.Popen([AGENT, "-c", str(agent.path), "run", "long"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not uploads(agent) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert uploads(agent), "the multipart upload should be under way"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {sig.name}" in err and "Traceback" not in err
+    assert _leftovers(marker) == []
+    assert_nothing_left(agent, "long")
+    status = json.loads((Path(agent.data["state_dir"]) / "status" / "long.json").read_text())
+    assert status["result"] == "aborted" and status["exit_code"] == 128 + sig
+    assert sig.name in status["error"]
 
 
 def test_retention_prunes_old_dumps(agent: Any) -> None:
@@ -324,6 +405,41 @@ def test_corrupt_dump_is_refused(agent: Any, tmp_path: Path) -> None:
     assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
     assert not target.exists() and list(tmp_path.glob(".out.dump*")) == []
     assert agent.run("check", "c", "--read-data").returncode == 1
+
+
+def test_a_corrupt_dump_reaches_no_reader(agent: Any, tmp_path: Path) -> None:
+    # 3 MB whose last bytes are damaged in the store: neither a pipe reader nor a restore_command
+    # may see a single byte of it.
+    sink = tmp_path / "sink"
+    agent.job("c3", type="command", compression="none", shell=True, command=["seq 1 400000"],
+              restore_command=["sh", "-c", f"cat > {sink}; echo clean=$BACKUP_AGENT_CLEAN >> {sink}"])
+    sid = agent.json("run", "c3")["snapshot"]
+    good = restore_bytes(agent, "c3")
+    key = f"test-node/c3/dumps/{sid}.dump"
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=good[:-7] + b"999999\n")
+    # The documented pipe, with pipefail: the reader gets nothing, the pipeline fails.
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {AGENT} -c {agent.path} restore c3 --target - | wc -c"],
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 1 and piped.stdout.strip() == "0", piped
+    assert "does not match its sha256" in piped.stderr
+    proc = agent.run("restore", "c3", "--into", "db1")
+    assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
+    assert not sink.exists(), "the restore_command was started before the dump was verified"
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=good)
+    assert agent.run("restore", "c3", "--into", "db1", "--clean").returncode == 0
+    assert sink.read_bytes() == good + b"clean=1\n"
+
+
+def test_restore_to_a_closed_stdout_is_one_line(agent: Any) -> None:
+    agent.job("so", type="command", command=["echo", "x"])
+    agent.json("run", "so")
+    proc = subprocess.run(f"exec {AGENT} -c {agent.path} restore so --target - >&-", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed; redirect it to a file "
+                                   "or a pipe")
+    proc = agent.run("restore", "so", "--target", "/tmp", "--clean")
+    assert proc.returncode == 2 and "--clean: only with --into" in proc.stderr
 
 
 # --- Glacier, against moto in server mode (SeaweedFS has no archive semantics) --------------------

@@ -1,67 +1,19 @@
-"""Database presets against real servers from Debian (PostgreSQL 15, MariaDB), each started by
-this module on a free loopback port in a temp dir and stopped by PID.
-
-Needs root (the servers run as the `postgres` and `mysql` users) and the packages
-`postgresql` and `mariadb-server`; without them the tests skip and say why.
-"""
+"""Database presets against real servers from Debian (PostgreSQL 15, MariaDB), started once per
+module by tests/support/databases.py (which skips, saying why, without root or the packages)."""
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.databases import MariaDB, Postgres, mariadb_server, postgres_server
 
-IS_ROOT = os.geteuid() == 0
 # Characters each secret-file format must escape: ':' and '\' (.pgpass), '"', '#', '\' (my.cnf).
 PASSWORD = "b4ck:up\"#p\\ss w'rd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def wait_until(ready: Any, proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited early: {log.read_text()[-2000:]}")
-        if ready():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not start: {log.read_text()[-2000:]}")
-
-
-def private_dir(owner: str) -> Path:
-    # Not pytest's tmp_path: it is 0700 root, and the servers run as their own users.
-    d = Path(tempfile.mkdtemp(prefix=f"ba-{owner}-"))
-    pw = pwd.getpwnam(owner)
-    os.chown(d, pw.pw_uid, pw.pw_gid)
-    return d
 
 
 def assert_nothing_left(agent: Any, job: str) -> None:
@@ -78,58 +30,9 @@ def run_ok(agent: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
-def _pg_bindir() -> str | None:
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    return os.path.dirname(dirs[-1]) if dirs else None
-
-
-@dataclass
-class Postgres:
-    bindir: str
-    sockdir: Path
-    port: int
-
-    def sql(self, sql: str, db: str = "postgres") -> str:
-        proc = subprocess.run([f"{self.bindir}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-                               "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres", "-d", db],
-                              input=sql, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
-
-    def fingerprint(self, db: str, tables: list[str]) -> dict[str, str]:
-        return {t: self.sql(f"SELECT count(*), coalesce(sum(hashtextextended(x::text, 0)), 0) FROM {t} x", db)
-                for t in tables}
-
-
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Postgres]:
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
-    if not IS_ROOT:
-        pytest.skip("starting PostgreSQL as the postgres user needs root")
-    base = private_dir("postgres")
-    pwfile = base / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    shutil.chown(pwfile, "postgres")
-    subprocess.run([f"{bindir}/initdb", "-D", str(base / "data"), "-U", "postgres", "-E", "UTF8", "--locale=C",
-                    "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"],
-                   user="postgres", cwd=base, check=True, capture_output=True, timeout=120)
-    port = free_port()
-    log = base / "server.log"
-    with log.open("wb") as fh:
-        proc = subprocess.Popen([f"{bindir}/postgres", "-D", str(base / "data"), "-p", str(port), "-k", str(base),
-                                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
-                                 "-c", "synchronous_commit=off", "-c", "max_wal_size=2GB"],
-                                user="postgres", cwd=base, stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-
-    def ready() -> bool:
-        return subprocess.run([f"{bindir}/pg_isready", "-q", "-h", str(base), "-p", str(port)]).returncode == 0
-
-    try:
-        wait_until(ready, proc, log, "postgres")
-        server = Postgres(bindir, base, port)
+    with postgres_server(PASSWORD) as server:
         server.sql("CREATE DATABASE app")
         # ~110 MB of dump text, made by the server itself in a few seconds.
         server.sql("""
@@ -148,9 +51,6 @@ def pg() -> Iterator[Postgres]:
             CREATE VIEW sales.totals AS SELECT small_id, sum(amount) AS total FROM sales.orders GROUP BY 1;
         """, "app")
         yield server
-    finally:
-        stop(proc, signal.SIGINT)  # "fast" shutdown
-        shutil.rmtree(base, ignore_errors=True)
 
 
 TABLES = ["public.big", "public.small", "sales.orders", "sales.totals"]
@@ -211,65 +111,30 @@ def test_an_inherited_pgpassword_does_not_beat_the_configured_one(agent: Any, pg
     assert pg.fingerprint("app_env", ["public.small"]) == pg.fingerprint("app", ["public.small"])
 
 
+def test_postgresql_restore_into_a_database_with_tables_needs_clean(agent: Any, pg: Postgres) -> None:
+    agent.job("pg_small", type="command", preset="postgresql", database="app", host="127.0.0.1", port=pg.port,
+              username="postgres", password=PASSWORD, tables=["public.small"])
+    run_ok(agent, "run", "pg_small")
+    pg.sql("CREATE DATABASE app_busy")
+    pg.sql("CREATE TABLE small (id int PRIMARY KEY, name text, note text); INSERT INTO small VALUES (1, 'keep', 'me');"
+           "CREATE TABLE mine (x int)", "app_busy")
+    proc = agent.run("restore", "pg_small", "--into", "app_busy")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "already has 2 table(s) (public.mine, public.small)" in last and "--clean" in last
+    assert pg.sql("SELECT name FROM small", "app_busy") == "keep"
+    proc = run_ok(agent, "restore", "pg_small", "--into", "app_busy", "--clean")
+    assert "restore --clean: app_busy has 2 table(s) (public.mine, public.small)" in proc.stderr
+    assert pg.fingerprint("app_busy", ["public.small"]) == pg.fingerprint("app", ["public.small"])
+    assert pg.sql("SELECT to_regclass('public.mine') IS NOT NULL", "app_busy") == "t"
+
+
 # --- MariaDB -------------------------------------------------------------------------------------
-
-@dataclass
-class MariaDB:
-    socket: Path
-    port: int
-
-    def sql(self, sql: str, db: str | None = None) -> str:
-        argv = ["mariadb", "--no-defaults", "--default-character-set=utf8mb4", "-S", str(self.socket),
-                "-u", "root", "-N", "-B", *([db] if db else [])]
-        proc = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip()
-
-    def fingerprint(self, db: str, tables: list[str]) -> dict[str, tuple[str, str]]:
-        out = {}
-        for t in tables:
-            count = self.sql(f"SELECT count(*) FROM `{db}`.`{t}`")
-            checksum = self.sql(f"CHECKSUM TABLE `{db}`.`{t}`").split("\t")[1]
-            out[t] = (count, checksum)
-        return out
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
 
 @pytest.fixture(scope="module")
 def maria() -> Iterator[MariaDB]:
-    if not (shutil.which("mariadbd") or os.path.exists("/usr/sbin/mariadbd")) or not shutil.which("mariadb-install-db"):
-        pytest.skip("MariaDB server binaries not found (apt-get install mariadb-server)")
-    if not IS_ROOT:
-        pytest.skip("starting MariaDB as the mysql user needs root")
-    mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-    base = private_dir("mysql")
-    data = base / "data"
-    subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=mysql",
-                    "--auth-root-authentication-method=socket", "--skip-test-db", "--skip-name-resolve"],
-                   check=True, capture_output=True, timeout=180)
-    port = free_port()
-    sock = base / "mysqld.sock"
-    log = base / "error.log"
-    proc = subprocess.Popen([mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={sock}", f"--port={port}",
-                             "--bind-address=127.0.0.1", "--user=mysql", f"--pid-file={base / 'mysqld.pid'}",
-                             f"--log-error={log}", "--skip-log-bin", "--skip-name-resolve",
-                             "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
-                             "--character-set-server=utf8mb4", "--innodb-buffer-pool-dump-at-shutdown=0",
-                             "--innodb-buffer-pool-load-at-startup=0", "--innodb-fast-shutdown=2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    server = MariaDB(sock, port)
-
-    def ready() -> bool:
-        return subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-u", "root", "-e", "SELECT 1"],
-                              capture_output=True).returncode == 0
-
-    try:
-        log.touch()
-        wait_until(ready, proc, log, "mariadbd")
-        server.sql(f"""
+    with mariadb_server(PASSWORD) as server:
+        server.sql("""
             CREATE DATABASE shop CHARACTER SET utf8mb4;
             USE shop;
             CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(100), note TEXT) ENGINE=InnoDB;
@@ -282,13 +147,8 @@ def maria() -> Iterator[MariaDB]:
             INSERT INTO orders (customer_id, amount, digest)
                 SELECT 1 + seq % 2000, seq * 1.5, UNHEX(MD5(seq)) FROM seq_1_to_50000;
             CREATE PROCEDURE order_count(OUT n INT) SELECT COUNT(*) INTO n FROM orders;
-            CREATE USER 'backup'@'127.0.0.1' IDENTIFIED BY {_sql_string(PASSWORD)};
-            GRANT ALL ON *.* TO 'backup'@'127.0.0.1';
         """)
         yield server
-    finally:
-        stop(proc, signal.SIGTERM)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_mariadb_dump_and_restore(agent: Any, maria: MariaDB) -> None:
@@ -311,3 +171,35 @@ def test_mariadb_some_tables_over_the_socket(agent: Any, maria: MariaDB) -> None
     run_ok(agent, "restore", "maria_part", "--into", "shop_part")
     assert maria.sql("SHOW TABLES", "shop_part") == "customers"
     assert maria.fingerprint("shop_part", ["customers"]) == maria.fingerprint("shop", ["customers"])
+
+
+def test_mariadb_restore_never_drops_existing_tables_without_clean(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria_c", type="command", preset="mysql", database="shop", host="127.0.0.1", port=maria.port,
+              username="backup", password=PASSWORD, tables=["customers"])
+    run_ok(agent, "run", "maria_c")
+    maria.sql("CREATE DATABASE shop_busy; CREATE TABLE shop_busy.customers (id INT PRIMARY KEY, name TEXT);"
+              "INSERT INTO shop_busy.customers VALUES (1, 'keep me'); CREATE TABLE shop_busy.mine (x INT)")
+    proc = agent.run("restore", "maria_c", "--into", "shop_busy")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "already has 2 table(s) (customers, mine)" in last and "nothing was changed" in last
+    assert PASSWORD not in proc.stderr
+    assert maria.sql("SELECT name FROM shop_busy.customers") == "keep me"
+    proc = run_ok(agent, "restore", "maria_c", "--into", "shop_busy", "--clean")
+    assert "restore --clean: shop_busy has 2 table(s) (customers, mine)" in proc.stderr
+    assert maria.fingerprint("shop_busy", ["customers"]) == maria.fingerprint("shop", ["customers"])
+    assert maria.sql("SHOW TABLES", "shop_busy").split() == ["customers", "mine"]
+
+
+def test_mariadb_a_corrupt_dump_applies_no_row(agent: Any, maria: MariaDB) -> None:
+    agent.job("maria_x", type="command", preset="mysql", database="shop", host="127.0.0.1", port=maria.port,
+              username="backup", password=PASSWORD, compression="none")
+    sid = json.loads(run_ok(agent, "run", "maria_x", "--json").stdout)["snapshot"]
+    key = f"test-node/maria_x/dumps/{sid}.dump"
+    body = agent.s3.get_object(Bucket=agent.bucket, Key=key)["Body"].read()
+    damage = b"-- damaged at the very end of the dump\n"  # same size: only the sha256 can tell
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=body[:-len(damage)] + damage)
+    maria.sql("CREATE DATABASE shop_empty")
+    proc = agent.run("restore", "maria_x", "--into", "shop_empty")
+    assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
+    assert maria.sql("SHOW TABLES", "shop_empty") == "", "rows reached the database before the check"

@@ -152,7 +152,7 @@ def test_freezing_root_is_refused(tmp_path: Path) -> None:
     from backup_agent.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"jobs\.v\.freeze\[1\]: refusing to freeze /"):
-        job(tmp_path, freeze=["/data", "/"])
+        job(tmp_path, freeze=["/dev/shm", "/"])
 
 
 def client_error(code: str, op: str = "CreateSnapshots") -> ClientError:

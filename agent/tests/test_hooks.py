@@ -68,11 +68,19 @@ def test_failed_body_still_thaws_and_runs_post(log: Path) -> None:
     assert calls(log)[-2:] == ["fsfreeze -u /data", "post post failed"]
 
 
-def test_failing_pre_runs_nothing_else(log: Path) -> None:
+def test_failing_pre_runs_only_post(log: Path) -> None:
     with pytest.raises(HookFailed, match=r"pre hook: .* exited with status 3: nope"), consistent(
             pre=["sh", "-c", "echo nope; exit 3"], post=rec(log, "post"), freeze=["/data"], timeout=5):
         pytest.fail("body must not run")
-    assert calls(log) == []
+    # No freeze, no body; post runs, told the run failed (pre may have stopped the application).
+    assert calls(log) == ["post post failed"]
+
+
+def test_hanging_pre_is_killed_and_post_runs(log: Path) -> None:
+    with pytest.raises(HookFailed, match=r"did not finish within 0\.5s"), consistent(
+            pre=["sleep", "30"], post=rec(log, "post"), freeze=None, timeout=0.5):
+        pytest.fail("body must not run")
+    assert calls(log) == ["post post failed"]
 
 
 def test_failing_post_after_success_is_reported(log: Path) -> None:

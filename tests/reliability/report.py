@@ -45,6 +45,7 @@ AREAS = {
     "hostile": "Hostile input",
     "secrets": "Secrets audit",
     "concurrency": "Concurrency",
+    "dumps": "Dumps, hooks and schedules: no clobbering, no hangs, no orphans, no false success (issue 26)",
 }
 
 SCENARIOS = [
@@ -94,6 +95,13 @@ SCENARIOS = [
     Scenario("concurrency.two_runs", "concurrency", "two runs of one job at once"),
     Scenario("concurrency.run_prune", "concurrency", "run and prune of one job at once"),
     Scenario("concurrency.daemon_manual", "concurrency", "the daemon's scheduled run and a manual run"),
+    Scenario("dumps.restore_guard", "dumps", "restore --into a database with tables, and a damaged dump, against "
+             "real PostgreSQL and MariaDB"),
+    Scenario("dumps.command_ends", "dumps", "a command job's leftover child, stderr flood, empty output, and "
+             "signals to `run`"),
+    Scenario("dumps.ebs_hooks", "dumps", "EBS hooks: pre failing or hanging, post failing, SIGTERM while frozen, "
+             "freeze paths, regions (moto + local IMDSv2)"),
+    Scenario("dumps.schedule_drift", "dumps", "the shared schedule and job-name cases: agent and cookbook"),
 ]
 BY_ID = {s.id: s for s in SCENARIOS}
 

@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--target", type=_nonempty, help="directory to restore into ('-' = stdout, command jobs)")
     where.add_argument("--into", metavar="DATABASE", type=_nonempty,
                        help="command jobs: pipe the dump into the preset's restore tool (or restore_command)")
+    s.add_argument("--clean", action="store_true",
+                   help="with --into: replace what the dump contains when the database already has tables "
+                        "(default: refuse and change nothing)")
     s.add_argument("--path", action="append", default=[], type=_nonempty,
                    help="restore only this path (repeatable)")
     s.add_argument("--wait", action="store_true", help="wait for archived (Glacier) data to become readable")
@@ -106,9 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Not through logging, so masked here: a command's own error output may carry a secret.
         print(f"backup-agent: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("backup-agent: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)  # errors.Interrupted: SIGTERM and SIGHUP too
+        print(f"backup-agent: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:
         # `backup-agent status | head`: the reader left; nothing is wrong with the agent.
         with contextlib.suppress(OSError):
@@ -195,6 +200,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
             if job.type != "command":
                 raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
             kwargs["into"] = args.into
+            kwargs["clean"] = args.clean
+        elif args.clean:
+            raise ConfigError("--clean: only with --into DATABASE")
         out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
                              wait=args.wait, **kwargs)
         if "instructions" in out:  # ebs_snapshot jobs write nothing: they say how to get the volumes back

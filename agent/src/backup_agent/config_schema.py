@@ -30,6 +30,8 @@ KEY_CHARS = "A-Za-z0-9!_.*'()=:+@,-"
 # loader compares after normalising, so `//var/` is /var too).
 SYSTEM_DIRS = ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
                "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp"]
+# An AWS region name (us-east-1, eu-central-2, us-gov-west-1): a typo fails at load, not mid-run.
+REGION_PATTERN = "^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$"
 
 RETENTION = {
     "type": "object",
@@ -74,8 +76,11 @@ COMMON_JOB_KEYS: dict[str, Any] = {
     "catch_up": {**_bool, "default": True,
                  "description": "a run missed while the daemon or node was down runs once soon after start"},
     "retention": RETENTION,
-    "timeout": _seconds,
+    "timeout": {**_seconds, "description": "seconds after which the run is stopped and fails"},
 }
+
+# A command job without `timeout` still ends: a dump that takes longer than this is stuck, not slow.
+DEFAULT_COMMAND_TIMEOUT = 6 * 3600
 
 JOB_TYPES: dict[str, dict[str, Any]] = {
     "files": {
@@ -118,6 +123,12 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
             "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
                             "description": "how the agent compresses the stream before storing it"},
+            "timeout": {**_seconds, "default": DEFAULT_COMMAND_TIMEOUT,
+                        "description": "seconds after which the command's process group is killed and the run "
+                                       "fails (the daemon stops the run 60 s later if it is still going)"},
+            "allow_empty": {**_bool, "default": False,
+                            "description": "accept a command that exits 0 without writing anything as a "
+                                           "backup (by default that run fails and stores nothing)"},
             **COLD_KEYS,
             "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                                 "description": "argv that `restore --into X` pipes the dump into; {into} "
@@ -141,7 +152,7 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "tags": _str_map,
             "wait": {**_bool, "default": False},
             "wait_timeout": {**_seconds, "default": 3600},
-            "copy_to_regions": {"type": "array", "items": _region},
+            "copy_to_regions": {"type": "array", "items": {"type": "string", "pattern": REGION_PATTERN}},
             "copy_kms_key_id": _str,
             "freeze": {"type": "array", "items": _abs_path},
             "pre": HOOK,

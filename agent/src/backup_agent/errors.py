@@ -49,3 +49,16 @@ class IntegrityError(AgentError):
     """`check` found missing or corrupt data."""
 
     exit_code = EXIT_FAILED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP stopped a run: it unwinds like Ctrl-C (a BaseException, so no
+    `except Exception` swallows it), and the process exits 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

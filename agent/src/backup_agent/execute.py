@@ -17,7 +17,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
-from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Locked
+from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Interrupted, Locked
 from backup_agent.logfmt import redact
 from backup_agent.state import JobLock, read_status, write_status
 
@@ -39,7 +39,7 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
     outcome is `result.extra["prune"]` and never changes the run's own result."""
     from backup_agent.jobs import runner_for
 
-    _obey_the_daemon()
+    _stop_on_signals()
     # Probe the lock first so a run that would be refused sends no /start ping; the runner
     # takes the lock for real (a race in between ends as Locked, which is fine).
     with JobLock(cfg.state_dir, job.name):
@@ -56,6 +56,14 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
         result = runner.run()
     except Locked:
         raise  # another run owns the job and its status
+    except KeyboardInterrupt as exc:
+        # The job unwound (its command's process group killed, its upload aborted): say so,
+        # unless the daemon stopped it, which records and notifies the abort itself.
+        if not os.environ.get(DAEMON_PID_ENV):
+            signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+            _finish(cfg, record, t0, notifier, 128 + signum, result="aborted",
+                    error=f"aborted by {signal.Signals(signum).name}; no snapshot made")
+        raise
     except AgentError as exc:
         _finish(cfg, record, t0, notifier, exc.exit_code, result="failed", error=str(exc))
         raise
@@ -84,23 +92,30 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
 DAEMON_PID_ENV = "BACKUP_AGENT_DAEMON_PID"
 
 
-def _obey_the_daemon() -> None:
-    """In a run the daemon started, SIGTERM is ignored: the daemon decides when a run stops.
+def _stop_on_signals() -> None:
+    """SIGINT, SIGTERM and SIGHUP stop the run in order: raised as Interrupted in the main thread,
+    they unwind the job (its command's process group killed, the upload aborted) and the run is
+    recorded as aborted; the process exits 128 + the signal number (130, 143, 129).
 
-    systemd's default KillMode sends SIGTERM to every process of the service at once; the
-    daemon then lets runs finish up to stop_timeout and aborts the rest with SIGINT (which
-    unwinds the run cleanly). A handler, unlike SIG_IGN, is not inherited by the commands a
-    run starts, so those still stop on SIGTERM.
+    In a run the daemon started, SIGTERM is ignored instead: the daemon decides when a run stops.
+    systemd's default KillMode sends SIGTERM to every process of the service at once; the daemon
+    then lets runs finish up to stop_timeout and aborts the rest with SIGINT. A handler, unlike
+    SIG_IGN, is not inherited by the commands a run starts, so those still stop on SIGTERM.
     """
-    daemon = os.environ.get(DAEMON_PID_ENV)
-    if not daemon or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return
+    daemon = os.environ.get(DAEMON_PID_ENV)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
 
     def ignore(signum: int, frame: FrameType | None) -> None:
         log.warning("SIGTERM ignored: this run belongs to the daemon (pid %s), which stops it; "
                     "send SIGINT to abort it", daemon)
 
-    signal.signal(signal.SIGTERM, ignore)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, stop)
+    signal.signal(signal.SIGTERM, ignore if daemon else stop)
 
 
 def record_failure(cfg: Config, job: Job, *, started: str, duration_s: float, error: str,

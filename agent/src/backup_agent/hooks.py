@@ -2,8 +2,9 @@
 
     pre → freeze → capture → thaw → post
 
-- `post` runs whenever `pre` succeeded: after a failed capture, a hook failure in between, or SIGTERM
-  (it gets BACKUP_AGENT_RESULT=success|failed).
+- `post` runs whenever `pre` started: after a `pre` that failed or timed out (it may have stopped
+  the application half-way), a failed capture, a hook failure in between, or SIGTERM (it gets
+  BACKUP_AGENT_RESULT=success|failed). Without `pre`, it always runs.
 - Every mountpoint the agent tried to freeze is thawed in a `finally`, with a hard timeout per
   command. A watchdog thread thaws them if the capture outlives the timeout, and a guardian
   process in its own session does so a little later even if the agent itself is SIGKILLed: a
@@ -244,10 +245,10 @@ def consistent(*, pre: Sequence[str] | None, post: Sequence[str] | None, freeze:
     env = dict(env or {})
     fsfreeze = find_fsfreeze() if freeze else ""
     with SignalGuard() as guard:
-        if pre:
-            run_command(pre, timeout=timeout, what="pre hook", env={**env, "BACKUP_AGENT_HOOK": "pre"})
         failure: BaseException | None = None
         try:
+            if pre:
+                run_command(pre, timeout=timeout, what="pre hook", env={**env, "BACKUP_AGENT_HOOK": "pre"})
             if freeze:
                 with _frozen(Freezer(freeze, timeout=timeout, max_frozen=timeout, fsfreeze=fsfreeze), guard):
                     yield

@@ -1,4 +1,11 @@
-"""Schedule strings of the config (docs/CONTRACT.md) parsed into plain values; no I/O, no clock."""
+"""Schedule strings of the config (docs/CONTRACT.md) parsed into plain values; no I/O, no clock.
+
+The grammar, shared with the cookbook's Validation library and Ohai plugin (the cases in
+tests/fixtures/schedule_cases.json are run against all three): ASCII only, case-insensitive,
+words separated by runs of spaces or tabs (leading and trailing ones ignored); every N
+seconds|minutes|hours|days with N from 1 (no leading zero) and at most 366 days; hourly at
+:MM; daily at HH:MM; weekly on <weekday> at HH:MM (HH 00-23); optionally followed by UTC.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +53,18 @@ class ScheduleError(ValueError):
     pass
 
 
+_BLANKS = re.compile(r"[ \t]+")
+
+
 def parse_schedule(text: str) -> Schedule:
     """Parse a schedule string; raise ScheduleError saying which forms are accepted."""
-    raw = " ".join(str(text).split())
+    text = str(text)
+    if not text.isascii():
+        # str.split() and str.lower() know Unicode (no-break spaces, the Kelvin sign lowering to
+        # 'k'); Ruby's do not: ASCII only keeps both sides reading the same text the same way.
+        odd = next(c for c in text if not c.isascii())
+        raise ScheduleError(f"{text!r} holds U+{ord(odd):04X}: use only ASCII letters, digits, ':' and spaces")
+    raw = " ".join(_BLANKS.split(text.strip(" \t")))
     utc = False
     body = raw.lower()
     if body.endswith(" utc"):
@@ -56,7 +72,7 @@ def parse_schedule(text: str) -> Schedule:
     if m := _EVERY.fullmatch(body):
         every = Schedule(raw, "every", interval=int(m["n"]), unit=m["unit"] + "s", utc=utc)
         if every.period_seconds > MAX_PERIOD:
-            raise ScheduleError(f"'{text}': at most 366 days between runs")
+            raise ScheduleError(f"{text!r}: at most 366 days between runs")
         return every
     if m := _HOURLY.fullmatch(body):
         return Schedule(raw, "hourly", minute=int(m["mm"]), utc=utc)
@@ -64,6 +80,6 @@ def parse_schedule(text: str) -> Schedule:
         return Schedule(raw, "daily", hour=int(m["hh"]), minute=int(m["mm"]), utc=utc)
     if m := _WEEKLY.fullmatch(body):
         if m["day"] not in WEEKDAYS:
-            raise ScheduleError(f"unknown weekday '{m['day']}' in '{text}'")
+            raise ScheduleError(f"unknown weekday '{m['day']}' in {text!r}")
         return Schedule(raw, "weekly", hour=int(m["hh"]), minute=int(m["mm"]), weekday=m["day"], utc=utc)
-    raise ScheduleError(f"'{text}' is not a schedule: use {FORMS}")
+    raise ScheduleError(f"{text!r} is not a schedule: use {FORMS}")

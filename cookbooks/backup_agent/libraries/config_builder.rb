@@ -23,6 +23,7 @@ module BackupAgentCookbook
                        kms_key_id).freeze
     # What a data bag item may add to a job under job_secrets.<job>: only command jobs take them.
     JOB_SECRET_KEYS = %w(password env).freeze
+    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
 
     module_function
 
@@ -40,6 +41,9 @@ module BackupAgentCookbook
 
       storage = config['storage'].is_a?(Hash) ? config['storage'] : {}
       config['storage'] = storage.merge(secrets.slice(*STORAGE_SECRET_KEYS))
+      # The notification URLs are credentials: only the data bag item's `notify` sets them.
+      notify = config['notify'].is_a?(Hash) ? config['notify'] : {}
+      config['notify'] = notify.merge((secrets['notify'] || {}).slice(*NOTIFY_SECRET_KEYS))
 
       merged = merge_jobs(jobs, resource_jobs)
       add_job_secrets(merged, secrets['job_secrets'] || {})

@@ -3,7 +3,9 @@
 # Library:: secrets
 #
 # Loads bucket and credentials from the encrypted data bag item backup_agent/<chef_environment>
-# (fallback item `default`), and the secrets of command jobs (job_secrets.<job>.password / .env).
+# (fallback item `default`), the secrets of command jobs (job_secrets.<job>.password / .env) and
+# the notification URLs (notify.healthchecks_url / .webhook_url: whoever has one can report as
+# the node, so they are credentials too).
 # Every failure becomes one SecretsError whose message names the bag, the item and, where it
 # applies, the key: the converge stops before anything is changed.
 
@@ -18,6 +20,9 @@ module BackupAgentCookbook
     REQUIRED = %w(bucket).freeze
     # job_secrets: { JOB => { 'password' => String, 'env' => { NAME => String } } }
     JOB_SECRETS = 'job_secrets'.freeze
+    # notify: { 'healthchecks_url' => String, 'webhook_url' => String }
+    NOTIFY = 'notify'.freeze
+    NOTIFY_KEYS = %w(healthchecks_url webhook_url).freeze
 
     module_function
 
@@ -43,6 +48,8 @@ module BackupAgentCookbook
       check(values, where)
       job_secrets = read_value(item, JOB_SECRETS, where, secret_file)
       values[JOB_SECRETS] = check_job_secrets(job_secrets, where) unless job_secrets.nil?
+      notify = read_value(item, NOTIFY, where, secret_file)
+      values[NOTIFY] = check_notify(notify, where) unless notify.nil?
       values.freeze
     end
 
@@ -135,6 +142,16 @@ module BackupAgentCookbook
         end
       end
       job_secrets
+    end
+
+    def check_notify(notify, where)
+      fail_at = ->(path, message) { raise SecretsError, "backup_agent: key '#{path}' of #{where} #{message}" }
+      fail_at.call(NOTIFY, "must be a map (#{NOTIFY_KEYS.join(', ')}), got #{notify.class}") unless notify.is_a?(Hash)
+      notify.each do |name, value|
+        fail_at.call("#{NOTIFY}.#{name}", "is not a notification URL (use #{NOTIFY_KEYS.join(' or ')})") unless NOTIFY_KEYS.include?(name)
+        fail_at.call("#{NOTIFY}.#{name}", "must be a string, got #{value.class}") unless value.is_a?(String)
+      end
+      notify
     end
 
     def check(values, where)

@@ -22,20 +22,28 @@ module BackupAgentCookbook
     RETENTION_KEYS = %w(keep_last keep_hourly keep_daily keep_weekly keep_monthly keep_yearly).freeze
     WEEKDAYS = %w(monday tuesday wednesday thursday friday saturday sunday).freeze
 
-    # The schedule strings of docs/CONTRACT.md, as the agent's schedules.py parses them (case and
-    # runs of spaces do not matter; a trailing ' UTC' means UTC instead of local time).
-    SCHEDULES = [
-      /\Aevery [1-9][0-9]* (second|minute|hour|day)s?\z/,
-      /\Ahourly at :[0-5][0-9]\z/,
-      /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
-      /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/,
-    ].freeze
+    # The schedule strings of docs/CONTRACT.md, read exactly as the agent's schedules.py reads them
+    # (tests/fixtures/schedule_cases.json holds the cases both sides run): ASCII only, case and
+    # runs of spaces or tabs do not matter, a trailing ' UTC' means UTC instead of local time.
+    UNIT_SECONDS = { 'second' => 1, 'minute' => 60, 'hour' => 3600, 'day' => 86_400 }.freeze
+    MAX_PERIOD = 366 * 86_400 # longer periods are typos (and the agent refuses them)
+    EVERY = /\Aevery ([1-9][0-9]{0,8}) (second|minute|hour|day)s?\z/.freeze
+    SCHEDULES = {
+      /\Ahourly at :[0-5][0-9]\z/ => 3600,
+      /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ => 86_400,
+      /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ => 7 * 86_400,
+    }.freeze
     SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
                      "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
 
     # Keys that come from the encrypted data bag item and never from attributes.
     STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
     JOB_SECRET_KEYS = %w(password).freeze
+    # Notification URLs carry the credential in the URL itself (a healthchecks uuid, a webhook token).
+    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
+    # Environment variable names taken for secrets (PGPASSWORD, MYSQL_PWD, API_TOKEN, ...): their
+    # values belong in job_secrets.<job>.env of the data bag item.
+    SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
 
     SERVICE_MANAGERS = %w(auto systemd none).freeze
     STORAGE_CLASSES = %w(STANDARD STANDARD_IA GLACIER_IR GLACIER DEEP_ARCHIVE).freeze
@@ -54,10 +62,19 @@ module BackupAgentCookbook
 
     module_function
 
+    # Seconds between runs of a schedule string, or nil when it is not one.
+    def schedule_period(text)
+      return unless text.is_a?(String) && text.ascii_only?
+      body = text.gsub(/\A[ \t]+|[ \t]+\z/, '').split(/[ \t]+/).join(' ').downcase.delete_suffix(' utc')
+      if (m = EVERY.match(body))
+        period = m[1].to_i * UNIT_SECONDS[m[2]]
+        return period <= MAX_PERIOD ? period : nil
+      end
+      SCHEDULES.find { |form, _| form.match?(body) }&.last
+    end
+
     def schedule?(text)
-      return false unless text.is_a?(String)
-      body = text.split.join(' ').downcase.delete_suffix(' utc')
-      SCHEDULES.any? { |form| form.match?(body) }
+      !schedule_period(text).nil?
     end
 
     def schedule_error(text)
@@ -131,6 +148,14 @@ module BackupAgentCookbook
           add.call(%w(config storage), "must be a map, got #{describe(storage)}")
         end
         add.call(%w(config jobs), "jobs are node['backup_agent']['jobs'], not a config setting") if config.key?('jobs')
+        notify = config['notify']
+        if notify.is_a?(Hash)
+          NOTIFY_SECRET_KEYS.each do |key|
+            next if notify[key].nil?
+            add.call(['config', 'notify', key], 'is a credential (whoever has it can report as this node): put it in ' \
+                                                "the encrypted data bag item as notify.#{key}, never in an attribute")
+          end
+        end
         %w(splay max_parallel_jobs).each do |key|
           value = config[key]
           next if value.nil? || (value.is_a?(Integer) && value >= 0)
@@ -166,6 +191,12 @@ module BackupAgentCookbook
           (job.keys & JOB_SECRET_KEYS).each do |key|
             add.call(['jobs', name, key], 'is a secret: put it in the encrypted data bag item as ' \
                                           "job_secrets.#{name}.#{key}, never in an attribute")
+          end
+          next unless job['env'].is_a?(Hash)
+          job['env'].each do |var, value|
+            next if value.nil? || !SECRET_ENV_NAME.match?(var.to_s)
+            add.call(['jobs', name, 'env', var], 'looks like a secret (its name): put it in the encrypted data bag item ' \
+                                                 "as job_secrets.#{name}.env.#{var}, never in an attribute")
           end
         end
       elsif !jobs.nil?

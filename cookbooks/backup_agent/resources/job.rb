@@ -67,6 +67,7 @@ property :env, Hash, callbacks: checks[:string_map], description: 'not for secre
 property :user, String
 property :compression, String, equal_to: %w(gzip zstd none)
 property :restore_command, Array, callbacks: checks[:argv]
+property :allow_empty, [true, false], description: 'a command that exits 0 without output is a backup (default: the run fails)'
 
 # ebs_snapshot jobs.
 property :volumes, [String, Array], callbacks: checks[:volumes]

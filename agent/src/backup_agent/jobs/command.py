@@ -20,6 +20,7 @@ import logging
 import os
 import pwd
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from typing import IO, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
+from backup_agent.config_schema import DEFAULT_COMMAND_TIMEOUT
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs import presets
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
@@ -55,6 +57,14 @@ RANGE_SIZE = 64 << 20  # restore reads in ranges so a dropped connection resumes
 READ_RETRIES = 5
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 STDERR_TAIL = 5
+STDERR_BURST = 20  # stderr lines logged at once; then one per STDERR_REFILL seconds
+STDERR_REFILL = 5.0
+STDERR_CHUNK = 64 << 10
+LINE_MAX = 2000  # characters of one stderr line kept; the rest of the line is skipped unread
+DEFAULT_TIMEOUT = DEFAULT_COMMAND_TIMEOUT  # the schema's default of a command job's `timeout`
+# After the program exits and its group is killed, how long its output may still take to
+# reach EOF (a holder that left the group with setsid is then ignored).
+EOF_GRACE = 5.0
 SUFFIX = {"gzip": ".gz", "zstd": ".zst", "none": ""}
 # Credentials the agent itself may hold; a command run as another user must not inherit them.
 AGENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -169,17 +179,83 @@ def child_env(base: dict[str, str], job_env: dict[str, str], extra: dict[str, st
     return {**env, **extra, **job_env}
 
 
+class StderrLog:
+    """A command's stderr into the log, bounded in memory and in log volume.
+
+    Read in chunks, never by line: one 100 MB line without a newline is cut at LINE_MAX and the
+    rest skipped. A burst of STDERR_BURST lines is logged at once, then one line per
+    STDERR_REFILL seconds (a dump warning now and then in a long run still shows); the rest is
+    counted and, at the end, summarised with the last STDERR_TAIL lines.
+    """
+
+    def __init__(self, job: str, label: str, redact: str | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.job, self.label, self.redact = job, label, redact
+        self.clock = clock
+        self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.unlogged: deque[str] = deque(maxlen=STDERR_TAIL)  # the last lines the limit held back
+        self.dropped = 0
+        self.tokens = float(STDERR_BURST)
+        self.refilled = clock()
+        self.partial = bytearray()
+        self.cut = False  # the current line is longer than LINE_MAX: the rest is skipped
+
+    def feed(self, chunk: bytes) -> None:
+        lines = chunk.split(b"\n")
+        for i, piece in enumerate(lines):
+            if not self.cut:
+                room = LINE_MAX - len(self.partial)
+                self.partial += piece[:room]
+                self.cut = len(piece) > room
+            if i < len(lines) - 1:  # a newline ended this piece
+                self._line(bytes(self.partial))
+                self.partial.clear()
+                self.cut = False
+
+    def close(self) -> None:
+        if self.partial:
+            self._line(bytes(self.partial))
+            self.partial.clear()
+        if self.dropped:
+            log.warning("job %s: %s: %d more stderr line(s) not logged (rate limit); the last: %s", self.job,
+                        self.label, self.dropped, " | ".join(self.unlogged))
+            self.dropped = 0
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip()
+        if not line:
+            return
+        if self.cut:
+            line += " [line cut]"
+        if self.redact:
+            line = line.replace(self.redact, "***")
+        self.tail.append(line)
+        now = self.clock()
+        self.tokens = min(float(STDERR_BURST), self.tokens + (now - self.refilled) / STDERR_REFILL)
+        self.refilled = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            log.warning("job %s: %s: %s", self.job, self.label, line)
+        else:
+            self.dropped += 1
+            self.unlogged.append(line)
+
+
 class Child:
-    """A command in its own process group, its stderr sent to the log, and a deadline."""
+    """A command in its own process group, its stderr sent to the log, and a deadline.
+
+    The command's end is its group's end: once the program itself exits, members of its process
+    group still running (a background child holding stdout open, say) are killed, so a job can
+    never wait on a process it did not ask for.
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str], run_as: RunAs | None, *, job: str,
                  redact: str | None = None, stdin: int | None = subprocess.DEVNULL,
                  stdout: int | None = subprocess.PIPE, timeout: float | None = None) -> None:
         self.label = os.path.basename(argv[0]) if argv else "command"
         self.job = job
-        self.redact = redact or None
-        self.tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self.stderr = StderrLog(job, self.label, redact or None)
         self.timed_out = False
+        self.leftovers = False
         kwargs: dict[str, Any] = {}
         if run_as is not None:
             kwargs.update(user=run_as.uid, group=run_as.gid, extra_groups=run_as.groups,
@@ -203,21 +279,44 @@ class Child:
                 # A 1 MiB pipe (the unprivileged maximum) means fewer, larger reads.
                 fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_SIZE)
 
+    @property
+    def tail(self) -> deque[str]:
+        return self.stderr.tail
+
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()[:2000]
-            if not line:
-                continue
-            if self.redact:
-                line = line.replace(self.redact, "***")
-            self.tail.append(line)
-            log.warning("job %s: %s: %s", self.job, self.label, line)
+        fd = self.proc.stderr.fileno()
+        try:
+            while chunk := os.read(fd, STDERR_CHUNK):
+                self.stderr.feed(chunk)
+        except OSError:
+            pass
+        self.stderr.close()
 
     def _on_timeout(self) -> None:
         self.timed_out = True
         log.warning("job %s: %s still running at the timeout: stopping it", self.job, self.label)
         self.kill()
+
+    def exited(self) -> bool:
+        """True once the program itself has exited; it stays unreaped (its pid keeps naming the
+        group, so a later killpg cannot reach an unrelated process that reused the number)."""
+        if self.proc.returncode is not None:
+            return True
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None and info.si_pid != 0
+
+    def kill_leftovers(self) -> None:
+        """The program exited (unreaped): kill what is left of its process group."""
+        others = _group_members(self.proc.pid) - {self.proc.pid}
+        if others:
+            self.leftovers = True
+            log.warning("job %s: %s exited, but %d process(es) it started still run (holding its output "
+                        "open?): killing them", self.job, self.label, len(others))
+        self._signal(signal.SIGKILL)
 
     def kill(self) -> None:
         """SIGTERM the process group, SIGKILL what is left after a grace period."""
@@ -234,9 +333,14 @@ class Child:
             os.killpg(self.proc.pid, sig)
 
     def wait(self) -> int:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped yet
+            self.kill_leftovers()
         code = self.proc.wait()
         if self._timer is not None:
             self._timer.cancel()
+        # stderr ends when the last holder dies; one that escaped the group must not hold us.
         self._stderr.join(5)
         return code
 
@@ -254,6 +358,22 @@ class Child:
             why = f"{self.label} exited with status {code}"
         said = " | ".join(self.tail)
         return f"{why}: {said}" if said else why
+
+
+def _group_members(pgid: int) -> set[int]:
+    """Processes of a process group, from /proc (a zombie leader still counts for killpg)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            found.add(int(name))
+    return found
 
 
 # --- streaming upload ----------------------------------------------------------------------------
@@ -364,6 +484,7 @@ class CommandJob(S3Job):
         self.opts = job.options
         self.where = f"{cfg.path}: jobs.{job.name}"
         self.compression = self.opts["compression"]
+        self.timeout = job.timeout or DEFAULT_TIMEOUT
 
     # --- run -----------------------------------------------------------------------------------
 
@@ -401,13 +522,19 @@ class CommandJob(S3Job):
             env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
             log.info("job %s: running %s", self.job.name, prepared.argv[0])
             child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
-                          timeout=self.job.timeout)
+                          timeout=self.timeout)
             raw = self._stream(child, upload)
+        if raw == 0 and not self.opts["allow_empty"]:
+            # A dump tool that exits 0 without output (wrong database, a wrapper that swallowed
+            # the error) is not a backup: nothing is stored and the run fails.
+            upload.abort()
+            raise JobFailed(f"job {self.job.name}: {prepared.argv[0]} exited 0 but wrote nothing; no snapshot "
+                            "made (set allow_empty: true if an empty output is a valid backup)")
         parts = self._finish(upload)
         log.info("job %s: stored %d bytes (%d before %s) in %s", self.job.name, upload.size, raw,
                  self.compression, "one PUT" if not parts else f"{parts} parts")
         if raw == 0:
-            msg = f"{prepared.argv[0]} wrote nothing: the snapshot holds an empty dump"
+            msg = f"{prepared.argv[0]} wrote nothing: the snapshot holds an empty dump (allow_empty)"
             log.warning("job %s: %s", self.job.name, msg)
             result.warnings.append(msg)
 
@@ -446,10 +573,25 @@ class CommandJob(S3Job):
         fd = child.proc.stdout.fileno()
         buf = bytearray(READ_SIZE)  # reused: no allocation per read
         view = memoryview(buf)
+        exited_at: float | None = None
         try:
-            while n := os.readv(fd, [buf]):
-                raw += n
-                upload.write(codec.compress(view[:n]))
+            while True:
+                # Never block on the pipe alone: once the program exits, whatever still holds its
+                # output must not keep the job (and the daemon's slot) forever.
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if ready:
+                    n = os.readv(fd, [buf])
+                    if not n:
+                        break
+                    raw += n
+                    upload.write(codec.compress(view[:n]))
+                elif exited_at is None and child.exited():
+                    child.kill_leftovers()
+                    exited_at = time.monotonic()
+                elif exited_at is not None and time.monotonic() - exited_at > EOF_GRACE:
+                    log.warning("job %s: a process outside %s's group still holds its output: ignored",
+                                self.job.name, child.label)
+                    break
             upload.write(codec.flush())
             code = child.wait()
         except (ClientError, BotoCoreError) as exc:
@@ -467,7 +609,7 @@ class CommandJob(S3Job):
             child.proc.stdout.close()
         if code != 0 or child.timed_out:
             upload.abort()
-            raise JobFailed(f"job {self.job.name}: {child.failure(code, self.job.timeout)}; no snapshot made")
+            raise JobFailed(f"job {self.job.name}: {child.failure(code, self.timeout)}; no snapshot made")
         return raw
 
     def _finish(self, upload: StreamUpload) -> int:
@@ -501,11 +643,15 @@ class CommandJob(S3Job):
 
     def restore(self, *, snapshot: str | None, at: str | None, target: str | None, paths: list[str],
                 wait: bool = False, tier: str | None = None, days: int | None = None,
-                into: str | None = None) -> dict[str, Any]:
+                into: str | None = None, clean: bool = False) -> dict[str, Any]:
         if paths:
             raise ConfigError("--path: a command job's snapshot is one dump; restore it whole")
         if into is None and not target:
             raise ConfigError("restore: give --target FILE|DIR|- or --into DATABASE")
+        if clean and into is None:
+            raise ConfigError("--clean: only with --into DATABASE")
+        if target == "-":
+            _check_stdout()
         if into is not None and not self.opts.get("preset") and not self.opts.get("restore_command"):
             raise ConfigError(f"{self.where}.restore_command: --into needs a preset or restore_command "
                               "(or use --target - and pipe it yourself)")
@@ -524,9 +670,13 @@ class CommandJob(S3Job):
         out: dict[str, Any] = {"job": self.job.name, "snapshot": snap.id, "files": 1,
                                "bytes_stored": entry.size}
         if into is not None:
-            out.update(self._restore_into(snap.id, entry, key, kind, into))
+            out.update(self._restore_into(snap.id, entry, key, kind, into, clean))
         elif target == "-":
-            out.update(target="-", bytes=self._download(snap.id, entry, key, kind, _stdout_write))
+            # Verified whole before the first byte reaches stdout: a reader (pg_restore, mysql)
+            # never applies part of a dump that turns out corrupt.
+            with self._spooled(snap.id, entry, key, kind) as (spool, size):
+                _copy_to_stdout(spool)
+            out.update(target="-", bytes=size)
         else:
             assert target is not None
             out.update(self._restore_file(snap.id, entry, key, kind, Path(target), header))
@@ -552,45 +702,81 @@ class CommandJob(S3Job):
             raise
         return {"target": str(dest.resolve()), "bytes": size}
 
-    def _restore_into(self, sid: str, entry: Entry, key: str, kind: str, into: str) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _spooled(self, sid: str, entry: Entry, key: str, kind: str) -> Iterator[tuple[IO[bytes], int]]:
+        """The dump, downloaded, decompressed and verified (size, sha256, codec end) into a private
+        unnamed temp file (O_TMPFILE, 0600) under state_dir/tmp, positioned at its start.
+
+        Needs free space for the uncompressed dump; nothing reaches a database or stdout before
+        the whole dump has been checked.
+        """
+        try:
+            spool = tempfile.TemporaryFile(dir=ensure_dir(self.cfg.state_dir / "tmp"))  # noqa: SIM115
+        except (OSError, JobFailed):
+            # $TMPDIR: a restore on a fresh node may have no state_dir yet, or a read-only one.
+            spool = tempfile.TemporaryFile()  # noqa: SIM115
+        with spool:
+            size = self._download(sid, entry, key, kind, spool.write)
+            spool.flush()
+            spool.seek(0)
+            yield spool, size
+
+    def _restore_into(self, sid: str, entry: Entry, key: str, kind: str, into: str,
+                      clean: bool) -> dict[str, Any]:
         run_as = resolve_user(self.opts.get("user"), self.where)
         owner = (run_as.uid, run_as.gid) if run_as else None
-        with presets.secret_file(self.opts, owner) as secret:
-            if self.opts.get("restore_command"):
+        custom = bool(self.opts.get("restore_command"))
+        with self._spooled(sid, entry, key, kind) as (spool, size), presets.secret_file(self.opts, owner) as secret:
+            if custom:
                 prepared = presets.Prepared([a.replace("{into}", into) for a in self.opts["restore_command"]])
                 if self.opts.get("preset") == "postgresql":
                     prepared.env = presets.pg_env(self.opts) | ({"PGPASSFILE": secret} if secret else {})
+                # The agent cannot know what a command of the user's replaces: it says what was asked.
+                prepared.env["BACKUP_AGENT_CLEAN"] = "1" if clean else "0"
             else:
-                prepared = presets.restore_argv(self.opts, secret, into, path=os.environ.get("PATH"))
+                self._guard_target(into, clean, secret, run_as)
+                prepared = presets.restore_argv(self.opts, secret, into, path=os.environ.get("PATH"), clean=clean)
             env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
-            log.info("job %s: restoring snapshot %s with %s into %s", self.job.name, sid,
-                     prepared.argv[0], into)
-            # The tool's stdout goes to our stderr: stdout stays clean for --json.
+            log.info("job %s: restoring snapshot %s (verified, %d bytes) with %s into %s", self.job.name, sid,
+                     size, prepared.argv[0], into)
+            # The tool reads the verified spool itself; its stdout goes to our stderr, so stdout
+            # stays clean for --json.
             child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
-                          stdin=subprocess.PIPE, stdout=sys.stderr.fileno())
-            assert child.proc.stdin is not None
-            stdin = child.proc.stdin
-
-            def write(data: bytes) -> None:
-                try:
-                    stdin.write(data)
-                except BrokenPipeError:
-                    code = child.wait()
-                    raise JobFailed(f"job {self.job.name}: {child.failure(code, None)}") from None
-
-            try:
-                size = self._download(sid, entry, key, kind, write)
-            except BaseException:
-                # Killed before its input ends, the tool cannot take a truncated dump for a whole one.
-                child.kill()
-                child.wait()
-                raise
-            with contextlib.suppress(BrokenPipeError):
-                stdin.close()
+                          stdin=spool.fileno(), stdout=sys.stderr.fileno())
             code = child.wait()
         if code != 0:
             raise JobFailed(f"job {self.job.name}: restore into {into}: {child.failure(code, None)}")
-        return {"target": f"{self.opts.get('preset') or 'restore_command'} database {into}", "bytes": size}
+        return {"target": f"{self.opts.get('preset') or 'restore_command'} database {into}", "bytes": size,
+                "clean": clean}
+
+    def _guard_target(self, into: str, clean: bool, secret: str | None, run_as: RunAs | None) -> None:
+        """Refuse a target database that already has tables unless --clean; with it, say which.
+
+        A mysqldump file drops every table it holds before creating it, and pg_restore --clean
+        drops the dump's objects: neither must happen to a database nobody meant to overwrite.
+        """
+        prepared = presets.tables_argv(self.opts, secret, into, path=os.environ.get("PATH"))
+        env = child_env(dict(os.environ), self.opts.get("env") or {}, prepared.env, run_as)
+        child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
+                      timeout=120)
+        assert child.proc.stdout is not None
+        listing = child.proc.stdout.read(1 << 20)
+        child.proc.stdout.close()
+        code = child.wait()
+        if code != 0:
+            raise JobFailed(f"job {self.job.name}: restore into {into}: cannot list its tables: "
+                            f"{child.failure(code, 120)}")
+        tables = [t for t in listing.decode("utf-8", "replace").splitlines() if t.strip()]
+        if not tables:
+            return
+        shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
+        if not clean:
+            raise ConfigError(f"restore --into {into}: the database already has {len(tables)} table(s) ({shown}); "
+                              "nothing was changed. Restore into an empty database, or add --clean to "
+                              "drop and replace the tables the dump contains")
+        # The confirmation the operator asked for, on stderr whatever the log level.
+        print(f"backup-agent: restore --clean: {into} has {len(tables)} table(s) ({shown}); those the dump "
+              "contains are dropped and replaced, the others are left alone", file=sys.stderr, flush=True)
 
     def _download(self, sid: str, entry: Entry, key: str, kind: str, write: Callable[[bytes], Any]) -> int:
         """Stream the stored object through the decoder into `write`; verify size and sha256."""
@@ -668,10 +854,25 @@ def _decode(decoder: Decoder, chunk: bytes, sid: str) -> bytes:
         raise IntegrityError(f"snapshot {sid}: the dump does not decompress: {exc}") from None
 
 
-def _stdout_write(data: bytes) -> None:
-    out: IO[bytes] = sys.stdout.buffer
+def _check_stdout() -> None:
+    # Python leaves sys.stdout None when the process started with fd 1 closed; fd 1 may since
+    # have been reused by a file or socket of ours, which must not receive the dump.
     try:
-        out.write(data)
+        if sys.stdout is None or sys.stdout.fileno() != 1:
+            raise OSError
+        os.fstat(1)
+    except (OSError, ValueError):
+        raise ConfigError("--target -: standard output is closed; redirect it to a file or a pipe") from None
+
+
+def _copy_to_stdout(spool: IO[bytes]) -> None:
+    fd = 1  # not sys.stdout: it is None when the process started with stdout closed
+    try:
+        while chunk := spool.read(READ_SIZE):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
     except BrokenPipeError:
         raise JobFailed("restore: stdout was closed before the dump ended") from None
-
+    except OSError as exc:
+        raise JobFailed(f"restore: cannot write the dump to stdout: {exc.strerror or exc}") from None

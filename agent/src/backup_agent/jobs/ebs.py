@@ -9,6 +9,7 @@ snapshots with this job's and this node's tags, and never delete one an AMI uses
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from datetime import UTC, timedelta
@@ -66,6 +67,10 @@ class EbsSnapshot(Snapshot):
         }
 
 
+# Seconds between the looks for snapshots of an interrupted create call (see _discard_late).
+LATE_DISCARD_PAUSES = (1.0, 2.0, 3.0)
+
+
 class EbsSnapshotJob(JobRunner):
     poll_interval = 5.0
 
@@ -83,9 +88,25 @@ class EbsSnapshotJob(JobRunner):
                 raise ConfigError(f"{self.where('tags')}.{key}: tags starting with "
                                   f"'{sets_mod.PREFIX}' or 'aws:' are reserved")
         for i, mount in enumerate(self.opts.get("freeze") or []):
-            if mount.rstrip("/") == "":
-                raise ConfigError(f"{self.where('freeze')}[{i}]: refusing to freeze / (the agent, sshd and "
-                                  "logging write there); use pre/post hooks for the root filesystem")
+            if os.path.normpath(mount) in ("/", "//"):  # "/.", "/a/..": on any node, before anything runs
+                raise ConfigError(self._root_refused(i, mount))
+
+    def _root_refused(self, i: int, mount: str) -> str:
+        return (f"{self.where('freeze')}[{i}]: refusing to freeze / ('{mount}'; the agent, sshd and logging "
+                "write there); use pre/post hooks for the root filesystem")
+
+    def _freezable(self, i: int, mount: str) -> str:
+        """The mount point to fsfreeze for `freeze[i]`, resolved on this node at run time (a
+        maintenance node may handle the job's snapshots without its mounts): a symlink to / is the
+        root filesystem, and freezing a directory freezes whatever filesystem holds it."""
+        real = os.path.realpath(mount)
+        if real == "/":
+            raise ConfigError(self._root_refused(i, mount))
+        if not os.path.ismount(real):
+            shown = mount if real == mount else f"{mount} (= {real})"
+            raise ConfigError(f"{self.where('freeze')}[{i}]: {shown} is not a mount point; list the mount "
+                              "points to freeze (see findmnt)")
+        return real
 
     def where(self, key: str) -> str:
         return f"{self.cfg.path}: jobs.{self.job.name}.{key}"
@@ -161,6 +182,7 @@ class EbsSnapshotJob(JobRunner):
         return result
 
     def _run(self) -> RunResult:
+        freeze = [self._freezable(i, mount) for i, mount in enumerate(self.opts.get("freeze") or [])]
         iid, region = self.home()
         copy_to = self.copy_regions(region)
         ec2 = self.client(region)
@@ -175,35 +197,49 @@ class EbsSnapshotJob(JobRunner):
                           set_id, len(chosen))
         made: list[dict[str, Any]] = []
         attempted = False
+        post_failed: str | None = None
         env = {"BACKUP_AGENT_JOB": self.job.name, "BACKUP_AGENT_SNAPSHOT": set_id}
         try:
             with hooks.consistent(pre=self.opts.get("pre"), post=self.opts.get("post"),
-                                  freeze=self.opts.get("freeze"), timeout=float(self.opts["hook_timeout"]),
+                                  freeze=freeze, timeout=float(self.opts["hook_timeout"]),
                                   env=env):
                 attempted = True
                 made = self._capture(ec2, iid, inst, chosen, tags, set_id)
-        except (hooks.PostHookFailed, hooks.Terminated) as exc:
+        except hooks.PostHookFailed as exc:
             if not made:
                 self._discard(ec2, set_id)
-                if isinstance(exc, hooks.Terminated):
-                    raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
                 raise
-            # The capture itself finished (and filesystems were thawed in time): the set is whole.
+            # The capture finished (filesystems thawed in time): the set is whole and kept, and the
+            # run is partial (exit 3) so the failed post hook, which may have left the application
+            # stopped, is not mistaken for a clean run.
+            post_failed = f"snapshot {set_id} was taken ({len(made)} EBS snapshots) and kept, but then: {exc}"
+            log.error("job %s: %s", self.job.name, post_failed)
+        except hooks.Terminated as exc:
+            if not made:
+                self._discard(ec2, set_id)
+                self._discard_late(ec2, set_id)
+                raise JobFailed(f"job {self.job.name}: {exc}; no snapshot made") from None
             raise JobFailed(f"job {self.job.name}: snapshot {set_id} was taken ({len(made)} EBS snapshots), "
                             f"but then: {exc}") from None
-        except BaseException:
+        except BaseException as exc:
             if attempted:
                 self._discard(ec2, set_id)
+                if not made and isinstance(exc, KeyboardInterrupt):  # errors.Interrupted: a signal
+                    self._discard_late(ec2, set_id)
             raise
         ids = [m["SnapshotId"] for m in made]
         by_volume = {a.volume_id: a.device for a in chosen}
         result = RunResult(job=self.job.name, snapshot=set_id, warnings=warnings)
+        if post_failed:
+            result.status = "partial"
+            result.warnings.append(post_failed)
         result.extra = {
             "ebs_snapshots": ids,
             "instance_id": iid,
             "region": region,
             "volumes": [{"volume_id": m["VolumeId"], "device": by_volume.get(m["VolumeId"]),
                          "snapshot_id": m["SnapshotId"]} for m in made],
+            "post_hook_failed": bool(post_failed),
         }
         log.info("job %s: snapshot %s: %s", self.job.name, set_id, " ".join(ids))
         deadline = time.monotonic() + float(self.opts["wait_timeout"])
@@ -284,6 +320,14 @@ class EbsSnapshotJob(JobRunner):
         except AwsError as exc:
             log.error("job %s: could not clean up snapshot %s (delete its EBS snapshots by the tag %s=%s): %s",
                       self.job.name, set_id, sets_mod.TAG_SET, set_id, describe(exc))
+
+    def _discard_late(self, ec2: Any, set_id: str) -> None:
+        """A signal may interrupt the create call after AWS took it: its snapshots then appear a
+        moment after the first discard found nothing, complete and tagged, as a snapshot of a run
+        that failed. Look again a few times (6 s in all, within the daemon's ABORT_GRACE)."""
+        for pause in LATE_DISCARD_PAUSES:
+            self.sleep(pause)
+            self._discard(ec2, set_id)
 
     # --- waiting and copying -------------------------------------------------------------------
 

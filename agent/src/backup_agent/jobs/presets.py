@@ -99,10 +99,20 @@ def pg_dump_argv(opts: dict[str, Any], *, we_compress: bool) -> list[str]:
     return argv
 
 
-def pg_restore_argv(into: str) -> list[str]:
+def pg_restore_argv(into: str, *, clean: bool = False) -> list[str]:
     # One transaction: a restore that fails half-way leaves the target database as it was.
+    # --clean drops each object of the dump before creating it again (--if-exists: only those
+    # that are there); without it an object that exists makes the restore fail and roll back.
     return ["pg_restore", "--no-password", "--single-transaction",
-            f"--dbname=dbname={conninfo_quote(into)}"]
+            *(["--clean", "--if-exists"] if clean else []), f"--dbname=dbname={conninfo_quote(into)}"]
+
+
+# Tables, views, sequences... of the user's schemas: what a restore could collide with.
+PG_TABLES_SQL = ("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                 "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname <> 'information_schema' "
+                 "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1")
+MYSQL_TABLES_SQL = ("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() "
+                    "ORDER BY table_name")
 
 
 # --- MySQL / MariaDB -----------------------------------------------------------------------------
@@ -171,13 +181,30 @@ def dump_argv(opts: dict[str, Any], secret: str | None, *, we_compress: bool,
     return Prepared(mysqldump_argv(opts, secret, mysql_tool("mysqldump", "mariadb-dump", path)))
 
 
-def restore_argv(opts: dict[str, Any], secret: str | None, into: str, path: str | None = None) -> Prepared:
+def restore_argv(opts: dict[str, Any], secret: str | None, into: str, path: str | None = None, *,
+                 clean: bool = False) -> Prepared:
     if opts["preset"] == "postgresql":
         env = pg_env(opts)
         if secret:
             env["PGPASSFILE"] = secret
-        return Prepared(pg_restore_argv(into), env)
+        return Prepared(pg_restore_argv(into, clean=clean), env)
+    # A mysqldump file drops each table before creating it: `clean` is enforced by the caller,
+    # which refuses a target database that has tables unless asked (tables_argv).
     return Prepared(mysql_restore_argv(opts, secret, into, mysql_tool("mysql", "mariadb", path)))
+
+
+def tables_argv(opts: dict[str, Any], secret: str | None, into: str, path: str | None = None) -> Prepared:
+    """A query listing the tables the target database already has, one per line."""
+    if opts["preset"] == "postgresql":
+        env = pg_env(opts)
+        if secret:
+            env["PGPASSFILE"] = secret
+        return Prepared(["psql", "-X", "-q", "-A", "-t", "--no-password", "-v", "ON_ERROR_STOP=1",
+                         "-c", PG_TABLES_SQL, f"--dbname=dbname={conninfo_quote(into)}"], env)
+    tool = mysql_tool("mysql", "mariadb", path)
+    return Prepared([tool, *([f"--defaults-extra-file={secret}"] if secret else []), MYSQL_CHARSET,
+                     *mysql_conn_args(opts), "--batch", "--skip-column-names", f"--database={into}",
+                     "-e", MYSQL_TABLES_SQL])
 
 
 @contextmanager

@@ -43,16 +43,22 @@ Ohai.plugin(:BackupAgent) do
        last_prune prune_result prune_snapshots_forgotten last_gc)
   end
 
-  # How often a schedule string fires (the agent's Schedule.period_seconds); nil for a form this
-  # plugin does not know, which is then never judged stale.
+  # How often a schedule string fires (the agent's Schedule.period_seconds, with the grammar of
+  # its schedules.py and of the cookbook's Validation.schedule_period; the cases in
+  # tests/fixtures/schedule_cases.json are run against all three); nil for anything else, which
+  # is then never judged stale.
   def schedule_period(text)
-    body = text.to_s.downcase.split.join(' ').delete_suffix(' utc')
+    return unless text.is_a?(String) && text.ascii_only?
+    body = text.gsub(/\A[ \t]+|[ \t]+\z/, '').split(/[ \t]+/).join(' ').downcase.delete_suffix(' utc')
+    day = 86_400
     case body
-    when /\Aevery ([1-9][0-9]*) (second|minute|hour|day)s?\z/
-      Regexp.last_match(1).to_i * { 'second' => 1, 'minute' => 60, 'hour' => 3600, 'day' => 86_400 }[Regexp.last_match(2)]
+    when /\Aevery ([1-9][0-9]{0,8}) (second|minute|hour|day)s?\z/
+      period = Regexp.last_match(1).to_i * { 'second' => 1, 'minute' => 60, 'hour' => 3600, 'day' => day }[Regexp.last_match(2)]
+      period <= 366 * day ? period : nil
     when /\Ahourly at :[0-5][0-9]\z/ then 3600
-    when /\Adaily at [0-2][0-9]:[0-5][0-9]\z/ then 86_400
-    when /\Aweekly on [a-z]+ at [0-2][0-9]:[0-5][0-9]\z/ then 7 * 86_400
+    when /\Adaily at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ then day
+    when /\Aweekly on (monday|tuesday|wednesday|thursday|friday|saturday|sunday) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/
+      7 * day
     end
   end
 

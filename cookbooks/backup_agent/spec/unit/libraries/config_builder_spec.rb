@@ -112,9 +112,15 @@ describe BackupAgentCookbook::ConfigBuilder do
     end
   end
 
+  it 'takes the notification URLs from the data bag item, beside the notify settings of attributes' do
+    config = build(settings: { 'notify' => { 'timeout' => 5 } },
+                   secrets: secrets.merge('notify' => { 'healthchecks_url' => 'https://hc.example/ping/u', 'webhook_url' => 'https://h.example/t' }))
+    expect(config['notify']).to eq('timeout' => 5, 'healthchecks_url' => 'https://hc.example/ping/u', 'webhook_url' => 'https://h.example/t')
+  end
+
   it 'dumps plain YAML without Ruby object tags, long values unfolded' do
     url = "https://hc.example/ping/#{'x' * 120}"
-    yaml = described_class.dump(build(settings: { 'notify' => { 'healthchecks_url' => url } }))
+    yaml = described_class.dump(build(secrets: secrets.merge('notify' => { 'healthchecks_url' => url })))
     expect(yaml).not_to include('!ruby')
     expect(yaml).to include("healthchecks_url: #{url}\n")
     expect(YAML.safe_load(yaml)['notify']['healthchecks_url']).to eq(url)

@@ -43,6 +43,17 @@ describe BackupAgentCookbook::Validation do
     'a password in attributes' => [->(a) { a['jobs'] = { 'pg' => { 'type' => 'command', 'password' => 'hunter2' } } },
                                    "node['backup_agent']['jobs']['pg']['password']: is a secret: put it in the encrypted data bag item " \
                                    'as job_secrets.pg.password, never in an attribute'],
+    'a database password in a job\'s env' => [->(a) { a['jobs'] = { 'pg' => { 'type' => 'command', 'env' => { 'PGPASSWORD' => 'x' } } } },
+                                              "node['backup_agent']['jobs']['pg']['env']['PGPASSWORD']: looks like a secret (its name): " \
+                                              'put it in the encrypted data bag item as job_secrets.pg.env.PGPASSWORD, never in an attribute'],
+    'MYSQL_PWD in a job\'s env' => [->(a) { a['jobs'] = { 'my' => { 'type' => 'command', 'env' => { 'MYSQL_PWD' => 'x', 'TZ' => 'UTC' } } } },
+                                    /\['env'\]\['MYSQL_PWD'\]: looks like a secret/],
+    'a healthchecks URL in attributes' => [->(a) { a['config']['notify']['healthchecks_url'] = 'https://hc.example/ping/uuid' },
+                                           "node['backup_agent']['config']['notify']['healthchecks_url']: is a credential (whoever has " \
+                                           'it can report as this node): put it in the encrypted data bag item as notify.healthchecks_url, ' \
+                                           'never in an attribute'],
+    'a webhook URL in attributes' => [->(a) { a['config']['notify']['webhook_url'] = 'https://hooks.example/t0ken' },
+                                      /\['notify'\]\['webhook_url'\]: is a credential/],
     'credentials in attributes' => [->(a) { a['config']['storage']['secret_access_key'] = 'x' },
                                     "node['backup_agent']['config']['storage']['secret_access_key']: comes from the encrypted " \
                                     "data bag item (key 'secret_access_key'), never from an attribute"],
@@ -110,6 +121,25 @@ describe BackupAgentCookbook::Validation do
       out, status = Open3.capture2(python, '-c', script, stdin_data: JSON.generate(good + bad))
       expect(status).to be_success
       expect(JSON.parse(out)).to eq((good + bad).map { |text| described_class.schedule?(text) })
+    end
+  end
+end
+
+# The same cases the agent's pytest runs (agent/tests/test_schedule_cases.py): one grammar and one
+# job-name rule on both sides.
+describe 'the shared schedule and job-name cases' do
+  cases = JSON.parse(File.read(File.expand_path('../../../../../tests/fixtures/schedule_cases.json', __dir__)))
+
+  it 'reads every schedule string as the agent does' do
+    cases['schedules'].each do |c|
+      expect([c['text'], BackupAgentCookbook::Validation.schedule_period(c['text'])]).to eq([c['text'], c['period']])
+      expect(BackupAgentCookbook::Validation.schedule?(c['text'])).to eq(!c['period'].nil?)
+    end
+  end
+
+  it 'accepts exactly the job names the agent accepts' do
+    cases['job_names'].each do |c|
+      expect([c['name'], BackupAgentCookbook::Validation::JOB_NAME.match?(c['name'])]).to eq([c['name'], c['valid']])
     end
   end
 end

@@ -131,4 +131,13 @@ describe 'Ohai plugin backup_agent' do
     expect(data).not_to have_key('backup_agent')
     expect(data).not_to have_key('backup_agent_stale')
   end
+
+  it 'reads schedule strings with the agent\'s grammar (the shared cases)' do
+    cases = JSON.parse(File.read(File.expand_path('../../../../../tests/fixtures/schedule_cases.json', __dir__)))
+    load plugin_source
+    plugin = Ohai::NamedPlugin::BackupAgent.new({}, Ohai::Log)
+    cases['schedules'].each do |c|
+      expect([c['text'], plugin.schedule_period(c['text'])]).to eq([c['text'], c['period']])
+    end
+  end
 end

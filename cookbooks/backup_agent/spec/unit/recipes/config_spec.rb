@@ -110,21 +110,35 @@ describe 'backup_agent::config' do
       { 'config' => {
         'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2, 'log_format' => 'json',
         'storage' => { 'prefix' => 'fleet/web-01', 'sse' => 'AES256', 'concurrency' => 16 },
-        'notify' => { 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' },
+        'notify' => { 'timeout' => 5 },
         'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' },
         'aws' => { 'imds_endpoint' => 'http://169.254.169.254' }
       } }
+    end
+
+    # The notification URLs are credentials: they come from the data bag item, like the keys.
+    before do
+      item = BackupAgentSpec.plain_item('staging').merge(
+        'notify' => { 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' }
+      )
+      stub_data_bag_item('backup_agent', 'staging').and_return(BackupAgentSpec.encrypt(item))
     end
 
     it 'renders each of them under its own key: one name from attribute to file' do
       expect(config).to include(
         'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2, 'log_format' => 'json',
         'aws' => { 'imds_endpoint' => 'http://169.254.169.254' },
-        'notify' => { 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' },
+        'notify' => { 'timeout' => 5, 'healthchecks_url' => 'https://hc.example/ping/abc', 'webhook_url' => 'https://hooks.example/backup' },
         'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' }
       )
       expect(config['storage']).to include('bucket' => 'backup-agent-staging', 'prefix' => 'fleet/web-01',
                                            'sse' => 'AES256', 'concurrency' => 16)
+    end
+
+    it 'keeps the notification URLs off the node' do
+      attributes_json = JSON.generate(chef_run.node.attributes.to_hash)
+      expect(attributes_json).not_to include('hc.example/ping/abc')
+      expect(attributes_json).not_to include('hooks.example/backup')
     end
   end
 
@@ -276,6 +290,13 @@ describe 'backup_agent::config' do
         .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'job_secrets' => { 'pg' => { 'pasword' => 'x' } }))
       expect_failure("backup_agent: key 'job_secrets.pg.pasword' of data bag item 'backup_agent/staging' is not a job " \
                      'secret (use password or env)')
+    end
+
+    it 'when notify holds something that is not a notification URL' do
+      stub_data_bag_item('backup_agent', 'staging')
+        .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'notify' => { 'slack_url' => 'https://x' }))
+      expect_failure("backup_agent: key 'notify.slack_url' of data bag item 'backup_agent/staging' is not a notification " \
+                     'URL (use healthchecks_url or webhook_url)')
     end
 
     it 'when the item is not encrypted' do
