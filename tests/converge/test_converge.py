@@ -440,7 +440,7 @@ def test_wrapper_jobs_from_resources_join_the_environment_jobs(
     assert jobs["pg"] == {
         "type": "command", "preset": "postgresql", "database": "app", "host": "127.0.0.1", "username": "backup",
         "schedule": "daily at 01:00", "retention": {"keep_daily": 7, "keep_weekly": 4},
-        "password": pg_secrets["password"], "env": pg_secrets["env"],
+        "password": pg_secrets["password"], "secret_env": pg_secrets["env"],
     }
     assert jobs["volumes"] == {"type": "ebs_snapshot", "volumes": "all", "exclude_root": True,
                                "schedule": "daily at 03:00 UTC", "retention": {"keep_last": 7}}

@@ -528,7 +528,7 @@ def _message(err: Any) -> str:
             "^[A-Za-z0-9_][": "must be an environment name (letters, digits, '_', '.', '-')",
             "^(?!(.*/)?": f"must be parts of {KEY_CHARS} separated by single '/', none of them '.' or '..' "
                           "(S3 clients and consoles resolve those as directories)",
-            "^[a-z]{2}(": "must be an AWS region name like us-east-1",
+            "^[a-z]{2}(": "must be a region name like us-east-1",
         }
         for start, hint in hints.items():
             if str(s).startswith(start):

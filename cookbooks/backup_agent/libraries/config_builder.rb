@@ -86,7 +86,12 @@ module BackupAgentCookbook
                              "job '#{name}', which is a #{job['type']} job: only command jobs take them"
         end
         job['password'] = values['password'] if values.key?('password')
-        job['env'] = (job['env'] || {}).merge(values['env']) if values['env']
+        next unless values['env']
+        # The item's values go to `secret_env`, which the agent masks whatever the names; the item
+        # wins over a plain attribute of the same name (the agent refuses a name in both).
+        env = (job['env'] || {}).reject { |var, _| values['env'].key?(var) }
+        env.empty? ? job.delete('env') : job['env'] = env
+        job['secret_env'] = values['env']
       end
     end
 

@@ -91,10 +91,11 @@ describe BackupAgentCookbook::ConfigBuilder do
         'job_secrets' => { 'pg' => { 'password' => 'pw', 'env' => { 'TOKEN' => 't' } }, 'other' => { 'password' => 'x' } } }
     end
 
-    it 'go into the command job of the same name, env merged over the job\'s own' do
+    it 'go into the command job of the same name, env as secret_env (winning over the job\'s own)' do
       jobs = { 'pg' => { 'type' => 'command', 'command' => %w(pg_dump app), 'env' => { 'PGHOST' => 'db', 'TOKEN' => 'public' } } }
       expect(build(jobs: jobs)['jobs']['pg']).to eq(
-        'type' => 'command', 'command' => %w(pg_dump app), 'env' => { 'PGHOST' => 'db', 'TOKEN' => 't' }, 'password' => 'pw'
+        'type' => 'command', 'command' => %w(pg_dump app), 'env' => { 'PGHOST' => 'db' },
+        'secret_env' => { 'TOKEN' => 't' }, 'password' => 'pw'
       )
     end
 

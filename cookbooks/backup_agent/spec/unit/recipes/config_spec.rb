@@ -89,7 +89,7 @@ describe 'backup_agent::config' do
     it 'adds the password and secret env of the data bag item\'s job_secrets to the command job of that name only' do
       secrets = BackupAgentSpec.plain_item('staging')['job_secrets']['pg']
       expect(config['jobs']['pg']).to eq(
-        'type' => 'command', 'database' => 'app', 'env' => secrets['env'], 'password' => secrets['password'],
+        'type' => 'command', 'database' => 'app', 'secret_env' => secrets['env'], 'password' => secrets['password'],
         'preset' => 'postgresql', 'retention' => { 'keep_daily' => 14 }, 'schedule' => 'daily at 01:00', 'username' => 'backup'
       )
       expect(config['jobs']['dump']).not_to have_key('password')
