@@ -9,7 +9,6 @@ first.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backup_agent.jobs import restore_special as special
 from backup_agent.storage.manifest import Entry, ManifestError, safe_relative
 from backup_agent.storage.reader import Piece, hashing, read_all
 
@@ -65,6 +65,7 @@ def _apply_meta(where: str | int, e: Entry, link: bool = False) -> None:
         with contextlib.suppress(OSError):
             # A path never has its owner changed through a symlink (lchown); a descriptor is the file.
             os.chown(where, e.uid, e.gid, follow_symlinks=isinstance(where, int))
+    special.set_xattrs(where, e, link=link)  # after chown, before chmod: see set_xattrs
     if not link:
         os.chmod(where, e.mode)
     with contextlib.suppress(OSError, NotImplementedError):
@@ -76,11 +77,14 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
     before what it holds); only directories and symlinks are held until the end."""
     target = Target(target_dir)
     errors: list[str] = []
-    counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+    counts = {"files": 0, "dirs": 0, "symlinks": 0, "specials": 0, "hardlinks": 0, "bytes": 0}
     lock = threading.Lock()
     progress = _Progress(content_bytes)
     dirs: list[Entry] = []
     links: list[Entry] = []
+    # Hard links: the first path of a group restored here gets the content, the rest link to it.
+    firsts: dict[str, str] = {}
+    hard: list[tuple[Entry, str]] = []
 
     def dest_or_error(e: Entry) -> str | None:
         try:
@@ -95,13 +99,23 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
             if e.type == "symlink":
                 links.append(e)
                 continue
+            if e.hardlink is not None:
+                if e.hardlink in firsts:
+                    hard.append((e, firsts[e.hardlink]))
+                    continue
+                firsts[e.hardlink] = e.path
             if e.type == "file" and e.size > 0:
                 yield e
                 continue
             d = dest_or_error(e)
             if d is None:
                 continue
-            if e.type == "dir":
+            if e.type in special.NODE_TYPES:
+                target.make_parent(d)
+                special.place_node(d, e)
+                with lock:
+                    counts["specials"] += 1
+            elif e.type == "dir":
                 # Private until the end: its own mode comes last, with the other metadata.
                 os.makedirs(d, mode=0o700, exist_ok=True)
                 target.made.add(d)
@@ -109,8 +123,8 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
                 counts["dirs"] += 1
             else:
                 target.make_parent(d)
-                with open(d, "wb"):
-                    pass
+                with open(d, "wb") as f:
+                    special.finish_size(f.fileno(), e)  # all hole: only a length
                 _apply_meta(d, e)
                 with lock:
                     counts["files"] += 1
@@ -133,8 +147,12 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
                 tmp = f"{dests[0][1]}.restore-tmp"
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
 
+            sparse = special.layout_writer(fd, dests[0][0]) if fd is not None and dests[0][0].extents else None
+
             def write(chunk: bytes) -> None:
-                if fd is not None:
+                if sparse is not None:
+                    sparse(chunk)
+                elif fd is not None:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
@@ -142,8 +160,9 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
 
             problem = hashing(chunks, piece, write)
             if not problem and fd is not None:
+                special.finish_size(fd, dests[0][0])
                 for e, d in dests[1:]:
-                    _copy_restored(fd, piece.size, e, d, target)
+                    _copy_restored(fd, dests[0][0], e, d, target)
                 # Metadata through the open descriptor, before the rename: no path walks, and the
                 # mtime that marks a verified file comes last.
                 _apply_meta(fd, dests[0][0])
@@ -166,6 +185,13 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
     errors += read_all(job.store, job.bucket, job.root, content(), job.cfg.storage, sink)
     progress.close()
 
+    for e, first in hard:
+        d, src = dest_or_error(e), dest_or_error(Entry(path=first, type="file"))
+        if d is not None and src is not None:
+            target.make_parent(d)
+            special.place_link(d, src)
+            counts["hardlinks"] += 1
+
     target.symlinks_from_now()
     for e in links:
         d = dest_or_error(e)
@@ -187,23 +213,13 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
     return {**counts, "errors": errors}
 
 
-def _copy_restored(src: int, size: int, e: Entry, dest: str, target: Target) -> None:
+def _copy_restored(src: int, src_e: Entry, e: Entry, dest: str, target: Target) -> None:
     """Another destination of verified content: a copy of it under a temp name, renamed once whole."""
     target.make_parent(dest)
     tmp = f"{dest}.restore-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        done = 0
-        while done < size:
-            try:
-                n = os.copy_file_range(src, fd, size - done, done, done)
-            except OSError as exc:  # not between these file systems: through user space
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                n = os.pwrite(fd, os.pread(src, min(size - done, 1 << 20), done), done)
-            if n <= 0:
-                raise OSError(errno.EIO, "restored content shorter than verified", tmp)
-            done += n
+        special.copy_content(src, src_e, fd, e)
         _apply_meta(fd, e)
     except BaseException:
         os.close(fd)
