@@ -11,28 +11,13 @@ import stat
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from support.treeutil import (
-    ACL_GROUP,
-    ACL_GROUP_OBJ,
-    ACL_MASK,
-    ACL_OTHER,
-    ACL_USER,
-    ACL_USER_OBJ,
-    differences,
-    inventory,
-    posix_acl,
-)
-
-# Names up to the kernel's 255 bytes; restore's temp name (DEST.restore-tmp) still needs 12 of
-# them until its private-temp-name rewrite lands (issue 17, item 1): then raise this to 255.
-NAME_MAX_BYTES = 243
+from support.fstrees import NAME_MAX_BYTES, acl_access, acl_default, build, sparse_file, trees
+from support.treeutil import differences, inventory
 
 
 def restored(target: Path, src: Path) -> Path:
@@ -47,16 +32,6 @@ def backup_and_restore(agent: Any, src: Path, target: Path, *args: str) -> dict[
     back = agent.run("restore", "data", "--snapshot", out["snapshot"], "--target", str(target))
     assert back.returncode == 0, back.stderr
     return out  # type: ignore[no-any-return]
-
-
-def acl_access() -> bytes:
-    return posix_acl([(ACL_USER_OBJ, 6, None), (ACL_USER, 4, 4242), (ACL_GROUP_OBJ, 4, None),
-                      (ACL_GROUP, 6, 4343), (ACL_MASK, 6, None), (ACL_OTHER, 0, None)])
-
-
-def acl_default() -> bytes:
-    return posix_acl([(ACL_USER_OBJ, 7, None), (ACL_USER, 5, 4242), (ACL_GROUP_OBJ, 5, None),
-                      (ACL_MASK, 5, None), (ACL_OTHER, 0, None)])
 
 
 def test_names_links_specials_xattrs_acls_come_back_exactly(agent, tmp_path: Path) -> None:
@@ -124,22 +99,14 @@ def test_unchanged_rerun_keeps_everything(agent, tmp_path: Path) -> None:
     assert differences(want, inventory(restored(target, src))) == []
 
 
-def _sparse(path: Path, size: int, regions: list[tuple[int, bytes]]) -> None:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for off, data in regions:
-            f.seek(off)
-            f.write(data)
-
-
 def test_sparse_files_are_stored_compactly_and_keep_their_holes(agent, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    _sparse(src / "vm.img", 256 << 20, [(100 << 20, os.urandom(4096))])  # 256 MiB, 4 KiB of data
-    _sparse(src / "holes-only", 64 << 20, [])
+    sparse_file(src / "vm.img", 256 << 20, [(100 << 20, os.urandom(4096))])  # 256 MiB, 4 KiB of data
+    sparse_file(src / "holes-only", 64 << 20, [])
     # More data than large_file_mb: stored through the spooled large-file path.
-    _sparse(src / "big-sparse", 512 << 20, [(0, os.urandom(3 << 20)), (300 << 20, os.urandom(1 << 20))])
-    _sparse(src / "tail-data", 32 << 20, [((32 << 20) - 10, b"0123456789")])
+    sparse_file(src / "big-sparse", 512 << 20, [(0, os.urandom(3 << 20)), (300 << 20, os.urandom(1 << 20))])
+    sparse_file(src / "tail-data", 32 << 20, [((32 << 20) - 10, b"0123456789")])
     want = inventory(src)
     assert want[b"vm.img"]["allocated"] < 1 << 20
     agent.data["storage"]["large_file_mb"] = 2
@@ -190,78 +157,15 @@ def test_file_growing_while_read_is_stored_as_a_prefix(agent, tmp_path: Path) ->
     assert agent.run("check", "data", "--read-data").returncode == 0
 
 
-# --- property: any tree ----------------------------------------------------------------------------
-
-_name = st.binary(min_size=1, max_size=NAME_MAX_BYTES).filter(
-    lambda n: b"/" not in n and b"\x00" not in n and n not in (b".", b".."))
-_xattr = st.tuples(st.sampled_from(["user.", "trusted.", "security."]),
-                   st.text("abcdefghij-_.0123456789", min_size=1, max_size=20), st.binary(max_size=300))
-_regions = st.lists(st.tuples(st.integers(0, 2 << 20), st.binary(min_size=1, max_size=5000)), max_size=3)
-_node = st.one_of(
-    st.tuples(st.just("file"), st.binary(max_size=20_000)),
-    st.tuples(st.just("sparse"), st.integers(1, 4 << 20), _regions),
-    st.tuples(st.just("dir"), st.integers(0, 3)),
-    st.tuples(st.just("symlink"), _name),
-    st.tuples(st.just("hardlink"), st.integers(0, 1000)),
-    st.tuples(st.just("fifo")),
-    st.tuples(st.just("chardev"), st.integers(0, 255), st.integers(0, 255)),
-)
-_tree = st.lists(st.tuples(_name, _node, st.lists(_xattr, max_size=3), st.integers(0, 0o7777),
-                           st.integers(0, 2_000_000_000), st.booleans()), min_size=1, max_size=25)
-
-
-def _build(src: Path, spec: list[Any]) -> None:
-    dirs = [os.fsencode(src)]
-    files: list[bytes] = []
-    for name, node, xattrs, mode, mtime, acl in spec:
-        parent = dirs[zlib.crc32(name) % len(dirs)]
-        p = parent + b"/" + name
-        if os.path.lexists(p):
-            continue
-        kind = node[0]
-        if kind == "file":
-            with open(p, "wb") as f:
-                f.write(node[1])
-            files.append(p)
-        elif kind == "sparse":
-            _sparse(Path(os.fsdecode(p)), node[1], [(min(o, node[1] - 1), d) for o, d in node[2]])
-            files.append(p)
-        elif kind == "dir":
-            os.mkdir(p)
-            dirs.append(p)
-        elif kind == "symlink":
-            os.symlink(node[1], p)
-        elif kind == "hardlink":
-            if not files:
-                continue
-            os.link(files[node[1] % len(files)], p)
-        elif kind == "fifo":
-            os.mkfifo(p)
-        else:
-            os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(node[1], node[2]))
-        follow = kind != "symlink"
-        for ns, key, value in xattrs:
-            if kind in ("symlink", "fifo", "chardev") and ns == "user.":
-                continue  # the kernel allows user.* on regular files and directories only
-            os.setxattr(p, ns + key, value, follow_symlinks=follow)
-        if follow:
-            os.chmod(p, mode if kind != "dir" else mode | 0o700)
-            if acl and kind in ("file", "sparse", "dir"):
-                os.setxattr(p, "system.posix_acl_access", acl_access())
-        os.utime(p, ns=(mtime, mtime), follow_symlinks=follow)
-    for d in reversed(dirs[1:]):  # what was made inside changed their mtimes
-        os.utime(d, ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
-
-
 @settings(max_examples=int(os.environ.get("FIDELITY_EXAMPLES", "12")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large, HealthCheck.large_base_example])
-@given(spec=_tree)
+@given(spec=trees())
 def test_any_tree_restores_exactly(agent, tmp_path: Path, spec: list[Any]) -> None:
     case = tmp_path / uuid.uuid4().hex[:8]
     src = case / "src"
     src.mkdir(parents=True)
-    _build(src, spec)
+    build(src, spec)
     want = inventory(src)
     agent.job("data", type="files", paths=[str(src)])
     target = case / "restore"

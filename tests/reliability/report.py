@@ -74,10 +74,13 @@ SCENARIOS = [
     Scenario("local.large_rewrite_put", "local", "a large file rewritten in place between its hash and its PUT"),
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
+    Scenario("local.growing_log", "local", "a log appended to during every run"),
     Scenario("hostile.config_hand", "hostile", "hand-written malformed configs"),
     Scenario("hostile.config_generated", "hostile", "generated malformed configs (hypothesis, derandomized)"),
     Scenario("hostile.config_secrets", "hostile", "config errors on secret keys do not echo the value"),
     Scenario("hostile.manifests", "hostile", "malformed manifests in the bucket, then `restore`"),
+    Scenario("hostile.trees", "hostile", "generated trees: any byte names, hard links, FIFOs, devices, xattrs, "
+             "ACLs, sparse files (hypothesis, derandomized)"),
     Scenario("secrets.agent", "secrets", "secret values after runs with notifications, a failing run and a daemon"),
     Scenario("secrets.converge", "secrets", "a sandboxed converge: node JSON, chef-client output, files it wrote"),
     Scenario("concurrency.two_runs", "concurrency", "two runs of one job at once"),
