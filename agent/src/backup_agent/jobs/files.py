@@ -284,7 +284,9 @@ class FilesJob(S3Job):
         counter = "files_unchanged" if same else "files_changed" if row else "files_new"
         if st.st_nlink > 1 and self._hard_link(writer, staged, st, base, counter, result):
             return
-        if fsmeta.maybe_sparse(st) and self._sparse(writer, packer, pool, large, staged, st, base, counter, result):
+        # Fewer blocks than bytes: holes, or a compressing file system (_sparse tells them apart).
+        if st.st_blocks * 512 < st.st_size and self._sparse(writer, packer, pool, large, staged, st, base, counter,
+                                                            result):
             return
         if same and row is not None:
             result.files_unchanged += 1

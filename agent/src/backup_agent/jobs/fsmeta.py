@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import stat
 from typing import IO
 
 # File systems or entries without xattrs (or no right to list them here): nothing to store.
@@ -38,11 +37,6 @@ def read_xattrs(path: str, follow: bool) -> dict[str, bytes] | None:
             if exc.errno != errno.ENODATA:  # removed since it was listed
                 raise
     return out or None
-
-
-def maybe_sparse(st: os.stat_result) -> bool:
-    """Fewer blocks than bytes: holes, or a compressing file system (data_extents tells)."""
-    return stat.S_ISREG(st.st_mode) and st.st_blocks * 512 < st.st_size
 
 
 def data_extents(fd: int, size: int) -> list[tuple[int, int]] | None:
