@@ -80,23 +80,30 @@ def test_names_links_specials_xattrs_acls_come_back_exactly(agent, tmp_path: Pat
 
 
 def test_unchanged_rerun_keeps_everything(agent, tmp_path: Path) -> None:
-    """The cache's fast path must carry xattrs, links and names too."""
+    """The cache's fast path must carry xattrs, links and names too; an unchanged file is not
+    asked for xattrs again unless it had some, and adding or removing one is noticed (ctime)."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_bytes(b"a" * 5000)
     os.link(src / "a", src / "b")
     os.setxattr(src / "a", "user.k", b"v")
+    (src / "plain").write_bytes(b"p" * 3000)
     os.mkfifo(src / "f")
     with open(os.fsencode(src) + b"/\xfe", "wb") as f:
         f.write(b"x")
-    want = inventory(src)
     agent.job("data", type="files", paths=[str(src)])
-    assert agent.json("run", "data")["files_new"] == 3
-    again = agent.json("run", "data")
-    assert again["files_unchanged"] == 3 and again["bytes_uploaded"] == 0
-    target = tmp_path / "t"
-    assert agent.run("restore", "data", "--target", str(target)).returncode == 0
-    assert differences(want, inventory(restored(target, src))) == []
+    for step in range(3):
+        want = inventory(src)
+        out = agent.json("run", "data")
+        if step == 1:
+            assert out["files_unchanged"] == 4 and out["bytes_uploaded"] == 0
+        target = tmp_path / f"t{step}"
+        assert agent.run("restore", "data", "--snapshot", out["snapshot"], "--target", str(target)).returncode == 0
+        assert differences(want, inventory(restored(target, src))) == []
+        if step == 1:
+            os.setxattr(src / "plain", "user.added", b"later")
+            os.removexattr(src / "a", "user.k")
+            os.setxattr(src / "a", "trusted.other", b"1")
 
 
 def test_sparse_files_are_stored_compactly_and_keep_their_holes(agent, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
 from backup_agent.jobs.fsmeta import read_xattrs
 from backup_agent.jobs.restore_files import restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
-from backup_agent.state import FileCache, JobLock, ensure_dir
+from backup_agent.state import FileCache, JobLock, atomic_write, ensure_dir
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
@@ -43,6 +43,8 @@ STAGE_BATCH = 2000
 # A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
 # snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
 HOLD_ENTRIES = 50_000
+# Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
+XATTR_MEMO_LIMIT = 200_000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
 
@@ -116,6 +118,8 @@ class FilesJob(S3Job):
         # Per run: the first path of each multiply linked inode, and its entry once stored.
         self._inodes: dict[tuple[int, int], str] = {}
         self._linked: dict[tuple[int, int], Entry] = {}
+        self._xattr_memo: set[str] | None = None
+        self._xattr_now: set[str] = set()
 
     @property
     def cache(self) -> FileCache:
@@ -161,6 +165,7 @@ class FilesJob(S3Job):
         result = RunResult(job=self.job.name, snapshot=None)
         result.extra.update(files_skipped=0, skipped=[], changed_while_read=[])
         self._inodes, self._linked = {}, {}
+        self._xattr_memo, self._xattr_now = self._load_xattr_memo(), set()
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
         if last:
@@ -235,6 +240,7 @@ class FilesJob(S3Job):
                 raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
                                 f"{describe(exc)}") from None
         self.cache.commit_files(sid, writer.objects)
+        self._save_xattr_memo(sid)
         result.snapshot = sid
         result.status = "partial" if result.failed else "success"
         result.duration_s = time.monotonic() - started
@@ -256,13 +262,8 @@ class FilesJob(S3Job):
         st, path = found.st, found.path
         base: dict[str, Any] = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                                     mtime_ns=st.st_mtime_ns)
-        try:
-            xattrs = read_xattrs(path, self.opts["follow_symlinks"])
-        except OSError as exc:
-            xattrs = None
-            result.warnings.append(f"{path}: extended attributes not stored: {exc.strerror or exc}")
-        if xattrs:
-            base["xattrs"] = xattrs
+        if not stat.S_ISREG(st.st_mode):
+            self._xattrs(base, None, result)
         if stat.S_ISDIR(st.st_mode):
             writer.add(Entry(type="dir", **base))
             return
@@ -282,6 +283,7 @@ class FilesJob(S3Job):
         # Counted once stored: a file that vanishes or cannot be read is neither new nor changed.
         same = row is not None and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         counter = "files_unchanged" if same else "files_changed" if row else "files_new"
+        self._xattrs(base, key if same else None, result)
         if st.st_nlink > 1 and self._hard_link(writer, staged, st, base, counter, result):
             return
         # Fewer blocks than bytes: holes, or a compressing file system (_sparse tells them apart).
@@ -318,6 +320,53 @@ class FilesJob(S3Job):
         sha = hashlib.sha256(data).hexdigest()
         loc = self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)
         self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
+
+    def _xattrs(self, base: dict[str, Any], unchanged: str | None, result: RunResult) -> None:
+        """Attributes into `base`. An unchanged file (cache key `unchanged`) that had none in the
+        last snapshot has none now: setting or removing one changes the ctime the cache compared.
+        That saves one llistxattr per unchanged file, most of what storing attributes costs."""
+        memo = self._xattr_memo
+        if unchanged is not None and memo is not None and unchanged not in memo:
+            return
+        path = base["path"]
+        try:
+            xattrs = read_xattrs(path, self.opts["follow_symlinks"])
+        except OSError as exc:
+            result.warnings.append(f"{path}: extended attributes not stored: {exc.strerror or exc}")
+            # Listed as having some, so the next run asks again rather than trusting "none".
+            self._xattr_now.add(_cache_key(path))
+            return
+        if xattrs:
+            base["xattrs"] = xattrs
+            self._xattr_now.add(_cache_key(path))
+
+    def _load_xattr_memo(self) -> set[str] | None:
+        """Cache keys of the last snapshot's files with attributes; None when unknown (no memo,
+        or one written for another snapshot than the cache's baseline): then every file is asked."""
+        last = self.cache.get_meta("last_snapshot")
+        try:
+            data = self._xattr_memo_path().read_bytes()
+        except OSError:
+            return None
+        sid, _, keys = data.partition(b"\n")
+        if not last or sid != last.encode():
+            return None
+        return set(keys.decode().split("\x00")) if keys else set()
+
+    def _save_xattr_memo(self, sid: str) -> None:
+        """After the cache committed `sid`. A memo that fails to be written stays the previous
+        snapshot's and is ignored; a very long one (SELinux labels every file) is not kept."""
+        path = self._xattr_memo_path()
+        try:
+            if len(self._xattr_now) > XATTR_MEMO_LIMIT:
+                path.unlink(missing_ok=True)
+                return
+            atomic_write(path, sid.encode() + b"\n" + "\x00".join(sorted(self._xattr_now)).encode())
+        except OSError as exc:
+            log.info("cannot remember which files have xattrs (%s): the next run lists them all", exc.strerror)
+
+    def _xattr_memo_path(self) -> Path:
+        return self.cfg.state_dir / "cache" / f"{self.job.name}.xattr-paths"
 
     def _special(self, writer: ManifestWriter, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
         """FIFOs and device nodes are entries of their own; sockets cannot be made by anyone but
