@@ -77,6 +77,10 @@ def test_names_links_specials_xattrs_acls_come_back_exactly(agent, tmp_path: Pat
     assert out["skipped"] == [{"path": str(src / "listening.sock"), "reason": "socket"}]
     del want[b"listening.sock"]
     assert differences(want, inventory(restored(target, src))) == []
+    # Again into the same target: FIFOs, devices and links already there are replaced, not reused.
+    again = agent.run("restore", "data", "--snapshot", out["snapshot"], "--target", str(target))
+    assert again.returncode == 0, again.stderr
+    assert differences(want, inventory(restored(target, src))) == []
 
 
 def test_unchanged_rerun_keeps_everything(agent, tmp_path: Path) -> None:
@@ -109,7 +113,11 @@ def test_unchanged_rerun_keeps_everything(agent, tmp_path: Path) -> None:
 def test_sparse_files_are_stored_compactly_and_keep_their_holes(agent, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    sparse_file(src / "vm.img", 256 << 20, [(100 << 20, os.urandom(4096))])  # 256 MiB, 4 KiB of data
+    block = os.urandom(4096)
+    sparse_file(src / "vm.img", 256 << 20, [(100 << 20, block)])  # 256 MiB, 4 KiB of data
+    # The same stored bytes laid out three ways: restored from one download, each with its holes.
+    (src / "compact-twin").write_bytes(block)
+    sparse_file(src / "other-holes", 8 << 20, [(1 << 20, block)])
     sparse_file(src / "holes-only", 64 << 20, [])
     # More data than large_file_mb: stored through the spooled large-file path.
     sparse_file(src / "big-sparse", 512 << 20, [(0, os.urandom(3 << 20)), (300 << 20, os.urandom(1 << 20))])
