@@ -83,6 +83,19 @@ def test_names_links_specials_xattrs_acls_come_back_exactly(agent, tmp_path: Pat
     assert differences(want, inventory(restored(target, src))) == []
 
 
+def test_a_path_written_with_a_double_slash_backs_up_restorably(agent, tmp_path: Path) -> None:
+    """`//srv/x` ran "success" and then restore, check and prune all failed ("not normalised")."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("content\n")
+    want = inventory(src)
+    agent.job("data", type="files", paths=["/" + str(src)])
+    target = tmp_path / "t"
+    backup_and_restore(agent, src, target)
+    assert differences(want, inventory(restored(target, src))) == []
+    assert agent.run("check", "data", "--read-data").returncode == 0
+
+
 def test_unchanged_rerun_keeps_everything(agent, tmp_path: Path) -> None:
     """The cache's fast path must carry xattrs, links and names too; an unchanged file is not
     asked for xattrs again unless it had some, and adding or removing one is noticed (ctime)."""
