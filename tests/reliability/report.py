@@ -80,6 +80,7 @@ SCENARIOS = [
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
     Scenario("local.same_instant", "local", "runs in the same instant (a stopped clock)"),
+    Scenario("local.growing_log", "local", "a log appended to during every run"),
     Scenario("hostile.config_hand", "hostile", "hand-written malformed configs"),
     Scenario("hostile.config_generated", "hostile", "generated malformed configs (hypothesis, derandomized)"),
     Scenario("hostile.config_types", "hostile", "a value of a wrong type at every key of the schema (hypothesis)"),
@@ -89,6 +90,8 @@ SCENARIOS = [
     Scenario("hostile.manifests", "hostile", "malformed manifests in the bucket, then `restore`"),
     Scenario("hostile.bucket_objects", "hostile", "foreign and malformed objects under the job's prefix, every verb"),
     Scenario("hostile.restore_target", "hostile", "generated snapshots restored into targets planted with links"),
+    Scenario("hostile.trees", "hostile", "generated trees: any byte names, hard links, FIFOs, devices, xattrs, "
+             "ACLs, sparse files (hypothesis, derandomized)"),
     Scenario("secrets.agent", "secrets", "secret values after runs with notifications, a failing run and a daemon"),
     Scenario("secrets.short", "secrets", "1-3 character secrets and credential env names in everything written"),
     Scenario("secrets.converge", "secrets", "a sandboxed converge: node JSON, chef-client output, files it wrote"),

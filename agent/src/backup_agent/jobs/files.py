@@ -26,15 +26,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
+from backup_agent.jobs import fsmeta
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
+from backup_agent.jobs.fsmeta import read_xattrs
 from backup_agent.jobs.restore_files import lstat_inside, restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
-from backup_agent.state import FileCache, JobLock, clear_damage, ensure_dir, read_damage, save_damage
+from backup_agent.state import FileCache, JobLock, atomic_write, clear_damage, ensure_dir, read_damage, save_damage
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
 from backup_agent.storage.s3 import checksum_args, describe, is_content_mismatch, put_args
-from backup_agent.storage.upload import upload_file
+from backup_agent.storage.upload import upload_file, upload_open_file
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -42,6 +44,8 @@ STAGE_BATCH = 2000
 # A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
 # snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
 HOLD_ENTRIES = 50_000
+# Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
+XATTR_MEMO_LIMIT = 200_000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
 
@@ -112,6 +116,11 @@ class FilesJob(S3Job):
         self.data_put_args = put_args(cfg.storage, self.opts["storage_class"])
         self._cache: FileCache | None = None
         self.one_upload = threading.Lock()
+        # Per run: the first path of each multiply linked inode, and its entry once stored.
+        self._inodes: dict[tuple[int, int], str] = {}
+        self._linked: dict[tuple[int, int], Entry] = {}
+        self._xattr_memo: set[str] | None = None
+        self._xattr_now: set[str] = set()
 
     @property
     def cache(self) -> FileCache:
@@ -171,6 +180,9 @@ class FilesJob(S3Job):
             log.warning("job %s: %d damaged object(s) found by check: storing their content again",
                         self.job.name, len(damaged))
             self.cache.forget_objects(damaged)
+        result.extra.update(files_skipped=0, skipped=[], changed_while_read=[])
+        self._inodes, self._linked = {}, {}
+        self._xattr_memo, self._xattr_now = self._load_xattr_memo(), set()
         last = self.cache.get_meta("last_snapshot")
         preflight: Future[bool] | None = None
         if last:
@@ -255,6 +267,7 @@ class FilesJob(S3Job):
         result.snapshot = sid
         try:
             self.cache.commit_files(sid, writer.objects)
+            self._save_xattr_memo(sid)
         except Exception as exc:  # the snapshot is complete: say so, whatever failed here
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
             msg = f"snapshot {sid} is complete, but the local cache could not record it ({why}): the next run rescans"
@@ -294,6 +307,8 @@ class FilesJob(S3Job):
         st, path = found.st, found.path
         base: dict[str, Any] = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                                     mtime_ns=st.st_mtime_ns)
+        if not stat.S_ISREG(st.st_mode):
+            self._xattrs(base, None, result)
         if stat.S_ISDIR(st.st_mode):
             writer.add(Entry(type="dir", **base))
             return
@@ -306,16 +321,25 @@ class FilesJob(S3Job):
             writer.add(Entry(type="symlink", target=target, **base))
             return
         if not stat.S_ISREG(st.st_mode):
-            return  # sockets, fifos, devices: not content a restore could use
-        row = self.cache.lookup_file(path)
-        if row and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
+            self._special(writer, st, base, result)
+            return
+        key = _cache_key(path)
+        row = self.cache.lookup_file(key)
+        # Counted once stored: a file that vanishes or cannot be read is neither new nor changed.
+        same = row is not None and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        counter = "files_unchanged" if same else "files_changed" if row else "files_new"
+        self._xattrs(base, key if same else None, result)
+        if st.st_nlink > 1 and self._hard_link(writer, staged, st, base, counter, result):
+            return
+        # Fewer blocks than bytes: holes, or a compressing file system (_sparse tells them apart).
+        if st.st_blocks * 512 < st.st_size and self._sparse(writer, packer, pool, large, staged, st, base, counter,
+                                                            result):
+            return
+        if same and row is not None:
             result.files_unchanged += 1
             result.bytes_total += st.st_size
-            writer.add(Entry(type="file", size=st.st_size, sha256=row[4], object=row[5], offset=row[6], **base))
-            staged.append((path, *row[:4], *row[4:]))
+            self._add_file(writer, staged, base, st, row[4], row[5], row[6], st.st_size)
             return
-        # Counted once stored: a file that vanishes or cannot be read is neither new nor changed.
-        counter = "files_changed" if row else "files_new"
         if st.st_size == 0:
             setattr(result, counter, getattr(result, counter) + 1)
             self._add_file(writer, staged, base, st, EMPTY_SHA256, "", 0, 0)
@@ -342,17 +366,147 @@ class FilesJob(S3Job):
         loc = self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)
         self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
 
-    @staticmethod
-    def _add_file(writer: ManifestWriter, staged: list[tuple[Any, ...]], base: dict[str, Any],
+    def _xattrs(self, base: dict[str, Any], unchanged: str | None, result: RunResult) -> None:
+        """Attributes into `base`. An unchanged file (cache key `unchanged`) that had none in the
+        last snapshot has none now: setting or removing one changes the ctime the cache compared.
+        That saves one llistxattr per unchanged file, most of what storing attributes costs."""
+        memo = self._xattr_memo
+        if unchanged is not None and memo is not None and unchanged not in memo:
+            return
+        path = base["path"]
+        try:
+            xattrs = read_xattrs(path, self.opts["follow_symlinks"])
+        except OSError as exc:
+            result.warnings.append(f"{path}: extended attributes not stored: {exc.strerror or exc}")
+            # Listed as having some, so the next run asks again rather than trusting "none".
+            self._xattr_now.add(_cache_key(path))
+            return
+        if xattrs:
+            base["xattrs"] = xattrs
+            self._xattr_now.add(_cache_key(path))
+
+    def _load_xattr_memo(self) -> set[str] | None:
+        """Cache keys of the last snapshot's files with attributes; None when unknown (no memo,
+        or one written for another snapshot than the cache's baseline): then every file is asked."""
+        last = self.cache.get_meta("last_snapshot")
+        try:
+            data = self._xattr_memo_path().read_bytes()
+        except OSError:
+            return None
+        sid, _, keys = data.partition(b"\n")
+        if not last or sid != last.encode():
+            return None
+        return set(keys.decode().split("\x00")) if keys else set()
+
+    def _save_xattr_memo(self, sid: str) -> None:
+        """After the cache committed `sid`. A memo that fails to be written stays the previous
+        snapshot's and is ignored; a very long one (SELinux labels every file) is not kept."""
+        path = self._xattr_memo_path()
+        try:
+            if len(self._xattr_now) > XATTR_MEMO_LIMIT:
+                path.unlink(missing_ok=True)
+                return
+            atomic_write(path, sid.encode() + b"\n" + "\x00".join(sorted(self._xattr_now)).encode())
+        except OSError as exc:
+            log.info("cannot remember which files have xattrs (%s): the next run lists them all", exc.strerror)
+
+    def _xattr_memo_path(self) -> Path:
+        return self.cfg.state_dir / "cache" / f"{self.job.name}.xattr-paths"
+
+    def _special(self, writer: ManifestWriter, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
+        """FIFOs and device nodes are entries of their own; sockets cannot be made by anyone but
+        the program that listens on them, so they are skipped, and counted and listed as such."""
+        kind = _SPECIAL.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            why = "socket" if stat.S_ISSOCK(st.st_mode) else f"file type {stat.S_IFMT(st.st_mode):o}"
+            result.extra["files_skipped"] = result.extra.get("files_skipped", 0) + 1
+            result.extra.setdefault("skipped", []).append({"path": base["path"], "reason": why})
+            log.warning("skipped %s: a %s cannot be restored", base["path"], why)
+            return
+        if kind != "fifo":
+            base.update(major=os.major(st.st_rdev), minor=os.minor(st.st_rdev))
+        writer.add(Entry(type=kind, **base))
+
+    def _hard_link(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], st: os.stat_result,
+                   base: dict[str, Any], counter: str, result: RunResult) -> bool:
+        """Every path of one inode carries the first path's name as its `hardlink` key, so a
+        restore links them again. A later path reuses the first one's stored content without
+        reading it again; True when it was handled so."""
+        ino = (st.st_dev, st.st_ino)
+        first = self._inodes.setdefault(ino, base["path"])
+        base["hardlink"] = first
+        known = self._linked.get(ino)
+        if first == base["path"] or known is None:
+            return False  # the first path, or the first is still being read: read this one too
+        setattr(result, counter, getattr(result, counter) + 1)
+        result.bytes_total += known.size
+        writer.add(Entry(type="file", size=known.size, sha256=known.sha256, object=known.object, offset=known.offset,
+                         extents=known.extents, length=known.length, **base))
+        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+                       known.sha256, known.object, known.offset))
+        return True
+
+    def _sparse(self, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+                large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]], st: os.stat_result,
+                base: dict[str, Any], counter: str, result: RunResult) -> bool:
+        """A file with holes stores only its data regions; True when it was handled so (False:
+        no holes after all, e.g. a compressing file system; the usual path takes it).
+
+        Its data is read on every run: the cache's row cannot say where the holes were."""
+        path = base["path"]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            return True
+        try:
+            extents = fsmeta.data_extents(fd, st.st_size)
+            if extents is None:
+                return False
+            if sum(n for _, n in extents) >= self.cfg.storage.large_file_size:
+                large.append((pool.submit(self._store_spooled, path, st, base, result, extents, extents), counter))
+                return True
+            data = fsmeta.read_ranges(fd, extents)
+            after = os.fstat(fd)
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            return True
+        finally:
+            os.close(fd)
+        self._note_changed(path, st, after, len(data), result)
+        setattr(result, counter, getattr(result, counter) + 1)
+        result.bytes_total += len(data)
+        sha = hashlib.sha256(data).hexdigest()
+        loc = (self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)) if data else ("", 0)
+        base.update(extents=_trim(extents, len(data)), length=st.st_size)
+        self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
+        return True
+
+    def _add_file(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], base: dict[str, Any],
                   st: os.stat_result, sha: str, obj: str, offset: int, size: int) -> None:
-        writer.add(Entry(type="file", size=size, sha256=sha, object=obj, offset=offset, **base))
-        staged.append((base["path"], size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset))
+        entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset, **base)
+        writer.add(entry)
+        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj,
+                       offset))
+        if entry.hardlink is not None:
+            self._linked[(st.st_dev, st.st_ino)] = entry
+
+    @staticmethod
+    def _note_changed(path: str, st: os.stat_result, after: os.stat_result, stored: int, result: RunResult) -> None:
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            return
+        result.warnings.append(f"{path}: changed while read; stored {stored} bytes as read from the "
+                               f"{st.st_size} the file had when the read began")
+        result.extra.setdefault("changed_while_read", []).append(path)
 
     def _read_small(self, path: str, st: os.stat_result, result: RunResult) -> tuple[bytes | None, os.stat_result]:
         limit = self.cfg.storage.large_file_size
         for attempt in range(2):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
+                # One byte more than expected, to notice growth.
                 data = _read_upto(fd, min(limit, st.st_size + 1))
                 after = os.fstat(fd)
             finally:
@@ -361,17 +515,20 @@ class FilesJob(S3Job):
                 return None, after
             if after.st_size == len(data) and after.st_mtime_ns == st.st_mtime_ns:
                 return data, after
-            st = after
             if attempt == 0:
                 log.info("%s changed while read: reading it again", path)
-        result.warnings.append(f"{path}: changed while read twice; stored the bytes as last read")
+                st = after
+        # Still changing: what was there when the read began (a file being appended to keeps a
+        # consistent prefix; one rewritten in place is stored as this one read saw it).
+        data = data[: st.st_size]
+        self._note_changed(path, st, after, len(data), result)
         return data, st
 
     def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any],
                      result: RunResult) -> LargeResult:
-        for attempt in range(2):
+        for _ in range(2):
             try:
-                sha, size = _hash_file(path)
+                sha, size = _hash_file(path, st.st_size)
             except FileNotFoundError:
                 return None
             except OSError as exc:
@@ -380,14 +537,60 @@ class FilesJob(S3Job):
             # One large upload at a time, and the blob lookup, upload and blob record together:
             # an identical file hashed by the other worker then finds this one's content.
             with self.one_upload:
-                outcome = self._store_hashed(path, st, base, result, sha, size, last_try=attempt == 1)
+                outcome = self._store_hashed(path, st, base, result, sha, size)
             if not isinstance(outcome, os.stat_result):
                 return outcome
             st = outcome  # changed while read: hash and store it again
-        return None
+        # Changed during both reads (a log being written): a copy of its first st_size bytes,
+        # taken once and hashed on the way, is what gets uploaded, so the stored object is
+        # exactly what was hashed. It costs that much space in state_dir/tmp, for such files only.
+        return self._store_spooled(path, st, base, result, [(0, st.st_size)], None)
+
+    def _store_spooled(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
+                       ranges: list[tuple[int, int]], extents: list[tuple[int, int]] | None) -> LargeResult:
+        """Store `ranges` of the file from a private copy (sparse data regions, or the prefix of
+        a file that keeps changing); `extents`: where the regions go (sparse files)."""
+        st_cfg = self.cfg.storage
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            return None
+        try:
+            with tempfile.TemporaryFile(dir=self.cfg.state_dir / "tmp") as spool:
+                try:
+                    sha, size = fsmeta.spool_ranges(fd, ranges, spool)
+                    after = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                uploaded = 0
+                with self.one_upload:
+                    found = self.cache.lookup_blob(sha) if size else ("", 0)
+                    if found:
+                        obj, offset = found
+                    else:
+                        obj, offset = layout.large_file_key(path, sha, self.root), 0
+                        upload_open_file(self.store, self.bucket, self.root + obj, spool.fileno(), path, size=size,
+                                         sha256=sha, extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
+                                         concurrency=st_cfg.concurrency)
+                        self.cache.add_blobs([(sha, obj, 0, size)])
+                        uploaded = size
+        except OSError as exc:
+            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+            return None
+        self._note_changed(path, st, after, size, result)
+        fields: dict[str, Any] = {**base, "mtime_ns": st.st_mtime_ns}
+        if extents is not None:
+            fields.update(extents=_trim(extents, size), length=st.st_size)
+        entry = Entry(type="file", size=size, sha256=sha if size else EMPTY_SHA256, object=obj, offset=offset,
+                      **fields)
+        row = (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256, obj, offset)
+        return entry, row, uploaded
 
     def _store_hashed(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
-                      sha: str, size: int, *, last_try: bool) -> LargeResult | os.stat_result:
+                      sha: str, size: int) -> LargeResult | os.stat_result:
         """Find or upload content hashed as `sha`; a stat result means: changed, read it again."""
         uploaded = 0
         found = self.cache.lookup_blob(sha)
@@ -409,9 +612,6 @@ class FilesJob(S3Job):
             # longer matches it (a file rewritten in place after hashing, same size).
             if isinstance(exc, ClientError) and not is_content_mismatch(exc):
                 raise
-            if last_try:
-                result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
-                return None
             log.info("%s changed while uploaded: reading it again", path)
             try:
                 return os.stat(path)
@@ -422,24 +622,17 @@ class FilesJob(S3Job):
             return None
         # The upload reads the file again: what it sent is the hashed content only if the file
         # did not change meanwhile (ctime too: writers that restore the mtime still change it).
-        unchanged = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (size, st.st_mtime_ns,
-                                                                             st.st_ctime_ns)
-        if uploaded and unchanged:
+        # A changed file is read again; the object it left may hold other bytes than `sha` says
+        # and is never recorded in the cache (prune removes it).
+        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (size, st.st_mtime_ns, st.st_ctime_ns):
+            log.info("%s changed while read: reading it again", path)
+            return after
+        if uploaded:
             self.cache.add_blobs([(sha, obj, 0, size)])
-        if last_try and not unchanged and uploaded:
-            # The object may hold bytes that do not match `sha`: leave it out rather than
-            # record a snapshot that cannot be restored.
-            result.failed.append({"path": path, "error": "changed while being read, twice; not stored"})
-            return None
-        if unchanged or last_try:
-            if not unchanged:  # stored earlier with exactly the hashed content
-                result.warnings.append(f"{path}: changed while read twice; stored the bytes as hashed")
-            entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
-                          **{**base, "mtime_ns": st.st_mtime_ns})
-            row = (path, size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
-            return entry, row, uploaded
-        log.info("%s changed while read: reading it again", path)
-        return after
+        entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
+                      **{**base, "mtime_ns": st.st_mtime_ns})
+        row = (_cache_key(path), size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
+        return entry, row, uploaded
 
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
         """A new disk or node has no cache: learn what content the newest snapshot already stores,
@@ -542,7 +735,7 @@ class FilesJob(S3Job):
         entries: Callable[[], Iterable[Entry]] = selected if kept is None else (lambda: kept)
         needed = sorted(object_bytes)
         survey = thaw.prepare(needed)
-        totals = {"files": skipped, "dirs": 0, "symlinks": 0, "bytes": 0}
+        totals = {"files": skipped, "dirs": 0, "symlinks": 0, "specials": 0, "hardlinks": 0, "bytes": 0}
         finished: set[str] = set()  # object keys whose files this run restored
         while True:
             final = not survey.waiting
@@ -562,8 +755,9 @@ class FilesJob(S3Job):
                 name = exc.filename2 or exc.filename  # os.symlink/os.replace: the second is ours
                 where = f" {name}" if name else ""
                 raise JobFailed(f"restore into {root}: cannot write{where}: {exc.strerror or exc}") from None
-            for k in totals:
-                totals[k] += part[k]
+            for k, v in part.items():  # files, dirs, symlinks, specials, hardlinks, bytes
+                if isinstance(v, int):
+                    totals[k] = totals.get(k, 0) + v
             if part["errors"]:
                 raise IntegrityError(f"snapshot {sid}: " + "; ".join(part["errors"][:5]),
                                      {**totals, "errors": part["errors"]})
@@ -591,7 +785,8 @@ def _already_restored(root: str, e: Entry) -> bool:
     up through real directories only: a link planted in the target since cannot pass a file
     outside it off as restored."""
     st = lstat_inside(root, e.path)
-    return st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns
+    return (st is not None and stat.S_ISREG(st.st_mode) and st.st_size == e.apparent_size
+            and st.st_mtime_ns == e.mtime_ns)
 
 
 def _read_upto(fd: int, want: int) -> bytes:
@@ -609,13 +804,41 @@ def _read_upto(fd: int, want: int) -> bytes:
     return data
 
 
-def _hash_file(path: str) -> tuple[str, int]:
+def _hash_file(path: str, limit: int) -> tuple[str, int]:
+    """SHA-256 of the first `limit` bytes (the size seen when the read began: what grows
+    meanwhile belongs to the next run), or of fewer if the file is shorter now."""
     h = hashlib.sha256()
     n = 0
     buf = bytearray(1 << 20)  # reused: fresh 4 MiB reads were mapped, faulted in and unmapped each time
     view = memoryview(buf)
     with open(path, "rb", buffering=0, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        while got := fh.readinto(buf):
+        while n < limit and (got := fh.readinto(view[: min(len(buf), limit - n)])):
             h.update(view[:got])
             n += got
     return h.hexdigest(), n
+
+
+def _cache_key(path: str) -> str:
+    """The file cache's key for a path: the path itself, or for a name that is not UTF-8 (which
+    SQLite cannot store as text) its bytes in hex behind a prefix no absolute path starts with."""
+    if path.isascii():
+        return path
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return "bytes:" + os.fsencode(path).hex()
+    return path
+
+
+def _trim(extents: list[tuple[int, int]], stored: int) -> list[tuple[int, int]]:
+    """The regions that `stored` bytes fill (fewer when the file shrank while read)."""
+    out: list[tuple[int, int]] = []
+    for off, n in extents:
+        if stored <= 0:
+            break
+        out.append((off, min(n, stored)))
+        stored -= n
+    return out
+
+
+_SPECIAL = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "chardev", stat.S_IFBLK: "blockdev"}

@@ -10,10 +10,12 @@ with O_NOFOLLOW; a symlink or file where a directory belongs is replaced by a ne
 
 Order: each directory before anything in it (those of the snapshot private, 0700, until the end),
 file contents (renamed only once their sha256 matched), symlinks, then directory metadata deepest
-first, also when the restore fails, so no directory is left at 0700.
+first, also when the restore fails, so no directory is left at 0700. Hard links are made last,
+as new names of the first path of their group that this restore made.
 
-`Target.parent` and `place` are the primitives for any kind of entry: other modules add FIFOs,
-devices or hard links to `KINDS`.
+`Target.parent` and `place` are the primitives for any kind of entry; `KINDS` maps the manifest's
+other types (symlinks, FIFOs, devices) to their makers. What is not plain bytes under a name
+(holes, xattrs and ACLs, device numbers) is in restore_special.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from backup_agent.jobs import restore_special as special
 from backup_agent.storage.manifest import Entry, ManifestError, safe_relative
 from backup_agent.storage.reader import Piece, hashing, read_all
 
@@ -88,11 +91,13 @@ def discard(dfd: int, tmp: str) -> None:
 
 
 def apply_meta(fd: int, e: Entry) -> None:
-    """Owner (as root), mode and mtime through the entry's own descriptor. The owner first: a
-    chown clears set-id bits."""
+    """Owner (as root), xattrs, mode and mtime through the entry's own descriptor. The owner first:
+    a chown clears set-id bits and security.capability; xattrs before the mode: an ACL sets the
+    group bits, and the stored mode agrees with the stored ACL."""
     if IS_ROOT:
         with contextlib.suppress(OSError):
             os.fchown(fd, e.uid, e.gid)
+    special.set_xattrs(fd, e)
     os.fchmod(fd, e.mode)
     with contextlib.suppress(OSError):
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
@@ -104,6 +109,10 @@ def apply_meta_at(dfd: int, name: str, e: Entry) -> None:
     if IS_ROOT:
         with contextlib.suppress(OSError):
             os.chown(name, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+    if e.xattrs:
+        # setxattr has no *at form: this names `name` in `dfd` without walking a path, and the
+        # entry itself (a link among them) is not followed.
+        special.set_xattrs(f"/proc/self/fd/{dfd}/{name}", e)
     if e.type != "symlink":
         os.chmod(name, e.mode, dir_fd=dfd, follow_symlinks=False)
     with contextlib.suppress(OSError, NotImplementedError):
@@ -135,7 +144,9 @@ def _make_symlink(target: Target, dfd: int, tmp: str, e: Entry) -> None:
 # file contents, so a hard link finds the file it links to (`target.parent(path)` gives that
 # file's directory). Other modules add their kinds here.
 Maker = Callable[..., object]
-KINDS: dict[str, Maker] = {"symlink": _make_symlink}
+KINDS: dict[str, Maker] = {"symlink": _make_symlink, **dict.fromkeys(special.NODE_TYPES, special.make_node)}
+# How the restore counts each kind (`run --json`/`restore --json` keys).
+_COUNTED_AS = {"symlink": "symlinks", **dict.fromkeys(special.NODE_TYPES, "specials")}
 
 
 def _open_dir(parent: int, name: str, make: bool, mode: int) -> tuple[int, bool]:
@@ -275,15 +286,23 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
 
 def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes: int) -> dict[str, Any]:
     errors: list[str] = []
-    counts = {"files": 0, "dirs": 0, "symlinks": 0, "bytes": 0}
+    counts = {"files": 0, "dirs": 0, "symlinks": 0, "specials": 0, "hardlinks": 0, "bytes": 0}
     lock = threading.Lock()
     progress = _Progress(content_bytes)
     dirs: list[Entry] = []
     late: list[Entry] = []  # symlinks and the other KINDS
+    # Hard links: the first path of a group restored here gets the entry, the others link to it.
+    firsts: dict[str, str] = {}
+    hard: list[tuple[Entry, str]] = []
 
     def content() -> Iterator[Entry]:
         """Makes directories and empty files on the way; yields what has bytes to fetch."""
         for e in entries:
+            if e.hardlink is not None and e.type != "dir":
+                first = firsts.setdefault(e.hardlink, e.path)
+                if first != e.path:
+                    hard.append((e, first))
+                    continue
             if e.type == "file" and e.size > 0:
                 yield e
             elif e.type == "dir":
@@ -304,6 +323,7 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
                     with target.parent(e.path) as (dfd, name):
                         tmp, fd = open_new(dfd)
                         try:
+                            special.finish_size(fd, e)  # a sparse file that is all hole: a length
                             apply_meta(fd, e)
                         except BaseException:
                             discard(dfd, tmp)
@@ -350,14 +370,30 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
                 continue
             except OSError as exc:
                 raise target.named(e.path, exc) from None
-            key = f"{e.type}s"
-            counts[key] = counts.get(key, 0) + 1
+            counts[_COUNTED_AS[e.type]] += 1
+        for e, first in hard:
+            try:
+                _link(target, e, first)
+            except ManifestError as exc:
+                errors.append(str(exc))
+                continue
+            except OSError as exc:
+                raise target.named(e.path, exc) from None
+            counts["hardlinks"] += 1
     except BaseException:
         # Also after a failure: the directories made so far get their modes (none stays at 0700).
         _dir_meta(target, dirs, quiet=True)
         raise
     _dir_meta(target, dirs)
     return {**counts, "errors": errors}
+
+
+def _link(target: Target, e: Entry, first: str) -> None:
+    """`e` becomes another name of `first`, which this restore made: linked under a temp name
+    (never following a link) and renamed over whatever is at `e`'s name."""
+    with target.parent(first, make=False) as (src_dfd, src_name), target.parent(e.path) as (dfd, name):
+        tmp, _ = make_new(lambda t: os.link(src_name, t, src_dir_fd=src_dfd, dst_dir_fd=dfd, follow_symlinks=False))
+        commit(dfd, tmp, name)
 
 
 def _write_piece(target: Target, piece: Piece, chunks: Iterator[bytes], dests: list[Entry], dfd: int, name: str,
@@ -368,19 +404,19 @@ def _write_piece(target: Target, piece: Piece, chunks: Iterator[bytes], dests: l
     tmp, fd = open_new(dfd)
     placed = False
     try:
+        out = special.layout_writer(fd, dests[0]) if dests[0].extents is not None else special.appender(fd)
 
         def write(chunk: bytes) -> None:
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+            out(chunk)
             progress.add(len(chunk))
 
         problem = hashing(chunks, piece, write)
         if problem:
             return problem
+        special.finish_size(fd, dests[0])
         for e in dests[1:]:
             with target.parent(e.path) as (other_dfd, other_name):
-                _copy_restored(fd, piece.size, e, other_dfd, other_name)
+                _copy_restored(fd, dests[0], e, other_dfd, other_name)
         # Metadata through the open descriptor, before the rename: the mtime that marks a
         # verified file (see files._already_restored) comes last.
         apply_meta(fd, dests[0])
@@ -396,21 +432,12 @@ def _write_piece(target: Target, piece: Piece, chunks: Iterator[bytes], dests: l
     return None
 
 
-def _copy_restored(src: int, size: int, e: Entry, dfd: int, name: str) -> None:
-    """Another destination of verified content: a copy under a temp name, renamed once whole."""
+def _copy_restored(src: int, src_e: Entry, e: Entry, dfd: int, name: str) -> None:
+    """Another destination of verified content: a copy under a temp name, renamed once whole
+    (identical stored bytes may belong to files with different holes)."""
     tmp, fd = open_new(dfd)
     try:
-        done = 0
-        while done < size:
-            try:
-                n = os.copy_file_range(src, fd, size - done, done, done)
-            except OSError as exc:  # not between these file systems: through user space
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                n = os.pwrite(fd, os.pread(src, min(size - done, 1 << 20), done), done)
-            if n <= 0:
-                raise OSError(errno.EIO, "restored content shorter than verified", name)
-            done += n
+        special.copy_content(src, src_e, fd, e)
         apply_meta(fd, e)
     except BaseException:
         os.close(fd)

@@ -49,6 +49,8 @@ def walk(roots: list[str], excluded: Excluder, one_file_system: bool, follow_sym
     seen_dirs: set[tuple[int, int]] = set()
     for root in roots:
         root = os.path.normpath(root)
+        if root.startswith("//"):  # POSIX lets normpath keep two; a manifest path has one
+            root = "/" + root.lstrip("/")
         try:
             st = os.stat(root) if follow_symlinks else os.lstat(root)
         except OSError as exc:

@@ -3,10 +3,23 @@
 Line 1 is a header, then one line per entry in scan order, then a trailer with the entry count.
 A manifest without its trailer (truncated) or with an entry that does not validate is refused:
 restore never acts on a path it has not checked.
+
+Version 2 added what a file system holds besides names and bytes; every field is optional, so a
+version 1 manifest reads as before. Readers of version 1 refuse version 2 outright: they would
+otherwise restore a sparse file as its data regions packed together, hard links as copies and
+drop extended attributes, all without a word.
+- `fifo`, `chardev`, `blockdev` entries (devices with `major`, `minor`);
+- `xattrs` on any entry: {name: base64 value}, POSIX ACLs included (system.posix_acl_*);
+- `hardlink` on a file: a key shared by every path of one inode (the first path backed up);
+- sparse files: `size`/`sha256`/`object`/`offset` describe the stored bytes, which are only the
+  data regions back to back; `extents` ([[offset, length], ...]) say where each region goes and
+  `length` is the file's size, holes included.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import json
 import sys
@@ -16,8 +29,10 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 FORMAT = "backup-agent-manifest"
-VERSION = 1
-ENTRY_TYPES = ("file", "dir", "symlink")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+ENTRY_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev")
+DEVICE_TYPES = ("chardev", "blockdev")
 _TYPES = {t: t for t in ENTRY_TYPES}
 # Numbers a manifest may hold: what the kernel's calls take (a file before 1970 has a negative
 # mtime; uid 2**32-1 means "leave unchanged" to chown). Larger values are refused while the
@@ -43,14 +58,33 @@ class Entry:
     object: str | None = None
     offset: int = 0
     target: str | None = None
+    xattrs: dict[str, bytes] | None = None
+    hardlink: str | None = None
+    extents: list[tuple[int, int]] | None = None  # sparse files only: where the stored bytes go
+    length: int = 0  # sparse files only: the size with holes
+    major: int = 0
+    minor: int = 0
+
+    @property
+    def apparent_size(self) -> int:
+        """The file's size on disk as `ls -l` shows it (`size` is what is stored)."""
+        return self.length if self.extents is not None else self.size
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid,
                              "gid": self.gid, "mtime_ns": self.mtime_ns}
         if self.type == "file":
             d.update(size=self.size, sha256=self.sha256, object=self.object, offset=self.offset)
+            if self.hardlink is not None:
+                d["hardlink"] = self.hardlink
+            if self.extents is not None:
+                d.update(extents=[list(x) for x in self.extents], length=self.length)
         elif self.type == "symlink":
             d["target"] = self.target
+        elif self.type in DEVICE_TYPES:
+            d.update(major=self.major, minor=self.minor)
+        if self.xattrs:
+            d["xattrs"] = {k: base64.b64encode(v).decode() for k, v in self.xattrs.items()}
         return d
 
 
@@ -82,7 +116,7 @@ class ManifestWriter:
     def add(self, entry: Entry) -> None:
         # Hand-assembled around json-encoded strings: the same bytes json.dumps would give for
         # to_json(), at a fraction of the cost on the per-file hot path.
-        if entry.type == "file":
+        if entry.type == "file" and entry.xattrs is None and entry.hardlink is None and entry.extents is None:
             if entry.object:
                 self.objects.add(entry.object)
             line = (f'{{"path":{_encode(entry.path)},"type":"file","mode":{entry.mode},"uid":{entry.uid},'
@@ -92,6 +126,8 @@ class ManifestWriter:
             if len(self._pending) >= 1000:
                 self._flush()
         else:
+            if entry.type == "file" and entry.object:
+                self.objects.add(entry.object)
             self._line(entry.to_json())
         self.count += 1
 
@@ -113,7 +149,7 @@ def _header(line: bytes, name: str) -> dict[str, Any]:
         raise ManifestError(f"{name}: header is not JSON") from None
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         raise ManifestError(f"{name}: not a backup-agent manifest")
-    if head.get("version") != VERSION:
+    if head.get("version") not in READABLE_VERSIONS:
         raise ManifestError(f"{name}: manifest version {head.get('version')!r} is not supported")
     return head
 
@@ -192,9 +228,52 @@ def parse_entry(obj: Any, where: str) -> Entry:
         if not isinstance(objkey, str) or ".." in objkey.split("/") or objkey.startswith("/"):
             raise ManifestError(f"{where}: object key missing or malformed")
         entry.sha256, entry.object = sha, sys.intern(objkey)
+        if "hardlink" in obj:
+            safe_relative(obj["hardlink"], f"{where}: hardlink")
+            entry.hardlink = obj["hardlink"]
+        if "extents" in obj:
+            entry.length = num("length")
+            entry.extents = _extents(obj["extents"], entry.size, entry.length, where)
     elif etype == "symlink":
         target = obj.get("target")
         if not isinstance(target, str) or "\x00" in target:
             raise ManifestError(f"{where}: symlink target missing")
         entry.target = target
+    elif etype in DEVICE_TYPES:
+        entry.major, entry.minor = num("major"), num("minor")
+    if "xattrs" in obj:
+        entry.xattrs = _xattrs(obj["xattrs"], where)
     return entry
+
+
+def _extents(raw: Any, stored: int, length: int, where: str) -> list[tuple[int, int]]:
+    """Sorted, apart, inside the file, and together exactly the stored bytes: a restore writes
+    each region where it says, so a bad list must not reach it."""
+    if not isinstance(raw, list):
+        raise ManifestError(f"{where}: extents must be a list")
+    out: list[tuple[int, int]] = []
+    end = total = 0
+    for x in raw:
+        if (not isinstance(x, list) or len(x) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                              for v in x) or x[0] < end or x[1] <= 0):
+            raise ManifestError(f"{where}: extents must be sorted, apart, [offset, length] pairs")
+        out.append((x[0], x[1]))
+        end = x[0] + x[1]
+        total += x[1]
+    if end > length or total != stored:
+        raise ManifestError(f"{where}: extents do not fit the file's length and stored size")
+    return out
+
+
+def _xattrs(raw: Any, where: str) -> dict[str, bytes]:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: xattrs must be an object")
+    out: dict[str, bytes] = {}
+    for k, v in raw.items():
+        if not k or "\x00" in k or not isinstance(v, str):
+            raise ManifestError(f"{where}: xattr {k!r} is malformed")
+        try:
+            out[k] = base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ManifestError(f"{where}: xattr {k!r} is not base64") from None
+    return out
