@@ -52,8 +52,9 @@ wheel: venv
 cookbook-wheel: wheel
 	rm -f $(COOKBOOK_AGENT)/backup_agent-*.whl
 	cp build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/
+# LOCK_WHEELS: more folders whose files of the pinned versions are hashed too (another Python's builds).
 cookbook-lock: wheel
-	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py lock build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE))
+	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py lock build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE) $(LOCK_WHEELS))
 check-cookbook: wheel
 	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py check build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE))
 

@@ -7,8 +7,10 @@
 whatever pip is configured to reach (the Makefile passes the offline wheelhouse through PIP_*
 variables), and pins each to its exact version with the sha256 of every file of that version
 found in the --wheels folders (other platforms' and Pythons' wheels, where a mirror has them)
-besides the one pip chose. `check` fails, one line each, when the cookbook's wheel does not hold
-what WHEEL (freshly built from agent/) holds, or when LOCK differs from what `lock` writes now.
+besides the one pip chose (hashes the lock already has for the same versions stay). `check`
+fails, one line each, when the cookbook's wheel does not hold what WHEEL (freshly built from
+agent/) holds, or when LOCK pins other packages or versions than `lock` would, or lacks the hash
+of a file here.
 Wheels embed no build time here (hatchling's reproducible builds), but a different hatchling
 writes a different `Generator:` line, so the check compares the files inside, not the zip bytes.
 """
@@ -72,13 +74,43 @@ def wheel_files(folders: list[Path], name: str, version: str) -> list[Path]:
     return [path for folder in folders if folder.is_dir() for path in sorted(folder.iterdir()) if stem.match(path.name)]
 
 
-def lock_text(wheel: Path, folders: list[Path]) -> str:
-    python, pins = resolve(wheel)
+def parse_lock(text: str) -> dict[str, tuple[str, set[str]]]:
+    """name -> (version, sha256 digests) of a lock this script wrote."""
+    pins: dict[str, tuple[str, set[str]]] = {}
+    for block in re.split(r"\n(?=[^\s#])", text):
+        found = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", block.strip())
+        if found:
+            pins[canonical(found[1])] = (found[2], set(re.findall(r"--hash=sha256:([0-9a-f]{64})", block)))
+    return pins
+
+
+def wanted_pins(wheel: Path, folders: list[Path]) -> tuple[str, dict[str, tuple[str, set[str]]]]:
+    python, resolved = resolve(wheel)
+    return python, {name: (version, {chosen, *(sha256(path) for path in wheel_files(folders, name, version))})
+                    for name, version, chosen in resolved}
+
+
+def lock_text(python: str, pins: dict[str, tuple[str, set[str]]]) -> str:
     lines = [HEADER.format(python=python)]
-    for name, version, chosen in pins:
-        digests = sorted({chosen, *(sha256(path) for path in wheel_files(folders, name, version))})
-        lines.append(f"{name}=={version} \\\n" + " \\\n".join(f"    --hash=sha256:{d}" for d in digests) + "\n")
+    for name, (version, digests) in sorted(pins.items()):
+        lines.append(f"{name}=={version} \\\n" + " \\\n".join(f"    --hash=sha256:{d}" for d in sorted(digests)) + "\n")
     return "".join(lines)
+
+
+def lock_problem(wheel: Path, lock: Path, folders: list[Path]) -> str | None:
+    """Why LOCK is not current: other packages or versions than agent/ needs now, or a file here
+    whose hash it lacks. More hashes than this machine knows are fine (another mirror's builds)."""
+    if not lock.is_file():
+        return f"{lock} is missing: run `make cookbook-lock` and commit it"
+    _, wanted = wanted_pins(wheel, folders)
+    have = parse_lock(lock.read_text())
+    differ = sorted(name for name in wanted.keys() | have.keys()
+                    if name not in wanted or name not in have or wanted[name][0] != have[name][0]
+                    or not wanted[name][1] <= have[name][1])
+    if not differ:
+        return None
+    return (f"{lock} is not the lock of agent/'s dependencies (differs: {', '.join(differ)}): "
+            "run `make cookbook-lock` and commit it")
 
 
 def members(wheel: Path) -> dict[str, str]:
@@ -124,16 +156,18 @@ def main() -> int:
     args = parser.parse_args()
 
     if args.verb == "lock":
-        args.lock.write_text(lock_text(args.wheel, args.wheels))
+        python, pins = wanted_pins(args.wheel, args.wheels)
+        # Hashes the lock already has for the same version stay (files of a mirror not here).
+        old = parse_lock(args.lock.read_text()) if args.lock.is_file() else {}
+        for name, (version, digests) in pins.items():
+            if name in old and old[name][0] == version:
+                digests |= old[name][1]
+        args.lock.write_text(lock_text(python, pins))
         print(f"lock: wrote {args.lock}")
         return 0
 
-    problems = []
-    problem = wheel_problem(args.wheel, args.cookbook_wheel)
-    if problem:
-        problems.append(problem)
-    if not args.lock.is_file() or args.lock.read_text() != lock_text(args.wheel, args.wheels):
-        problems.append(f"{args.lock} is not the lock of agent/'s dependencies: run `make cookbook-lock` and commit it")
+    problems = [problem for problem in (wheel_problem(args.wheel, args.cookbook_wheel),
+                                        lock_problem(args.wheel, args.lock, args.wheels)) if problem]
     for problem in problems:
         print(f"check-cookbook: {problem}", file=sys.stderr)
     return 1 if problems else 0

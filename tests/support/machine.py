@@ -24,6 +24,14 @@ LOCK = COOKBOOK_AGENT / "requirements.lock"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.MULTILINE)
 
 
+def wheel_dir() -> Path:
+    """The agent's wheel freshly built from agent/ (`make wheel`): for suites that make their own
+    agent releases from it (nodes get the agent from the cookbook: cookbook_wheel())."""
+    wheels = Path(os.environ.get("BACKUP_AGENT_WHEELS") or REPO / "build" / "wheels")
+    assert list(wheels.glob("backup_agent-*.whl")), f"no backup_agent wheel in {wheels}: build it first (make wheel)"
+    return wheels.resolve()
+
+
 def cookbook_wheel() -> Path:
     """The agent's wheel the cookbook carries (the only place a node gets the agent from)."""
     wheels = sorted(COOKBOOK_AGENT.glob("backup_agent-*.whl"))

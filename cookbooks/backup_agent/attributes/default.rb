@@ -28,6 +28,10 @@ default['backup_agent']['install']['find_links'] = []
 default['backup_agent']['install']['no_index'] = false
 # More arguments for the dependency install (e.g. --cert, --trusted-host).
 default['backup_agent']['install']['pip_extra_args'] = []
+# nil: the cookbook's files/agent/requirements.lock. Else the absolute path, on the node, of a lock
+# of your own in the same format (`make cookbook-lock` writes one), e.g. with the hashes of the
+# wheels your mirror builds for another Python; a wrapper cookbook puts it there.
+default['backup_agent']['install']['lock_file'] = nil
 # Where `backup-agent` lands on root's PATH.
 default['backup_agent']['install']['bin_link'] = '/usr/local/bin/backup-agent'
 

@@ -125,8 +125,9 @@ module BackupAgentCookbook
       ::File.join(backup_agent_dist_dir, backup_agent_wheel_name)
     end
 
+    # The cookbook's lock (copied here), or the operator's own (install.lock_file).
     def backup_agent_lock_path
-      ::File.join(backup_agent_dist_dir, 'requirements.lock')
+      node['backup_agent']['install']['lock_file'] || ::File.join(backup_agent_dist_dir, 'requirements.lock')
     end
 
     # sha256 of a file the cookbook carries (files/<name>), read from Chef's copy of the cookbook.
@@ -150,8 +151,11 @@ module BackupAgentCookbook
       backup_agent_cookbook_file_sha256("agent/#{backup_agent_wheel_name}")
     end
 
+    # An operator's lock is read on the node when the guard asks (a wrapper may write it in this run).
     def backup_agent_lock_sha256
-      backup_agent_cookbook_file_sha256('agent/requirements.lock')
+      lock_file = node['backup_agent']['install']['lock_file']
+      return backup_agent_cookbook_file_sha256('agent/requirements.lock') unless lock_file
+      Digest::SHA256.hexdigest(BackupAgentCookbook.read_file(lock_file).to_s)
     end
 
     # True when the venv was made with the Python install['python'] is now (by real path: a

@@ -15,7 +15,6 @@
 install = node['backup_agent']['install']
 # At compile time: a version the cookbook does not carry stops the run before anything changes.
 wheel_sha256 = backup_agent_wheel_sha256
-lock_sha256 = backup_agent_lock_sha256
 # Chef prints a failed resource's properties (the environment with the URLs) and pip's output.
 sensitive_install = backup_agent_pip_credentials?
 
@@ -44,13 +43,15 @@ cookbook_file backup_agent_wheel_path do
   backup false
 end
 
-cookbook_file backup_agent_lock_path do
-  source 'agent/requirements.lock'
-  checksum lock_sha256
-  owner 'root'
-  group 'root'
-  mode '0644'
-  backup false
+unless install['lock_file']
+  cookbook_file backup_agent_lock_path do
+    source 'agent/requirements.lock'
+    checksum backup_agent_lock_sha256
+    owner 'root'
+    group 'root'
+    mode '0644'
+    backup false
+  end
 end
 
 execute 'install backup-agent dependencies' do
@@ -66,9 +67,10 @@ execute 'install backup-agent' do
   not_if { backup_agent_installed? }
 end
 
-# Written only after pip succeeded, so a failed install is retried on the next run.
+# Written only after pip succeeded, so a failed install is retried on the next run. Lazy: an
+# operator's lock_file may be written by a wrapper in this very run.
 file backup_agent_install_marker do
-  content backup_agent_install_fingerprint
+  content(lazy { backup_agent_install_fingerprint })
   owner 'root'
   group 'root'
   mode '0644'

@@ -111,6 +111,22 @@ describe 'backup_agent::install' do
     end
   end
 
+  context "with the operator's own lock" do
+    let(:attributes) { { 'lock_file' => '/etc/backup-agent/requirements-py313.lock' } }
+
+    it 'installs the dependencies from it, and copies no lock of the cookbook' do
+      expect(deps.command).to include('-r', '/etc/backup-agent/requirements-py313.lock')
+      expect(chef_run.find_resources(:cookbook_file).map(&:path)).to eq(["/opt/backup-agent/dist/#{wheel}"])
+    end
+
+    it 'installs again when that lock changes' do
+      allow(BackupAgentCookbook).to receive(:read_file).with('/etc/backup-agent/requirements-py313.lock').and_return("a==1\n")
+      first = chef_run.file('/opt/backup-agent/.chef-backup-agent-install').content
+      allow(BackupAgentCookbook).to receive(:read_file).with('/etc/backup-agent/requirements-py313.lock').and_return("a==2\n")
+      expect(chef_run.file('/opt/backup-agent/.chef-backup-agent-install').content).not_to eq(first)
+    end
+  end
+
   context 'with a version the cookbook does not carry' do
     let(:attributes) { { 'version' => '9.9.9' } }
 
