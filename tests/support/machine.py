@@ -74,7 +74,9 @@ def dependency_mirror(dest: Path) -> Path | None:
 
 def offline_install_attributes(mirror: Path | None) -> dict[str, object]:
     """node['backup_agent']['install'] for a node whose pip reaches only a dependency mirror."""
-    return {"find_links": [str(mirror)], "no_index": True} if mirror is not None else {}
+    if mirror is None:
+        return {"find_links": [], "no_index": False}  # pip's own index
+    return {"find_links": [str(mirror)], "no_index": True}
 
 
 @contextlib.contextmanager
