@@ -10,13 +10,21 @@ PIP_ENV := $(if $(WHEELHOUSE),PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELHOUSE),)
 export CHEF_LICENSE := accept-no-persist
 export BACKUP_AGENT_WHEELHOUSE := $(WHEELHOUSE)
 export BACKUP_AGENT_WHEELS := $(abspath build/wheels)
+# The agent the cookbook carries (a node asks no index for it), and the hash lock of its
+# dependencies, which nodes install from the mirror their attributes name.
+COOKBOOK_AGENT := cookbooks/backup_agent/files/agent
+AGENT_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' agent/pyproject.toml)
+AGENT_WHEEL := backup_agent-$(AGENT_VERSION)-py3-none-any.whl
+# hatchling's reproducible build, with the timestamp fixed here rather than by the caller's
+# environment: the same agent/ gives the same wheel bytes wherever it is built.
+WHEEL_EPOCH := 1580601600
 
-.PHONY: demo test deps venv bundle wheel lint lint-python lint-ruby chefspec pytest test-converge test-e2e bench clean
+.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e bench clean
 
 demo: venv
 	$(BIN)/python tests/support/demo.py
 
-test: deps venv bundle wheel lint chefspec pytest
+test: deps venv bundle wheel check-cookbook lint chefspec pytest
 
 deps:
 	bash .ci/deps.sh
@@ -34,10 +42,21 @@ vendor/bundle/.installed: Gemfile Gemfile.lock
 	bundle install --jobs 2 --quiet
 	touch $@
 
-# The agent as a wheel: what the cookbook installs on nodes (offered with the wheelhouse as find-links).
+# The agent as a wheel, built from agent/ (reproducible: see WHEEL_EPOCH).
 wheel: venv
 	rm -rf build/wheels && mkdir -p build/wheels
-	$(PIP_ENV) $(BIN)/pip wheel --quiet --no-deps -w build/wheels ./agent
+	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(PIP_ENV) $(BIN)/pip wheel --quiet --no-deps -w build/wheels ./agent
+
+# After changing agent/: put its wheel into the cookbook (commit it); after changing the agent's
+# dependencies: regenerate the lock (commit it). check-cookbook (in `make test`) fails until both are.
+cookbook-wheel: wheel
+	rm -f $(COOKBOOK_AGENT)/backup_agent-*.whl
+	cp build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/
+# LOCK_WHEELS: more folders whose files of the pinned versions are hashed too (another Python's builds).
+cookbook-lock: wheel
+	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py lock build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE) $(LOCK_WHEELS))
+check-cookbook: wheel
+	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py check build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE))
 
 lint: lint-python lint-ruby
 lint-python: venv
@@ -56,11 +75,11 @@ pytest: venv wheel
 	$(BIN)/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(MACHINE_SUITES))
 	$(BIN)/pytest $(MACHINE_SUITES)
 
-test-converge: venv wheel bundle
+test-converge: deps venv bundle
 	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v
 
 # knife against chef-zero and an sshd on loopback, bootstrapping this machine (root).
-test-e2e: venv wheel bundle
+test-e2e: deps venv bundle
 	BACKUP_AGENT_E2E=1 $(BIN)/pytest tests/e2e -v
 
 bench: venv

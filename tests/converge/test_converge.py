@@ -2,8 +2,10 @@
 
 The chef repo is this checkout (cookbooks/, data_bags/) plus a copy of environments/ that the
 tests may edit, the secret is the TEST-ONLY tests/fixtures/encrypted_data_bag_secret. The agent
-is installed the way an offline node installs it: pip with --no-index from the wheel built from
-agent/ (BACKUP_AGENT_WHEELS, `make wheel`) plus the wheelhouse (BACKUP_AGENT_WHEELHOUSE).
+is installed the way a node without PyPI installs it: the wheel the cookbook carries
+(files/agent), its dependencies by the cookbook's hash lock from a mirror that holds nothing else
+(the lock's wheels from the wheelhouse, BACKUP_AGENT_WHEELHOUSE): no agent anywhere but the
+cookbook.
 
 In order, one module (each chef-client run costs 20-40 s, so the cases share runs):
   1. staging, from scratch: install, config = the environment's jobs, backup and restore with
@@ -16,7 +18,9 @@ In order, one module (each chef-client run costs 20-40 s, so the cases share run
      resources, gets the pg password from the data bag and sets up the bucket; again: 0 updated;
   4. production and development: their schedules and retention; the wrapper's jobs are gone;
   5. bad inputs (attributes, a resource, the data bag, the agent's own validation): each run
-     fails with a message that names the problem, and the config file stays as it was.
+     fails with a message that names the problem, and the config file stays as it was;
+  6. the install: the venv holds exactly the cookbook's wheel and the lock's versions; a venv of
+     another Python is made again; a mirror URL with credentials never reaches the output.
 
 It installs packages and writes /etc, /opt and /usr/local/bin: it runs only as root, where
 CI=true or BACKUP_AGENT_CONVERGE=1 (`make test-converge`), holding the machine lock it shares
@@ -25,14 +29,18 @@ with the knife end-to-end suite.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socketserver
 import stat
 import subprocess
+import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +49,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.machine import machine_lock, offline_install_attributes, wheel_dir
+from support.machine import cookbook_wheel, dependency_mirror, locked_pins, machine_lock, offline_install_attributes
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -137,9 +145,11 @@ class ChefRepo:
         sample_source: Path,
         secret: Path = FIXTURES / "encrypted_data_bag_secret",
         data_bags: Path = REPO / "data_bags",
+        mirror: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.sample_source = sample_source
+        self.mirror = mirror
         self.node_path = workdir / "nodes"
         self.cache = workdir / "cache"
         self.environments = workdir / "environments"
@@ -176,8 +186,8 @@ class ChefRepo:
         job = {"type": "files", "paths": [str(self.sample_source)], "schedule": "daily at 04:00"}
         job.update(sample_job or {})
         attrs: dict[str, Any] = {
-            # Offline, as a node without PyPI: the wheel from agent/ plus its dependencies.
-            "install": offline_install_attributes(wheel_dir()),
+            # As a node without PyPI: pip reaches only the dependency mirror.
+            "install": offline_install_attributes(self.mirror),
             "config": {"state_dir": str(STATE_DIR)},
             "jobs": {"sample": job},
         }
@@ -260,8 +270,16 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, by
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, sample: tuple[Path, dict[str, bytes]]) -> ChefRepo:
-    return ChefRepo(tmp_path_factory.mktemp("chef"), sample[0])
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The lock's wheels and nothing else (None without a wheelhouse: pip's index then)."""
+    return dependency_mirror(tmp_path_factory.mktemp("dependency-mirror"))
+
+
+@pytest.fixture(scope="module")
+def repo(
+    tmp_path_factory: pytest.TempPathFactory, sample: tuple[Path, dict[str, bytes]], mirror: Path | None
+) -> ChefRepo:
+    return ChefRepo(tmp_path_factory.mktemp("chef"), sample[0], mirror=mirror)
 
 
 @pytest.fixture(scope="module")
@@ -277,8 +295,7 @@ def seaweedfs() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def first(repo: ChefRepo) -> Converge:
-    # A venv this cookbook made on an earlier run would keep its agent: pip does not reinstall a
-    # rebuilt wheel of the same version. Start from a fresh install, as a new node does.
+    # Start from a fresh install, as a new node does.
     if INSTALL_MARKER.exists():
         shutil.rmtree(INSTALL_DIR)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
@@ -551,7 +568,7 @@ def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
         # Each in its own chef repo dir: they run two at a time, and change nothing.
         own = ChefRepo(tmp_path / re.sub(r"\W+", "-", case.name), sample[0],
                        secret=case.secret or FIXTURES / "encrypted_data_bag_secret",
-                       data_bags=case.data_bags or REPO / "data_bags")
+                       data_bags=case.data_bags or REPO / "data_bags", mirror=repo.mirror)
         shutil.rmtree(own.environments)
         shutil.copytree(repo.environments, own.environments)
         return own.converge(case.attributes or own.attributes(), label=f"bad: {case.name}")
@@ -581,3 +598,91 @@ def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
     assert not list(tmp_path.glob("*/cache/failed_validations"))
     # The daemon was not told about configs that never replaced the old one.
     assert len(daemon.reloads()) == 4
+
+
+# --- 6. the install: the cookbook's agent, the lock's dependencies, a new Python, credentials --
+
+
+def site_packages() -> Path:
+    found = sorted((INSTALL_DIR / "lib").glob("python3*/site-packages"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_venv_holds_the_cookbooks_agent_and_the_locks_versions(first: Converge, mirror: Path | None) -> None:
+    # Nothing but the cookbook offered the agent: the mirror holds dependencies only.
+    if mirror is not None:
+        assert not [p.name for p in mirror.iterdir() if p.name.lower().startswith(("backup_agent", "backup-agent"))]
+    # Every module of the cookbook's wheel, byte for byte.
+    with zipfile.ZipFile(cookbook_wheel()) as wheel:
+        modules = [name for name in wheel.namelist() if name.startswith("backup_agent/")]
+        assert modules
+        for name in modules:
+            assert (site_packages() / name).read_bytes() == wheel.read(name), name
+    # Exactly the lock's dependencies at the lock's versions, and the agent: nothing drifts.
+    listed = subprocess.run([str(INSTALL_DIR / "bin" / "pip"), "list", "--format", "json"],
+                            env=clean_env(), capture_output=True, text=True, check=True)
+    installed = {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(listed.stdout)
+                 if p["name"].lower() not in ("pip", "setuptools")}
+    assert installed == {**locked_pins(), "backup-agent": "0.1.0"}
+    assert "execute[install backup-agent dependencies] action run" in first.output
+
+
+def test_a_venv_of_another_python_is_made_again(repo: ChefRepo, daemon: Daemon) -> None:
+    # As after a distribution upgrade: the venv's Python is not the one install.python is now.
+    cfg = INSTALL_DIR / "pyvenv.cfg"
+    cfg.write_text(re.sub(r"(?m)^executable = .*$", "executable = /usr/bin/python3.10", cfg.read_text()))
+    leftover = site_packages() / "left_by_the_old_python.py"
+    leftover.write_text("")
+    result = repo.converge(label="another-python")
+    assert result.returncode == 0, result.output[-6000:]
+    updated = result.updated_resources()
+    for step in ("execute[create backup-agent venv] action run",
+                 "execute[install backup-agent dependencies] action run", "execute[install backup-agent] action run"):
+        assert step in updated, updated
+    assert not leftover.exists()
+    assert f"executable = {os.path.realpath('/usr/bin/python3')}" in cfg.read_text()
+    assert agent("validate").returncode == 0
+
+    again = repo.converge(label="another-python-noop")
+    assert again.returncode == 0, again.output[-6000:]
+    assert again.updated == 0, "\n".join(again.updated_resources())
+
+
+def test_a_mirror_url_with_credentials_never_reaches_the_output(
+    repo: ChefRepo, daemon: Daemon, mirror: Path | None
+) -> None:
+    if mirror is None:
+        pytest.skip("no wheelhouse to serve as a mirror")
+    password = "TESTONLY-mirror-password"
+    seen: list[str] = []
+
+    class Recording(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(mirror), **kwargs)
+
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization", ""))
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    # A new node: everything comes through the URL (an installed venv would need nothing from it).
+    shutil.rmtree(INSTALL_DIR)
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recording) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://deploy:{password}@127.0.0.1:{server.server_address[1]}/"
+            result = repo.converge(repo.attributes(install={"find_links": [url], "no_index": True}), label="mirror-url")
+        finally:
+            server.shutdown()
+    assert result.returncode == 0, result.output[-6000:]
+    # pip installed from the served mirror, sending the URL's credentials...
+    assert "execute[install backup-agent dependencies] action run" in result.updated_resources()
+    assert len(seen) > len(locked_pins()), seen  # the page, then each wheel
+    assert all(header.startswith("Basic ") for header in seen)
+    # ... and the password is in no output and not in the install marker.
+    assert password not in result.output
+    assert password not in INSTALL_MARKER.read_text()
+    assert agent("validate").returncode == 0

@@ -4,9 +4,9 @@ A real Chef server API (chef-zero on loopback) gets this repository's environmen
 encrypted data bag and the cookbook through the README's own commands (`knife environment from
 file`, `knife data bag create` / `from file`, `berks install && berks upload`). An sshd on a
 loopback port with a throwaway key makes this machine the node: `knife bootstrap ... -E staging
--r 'recipe[backup_agent]' --secret-file` installs the agent offline (the wheel from agent/ plus
-the wheelhouse, as --json-attribute-file) with the bundle's chef-client (knife's
-`chef_client_path`; nothing can be downloaded here). Then, as a user would:
+-r 'recipe[backup_agent]' --secret-file` installs the agent offline (the cookbook's wheel, its
+dependencies from a mirror of the wheelhouse, as --json-attribute-file) with the bundle's
+chef-client (knife's `chef_client_path`; nothing can be downloaded here). Then, as a user would:
 
 - the node is registered with its environment and run list, the agent is installed and renders
   the staging schedules, and the node object on the server holds no secret value;
@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.machine import REPO, machine_lock, offline_install_attributes, wheel_dir
+from support.machine import REPO, dependency_mirror, machine_lock, offline_install_attributes
 from support.seaweedfs import SeaweedFS, free_port
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -349,17 +349,13 @@ def _world(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> Iterator[Worl
     # A new node installs the agent: drop a venv an earlier run of this or the converge test left.
     if INSTALL_MARKER.exists():
         shutil.rmtree(INSTALL_DIR)
-    # A copy of the wheel: a `make wheel` running meanwhile empties build/wheels for a while.
-    wheels = workdir / "wheels"
-    wheels.mkdir()
-    for wheel in wheel_dir().glob("backup_agent-*.whl"):
-        shutil.copy(wheel, wheels)
     state_dir = workdir / "state"
     attributes = workdir / "first-boot-attributes.json"
     attributes.write_text(
         json.dumps({
             "backup_agent": {
-                "install": offline_install_attributes(wheels),
+                # The agent comes with the cookbook; pip reaches only a mirror of its dependencies.
+                "install": offline_install_attributes(dependency_mirror(workdir / "mirror")),
                 # Its own state_dir: what earlier runs recorded in /var/lib/backup-agent stays out.
                 "config": {"state_dir": str(state_dir)},
             },

@@ -7,29 +7,31 @@
 # attributes are stored in clear on the Chef server and every node can read them; the recipes
 # refuse the secret keys here.
 
-# --- install: a venv with the pinned agent ---------------------------------------------------
+# --- install: a venv with the agent this cookbook carries -----------------------------------
+# The agent is the cookbook's own wheel (files/agent/backup_agent-VERSION-py3-none-any.whl): no
+# index is ever asked for `backup-agent`. `version` names the wheel; the cookbook carries one.
 default['backup_agent']['install']['version'] = '0.1.0'
 default['backup_agent']['install']['dir'] = '/opt/backup-agent'
-# The Python that creates the venv, and the packages that provide it and its venv module. The
-# agent needs Python >= 3.11: the distribution's python3 where that is new enough (Debian 12,
-# Ubuntu 24.04), its python3.11 package elsewhere. A distribution Python, not pyenv/SCL, so the
-# venv does not lose its interpreter under it.
-modern_python3 =
-  (platform?('debian') && node['platform_version'].to_i >= 12) ||
-  (platform?('ubuntu') && node['platform_version'].to_f >= 24.04)
-default['backup_agent']['install']['python'] = modern_python3 ? '/usr/bin/python3' : '/usr/bin/python3.11'
-default['backup_agent']['install']['packages'] =
-  if platform_family?('debian')
-    modern_python3 ? %w(python3 python3-venv) : %w(python3.11 python3.11-venv)
-  else
-    # RHEL-family and Amazon Linux ship venv (with ensurepip) inside the python package.
-    %w(python3.11)
-  end
-# pip sources: nil/empty means pip's own defaults (PyPI, or whatever /etc/pip.conf says).
+# The Python that creates the venv (>= 3.11), and the packages that provide it and its venv
+# module: Debian's own. When this Python changes (another path, or an upgrade that moved it),
+# the venv is made again from scratch and the agent reinstalled.
+default['backup_agent']['install']['python'] = '/usr/bin/python3'
+default['backup_agent']['install']['packages'] = %w(python3 python3-venv)
+# Where pip gets the agent's DEPENDENCIES (never the agent): the exact versions and sha256 of
+# files/agent/requirements.lock, installed with --require-hashes. nil/empty means pip's own
+# defaults (PyPI, or whatever /etc/pip.conf says). An index (index_url, PEP 503 "simple") and/or
+# wheel folders or pages (find_links); no_index true uses find_links only. A URL may carry
+# credentials (https://user:token@mirror/simple): the install step is then sensitive, and they
+# reach pip through its environment, never its command line.
 default['backup_agent']['install']['index_url'] = nil
 default['backup_agent']['install']['find_links'] = []
 default['backup_agent']['install']['no_index'] = false
+# More arguments for the dependency install (e.g. --cert, --trusted-host).
 default['backup_agent']['install']['pip_extra_args'] = []
+# nil: the cookbook's files/agent/requirements.lock. Else the absolute path, on the node, of a lock
+# of your own in the same format (`make cookbook-lock` writes one), e.g. with the hashes of the
+# wheels your mirror builds for another Python; a wrapper cookbook puts it there.
+default['backup_agent']['install']['lock_file'] = nil
 # Where `backup-agent` lands on root's PATH.
 default['backup_agent']['install']['bin_link'] = '/usr/local/bin/backup-agent'
 
@@ -53,7 +55,8 @@ default['backup_agent']['config']['aws'] = {}
 
 # --- secrets: where the encrypted data bag item lives ----------------------------------------
 default['backup_agent']['data_bag']['name'] = 'backup_agent'
-# nil: the item named after node.chef_environment, else `fallback_item`.
+# nil: the item named after the node's policy_group (Policyfile nodes), else the one named after
+# node.chef_environment, else `fallback_item`.
 default['backup_agent']['data_bag']['item'] = nil
 default['backup_agent']['data_bag']['fallback_item'] = 'default'
 # nil: Chef::Config[:encrypted_data_bag_secret] (client.rb's encrypted_data_bag_secret).

@@ -17,11 +17,42 @@ module BackupAgentCookbook
   # node.run_state keys. A wrapper cookbook may fill SECRETS itself before backup_agent::config
   # compiles (e.g. from Vault, same keys as the data bag item); the data bag is then not read.
   RUN_STATE_KEY = 'backup_agent_secrets'.freeze
+  SECRETS_CHECKED_KEY = 'backup_agent_secrets_checked'.freeze
   JOBS_KEY = 'backup_agent_jobs'.freeze
   FAILED_KEY = 'backup_agent_failed_resource'.freeze
   WATCH_KEY = 'backup_agent_failure_watch'.freeze
 
-  # Split out so specs can stub them: ChefSpec runs on whatever host the specs run on.
+  # Everything the recipes ask this machine is one of the module functions below, so specs stub
+  # them (spec_helper does, for every example): ChefSpec evaluates guards on whatever host the
+  # specs run on, and one where the agent is installed must give the same results as a fresh one.
+
+  # A file's content, or nil when it is not there.
+  def self.read_file(path)
+    ::File.read(path)
+  rescue SystemCallError
+    nil
+  end
+
+  def self.executable?(path)
+    ::File.executable?(path)
+  end
+
+  # The interpreter a venv was made with (pyvenv.cfg's `executable`, the real path, written by
+  # Python >= 3.11), or nil when there is no venv.
+  def self.venv_python(dir)
+    cfg = read_file(::File.join(dir, 'pyvenv.cfg'))
+    return unless cfg
+    line = cfg.lines.find { |l| l.match?(/\A\s*executable\s*=/) }
+    line&.split('=', 2)&.last&.strip
+  end
+
+  # The real path of an interpreter (/usr/bin/python3 -> /usr/bin/python3.11), or nil.
+  def self.real_python(path)
+    ::File.realpath(path)
+  rescue SystemCallError
+    nil
+  end
+
   def self.systemd_running?
     ::File.directory?('/run/systemd/system')
   end
@@ -80,24 +111,105 @@ module BackupAgentCookbook
 
     # --- install ---
 
-    def backup_agent_pip_command
-      install = node['backup_agent']['install']
-      command = [::File.join(backup_agent_install_dir, 'bin', 'pip'), 'install',
-                 '--disable-pip-version-check', '--no-input']
-      command += ['--index-url', install['index_url']] if install['index_url']
-      command << '--no-index' if install['no_index']
-      Array(install['find_links']).each { |link| command += ['--find-links', link] }
-      command += Array(install['pip_extra_args'])
-      command << "backup-agent==#{install['version']}"
+    def backup_agent_wheel_name
+      "backup_agent-#{node['backup_agent']['install']['version']}-py3-none-any.whl"
     end
 
-    # What the marker file records about the last successful install: the version in clear and
-    # a digest of the pip settings (an index URL may carry credentials; the marker need not).
+    # The cookbook's wheel and lock, copied beside the venv (a venv made again takes them with
+    # it, and the next resources bring them back).
+    def backup_agent_dist_dir
+      ::File.join(backup_agent_install_dir, 'dist')
+    end
+
+    def backup_agent_wheel_path
+      ::File.join(backup_agent_dist_dir, backup_agent_wheel_name)
+    end
+
+    # The cookbook's lock (copied here), or the operator's own (install.lock_file).
+    def backup_agent_lock_path
+      node['backup_agent']['install']['lock_file'] || ::File.join(backup_agent_dist_dir, 'requirements.lock')
+    end
+
+    # sha256 of a file the cookbook carries (files/<name>), read from Chef's copy of the cookbook.
+    def backup_agent_cookbook_file_sha256(name)
+      cache = (node.run_state['backup_agent_cookbook_sha256'] ||= {})
+      cache[name] ||= Digest::SHA256.file(backup_agent_cookbook_file(name)).hexdigest
+    end
+
+    # Raises when the cookbook has no such file (a version it does not carry), naming what it has.
+    def backup_agent_cookbook_file(name)
+      cookbook = run_context.cookbook_collection['backup_agent']
+      cookbook.preferred_filename_on_disk_location(node, :files, name)
+    rescue Chef::Exceptions::FileNotFound
+      carried = cookbook.files_for(:files).map { |file| ::File.basename(file[:name]) }.grep(/\Abackup_agent-.*\.whl\z/)
+      raise BackupAgentCookbook::ConfigError,
+            "backup_agent: node['backup_agent']['install']['version'] is #{node['backup_agent']['install']['version'].inspect}, " \
+            "but the cookbook carries no files/#{name} (it carries: #{carried.sort.join(', ')})"
+    end
+
+    def backup_agent_wheel_sha256
+      backup_agent_cookbook_file_sha256("agent/#{backup_agent_wheel_name}")
+    end
+
+    # An operator's lock is read on the node when the guard asks (a wrapper may write it in this run).
+    def backup_agent_lock_sha256
+      lock_file = node['backup_agent']['install']['lock_file']
+      return backup_agent_cookbook_file_sha256('agent/requirements.lock') unless lock_file
+      Digest::SHA256.hexdigest(BackupAgentCookbook.read_file(lock_file).to_s)
+    end
+
+    # True when the venv was made with the Python install['python'] is now (by real path: a
+    # python3 that an upgrade moved to another minor version leaves a venv that cannot work).
+    def backup_agent_venv_current?
+      made_with = BackupAgentCookbook.venv_python(backup_agent_install_dir)
+      !made_with.nil? && made_with == BackupAgentCookbook.real_python(node['backup_agent']['install']['python'])
+    end
+
+    # Step 1: the dependencies, exactly as the lock pins them (every file's sha256), from the
+    # operator's mirror. The sources reach pip through its environment (backup_agent_pip_env),
+    # so a URL's credentials are in no process's arguments.
+    def backup_agent_deps_command
+      [::File.join(backup_agent_install_dir, 'bin', 'pip'), 'install', '--disable-pip-version-check', '--no-input',
+       '--require-hashes', '--only-binary', ':all:', '-r', backup_agent_lock_path] +
+        Array(node['backup_agent']['install']['pip_extra_args'])
+    end
+
+    def backup_agent_pip_env
+      install = node['backup_agent']['install']
+      env = {}
+      env['PIP_INDEX_URL'] = install['index_url'] if install['index_url']
+      env['PIP_FIND_LINKS'] = Array(install['find_links']).join(' ') unless Array(install['find_links']).empty?
+      env['PIP_NO_INDEX'] = '1' if install['no_index']
+      env
+    end
+
+    # Step 2: the agent from the cookbook's wheel and nothing else: no index, no dependencies
+    # (step 1 has them), and reinstalled even at the same version (a rebuilt wheel).
+    def backup_agent_pip_command
+      [::File.join(backup_agent_install_dir, 'bin', 'pip'), 'install', '--disable-pip-version-check', '--no-input',
+       '--no-index', '--no-deps', '--force-reinstall', backup_agent_wheel_path]
+    end
+
+    # True when a pip source carries credentials (https://user:token@host/..., also inside an
+    # argument such as --extra-index-url=...): the install steps are then sensitive, so Chef
+    # prints neither their environment nor pip's output.
+    def backup_agent_pip_credentials?
+      install = node['backup_agent']['install']
+      [install['index_url'], *Array(install['find_links']), *Array(install['pip_extra_args'])].compact.any? do |value|
+        value.to_s.match?(%r{[a-z][a-z0-9+.-]*://[^/\s@]*@}i)
+      end
+    end
+
+    # What the marker file records about the last successful install: the version in clear,
+    # the cookbook's wheel and lock and the pip settings as digests (an index URL may carry
+    # credentials; the marker need not).
     def backup_agent_install_fingerprint
       install = node['backup_agent']['install']
       settings = [install['python'], install['index_url'], Array(install['find_links']),
                   install['no_index'], Array(install['pip_extra_args'])]
       "backup-agent==#{install['version']}\n" \
+        "wheel-sha256=#{backup_agent_wheel_sha256}\n" \
+        "lock-sha256=#{backup_agent_lock_sha256}\n" \
         "pip-settings-sha256=#{Digest::SHA256.hexdigest(JSON.generate(settings))}\n"
     end
 
@@ -105,11 +217,10 @@ module BackupAgentCookbook
       ::File.join(backup_agent_install_dir, '.chef-backup-agent-install')
     end
 
-    # True when the pinned version is installed with the current pip settings: no pip call then.
+    # True when this wheel, this lock and these pip settings are installed: no pip call then.
     def backup_agent_installed?
-      marker = backup_agent_install_marker
-      ::File.executable?(backup_agent_bin) && ::File.exist?(marker) &&
-        ::File.read(marker) == backup_agent_install_fingerprint
+      BackupAgentCookbook.executable?(backup_agent_bin) &&
+        BackupAgentCookbook.read_file(backup_agent_install_marker) == backup_agent_install_fingerprint
     end
 
     # --- attributes, secrets, jobs and config ---
@@ -121,9 +232,21 @@ module BackupAgentCookbook
       )
     end
 
+    # Once per run: the data bag item, or what a wrapper cookbook put in node.run_state before
+    # this recipe compiled, checked the same way; the checked values replace what was there.
     def backup_agent_secrets
-      node.run_state[BackupAgentCookbook::RUN_STATE_KEY] ||=
-        BackupAgentCookbook::Secrets.load(self, node['backup_agent']['data_bag'], node.chef_environment)
+      state = node.run_state
+      return state[BackupAgentCookbook::RUN_STATE_KEY] if state[BackupAgentCookbook::SECRETS_CHECKED_KEY]
+
+      provided = state[BackupAgentCookbook::RUN_STATE_KEY]
+      state[BackupAgentCookbook::RUN_STATE_KEY] =
+        if provided.nil?
+          BackupAgentCookbook::Secrets.load(self, node['backup_agent']['data_bag'], node.chef_environment, node.policy_group)
+        else
+          BackupAgentCookbook::Secrets.from_run_state(provided, "node.run_state['#{BackupAgentCookbook::RUN_STATE_KEY}']")
+        end
+      state[BackupAgentCookbook::SECRETS_CHECKED_KEY] = true
+      state[BackupAgentCookbook::RUN_STATE_KEY]
     end
 
     # What backup_agent_job resources declared in this run: name => job, or nil once deleted.
@@ -165,7 +288,7 @@ module BackupAgentCookbook
     # rejected file, credentials included, into file_cache_path/failed_validations.
     # Before the first install there is no agent to ask, and nothing old to protect either.
     def backup_agent_validate_config(path)
-      return true unless ::File.executable?(backup_agent_bin)
+      return true unless BackupAgentCookbook.executable?(backup_agent_bin)
 
       result = shell_out(backup_agent_bin, '-c', path, 'validate')
       return true if result.exitstatus == 0
@@ -221,13 +344,12 @@ module BackupAgentCookbook
     # What the last successful `bucket setup` was applied from: the config (as a digest: it holds
     # credentials) and the agent version (a newer agent may set the bucket up differently).
     def backup_agent_bucket_fingerprint
-      "config-sha256=#{Digest::SHA256.file(backup_agent_config_path).hexdigest}\n" \
+      "config-sha256=#{Digest::SHA256.hexdigest(BackupAgentCookbook.read_file(backup_agent_config_path).to_s)}\n" \
         "agent=#{node['backup_agent']['install']['version']}\n"
     end
 
     def backup_agent_bucket_setup_due?
-      marker = backup_agent_bucket_marker
-      !(::File.exist?(marker) && ::File.read(marker) == backup_agent_bucket_fingerprint)
+      BackupAgentCookbook.read_file(backup_agent_bucket_marker) != backup_agent_bucket_fingerprint
     end
   end
 end

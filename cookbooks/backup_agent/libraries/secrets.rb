@@ -2,12 +2,13 @@
 # Cookbook:: backup_agent
 # Library:: secrets
 #
-# Loads bucket and credentials from the encrypted data bag item backup_agent/<chef_environment>
-# (fallback item `default`), the secrets of command jobs (job_secrets.<job>.password / .env) and
-# the notification URLs (notify.healthchecks_url / .webhook_url: whoever has one can report as
-# the node, so they are credentials too).
-# Every failure becomes one SecretsError whose message names the bag, the item and, where it
-# applies, the key: the converge stops before anything is changed.
+# Loads bucket and credentials from the encrypted data bag item backup_agent/<policy_group> on
+# Policyfile nodes, else backup_agent/<chef_environment>, else the fallback item `default`, and
+# the secrets of command jobs (job_secrets.<job>.password / .env) and the notification URLs
+# (notify.healthchecks_url / .webhook_url: whoever has one can report as the node). Secrets a wrapper cookbook put
+# in node.run_state instead go through the same checks. Every failure becomes one SecretsError
+# whose message names where the values came from and, where it applies, the key: the converge
+# stops before anything is changed.
 
 require 'chef/encrypted_data_bag_item'
 require 'json'
@@ -16,7 +17,7 @@ module BackupAgentCookbook
   class SecretsError < StandardError; end
 
   module Secrets
-    KEYS = %w(bucket region access_key_id secret_access_key kms_key_id endpoint_url).freeze
+    KEYS = %w(bucket region access_key_id secret_access_key session_token kms_key_id endpoint_url).freeze
     REQUIRED = %w(bucket).freeze
     # job_secrets: { JOB => { 'password' => String, 'env' => { NAME => String } } }
     JOB_SECRETS = 'job_secrets'.freeze
@@ -26,11 +27,12 @@ module BackupAgentCookbook
 
     module_function
 
-    # dsl:      anything with Chef's data_bag / data_bag_item (a recipe)
-    # settings: node['backup_agent']['data_bag']
-    def load(dsl, settings, environment)
+    # dsl:          anything with Chef's data_bag / data_bag_item (a recipe)
+    # settings:     node['backup_agent']['data_bag']
+    # policy_group: node.policy_group (nil unless the node uses Policyfiles)
+    def load(dsl, settings, environment, policy_group = nil)
       bag = settings['name']
-      candidates = item_candidates(settings, environment)
+      candidates = item_candidates(settings, environment, policy_group)
       item_name = find_item(dsl, bag, candidates)
       secret_file = settings['secret_file'] || Chef::Config[:encrypted_data_bag_secret] ||
                     '(none: encrypted_data_bag_secret is not set)'
@@ -53,9 +55,30 @@ module BackupAgentCookbook
       values.freeze
     end
 
-    def item_candidates(settings, environment)
+    # A Policyfile node's chef_environment is usually `_default`: its policy group (e.g.
+    # production) is what says where it runs.
+    def item_candidates(settings, environment, policy_group = nil)
       return [settings['item']] if settings['item']
-      [environment, settings['fallback_item']].compact.uniq
+      [policy_group, environment, settings['fallback_item']].reject { |name| name.nil? || name.to_s.empty? }.uniq
+    end
+
+    # Secrets a wrapper cookbook put in node.run_state (from Vault, SSM, ...), the item's keys:
+    # checked as the item's are, so a typo or half a key pair fails here, naming the key, not
+    # as a config the agent rejects or a run that uses the instance profile by surprise.
+    def from_run_state(provided, where)
+      raise SecretsError, "backup_agent: #{where} must be a map of the data bag item's keys, got #{provided.class}" unless provided.respond_to?(:to_hash)
+      provided = provided.to_hash.transform_keys(&:to_s)
+      values = read_values(provided, where, nil)
+      check(values, where)
+      values[JOB_SECRETS] = check_job_secrets(stringify(provided[JOB_SECRETS]), where) unless provided[JOB_SECRETS].nil?
+      values.freeze
+    end
+
+    def stringify(value)
+      case value
+      when Hash then value.to_h { |key, item| [key.to_s, stringify(item)] }
+      else value
+      end
     end
 
     def find_item(dsl, bag, candidates)
@@ -161,11 +184,15 @@ module BackupAgentCookbook
       # Both keys, or neither (instance-profile mode): half a key pair is always a mistake.
       pair = %w(access_key_id secret_access_key)
       present = pair.select { |key| values.key?(key) }
-      return if present.empty? || present.size == pair.size
-
-      missing = (pair - present).first
-      raise SecretsError, "backup_agent: #{where} has no key '#{missing}' (it has '#{present.first}'; " \
-                          'give both keys, or neither to use the instance profile)'
+      if present.size == 1
+        missing = (pair - present).first
+        raise SecretsError, "backup_agent: #{where} has no key '#{missing}' (it has '#{present.first}'; " \
+                            'give both keys, or neither to use the instance profile)'
+      end
+      # Temporary credentials: a token means nothing without the key pair it was issued with.
+      return unless values.key?('session_token') && present.empty?
+      raise SecretsError, "backup_agent: #{where} has 'session_token' but no 'access_key_id' and " \
+                          "'secret_access_key' (a session token goes with the key pair it was issued with)"
     end
 
     def first_line(error)

@@ -129,6 +129,7 @@ module BackupAgentCookbook
         string(install, 'install', 'python', add, required: true, absolute: true)
         string(install, 'install', 'bin_link', add, absolute: true) unless install['bin_link'] == false
         string(install, 'install', 'index_url', add)
+        string(install, 'install', 'lock_file', add, absolute: true)
         string_list(install, 'install', 'find_links', add)
         string_list(install, 'install', 'pip_extra_args', add)
         string_list(install, 'install', 'packages', add)

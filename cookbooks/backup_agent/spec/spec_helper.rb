@@ -16,10 +16,8 @@ module BackupAgentSpec
   UNIT_PATH = '/etc/systemd/system/backup-agent.service'.freeze
   CONFIG_TEMPLATE = "template[#{CONFIG_PATH}]".freeze
 
-  # Platforms the cookbook supports, as fauxhai knows them.
-  PLATFORMS = [
-    %w(ubuntu 22.04), %w(ubuntu 24.04), %w(debian 12), %w(amazon 2023), %w(almalinux 9)
-  ].freeze
+  # Platforms the cookbook supports (metadata.rb), as fauxhai knows them.
+  PLATFORMS = [%w(debian 12), %w(debian 13)].freeze
 
   module_function
 
@@ -108,7 +106,24 @@ RSpec.shared_context 'with backup_agent data bag' do
   end
 end
 
+# What the recipes ask this machine (BackupAgentCookbook's module functions), answered as on a
+# fresh node for every example: ChefSpec evaluates guards here, and a machine where the agent is
+# installed (/opt/backup-agent, a marker, a venv, a daemon) must not change a single result.
+# Examples that want another answer stub it again; helper specs call the originals on temp dirs.
+RSpec.shared_context 'with a fresh machine' do
+  before do
+    allow(BackupAgentCookbook).to receive(:read_file).and_return(nil)
+    allow(BackupAgentCookbook).to receive(:executable?).and_return(false)
+    allow(BackupAgentCookbook).to receive(:venv_python).and_return(nil)
+    allow(BackupAgentCookbook).to receive(:real_python) { |path| path }
+    allow(BackupAgentCookbook).to receive(:systemd_running?).and_return(false)
+    allow(BackupAgentCookbook).to receive(:service_active?).and_return(false)
+    allow(BackupAgentCookbook).to receive(:daemon_pid).and_return(nil)
+  end
+end
+
 RSpec.configure do |config|
+  config.include_context 'with a fresh machine'
   config.color = true
   config.formatter = :documentation
   config.log_level = :error

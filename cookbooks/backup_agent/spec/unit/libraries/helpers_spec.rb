@@ -23,18 +23,67 @@ describe BackupAgentCookbook::Helpers do
     File.chmod(0o755, File.join(install_dir, 'bin', 'backup-agent'))
   end
 
-  describe '#backup_agent_installed?' do
-    before { fake_agent('exit 0') }
+  # The real answers of the machine, here on temp dirs (spec_helper stubs them for recipes).
+  before do
+    %i(read_file executable? venv_python real_python daemon_pid).each do |name|
+      allow(BackupAgentCookbook).to receive(name).and_call_original
+    end
+  end
 
-    it 'is true only when the marker records this version and these pip settings' do
+  describe '#backup_agent_installed?' do
+    before do
+      fake_agent('exit 0')
+      allow(helper).to receive(:backup_agent_wheel_sha256).and_return('a' * 64)
+      allow(helper).to receive(:backup_agent_lock_sha256).and_return('b' * 64)
+    end
+
+    it 'is true only when the marker records this version, wheel, lock and these pip settings' do
       expect(helper.backup_agent_installed?).to be false
       File.write(helper.backup_agent_install_marker, helper.backup_agent_install_fingerprint)
       expect(helper.backup_agent_installed?).to be true
       install['find_links'] = ['/srv/other']
       expect(helper.backup_agent_installed?).to be false
       install['find_links'] = ['/srv/wheels']
-      install['version'] = '0.2.0'
+      allow(helper).to receive(:backup_agent_wheel_sha256).and_return('c' * 64)
       expect(helper.backup_agent_installed?).to be false
+      allow(helper).to receive(:backup_agent_wheel_sha256).and_return('a' * 64)
+      allow(helper).to receive(:backup_agent_lock_sha256).and_return('d' * 64)
+      expect(helper.backup_agent_installed?).to be false
+    end
+  end
+
+  describe 'BackupAgentCookbook.venv_python' do
+    it 'is the interpreter pyvenv.cfg records, or nil without a venv' do
+      expect(BackupAgentCookbook.venv_python(install_dir)).to be_nil
+      File.write(File.join(install_dir, 'pyvenv.cfg'),
+                 "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n" \
+                 "executable = /usr/bin/python3.11\ncommand = /usr/bin/python3 -m venv #{install_dir}\n")
+      expect(BackupAgentCookbook.venv_python(install_dir)).to eq('/usr/bin/python3.11')
+    end
+  end
+
+  describe '#backup_agent_venv_current?' do
+    it 'follows the real path of install.python: a link to the same interpreter is the same Python' do
+      File.write(File.join(install_dir, 'pyvenv.cfg'), "executable = #{File.realpath(RbConfig.ruby)}\n")
+      link = File.join(install_dir, 'python-link')
+      File.symlink(RbConfig.ruby, link)
+      install['python'] = link
+      expect(helper.backup_agent_venv_current?).to be true
+      install['python'] = '/nonexistent/python3'
+      expect(helper.backup_agent_venv_current?).to be false
+    end
+  end
+
+  describe '#backup_agent_pip_credentials?' do
+    it 'is true when any pip source carries user:password@ or token@' do
+      expect(helper.backup_agent_pip_credentials?).to be false
+      install['index_url'] = 'https://pypi.example/simple'
+      expect(helper.backup_agent_pip_credentials?).to be false
+      install['find_links'] = ['https://token@mirror.example/wheels/']
+      expect(helper.backup_agent_pip_credentials?).to be true
+      install['find_links'] = []
+      install['pip_extra_args'] = ['--extra-index-url', 'https://u:p@pypi.example/simple']
+      expect(helper.backup_agent_pip_credentials?).to be true
     end
   end
 

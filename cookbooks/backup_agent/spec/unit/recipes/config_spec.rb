@@ -170,16 +170,123 @@ describe 'backup_agent::config' do
     end
   end
 
+  context 'on a Policyfile node' do
+    let(:policy_group) { 'production' }
+    let(:chef_run) do
+      ChefSpec::SoloRunner.new do |node|
+        node.policy_name = 'web'
+        node.policy_group = policy_group
+        node.chef_environment = '_default'
+      end.converge(described_recipe)
+    end
+
+    it "reads the item named after its policy group, not the environment's" do
+      expect(config['storage']['bucket']).to eq('backup-agent-production')
+    end
+
+    context 'whose policy group has no item' do
+      let(:policy_group) { 'canary' }
+
+      it 'falls back to the environment, then the default item' do
+        expect(config['storage']['bucket']).to eq('backup-agent-default')
+      end
+
+      it 'names every item it looked for when none is there' do
+        stub_data_bag('backup_agent').and_return(%w(production))
+        expect { chef_run }.to raise_error(
+          BackupAgentCookbook::SecretsError,
+          "backup_agent: data bag 'backup_agent' has no item 'canary' nor fallback item '_default' nor fallback item " \
+          "'default' (it has: production)"
+        )
+      end
+    end
+  end
+
+  it 'prefers the policy group over the environment, when a node has both' do
+    expect(BackupAgentCookbook::Secrets.item_candidates({ 'fallback_item' => 'default' }, 'staging', 'production'))
+      .to eq(%w(production staging default))
+    expect(BackupAgentCookbook::Secrets.item_candidates({ 'fallback_item' => 'default' }, 'staging', nil))
+      .to eq(%w(staging default))
+  end
+
+  context 'with temporary credentials in the item' do
+    before do
+      stub_data_bag_item('backup_agent', 'staging').and_return(encrypted(
+        'id' => 'staging', 'bucket' => 'b-staging', 'access_key_id' => 'ASIATESTONLY', 'secret_access_key' => 'sk',
+        'session_token' => 'TESTONLY-session-token'
+      ))
+    end
+
+    it 'renders session_token as storage.session_token, beside the key pair' do
+      expect(config['storage']).to eq('bucket' => 'b-staging', 'access_key_id' => 'ASIATESTONLY',
+                                      'secret_access_key' => 'sk', 'session_token' => 'TESTONLY-session-token')
+      expect(chef_run.node.attributes.to_hash.to_json).not_to include('TESTONLY-session-token')
+    end
+  end
+
+  it 'refuses a session_token without the key pair it was issued with' do
+    stub_data_bag_item('backup_agent', 'staging')
+      .and_return(encrypted('id' => 'staging', 'bucket' => 'b-staging', 'session_token' => 'TESTONLY-session-token'))
+    expect { chef_run }.to raise_error(
+      BackupAgentCookbook::SecretsError,
+      "backup_agent: data bag item 'backup_agent/staging' has 'session_token' but no 'access_key_id' and " \
+      "'secret_access_key' (a session token goes with the key pair it was issued with)"
+    )
+  end
+
   context 'when a wrapper already put secrets into node.run_state' do
+    let(:provided) { { 'bucket' => 'from-vault' } }
     let(:chef_run) do
       ChefSpec::SoloRunner.new do |node|
         node.chef_environment = environment
-        node.run_state['backup_agent_secrets'] = { 'bucket' => 'from-vault' }
+        node.run_state['backup_agent_secrets'] = provided
       end.converge(described_recipe)
     end
 
     it 'uses them and does not read the data bag' do
       expect(config['storage']).to eq('bucket' => 'from-vault')
+    end
+
+    context 'with symbol keys and temporary credentials' do
+      let(:provided) do
+        { bucket: 'from-vault', access_key_id: 'ASIATESTONLY', secret_access_key: 'sk', session_token: 'tok',
+          job_secrets: { pg: { password: 'pw' } } }
+      end
+
+      it 'takes them as the item\'s keys' do
+        expect(config['storage']).to eq('bucket' => 'from-vault', 'access_key_id' => 'ASIATESTONLY',
+                                        'secret_access_key' => 'sk', 'session_token' => 'tok')
+        expect(chef_run.node.run_state['backup_agent_secrets']['job_secrets']).to eq('pg' => { 'password' => 'pw' })
+      end
+    end
+
+    {
+      'no bucket' => [{ 'region' => 'eu-west-1' },
+                      "backup_agent: node.run_state['backup_agent_secrets'] has no key 'bucket'"],
+      'half a key pair' => [{ 'bucket' => 'b', 'access_key_id' => 'AKIA' },
+                            "backup_agent: node.run_state['backup_agent_secrets'] has no key 'secret_access_key' " \
+                            "(it has 'access_key_id'; give both keys, or neither to use the instance profile)"],
+      'a value that is not a string' => [{ 'bucket' => 'b', 'region' => 1 },
+                                         "backup_agent: key 'region' of node.run_state['backup_agent_secrets'] must be " \
+                                         'a string, got Integer'],
+      'a session token alone' => [{ 'bucket' => 'b', 'session_token' => 'tok' },
+                                  "backup_agent: node.run_state['backup_agent_secrets'] has 'session_token' but no " \
+                                  "'access_key_id' and 'secret_access_key' (a session token goes with the key pair it " \
+                                  'was issued with)'],
+      'a bad job secret' => [{ 'bucket' => 'b', 'job_secrets' => { 'pg' => { 'pasword' => 'x' } } },
+                             "backup_agent: key 'job_secrets.pg.pasword' of node.run_state['backup_agent_secrets'] " \
+                             'is not a job secret (use password or env)'],
+      'not a map' => ['s3://bucket',
+                      "backup_agent: node.run_state['backup_agent_secrets'] must be a map of the data bag item's " \
+                      'keys, got String'],
+    }.each do |problem, (secrets, message)|
+      context "with #{problem}" do
+        let(:provided) { secrets }
+
+        it 'stops at compile time as for the item, naming the key' do
+          expect { chef_run }.to raise_error(BackupAgentCookbook::SecretsError, message)
+        end
+      end
     end
   end
 
