@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any
@@ -189,3 +189,40 @@ def parse_entry(obj: Any, where: str) -> Entry:
             raise ManifestError(f"{where}: symlink target missing")
         entry.target = target
     return entry
+
+
+def read_matching(fileobj: IO[bytes], name: str, keep: Callable[[bytes], bool]) -> Iterator[Entry]:
+    """The entries whose raw line `keep` accepts, with the header and the trailer's count still
+    checked. For a search over many manifests: decoding and validating every line costs about
+    ten times more than a substring test on the line, and only the lines that can match are
+    parsed (and so validated). `keep` sees the line as written (JSON, non-ASCII escaped)."""
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as gz:
+        try:
+            _header(gz.readline(), name)
+            count = 0
+            for raw in gz:
+                # The writer puts "path" first on every entry line: anything else (the trailer,
+                # or a line this reader does not know) is decoded and judged in full.
+                if raw.startswith(b'{"path":'):
+                    count += 1
+                    if keep(raw):
+                        try:
+                            obj = json.loads(raw)
+                        except (ValueError, UnicodeDecodeError):
+                            raise ManifestError(f"{name}: entry {count} is not JSON") from None
+                        yield parse_entry(obj, f"{name}: entry {count}")
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    raise ManifestError(f"{name}: entry {count + 1} is not JSON") from None
+                if isinstance(obj, dict) and obj.get("end") is True:
+                    if obj.get("entries") != count:
+                        raise ManifestError(f"{name}: trailer says {obj.get('entries')} entries, found {count}")
+                    return
+                count += 1
+                if keep(raw):
+                    yield parse_entry(obj, f"{name}: entry {count}")
+        except (OSError, EOFError) as exc:
+            raise ManifestError(f"{name}: truncated or corrupt ({exc})") from None
+    raise ManifestError(f"{name}: truncated (no trailer after {count} entries)")
