@@ -193,7 +193,8 @@ def cli_path() -> str:
 
 def corrupt(agent: Any, key: str) -> None:
     body = agent.s3.get_object(Bucket=agent.bucket, Key=key)["Body"].read()
-    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=bytes(b ^ 1 for b in body))  # same size: only the hash can tell
+    # Same size, every byte off by one bit: only the hash can tell.
+    agent.s3.put_object(Bucket=agent.bucket, Key=key, Body=bytes(b ^ 1 for b in body))
 
 
 def test_dump_of_corrupt_content_writes_nothing(backed_up: tuple[Any, Path, str]) -> None:
