@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from test_cold import ColdAgent, ca, make_tree, moto  # noqa: F401 - fixtures
 
 from backup_agent import cli
@@ -272,3 +274,32 @@ def test_dump_of_archived_content_exits_75_like_restore(ca: ColdAgent, tmp_path:
     # listing and searching need no retrieval: manifests stay instantly readable
     rc, out, _ = ca.cli("find", "cold", "*.conf", "--newest", "1")
     assert rc == 0 and len(out.splitlines()) == 20
+
+
+def _written_line(e: Any) -> bytes:
+    import io
+
+    from backup_agent.storage.manifest import ManifestWriter
+
+    buf = io.BytesIO()
+    w = ManifestWriter(buf, {})
+    w.add(e)
+    w.close({})
+    return gzip.decompress(buf.getvalue()).splitlines()[1]
+
+
+GLOBBY = "aBkKsSiI\u0131\u0130\u017f\u212aéÉ☕ \"\\/[]!*?-.xyz"
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.text(alphabet=GLOBBY, min_size=1, max_size=12), glob=st.text(alphabet=GLOBBY, min_size=1, max_size=8),
+       ignore_case=st.booleans())
+@example(name="]yz", glob="[]x]yz", ignore_case=False)  # ']' first in a class is literal
+@example(name="\u212a", glob="k", ignore_case=True)  # the Kelvin sign folds to k
+def test_find_line_filter_never_hides_a_match(name: str, glob: str, ignore_case: bool) -> None:
+    from backup_agent.storage.manifest import Entry
+
+    e = Entry("/d/" + name.replace("/", "_"), "file", size=1, sha256="0" * 64, object="packs/00/x")
+    patterns = browse.compile_patterns([glob], ignore_case)
+    if browse.matches(e, patterns):
+        assert browse._line_filter(patterns, ignore_case)(_written_line(e))

@@ -119,12 +119,16 @@ def compile_patterns(globs: list[str], ignore_case: bool) -> list[Pattern]:
 
 def _literal(glob: str, ignore_case: bool) -> list[bytes] | None:
     """The longest run of plain characters in the glob, as the manifest writes it (JSON-escaped)."""
-    runs = re.split(r"\*|\?|\[[^]]*\]?", glob)
-    best = max(runs, key=len)
+    # fnmatch's classes: '[', an optional '!', a ']' taken literally, then up to the next ']'
+    # (an unclosed '[' is cut off with the rest: a shorter literal is still a safe one).
+    runs = re.split(r"\*|\?|\[!?\]?[^]]*\]?", glob)
+    if ignore_case:
+        # Non-ASCII letters are escaped in the line (\u00e9 does not lower-case to the escape of
+        # É), and re's IGNORECASE also matches i, k and s with U+0131, U+212A (Kelvin) and U+017F.
+        runs = [piece for run in runs if run.isascii() for piece in re.split(r"[iksIKS]", run)]
+    best = max(runs, key=len, default="")
     if not best:
         return None
-    if ignore_case and not best.isascii():
-        return None  # an escaped \u00e9 does not lower-case to the escape of É
     text = json.dumps(best)[1:-1]
     return [(text.lower() if ignore_case else text).encode()]
 
@@ -183,9 +187,12 @@ def find(job: S3Job, globs: list[str], *, ignore_case: bool = False, newest: int
     def results() -> Iterator[Found]:
         if not snaps:
             return
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(snaps)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(snaps))))
+        try:
             # map() keeps the order; a finished manifest is dropped at once, only matches stay.
             yield from pool.map(search, snaps)
+        finally:  # `find ... | head`: the reader left, nothing more is downloaded
+            pool.shutdown(wait=True, cancel_futures=True)
 
     return len(snaps), results()
 
