@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from test_cold import ColdAgent, ca, make_tree, moto  # noqa: F401 - fixtures
 
@@ -276,22 +276,33 @@ def test_dump_of_archived_content_exits_75_like_restore(ca: ColdAgent, tmp_path:
     assert rc == 0 and len(out.splitlines()) == 20
 
 
-def _written_line(e: Any) -> bytes:
+def _manifest(entries: list[Any]) -> bytes:
     import io
 
     from backup_agent.storage.manifest import ManifestWriter
 
     buf = io.BytesIO()
     w = ManifestWriter(buf, {})
-    w.add(e)
+    for e in entries:
+        w.add(e)
     w.close({})
-    return gzip.decompress(buf.getvalue()).splitlines()[1]
+    return buf.getvalue()
+
+
+def _searched(data: bytes, globs: list[str], ignore_case: bool) -> list[str]:
+    import io
+
+    from backup_agent.storage.manifest import read_matching
+
+    patterns = browse.compile_patterns(globs, ignore_case)
+    return [e.path for e in read_matching(io.BytesIO(data), "m", browse.needles(patterns), ignore_case)
+            if browse.matches(e, patterns)]
 
 
 GLOBBY = "aBkKsSiI\u0131\u0130\u017f\u212aéÉ☕ \"\\/[]!*?-.xyz"
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(name=st.text(alphabet=GLOBBY, min_size=1, max_size=12), glob=st.text(alphabet=GLOBBY, min_size=1, max_size=8),
        ignore_case=st.booleans())
 @example(name="]yz", glob="[]x]yz", ignore_case=False)  # ']' first in a class is literal
@@ -299,7 +310,27 @@ GLOBBY = "aBkKsSiI\u0131\u0130\u017f\u212aéÉ☕ \"\\/[]!*?-.xyz"
 def test_find_line_filter_never_hides_a_match(name: str, glob: str, ignore_case: bool) -> None:
     from backup_agent.storage.manifest import Entry
 
+    assume(name.replace("/", "_") not in (".", ".."))
     e = Entry("/d/" + name.replace("/", "_"), "file", size=1, sha256="0" * 64, object="packs/00/x")
-    patterns = browse.compile_patterns([glob], ignore_case)
-    if browse.matches(e, patterns):
-        assert browse._line_filter(patterns, ignore_case)(_written_line(e))
+    expected = [e.path] if browse.matches(e, browse.compile_patterns([glob], ignore_case)) else []
+    assert _searched(_manifest([e]), [glob], ignore_case) == expected
+
+
+def test_find_search_over_blocks_equals_reading_every_entry() -> None:
+    import io
+
+    from backup_agent.storage.manifest import Entry, ManifestError, read
+
+    entries = [Entry(f"/srv/d{i // 100}", "dir") if i % 100 == 0 else
+               Entry(f"/srv/d{i // 100}/f{i}.{'conf' if i % 7 == 0 else 'txt'}", "file", size=i,
+                     sha256=f"{i:064x}", object=f"packs/00/{i // 50}") for i in range(20_000)]
+    data = _manifest(entries)
+    assert len(gzip.decompress(data)) > 3 << 20  # several blocks, lines cut at block ends
+    for globs, ic in ((["*.conf"], False), (["F1?.TXT", "d3"], True), (["/srv/d1*/f1*"], False), (["*"], False)):
+        patterns = browse.compile_patterns(globs, ic)
+        brute = [e.path for e in read(io.BytesIO(data), "m")[1] if browse.matches(e, patterns)]
+        assert _searched(data, globs, ic) == brute and brute, globs
+    lines = gzip.decompress(data).splitlines(keepends=True)
+    for broken in (lines[:-1], [*lines[:-1], b'{"end":true,"entries":19999,"summary":{}}\n'], lines[:3000]):
+        with pytest.raises(ManifestError):
+            _searched(gzip.compress(b"".join(broken)), ["*.conf"], False)

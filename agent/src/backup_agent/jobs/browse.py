@@ -14,7 +14,7 @@ import logging
 import re
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,14 +133,11 @@ def _literal(glob: str, ignore_case: bool) -> list[bytes] | None:
     return [(text.lower() if ignore_case else text).encode()]
 
 
-def _line_filter(patterns: list[Pattern], ignore_case: bool) -> Callable[[bytes], bool]:
-    needles = [p.literals for p in patterns]
-    if any(n is None for n in needles):
-        return lambda _raw: True
-    flat = [lit for n in needles for lit in (n or [])]
-    if ignore_case:
-        return lambda raw: any(lit in raw.lower() for lit in flat)
-    return lambda raw: any(lit in raw for lit in flat)
+def needles(patterns: list[Pattern]) -> list[bytes] | None:
+    """What a manifest line must contain to match one of the patterns (None: no such test)."""
+    if any(p.literals is None for p in patterns):
+        return None
+    return sorted({lit for p in patterns for lit in (p.literals or [])})
 
 
 def matches(e: Entry, patterns: list[Pattern]) -> bool:
@@ -162,7 +159,7 @@ def find(job: S3Job, globs: list[str], *, ignore_case: bool = False, newest: int
     if newest is not None and newest < 1:
         raise ConfigError("find: --newest must be at least 1")
     patterns = compile_patterns(globs, ignore_case)
-    keep = _line_filter(patterns, ignore_case)
+    keep = needles(patterns)
     snaps = list(reversed(job.snapshots()))  # the listing's order, newest first
     if newest is not None:
         snaps = snaps[:newest]
@@ -174,7 +171,7 @@ def find(job: S3Job, globs: list[str], *, ignore_case: bool = False, newest: int
             with tempfile.TemporaryFile() as spool:
                 job.store.download_fileobj(job.bucket, key, spool)
                 spool.seek(0)
-                found.entries = [e for e in read_matching(spool, f"snapshot {snap.id}", keep)
+                found.entries = [e for e in read_matching(spool, f"snapshot {snap.id}", keep, ignore_case)
                                  if matches(e, patterns)]
         except (ClientError, BotoCoreError) as exc:
             from backup_agent.storage.s3 import describe
