@@ -334,3 +334,14 @@ def test_find_search_over_blocks_equals_reading_every_entry() -> None:
     for broken in (lines[:-1], [*lines[:-1], b'{"end":true,"entries":19999,"summary":{}}\n'], lines[:3000]):
         with pytest.raises(ManifestError):
             _searched(gzip.compress(b"".join(broken)), ["*.conf"], False)
+
+
+def test_ls_prints_entry_types_it_does_not_know_by_name() -> None:
+    from backup_agent.storage.manifest import Entry
+
+    fifo = cli._ls_line(Entry("/run/x.pipe", "fifo", mode=0o600, uid=1, gid=2), long=True)
+    assert fifo.startswith("prw------- ") and fifo.endswith(" /run/x.pipe")
+    later = Entry("/dev/odd", "whiteout", mode=0o644)
+    assert cli._ls_line(later, long=False) == "/dev/odd (whiteout)"
+    assert cli._ls_line(later, long=True).startswith("?rw-r--r-- ")
+    assert browse.entry_json(later)["type"] == "whiteout"
