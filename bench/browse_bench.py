@@ -82,16 +82,25 @@ def upload(s3: object, bucket: str, root: str, snapshots: int, entries: int) -> 
     return ids, total
 
 
-def timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) via GNU time."""
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def timed(cmd: list[str], server_pid: int) -> tuple[float, float, float, float, str]:
+    """(wall s, the agent's CPU s, the server's CPU s, peak RSS MB, stdout) via GNU time and /proc.
+    CPU seconds say more than wall time on a shared machine: they do not count waiting for a core."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        server0 = cpu_seconds(server_pid)
         t0 = time.monotonic()
         proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], capture_output=True, text=True)
         wall = time.monotonic() - t0
-        rss = next(int(ln.split()[-1]) for ln in tf.read().splitlines() if "Maximum resident" in ln) / 1024
+        server = cpu_seconds(server_pid) - server0
+        stats = dict(ln.strip().rsplit(": ", 1) for ln in tf.read().splitlines() if ": " in ln)
     if proc.returncode != 0:
         raise SystemExit(f"{cmd}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return wall, rss, proc.stdout
+    cpu = float(stats["User time (seconds)"]) + float(stats["System time (seconds)"])
+    return wall, cpu, server, int(stats["Maximum resident set size (kbytes)"]) / 1024, proc.stdout
 
 
 def main() -> None:
@@ -122,12 +131,16 @@ def main() -> None:
             "diff www first last": ["diff", "www", ids[0], ids[-1], "--json"],
             "ls www (latest, 100k lines)": ["ls", "www"],
         }
-        print("\n| command | median wall s | peak RSS MB | output lines |\n|---|---|---|---|")
+        assert weed.proc is not None
+        print("\n| command | wall s | agent CPU s | SeaweedFS CPU s | peak RSS MB | output lines | load |\n"
+              "|---|---|---|---|---|---|---|")
         for name, argv in cases.items():
-            runs = [timed([AGENT, "-c", str(cfg), *argv]) for _ in range(args.rounds)]
-            wall = statistics.median(r[0] for r in runs)
-            rss = max(r[1] for r in runs)
-            print(f"| `{name}` | {wall:.2f} | {rss:.0f} | {len(runs[0][2].splitlines())} |", flush=True)
+            runs = [timed([AGENT, "-c", str(cfg), *argv], weed.proc.pid) for _ in range(args.rounds)]
+            med = [statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+                   statistics.median(r[2] for r in runs)]
+            rss = max(r[3] for r in runs)
+            print(f"| `{name}` | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {rss:.0f} | "
+                  f"{len(runs[0][4].splitlines())} | {os.getloadavg()[0]:.1f} |", flush=True)
         print(f"\nmachine load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -311,8 +311,9 @@ def _browse(args: argparse.Namespace, runner: Any, as_json: bool) -> int:
                 if as_json:
                     found.append({**browse.entry_json(e), "snapshot": r.snapshot.id})
                 else:
-                    print(f"{r.snapshot.id}  {_ls_line(e, True)}", flush=True)
+                    print(f"{r.snapshot.id}  {_ls_line(e, True)}")
                     found.append({})
+            sys.stdout.flush()  # each snapshot's matches as soon as it was searched
         if as_json:
             print(json.dumps({"job": job.job.name, "snapshots_searched": searched, "matches": found,
                               "errors": errors, "status": "failed" if errors else "ok"}))

@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs.base import JobRunner, S3Job, Snapshot, pick_snapshot, rfc3339
 from backup_agent.storage import layout
-from backup_agent.storage.manifest import Entry, ManifestError, parse_entry, read_matching
+from backup_agent.storage.manifest import Entry, ManifestError, parse_entry, read, read_matching
 from backup_agent.storage.reader import Piece, hashing, read_all
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,40 @@ def ls(job: S3Job, snapshot: str | None, at: str | None,
     is read once through before anything is yielded, so a corrupt one fails before any output."""
     wanted = [absolute(p, "ls:") for p in paths]
     snap = job.select(snapshot, at)
-    with job.manifest_passes(snap.id) as passes:
-        found = sum(1 for e in passes()[1] if under(e.path, wanted))
+    name = f"snapshot {snap.id}"
+    with _spool(job, snap.id) as spool:
+        # The first pass checks the header, the gzip CRC and the trailer's count and decodes only
+        # lines that hold a PATH (decoding every line costs as much again as the second pass).
+        needles = sorted({json.dumps(w)[1:-1].encode() for w in wanted})
+        try:
+            found = sum(under(e.path, wanted) for e in read_matching(spool, name, needles))
+        except ManifestError as exc:
+            raise IntegrityError(str(exc)) from None
         if wanted and not found:
-            raise JobFailed(f"snapshot {snap.id}: no entry at or under {', '.join(wanted)}")
-        yield snap, (e for e in passes()[1] if under(e.path, wanted))
+            raise JobFailed(f"{name}: no entry at or under {', '.join(wanted)}")
+        yield snap, (e for e in _entries(spool, name) if under(e.path, wanted))
+
+
+@contextmanager
+def _spool(job: S3Job, sid: str) -> Iterator[IO[bytes]]:
+    """The manifest in a temp file (never in memory), positioned at the start."""
+    from backup_agent.storage.s3 import describe
+
+    with tempfile.TemporaryFile() as spool:
+        try:
+            job.store.download_fileobj(job.bucket, job.root + layout.manifest_key(sid), spool)
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
+        spool.seek(0)
+        yield spool
+
+
+def _entries(spool: IO[bytes], name: str) -> Iterator[Entry]:
+    spool.seek(0)
+    try:
+        yield from read(spool, name)[1]
+    except ManifestError as exc:
+        raise IntegrityError(str(exc)) from None
 
 
 # --- find ------------------------------------------------------------------------------------
@@ -167,16 +196,11 @@ def find(job: S3Job, globs: list[str], *, ignore_case: bool = False, newest: int
     def search(snap: Snapshot) -> Found:
         found = Found(snap)
         try:
-            key = job.root + layout.manifest_key(snap.id)
-            with tempfile.TemporaryFile() as spool:
-                job.store.download_fileobj(job.bucket, key, spool)
-                spool.seek(0)
+            with _spool(job, snap.id) as spool:
                 found.entries = [e for e in read_matching(spool, f"snapshot {snap.id}", keep, ignore_case)
                                  if matches(e, patterns)]
-        except (ClientError, BotoCoreError) as exc:
-            from backup_agent.storage.s3 import describe
-
-            found.error = f"snapshot {snap.id}: cannot read manifest: {describe(exc)}"
+        except JobFailed as exc:
+            found.error = str(exc)
         except ManifestError as exc:
             found.error = str(exc)
         return found
@@ -219,6 +243,8 @@ def _sorted_stream(entries: Iterable[Entry]) -> Iterator[tuple[bytes, Entry]]:
 
 def compare(a: Entry, b: Entry) -> str | None:
     """'content', 'metadata' or None (the same)."""
+    if a == b:  # every field, also ones added later; most entries of two snapshots are this
+        return None
     ja, jb = a.to_json(), b.to_json()
     differ = {k for k in ja.keys() | jb.keys() if ja.get(k) != jb.get(k)} - STORAGE_FIELDS
     if not differ:
