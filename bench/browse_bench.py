@@ -44,11 +44,11 @@ def tree(entries: int, rnd: random.Random) -> list[Entry]:
         for s in range(10):
             base = f"/srv/site{d:03d}/part{s}"
             out.append(Entry(base, "dir", mode=0o755))
-            if d == 42 and s == 0:
-                out.append(file_entry(f"{base}/nginx.conf", rnd))  # the one file a user looks for
             for i in range(per_dir):
                 name = f"{i:04d}-{names[i % len(names)]}"
                 out.append(file_entry(f"{base}/{name}", rnd))
+            if d == 42 and s == 0:  # the one file a user looks for, in scan order (after 0000-…)
+                out.append(file_entry(f"{base}/nginx.conf", rnd))
     return out[:entries]
 
 
@@ -79,6 +79,16 @@ def upload(s3: object, bucket: str, root: str, snapshots: int, entries: int) -> 
         total += len(body)
         s3.put_object(Bucket=bucket, Key=root + layout.manifest_key(sid), Body=body)  # type: ignore[attr-defined]
         ids.append(sid)
+        if day in (0, snapshots - 1):
+            # Job www2: the same two trees with a second path scanned after /srv (paths: [/srv, /aaa]),
+            # so the manifests are not in path order and diff sorts them on disk.
+            buf = io.BytesIO()
+            w = ManifestWriter(buf, {"snapshot": sid, "job": "www2"})
+            for e in [*files, Entry("/aaa", "dir", mode=0o755)]:
+                w.add(e)
+            w.close({})
+            key = root.replace("/www/", "/www2/") + layout.manifest_key(sid)
+            s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())  # type: ignore[attr-defined]
     return ids, total
 
 
@@ -121,7 +131,8 @@ def main() -> None:
             "node": "node", "state_dir": f"{tmp}/state",
             "storage": {"bucket": "bench", "endpoint_url": weed.endpoint_url, "access_key_id": weed.access_key,
                         "secret_access_key": weed.secret_key},
-            "jobs": {"www": {"type": "files", "paths": ["/srv"]}}}))
+            "jobs": {"www": {"type": "files", "paths": ["/srv"]},
+                     "www2": {"type": "files", "paths": ["/srv", "/aaa"]}}}))
         cases = {
             "find www nginx.conf": ["find", "www", "nginx.conf"],
             "find www -i '*/PART3/0001-*' (path, case-insensitive)": ["find", "www", "-i", "*/PART3/0001-*"],
@@ -129,6 +140,7 @@ def main() -> None:
             "find www nginx.conf --newest 3": ["find", "www", "nginx.conf", "--newest", "3"],
             "find www '*' --newest 1 (every line decoded)": ["find", "www", "*", "--newest", "1"],
             "diff www first last": ["diff", "www", ids[0], ids[-1], "--json"],
+            "diff www2 first last (sorted on disk)": ["diff", "www2", ids[0], ids[-1], "--json"],
             "ls www (latest, 100k lines)": ["ls", "www"],
         }
         assert weed.proc is not None
