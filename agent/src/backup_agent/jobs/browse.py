@@ -1,7 +1,7 @@
 """Finding what to restore in a files job's snapshots: ls, find, diff and dump.
 
-Everything here reads manifests as streams (spooled to temp files by S3Job.manifest_passes, never
-held in memory) and returns plain data; cli.py prints it.
+Everything here reads manifests as streams (each spooled to an unlinked temp file, never held in
+memory) and returns plain data; cli.py prints it.
 """
 
 from __future__ import annotations
