@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("job")
     s.add_argument("--read-data", action="store_true", help="download and re-hash all content")
     s.add_argument("--json", action="store_true")
+    _browse_parsers(sub)
     s = sub.add_parser("status", help="the last run of every job")
     s.add_argument("--json", action="store_true")
     sub.add_parser("daemon", help="run jobs on their schedules until SIGTERM")
@@ -98,8 +99,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _browse_parsers(sub: Any) -> None:
+    """ls, find, diff, dump: finding what to restore in a files job (jobs/browse.py)."""
+    s = sub.add_parser("ls", help="list a snapshot's entries (default: the latest)")
+    s.add_argument("job")
+    s.add_argument("paths", nargs="*", metavar="PATH", help="only entries at or under these absolute paths")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--snapshot", help="snapshot id (default: the latest)")
+    which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
+    s.add_argument("-l", "--long", action="store_true", help="type, mode, owner, size and mtime, like ls -l")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("find", help="which snapshots hold paths matching a glob, newest first")
+    s.add_argument("job")
+    s.add_argument("patterns", nargs="+", metavar="PATTERN",
+                   help="glob on the base name (no '/'), the full path ('/…') or the path's end ('dir/name')")
+    s.add_argument("-i", "--ignore-case", action="store_true")
+    s.add_argument("--newest", type=int, metavar="N", help="search only the N newest snapshots")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("diff", help="what was added, removed and changed between two snapshots")
+    s.add_argument("job")
+    s.add_argument("snapshot_a", metavar="SNAP_A")
+    s.add_argument("snapshot_b", metavar="SNAP_B")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("dump", help="one file's content to stdout, verified against its sha256")
+    s.add_argument("job")
+    s.add_argument("path", metavar="PATH")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--snapshot", help="snapshot id (default: the latest)")
+    which.add_argument("--at", help="RFC 3339 time: the newest snapshot at or before it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb == "ls" and not any(x.startswith("-") for x in extra):
+        args.paths += extra  # `ls JOB --long PATH`: argparse gives a `*` positional nothing after an option
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging("DEBUG" if args.verbose else "WARNING")
     as_json = bool(getattr(args, "json", False))
     try:
@@ -182,6 +218,8 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         _emit(result.to_json(), as_json, text)
         return code
     runner = runner_for(cfg, job)
+    if args.verb in ("ls", "find", "diff", "dump"):
+        return _browse(args, runner, as_json)
     if args.verb == "snapshots":
         snaps = [s.to_json() for s in (runner.describe_snapshots() if as_json else runner.snapshots())]
         record_snapshot_count(cfg, job.name, len(snaps))
@@ -264,4 +302,86 @@ def _emit(doc: Any, as_json: bool, text: str | None) -> int:
         print(text)
     else:
         print(json.dumps(doc, indent=2, default=str))
+    return EXIT_OK
+
+
+# --- ls, find, diff, dump (jobs/browse.py) ----------------------------------------------------
+
+_TYPE_CHARS = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "chardev": "c",
+               "char_device": "c", "blockdev": "b", "block_device": "b"}
+
+
+def _ls_line(e: Any, long: bool) -> str:
+    import stat
+
+    from backup_agent.jobs.browse import entry_json
+
+    known = e.type in _TYPE_CHARS
+    name: str = e.path + (f" -> {e.target}" if e.target is not None else "") + ("" if known else f" ({e.type})")
+    if not long:
+        return name
+    d = entry_json(e)
+    mode = _TYPE_CHARS.get(e.type, "?") + stat.filemode(stat.S_IFREG | e.mode)[1:]
+    return f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {d['mtime']} {name}"
+
+
+def _browse(args: argparse.Namespace, runner: Any, as_json: bool) -> int:
+    from backup_agent.jobs import browse
+
+    job = browse.files_job(runner, args.verb)
+    # Paths are file names, not text: print undecodable bytes back as they were (as ls does).
+    sys.stdout.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    if args.verb == "ls":
+        with browse.ls(job, args.snapshot, args.at, args.paths) as (snap, entries):
+            if as_json:  # streamed: a snapshot of millions of entries is never one list in memory
+                out = sys.stdout
+                out.write(json.dumps({"job": job.job.name, "snapshot": snap.id})[:-1] + ', "entries": [')
+                for i, e in enumerate(entries):
+                    out.write((", " if i else "") + json.dumps(browse.entry_json(e)))
+                out.write("]}\n")
+            else:
+                for e in entries:
+                    print(_ls_line(e, args.long))
+        return EXIT_OK
+    if args.verb == "find":
+        searched, results = browse.find(job, args.patterns, ignore_case=args.ignore_case, newest=args.newest)
+        found: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for r in results:
+            if r.error:
+                errors.append(r.error)
+                print(f"backup-agent: {r.error}", file=sys.stderr)
+            for e in r.entries:
+                if as_json:
+                    found.append({**browse.entry_json(e), "snapshot": r.snapshot.id})
+                else:
+                    print(f"{r.snapshot.id}  {_ls_line(e, True)}")
+                    found.append({})
+            sys.stdout.flush()  # each snapshot's matches as soon as it was searched
+        if as_json:
+            print(json.dumps({"job": job.job.name, "snapshots_searched": searched, "matches": found,
+                              "errors": errors, "status": "failed" if errors else "ok"}))
+        elif not found:
+            print(f"no match in {searched} snapshot(s)")
+        return EXIT_FAILED if errors else EXIT_OK
+    if args.verb == "diff":
+        a, b, d = browse.diff(job, args.snapshot_a, args.snapshot_b)
+        doc = {"job": job.job.name, "snapshot_a": a.id, "snapshot_b": b.id, **d.to_json()}
+        if as_json:
+            return _emit(doc, True, None)
+        meta = set(d.metadata_only)
+        lines = [f"+ {p}" for p in d.added] + [f"- {p}" for p in d.removed]
+        lines += [f"{'U' if p in meta else 'M'} {p}" for p in d.changed]
+        lines.append(f"{len(d.added)} added ({d.added_bytes} bytes), {len(d.removed)} removed "
+                     f"({d.removed_bytes} bytes), {len(d.changed) - len(meta)} changed in content "
+                     f"({d.changed_bytes_before} -> {d.changed_bytes} bytes), {len(meta)} in metadata only")
+        print("\n".join(lines))
+        return EXIT_OK
+    assert args.verb == "dump"
+    import shutil
+
+    with browse.dump(job, args.path, args.snapshot, args.at) as (_, content):
+        sys.stdout.flush()
+        shutil.copyfileobj(content, sys.stdout.buffer, 1 << 20)
+        sys.stdout.buffer.flush()
     return EXIT_OK

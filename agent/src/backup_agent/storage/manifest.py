@@ -277,3 +277,83 @@ def _xattrs(raw: Any, where: str) -> dict[str, bytes]:
         except (binascii.Error, ValueError):
             raise ManifestError(f"{where}: xattr {k!r} is not base64") from None
     return out
+
+
+def read_matching(fileobj: IO[bytes], name: str, needles: list[bytes] | None,
+                  ignore_case: bool = False) -> Iterator[Entry]:
+    """The entries whose line contains one of `needles` (as written: JSON, non-ASCII escaped;
+    ASCII-lower-cased with `ignore_case`), all of them when `needles` is None; the header and
+    the trailer's count are still checked.
+
+    For a search over many manifests: decompressed blocks of a MiB are searched with bytes.find
+    and only the lines around a hit are decoded (and so validated), instead of a Python loop
+    over every line: what is left is zlib's inflate, which runs outside the GIL."""
+    if needles is None:
+        _, entries, _ = read(fileobj, name)
+        yield from entries
+        return
+    with gzip.GzipFile(fileobj=fileobj, mode="rb") as gz:
+        try:
+            head = gz.readline()
+            _header(head, name)
+            count = 0  # entry lines before the current block
+            carry = b""
+            while True:
+                chunk = gz.read(1 << 20)
+                block = carry + chunk
+                cut = block.rfind(b"\n") + 1
+                block, carry = block[:cut], block[cut:]
+                if not chunk and carry:
+                    raise ManifestError(f"{name}: truncated (a line without its end after {count} entries)")
+                lines = block.count(b"\n")
+                if block.count(b'\n{"path":') + block.startswith(b'{"path":') != lines:
+                    # Not only entry lines: the trailer (or a line this reader does not know).
+                    for line in block.splitlines():
+                        if line.startswith(b'{"path":') and not _hit(line, needles, ignore_case):
+                            count += 1
+                            continue
+                        obj = _json_line(line, name, count + 1)
+                        if isinstance(obj, dict) and obj.get("end") is True:
+                            if obj.get("entries") != count:
+                                raise ManifestError(f"{name}: trailer says {obj.get('entries')} entries, "
+                                                    f"found {count}")
+                            return
+                        count += 1
+                        if _hit(line, needles, ignore_case):
+                            yield parse_entry(obj, f"{name}: entry {count}")
+                else:
+                    for start, end in _hit_lines(block, needles, ignore_case):
+                        at = count + block.count(b"\n", 0, start) + 1
+                        yield parse_entry(_json_line(block[start:end], name, at), f"{name}: entry {at}")
+                    count += lines
+                if not chunk:
+                    break
+        except (OSError, EOFError) as exc:
+            raise ManifestError(f"{name}: truncated or corrupt ({exc})") from None
+    raise ManifestError(f"{name}: truncated (no trailer after {count} entries)")
+
+
+def _json_line(line: bytes, name: str, number: int) -> Any:
+    try:
+        return json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestError(f"{name}: entry {number} is not JSON") from None
+
+
+def _hit(line: bytes, needles: list[bytes], ignore_case: bool) -> bool:
+    hay = line.lower() if ignore_case else line
+    return any(n in hay for n in needles)
+
+
+def _hit_lines(block: bytes, needles: list[bytes], ignore_case: bool) -> list[tuple[int, int]]:
+    """(start, end) of every line of `block` holding a needle, in order."""
+    hay = block.lower() if ignore_case else block
+    spans: set[tuple[int, int]] = set()
+    for n in needles:
+        i = hay.find(n)
+        while i >= 0:
+            start = hay.rfind(b"\n", 0, i) + 1
+            end = hay.find(b"\n", i)
+            spans.add((start, end))
+            i = hay.find(n, end)
+    return sorted(spans)
