@@ -345,3 +345,25 @@ def test_ls_prints_entry_types_it_does_not_know_by_name() -> None:
     assert cli._ls_line(later, long=False) == "/dev/odd (whiteout)"
     assert cli._ls_line(later, long=True).startswith("?rw-r--r-- ")
     assert browse.entry_json(later)["type"] == "whiteout"
+
+
+def test_sparse_files_list_and_dump_as_they_are_on_disk(agent: Any, tmp_path: Path) -> None:
+    """A sparse file is stored as its data regions: ls shows its real size and dump gives its
+    bytes with the holes as zeros, exactly what `cat` of the file gives."""
+    src = tmp_path / "src"
+    src.mkdir()
+    img = src / "disk.img"
+    with open(img, "wb") as f:
+        f.seek(3 << 20)
+        f.write(b"data in the middle" * 100)
+        f.truncate(8 << 20)  # ends in a hole
+    (src / "all-hole").write_bytes(b"")
+    os.truncate(src / "all-hole", 1 << 20)
+    agent.job("img", type="files", paths=[str(src)])
+    snap(agent, "img")
+    listed = json.loads(agent.run("ls", "img", "--json", str(img)).stdout)["entries"]
+    assert [e["size"] for e in listed] == [8 << 20]
+    for path in (img, src / "all-hole"):
+        proc = subprocess.run([cli_path(), "-c", str(agent.path), "dump", "img", str(path)], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == path.read_bytes()

@@ -322,7 +322,7 @@ def _ls_line(e: Any, long: bool) -> str:
         return name
     d = entry_json(e)
     mode = _TYPE_CHARS.get(e.type, "?") + stat.filemode(stat.S_IFREG | e.mode)[1:]
-    return f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {d['mtime']} {name}"
+    return f"{mode} {e.uid:>5} {e.gid:>5} {e.apparent_size:>12} {d['mtime']} {name}"
 
 
 def _browse(args: argparse.Namespace, runner: Any, as_json: bool) -> int:

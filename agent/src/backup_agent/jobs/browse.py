@@ -66,7 +66,7 @@ def under(path: str, wanted: list[str]) -> bool:
 def entry_json(e: Entry) -> dict[str, Any]:
     """One entry as `ls --json` and `find --json` show it (no storage locations: those are the
     bucket layout, not the contract)."""
-    d: dict[str, Any] = {"path": e.path, "type": e.type, "size": e.size,
+    d: dict[str, Any] = {"path": e.path, "type": e.type, "size": e.apparent_size,
                          "mtime": rfc3339(datetime.fromtimestamp(e.mtime_ns / 1e9, UTC)),
                          "mode": e.mode, "uid": e.uid, "gid": e.gid}
     if e.target is not None:
@@ -277,11 +277,11 @@ def merge(a: Iterator[tuple[bytes, Entry]], b: Iterator[tuple[bytes, Entry]], ou
         if eb is None or (ea is not None and ka < kb):
             assert ea is not None
             out.removed.append(ea.path)
-            out.removed_bytes += ea.size
+            out.removed_bytes += ea.apparent_size
             ka, ea = next(a, end)
         elif ea is None or kb < ka:
             out.added.append(eb.path)
-            out.added_bytes += eb.size
+            out.added_bytes += eb.apparent_size
             kb, eb = next(b, end)
         else:
             what = compare(ea, eb)
@@ -290,8 +290,8 @@ def merge(a: Iterator[tuple[bytes, Entry]], b: Iterator[tuple[bytes, Entry]], ou
                 if what == "metadata":
                     out.metadata_only.append(eb.path)
                 else:
-                    out.changed_bytes += eb.size
-                    out.changed_bytes_before += ea.size
+                    out.changed_bytes += eb.apparent_size
+                    out.changed_bytes_before += ea.apparent_size
             ka, ea = next(a, end)
             kb, eb = next(b, end)
     return out
@@ -351,7 +351,8 @@ def dump(job: S3Job, path: str, snapshot: str | None, at: str | None) -> Iterato
     if entry.size == 0:
         if entry.sha256 not in (None, hashlib.sha256(b"").hexdigest()):
             raise IntegrityError(f"snapshot {snap.id}: {wanted}: empty, but its sha256 is of some content")
-        yield entry, io.BytesIO()
+        with _with_holes(entry, io.BytesIO()) as whole:
+            yield entry, whole
         return
     _ready(job, entry)
     spool: IO[bytes]
@@ -370,7 +371,24 @@ def dump(job: S3Job, path: str, snapshot: str | None, at: str | None) -> Iterato
         if problems:
             raise IntegrityError(f"snapshot {snap.id}: {problems[0]}")
         spool.seek(0)
-        yield entry, spool
+        with _with_holes(entry, spool) as whole:
+            yield entry, whole
+
+
+@contextmanager
+def _with_holes(entry: Entry, stored: IO[bytes]) -> Iterator[IO[bytes]]:
+    """A sparse file's verified stored bytes laid out at its extents, holes read as zeros (as
+    `cat` of the file would give); any other file's content as it is."""
+    if entry.extents is None:
+        yield stored
+        return
+    with tempfile.TemporaryFile() as out:  # 0600, unlinked at once; its holes take no space
+        for offset, length in entry.extents:
+            out.seek(offset)
+            out.write(stored.read(length))
+        out.truncate(entry.length)
+        out.seek(0)
+        yield out
 
 
 def _ready(job: S3Job, entry: Entry) -> None:
