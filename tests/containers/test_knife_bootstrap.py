@@ -28,6 +28,8 @@ from containers.conftest import FIXTURES, booting, install_attributes, plain_ite
 SUITE = "bookworm"
 NODE = "ct-knife"
 ENVIRONMENT = "staging"
+# Building the images (first run on a machine) happens in the first test's setup.
+pytestmark = pytest.mark.timeout(1800)
 
 
 class Workstation:

@@ -13,15 +13,18 @@ The agent's dependencies come from a dependency mirror (the wheelhouse, read-onl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.containers import Container
 from support.machine import REPO
 
@@ -36,6 +39,7 @@ from containers.conftest import (
 
 FINISHED = re.compile(r"(?:Chef Infra Client finished|Infra Phase complete), (\d+)/(\d+) resources updated")
 CHEF_DIR = "/root/chef"
+CONFIG = "/etc/backup-agent/config.yaml"
 NEW_VERSION = "0.1.1"
 # Longer than systemd's default TimeoutStopSec (90 s): the unit must follow the agent's setting.
 STOP_TIMEOUT = 120
@@ -91,6 +95,7 @@ class Node:
         lines.append("ohai.disabled_plugins = [" + ", ".join(f":{name}" for name in OHAI_LANGUAGES) + "]")
         (self.chef / "client.rb").write_text("\n".join(lines) + "\n")
         self.version = "0.1.0"
+        self.stop_seconds = 0.0
         # The staging job `app` backs up /srv/app.
         container.path("/srv/app").mkdir(parents=True, exist_ok=True)
         container.path("/srv/app/hello.txt").write_text("hello from the container\n")
@@ -145,18 +150,6 @@ class Node:
             time.sleep(0.3)
 
 
-@pytest.fixture(scope="module", params=SUITES)
-def node(request: pytest.FixtureRequest, agent_wheels: Path, s3: Any,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    suite: str = request.param
-    with booting(suite, f"svc-{suite}", agent_wheels) as container:
-        node = Node(container, suite, tmp_path_factory.mktemp(f"chef-{suite}"))
-        container.boot()
-        yield node
-    print(f"\n{suite} converge timings: " + ", ".join(f"{label} {s:.0f}s" for label, s in TIMINGS
-                                                       if label.startswith(suite)))
-
-
 @dataclass
 class Step:
     converge: Converge
@@ -164,71 +157,152 @@ class Step:
     pid_after: int
 
 
-@pytest.fixture(scope="module")
-def first(node: Node) -> Step:
-    run = node.converge("first")
-    return Step(run, 0, node.main_pid())
+# What each step did on each release, or why it could not be done there.
+Steps = dict[str, Step | BaseException]
+
+
+def each(nodes: dict[str, Node], previous: Steps | None, step: Callable[[Node], Step]) -> Steps:
+    """One step on every release at once (a converge keeps one core busy; CI has two), skipping
+    releases whose previous step failed."""
+    with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+        futures = {suite: pool.submit(step, node) for suite, node in nodes.items()
+                   if previous is None or isinstance(previous[suite], Step)}
+        done: Steps = {}
+        for suite in nodes:
+            if suite not in futures:
+                done[suite] = RuntimeError(f"{suite}: an earlier step failed")
+                continue
+            try:
+                done[suite] = futures[suite].result()
+            except BaseException as exc:  # the test of that release reports it
+                done[suite] = exc
+        return done
+
+
+def outcome(steps: Steps, suite: str) -> Step:
+    step = steps[suite]
+    if isinstance(step, BaseException):
+        raise step
+    return step
 
 
 @pytest.fixture(scope="module")
-def second(node: Node, first: Step) -> Step:
-    before = node.main_pid()
-    run = node.converge("second")
-    return Step(run, before, node.main_pid())
+def nodes(agent_wheels: Path, s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+    with contextlib.ExitStack() as stack:
+        found: dict[str, Node] = {}
+        for suite in SUITES:
+            container = stack.enter_context(booting(suite, f"svc-{suite}", agent_wheels))
+            found[suite] = Node(container, suite, tmp_path_factory.mktemp(f"chef-{suite}"))
+        for node in found.values():
+            node.container.launch()
+        for node in found.values():
+            node.container.wait_booted()
+        yield found
+        print("\nconverge timings: " + ", ".join(f"{label} {s:.0f}s" for label, s in TIMINGS))
 
 
 @pytest.fixture(scope="module")
-def reloaded(node: Node, second: Step) -> Step:
-    node.wait_for_log("daemon started")
-    before = node.main_pid()
-    node.edit_environment(lambda jobs: jobs["etc"].update(schedule="every 12 hours"))
-    run = node.converge("schedule-change")
-    return Step(run, before, node.main_pid())
+def first(nodes: dict[str, Node]) -> Steps:
+    def step(node: Node) -> Step:
+        run = node.converge("first")
+        return Step(run, 0, node.main_pid())
+
+    return each(nodes, None, step)
 
 
 @pytest.fixture(scope="module")
-def upgraded(node: Node, reloaded: Step, agent_wheels: Path) -> Step:
-    if not list(agent_wheels.glob(f"backup_agent-{NEW_VERSION}-*.whl")):
-        build_agent_wheel(NEW_VERSION, agent_wheels)
-    before = node.main_pid()
-    node.version = NEW_VERSION
-    run = node.converge("new-version")
-    return Step(run, before, node.main_pid())
+def second(nodes: dict[str, Node], first: Steps) -> Steps:
+    def step(node: Node) -> Step:
+        before = node.main_pid()
+        run = node.converge("second")
+        return Step(run, before, node.main_pid())
+
+    return each(nodes, first, step)
 
 
-def test_first_converge_enables_and_starts_the_service(node: Node, first: Step) -> None:
-    assert first.converge.updated > 0
+@pytest.fixture(scope="module")
+def reloaded(nodes: dict[str, Node], second: Steps) -> Steps:
+    def step(node: Node) -> Step:
+        node.wait_for_log("daemon started")
+        before = node.main_pid()
+        node.edit_environment(lambda jobs: jobs["etc"].update(schedule="every 12 hours"))
+        run = node.converge("schedule-change")
+        return Step(run, before, node.main_pid())
+
+    return each(nodes, second, step)
+
+
+@pytest.fixture(scope="module")
+def upgraded(nodes: dict[str, Node], reloaded: Steps, agent_wheels: Path) -> Steps:
+    build_agent_wheel(NEW_VERSION, agent_wheels)
+
+    def step(node: Node) -> Step:
+        before = node.main_pid()
+        node.version = NEW_VERSION
+        run = node.converge("new-version")
+        return Step(run, before, node.main_pid())
+
+    return each(nodes, reloaded, step)
+
+
+@pytest.fixture(scope="module")
+def stopped(nodes: dict[str, Node], upgraded: Steps) -> Steps:
+    """A slow job added, and `systemctl stop` while its first run goes on."""
+    def step(node: Node) -> Step:
+        node.edit_environment(lambda jobs: jobs.update(slow=SLOW_JOB))
+        run = node.converge("slow-job")
+        node.wait_for_log("job slow: run started")
+        before = node.main_pid()
+        started = time.monotonic()
+        stop = node.container.run("systemctl", "stop", "backup-agent", timeout=STOP_TIMEOUT + 60)
+        assert stop.returncode == 0, f"systemctl stop failed: {stop.stderr}"
+        node.stop_seconds = time.monotonic() - started
+        return Step(run, before, node.main_pid())
+
+    return each(nodes, upgraded, step)
+
+
+# Building the images (first run on a machine) happens in the first test's setup.
+pytestmark = [pytest.mark.parametrize("suite", SUITES), pytest.mark.timeout(1800)]
+
+
+def test_first_converge_enables_and_starts_the_service(suite: str, nodes: dict[str, Node], first: Steps) -> None:
+    node, step = nodes[suite], outcome(first, suite)
+    assert step.converge.updated > 0
     assert node.systemctl("is-enabled", "backup-agent") == "enabled"
     assert node.systemctl("is-active", "backup-agent") == "active"
-    assert first.pid_after > 0
+    assert step.pid_after > 0
     node.wait_for_log("daemon started")
     # The unit runs the installed agent with the rendered config.
-    cmdline = node.container.run("cat", f"/proc/{first.pid_after}/cmdline").stdout.split("\0")
-    assert cmdline[-4:-1] == ["-c", "/etc/backup-agent/config.yaml", "daemon"], cmdline
+    cmdline = node.container.run("cat", f"/proc/{step.pid_after}/cmdline").stdout.split("\0")
+    assert cmdline[-4:-1] == ["-c", CONFIG, "daemon"], cmdline
 
 
-def test_second_converge_updates_nothing(node: Node, second: Step) -> None:
-    assert second.converge.updated == 0, second.converge.output[-4000:]
-    assert second.pid_after == second.pid_before
+def test_second_converge_updates_nothing(suite: str, nodes: dict[str, Node], second: Steps) -> None:
+    node, step = nodes[suite], outcome(second, suite)
+    assert step.converge.updated == 0, step.converge.output[-4000:]
+    assert step.pid_after == step.pid_before
     assert node.journal().count("config reloaded") == 0
 
 
-def test_schedule_change_reloads_the_same_process(node: Node, reloaded: Step) -> None:
-    output = reloaded.converge.output
+def test_schedule_change_reloads_the_same_process(suite: str, nodes: dict[str, Node], reloaded: Steps) -> None:
+    node, step = nodes[suite], outcome(reloaded, suite)
+    output = step.converge.output
     assert "service[backup-agent] action reload" in output
     assert "action restart" not in output
-    assert reloaded.pid_after == reloaded.pid_before, "the service was restarted, not reloaded"
+    assert step.pid_after == step.pid_before, "the service was restarted, not reloaded"
     log = node.wait_for_log("config reloaded")
     assert re.search(r"job etc: schedule 'every 12 hours'", log), log[-3000:]
     assert log.count("daemon started") == 1, log[-3000:]
     assert node.systemctl("is-active", "backup-agent") == "active"
 
 
-def test_new_agent_version_restarts_the_service(node: Node, upgraded: Step) -> None:
-    output = upgraded.converge.output
+def test_new_agent_version_restarts_the_service(suite: str, nodes: dict[str, Node], upgraded: Steps) -> None:
+    node, step = nodes[suite], outcome(upgraded, suite)
+    output = step.converge.output
     assert "execute[install backup-agent] action run" in output
     assert "service[backup-agent] action restart" in output
-    assert upgraded.pid_after not in (0, upgraded.pid_before), "the daemon was not restarted"
+    assert step.pid_after not in (0, step.pid_before), "the daemon was not restarted"
     assert node.systemctl("is-active", "backup-agent") == "active"
     node.wait_for_log("daemon started", count=2)
     version = node.container.run("/usr/local/bin/backup-agent", "--version").stdout
@@ -247,26 +321,23 @@ def systemd_seconds(value: str) -> float:
     return total
 
 
-def test_unit_gives_the_daemon_its_stop_timeout(node: Node, upgraded: Step) -> None:
-    rendered = node.container.run("backup-agent", "status", "--json")
-    assert rendered.returncode == 0, rendered.stderr
+def test_unit_gives_the_daemon_its_stop_timeout(suite: str, nodes: dict[str, Node], upgraded: Steps) -> None:
+    node = nodes[suite]
+    outcome(upgraded, suite)
+    assert yaml.safe_load(node.container.path(CONFIG).read_text())["stop_timeout"] == STOP_TIMEOUT
     timeout_stop = systemd_seconds(node.show("TimeoutStopUSec"))
     assert timeout_stop >= STOP_TIMEOUT, f"TimeoutStopSec {timeout_stop}s < stop_timeout {STOP_TIMEOUT}s"
     # Only the daemon gets SIGTERM: the runs it supervises are its to finish or abort.
     assert node.show("KillMode") == "mixed"
 
 
-def test_stop_lets_a_running_backup_finish_then_stops_cleanly(node: Node, upgraded: Step) -> None:
-    node.edit_environment(lambda jobs: jobs.update(slow=SLOW_JOB))
-    node.converge("slow-job")
-    node.wait_for_log("job slow: run started")
-    started = time.monotonic()
-    stop = node.container.run("systemctl", "stop", "backup-agent", timeout=STOP_TIMEOUT + 60)
-    took = time.monotonic() - started
-    assert stop.returncode == 0, stop.stderr
+def test_stop_lets_a_running_backup_finish_then_stops_cleanly(suite: str, nodes: dict[str, Node],
+                                                             stopped: Steps) -> None:
+    node = nodes[suite]
+    outcome(stopped, suite)
     log = node.journal()
     assert re.search(r"job slow: run finished in [\d.]+s \(success\)", log), log[-3000:]
     assert "daemon stopped" in log
     assert node.systemctl("is-active", "backup-agent") == "inactive"
     assert node.show("Result") == "success"
-    assert took < STOP_TIMEOUT, f"systemctl stop took {took:.0f}s"
+    assert node.stop_seconds < STOP_TIMEOUT, f"systemctl stop took {node.stop_seconds:.0f}s"

@@ -179,7 +179,10 @@ def _customize(root: Path, suite: str, log: Path) -> None:
 def _install_chef(root: Path, chef: Path, log: Path) -> None:
     """chef at the version of Gemfile.lock, with the locked versions of its dependencies: the
     repository's lock without the workstation gems (bundler keeps locked versions it can)."""
-    (chef / "Gemfile").write_text(f"source 'https://rubygems.org'\ngem 'chef', '= {chef_version()}'\n")
+    # chef-bin holds the chef-client executable (without it `bundle exec chef-client` finds the
+    # wrapper in /usr/bin again, and again).
+    (chef / "Gemfile").write_text(f"source 'https://rubygems.org'\ngem 'chef', '= {chef_version()}'\n"
+                                  f"gem 'chef-bin', '= {chef_version()}'\n")
     lock = (REPO / "Gemfile.lock").read_text()
     # No "BUNDLED WITH": bundler would fetch and switch to the host's bundler version.
     (chef / "Gemfile.lock").write_text(lock.split("\nBUNDLED WITH")[0] + "\n")
@@ -271,6 +274,12 @@ class Container:
         )
 
     def boot(self, timeout: float = 120) -> None:
+        self.launch()
+        self.wait_booted(timeout)
+
+    def launch(self) -> None:
+        """Start systemd-nspawn. From the main thread: the container is stopped when the thread
+        that launched it ends (pdeathsig follows the thread)."""
         binds = " ".join(f"'{b.option()}'" for b in [*default_binds(self.suite), *self.binds])
         cgroups = " ".join(str(root / self.name) for root in CGROUP_ROOTS)
         # nspawn with --keep-unit puts its payload/supervisor cgroups into its caller's: give it
@@ -285,6 +294,8 @@ class Container:
                 ["setpriv", "--pdeathsig", "TERM", "--", "/bin/bash", "-c", script],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
+
+    def wait_booted(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not self.pid:
             self.pid = self._init_pid()
