@@ -95,14 +95,32 @@ def agent_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dependency_mirror(suite: str) -> dict[str, Any]:
-    """node['backup_agent']['install'] for a node whose pip reaches only a dependency mirror.
+    """node['backup_agent']['install'] for a node whose pip reaches only a dependency mirror:
+    the wheelhouse (CPython 3.11 wheels), and on releases without a Python 3.11 the Python the
+    tests run on, lent read-only (see `lent_python`)."""
+    attrs: dict[str, Any] = {"find_links": [MIRROR_INSIDE], "no_index": True}
+    python = lent_python(suite)
+    if python is not None:
+        attrs["python"] = str(python / "bin" / "python3.11")
+    return attrs
 
-    The wheelhouse has CPython 3.11 wheels; trixie's Python 3.13 also needs its image's packed
-    Debian builds of the compiled dependencies (support.containers.IMAGE_WHEELS)."""
-    links = [MIRROR_INSIDE]
-    if suite == "trixie":
-        links.append(containers.IMAGE_WHEELS)
-    return {"find_links": links, "no_index": True}
+
+def lent_python(suite: str) -> Path | None:
+    """The CPython 3.11 the tests run on, for Debian 13's venv, or None where Debian has one.
+
+    Debian 13's Python is 3.13, and the wheelhouse cannot serve it: jsonschema 4.26 needs
+    rpds-py >= 0.25 and no cp313 build of it exists here (Debian 13 ships 0.21; its image packs
+    Debian's cp313 PyYAML, zstandard, rpds-py and charset-normalizer as wheels in
+    support.containers.IMAGE_WHEELS, for a mirror that adds rpds-py). Until the mirror has
+    cp313 wheels, the agent's venv on Debian 13 uses this interpreter: the service, its unit and
+    systemd are Debian 13's all the same."""
+    if suite == "bookworm":
+        return None
+    base = Path(sys.base_prefix)
+    if sys.version_info[:2] != (3, 11) or base == Path("/usr"):
+        pytest.skip(f"{suite}: no CPython 3.11 outside /usr to lend for the agent's venv (the wheelhouse has "
+                    "cp311 wheels only; Debian 13's Python is 3.13)")
+    return base
 
 
 def install_attributes(suite: str) -> dict[str, Any]:
@@ -137,19 +155,24 @@ def build_agent_wheel(version: str, into: Path) -> Path:
     return found[0]
 
 
-def lent_binds(agent_wheels: Path) -> list[Bind]:
+def lent_binds(suite: str, agent_wheels: Path) -> list[Bind]:
     """What every test container gets from the host, read-only: the chef repository (cookbooks,
-    data bags), the dependency mirror and the agent's wheels."""
+    data bags), the dependency mirror, the agent's wheels (and a Python, see `lent_python`)."""
     house = wheelhouse()
     assert house is not None, "no wheelhouse (../shared/wheelhouse or BACKUP_AGENT_WHEELHOUSE): nothing to mirror"
-    return [Bind(REPO / "cookbooks", f"{CHEF_REPO_INSIDE}/cookbooks"),
-            Bind(REPO / "data_bags", f"{CHEF_REPO_INSIDE}/data_bags"),
-            Bind(house, MIRROR_INSIDE), Bind(agent_wheels, AGENT_WHEELS_INSIDE)]
+    binds = [Bind(REPO / "cookbooks", f"{CHEF_REPO_INSIDE}/cookbooks"),
+             Bind(REPO / "data_bags", f"{CHEF_REPO_INSIDE}/data_bags"),
+             Bind(house, MIRROR_INSIDE), Bind(agent_wheels, AGENT_WHEELS_INSIDE)]
+    python = lent_python(suite)
+    if python is not None:
+        # At its own path: its libpython is found through an absolute rpath.
+        binds.append(Bind(python, str(python)))
+    return binds
 
 
 @contextlib.contextmanager
 def booting(suite: str, name: str, agent_wheels: Path) -> Iterator[Container]:
     """A fresh container of `suite` (mounted, not booted yet: write its files, then `boot()`);
     powered off and removed afterwards, whatever happened."""
-    with Container(suite, name, binds=lent_binds(agent_wheels)) as container:
+    with Container(suite, name, binds=lent_binds(suite, agent_wheels)) as container:
         yield container

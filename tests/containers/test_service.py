@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -187,12 +188,16 @@ def outcome(steps: Steps, suite: str) -> Step:
 
 
 @pytest.fixture(scope="module")
-def nodes(agent_wheels: Path, s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+def nodes(agent_wheels: Path, s3: Any) -> Iterator[dict[str, Node]]:
     with contextlib.ExitStack() as stack:
         found: dict[str, Node] = {}
         for suite in SUITES:
             container = stack.enter_context(booting(suite, f"svc-{suite}", agent_wheels))
-            found[suite] = Node(container, suite, tmp_path_factory.mktemp(f"chef-{suite}"))
+            # The chef-client outputs stay after the run (build/ is ignored), for whoever debugs one.
+            logs = REPO / "build" / "test-containers" / suite
+            shutil.rmtree(logs, ignore_errors=True)
+            logs.mkdir(parents=True)
+            found[suite] = Node(container, suite, logs)
         for node in found.values():
             node.container.launch()
         for node in found.values():
