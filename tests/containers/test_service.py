@@ -45,7 +45,7 @@ NEW_VERSION = "0.1.1"
 # Longer than systemd's default TimeoutStopSec (90 s): the unit must follow the agent's setting.
 STOP_TIMEOUT = 120
 # A backup that takes a while: `systemctl stop` comes while it runs.
-SLOW_JOB = {"type": "command", "command": ["sh", "-c", "sleep 8; echo finished"], "schedule": "every 1 hours"}
+SLOW_JOB = {"type": "command", "command": ["sh", "-c", "sleep 20; echo finished"], "schedule": "every 1 hours"}
 OHAI_LANGUAGES = ["C", "Elixir", "Erlang", "Go", "Groovy", "Haskell", "Java", "Lua", "Mono", "Nodejs", "Perl",
                   "PHP", "Powershell", "Python", "Rust", "Scala"]
 TIMINGS: list[tuple[str, float]] = []
@@ -129,7 +129,7 @@ class Node:
         path.write_text(json.dumps(env, indent=2))
 
     def systemctl(self, *args: str) -> str:
-        return self.container.run("systemctl", *args).stdout.strip()
+        return str(self.container.run("systemctl", *args).stdout).strip()
 
     def show(self, prop: str) -> str:
         return self.systemctl("show", "-p", prop, "--value", "backup-agent")
@@ -138,7 +138,7 @@ class Node:
         return int(self.show("MainPID"))
 
     def journal(self) -> str:
-        return self.container.run("journalctl", "-u", "backup-agent", "--no-pager", "-o", "cat").stdout
+        return str(self.container.run("journalctl", "-u", "backup-agent", "--no-pager", "-o", "cat").stdout)
 
     def wait_for_log(self, needle: str, count: int = 1, timeout: float = 60) -> str:
         deadline = time.monotonic() + timeout
@@ -203,6 +203,8 @@ def nodes(agent_wheels: Path, s3: Any) -> Iterator[dict[str, Node]]:
         for node in found.values():
             node.container.wait_booted()
         yield found
+        for node in found.values():
+            node.container.request_stop()
         print("\nconverge timings: " + ", ".join(f"{label} {s:.0f}s" for label, s in TIMINGS))
 
 
@@ -341,6 +343,9 @@ def test_stop_lets_a_running_backup_finish_then_stops_cleanly(suite: str, nodes:
     node = nodes[suite]
     outcome(stopped, suite)
     log = node.journal()
+    # The stop came while the backup ran, and the daemon waited for it ...
+    assert f"stopping: no new runs; waiting up to {STOP_TIMEOUT}s for slow to finish" in log, log[-3000:]
+    # ... which finished undisturbed (systemd signalled the daemon only).
     assert re.search(r"job slow: run finished in [\d.]+s \(success\)", log), log[-3000:]
     assert "daemon stopped" in log
     assert node.systemctl("is-active", "backup-agent") == "inactive"
