@@ -62,10 +62,10 @@ def plain_item(name: str = "staging") -> dict[str, Any]:
     return item
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def machine() -> Iterator[None]:
-    """The machine for this session; images built (both releases at once) and leftovers of a
-    killed earlier run removed."""
+    """The machine for one module (the converge and knife suites take the same lock, in the same
+    pytest run); images built (both releases at once) and leftovers of a killed earlier run removed."""
     with machine_lock():
         containers.clean_leftovers()
         containers.build(SUITES)
@@ -73,7 +73,7 @@ def machine() -> Iterator[None]:
         containers.clean_leftovers()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3(machine: None) -> Iterator[SeaweedFS]:
     """A real S3 server where the staging data bag item points; containers share the host's
     network, so they reach it on loopback too."""
