@@ -19,7 +19,7 @@ AGENT_WHEEL := backup_agent-$(AGENT_VERSION)-py3-none-any.whl
 # environment: the same agent/ gives the same wheel bytes wherever it is built.
 WHEEL_EPOCH := 1580601600
 
-.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e bench clean
+.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e test-containers images bench clean
 
 demo: venv
 	$(BIN)/python tests/support/demo.py
@@ -68,12 +68,14 @@ lint-ruby: bundle
 chefspec: bundle
 	cd cookbooks/backup_agent && bundle exec rspec
 
-# Suites that change this machine (a real converge, knife bootstrap: packages, /etc, /opt) run
-# one after the other, after the rest; they run where CI=true (or when asked), else skip saying why.
-MACHINE_SUITES := tests/converge $(wildcard tests/e2e)
+# Suites that change this machine (a real converge, knife bootstrap: packages, /etc, /opt;
+# systemd containers: overlays, cgroups) run one after the other, after the rest, one engineer or
+# CI job at a time; they run where CI=true (or when asked), else skip saying why.
+MACHINE_SUITES := tests/converge $(wildcard tests/e2e) tests/containers
+MACHINE_LOCK := flock /tmp/machine-suite.lock
 pytest: venv wheel
 	$(BIN)/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(MACHINE_SUITES))
-	$(BIN)/pytest $(MACHINE_SUITES)
+	$(MACHINE_LOCK) $(BIN)/pytest $(MACHINE_SUITES)
 
 test-converge: deps venv bundle
 	BACKUP_AGENT_CONVERGE=1 $(BIN)/pytest tests/converge -v
@@ -81,6 +83,15 @@ test-converge: deps venv bundle
 # knife against chef-zero and an sshd on loopback, bootstrapping this machine (root).
 test-e2e: deps venv bundle
 	BACKUP_AGENT_E2E=1 $(BIN)/pytest tests/e2e -v
+
+# Debian 12 and 13 containers with systemd as PID 1 (tests/support/containers.py): the service
+# under real systemd, knife bootstrap into a fresh node. The images are built once per machine
+# (debootstrap, cached in /var/cache/backup-agent-test; `make images` builds them alone).
+test-containers: deps venv wheel bundle
+	BACKUP_AGENT_CONTAINERS=1 $(MACHINE_LOCK) $(BIN)/pytest tests/containers -v
+
+images: deps venv
+	cd tests && ../$(BIN)/python -m support.containers build bookworm trixie
 
 bench: venv
 	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev,bench]'

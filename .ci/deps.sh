@@ -7,6 +7,7 @@ packages=(
   python3 python3-venv python3-dev           # the agent's venv; the cookbook's venv on this node
   postgresql mariadb-server mariadb-client   # real databases for the dump tests
   openssh-server                             # knife bootstrap over SSH on loopback
+  debootstrap systemd-container              # Debian containers with systemd as PID 1 (tests/containers)
   time procps psmisc                         # /usr/bin/time -v, ps, fuser in tests and bench
 )
 missing=()

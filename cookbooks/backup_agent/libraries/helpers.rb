@@ -21,6 +21,10 @@ module BackupAgentCookbook
   JOBS_KEY = 'backup_agent_jobs'.freeze
   FAILED_KEY = 'backup_agent_failed_resource'.freeze
   WATCH_KEY = 'backup_agent_failure_watch'.freeze
+  # The agent's stop_timeout when config.yaml sets none (`backup-agent schema`), and what the
+  # daemon may take beyond it: ABORT_GRACE (10 s) + NOTIFY_GRACE (5 s) in daemon.py, with room.
+  AGENT_STOP_TIMEOUT = 60
+  STOP_GRACE = 30
 
   # Everything the recipes ask this machine is one of the module functions below, so specs stub
   # them (spec_helper does, for every example): ChefSpec evaluates guards on whatever host the
@@ -329,6 +333,13 @@ module BackupAgentCookbook
 
     def backup_agent_service_managed?
       backup_agent_service_manager == 'systemd'
+    end
+
+    # The unit's TimeoutStopSec: the daemon's stop_timeout (the agent's default when unset), plus
+    # the grace it gives aborted runs (SIGINT, then SIGKILL after 10 s) and its last notifications.
+    def backup_agent_timeout_stop_sec
+      stop_timeout = node['backup_agent']['config']['stop_timeout'] || BackupAgentCookbook::AGENT_STOP_TIMEOUT
+      (stop_timeout.to_f + BackupAgentCookbook::STOP_GRACE).ceil
     end
 
     def backup_agent_daemon_pid

@@ -31,7 +31,8 @@ template unit_path do
     bin: backup_agent_bin,
     config_path: backup_agent_config_path,
     nice: service_settings['nice'],
-    io_scheduling_class: service_settings['io_scheduling_class']
+    io_scheduling_class: service_settings['io_scheduling_class'],
+    timeout_stop_sec: backup_agent_timeout_stop_sec
   )
   notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if backup_agent_service_managed?
 end

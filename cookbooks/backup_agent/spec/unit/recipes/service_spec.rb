@@ -26,6 +26,24 @@ describe 'backup_agent::service' do
     }
   end
 
+  it "gives the daemon its stop_timeout on stop, signalling only the daemon (the agent's default: 60 s)" do
+    expect(chef_run).to render_file(BackupAgentSpec::UNIT_PATH).with_content { |content|
+      expect(content).to include('KillMode=mixed', 'TimeoutStopSec=90')
+    }
+  end
+
+  context 'with a stop_timeout longer than systemd waits by default' do
+    let(:chef_run) do
+      ChefSpec::SoloRunner.new do |node|
+        node.override['backup_agent']['config']['stop_timeout'] = 300
+      end.converge('backup_agent::install', 'backup_agent::config', described_recipe)
+    end
+
+    it 'waits that long plus the grace of aborted runs' do
+      expect(chef_run).to render_file(BackupAgentSpec::UNIT_PATH).with_content('TimeoutStopSec=330')
+    end
+  end
+
   context 'where systemd is not PID 1' do
     it 'manages no service and logs why, without a resource that would count as updated' do
       allow(Chef::Log).to receive(:warn).and_call_original
