@@ -436,8 +436,8 @@ def test_restore_to_a_closed_stdout_is_one_line(agent: Any) -> None:
     proc = subprocess.run(f"exec {AGENT} -c {agent.path} restore so --target - >&-", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed; redirect it to a file "
-                                   "or a pipe")
+    assert proc.stderr.strip() == ("backup-agent: --target -: standard output is closed or not writable; "
+                                   "redirect it to a file or a pipe, or give --target FILE")
     proc = agent.run("restore", "so", "--target", "/tmp", "--clean")
     assert proc.returncode == 2 and "--clean: only with --into" in proc.stderr
 
