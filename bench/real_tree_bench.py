@@ -117,7 +117,7 @@ def main() -> int:
                               file=sys.stderr)
         base = builds[0][0]
         for what, table in (("wall seconds", results), ("agent CPU seconds (user + system)", cpus)):
-            print(f"\n{files} real files ({size / 1e6:.0f} MB), median of {args.rounds} alternating rounds; "
+            print(f"\n{files} files ({size / 1e6:.0f} MB), median of {args.rounds} alternating rounds; "
                   f"{what} [min-max] (ratio = build / {base})\n")
             print("| build | full | no-change | restore | peak RSS MB |")
             print("|---|---|---|---|---|")
