@@ -246,3 +246,16 @@ def test_unknown_job_and_bad_config_exit_2(agent, tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "jobs.x.retention.keep_daily: must be an integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_failed_run_json_still_has_every_field(agent, tmp_path: Path) -> None:
+    """Scripts read `run --json` the same way whatever happened: every contract field, zeros and
+    null where nothing happened, plus the one-line error."""
+    agent.job("gone", type="files", paths=[str(tmp_path / "src")])
+    agent.write(storage={**agent.data["storage"], "bucket": "no-such-bucket-here"})
+    proc = agent.run("run", "gone", "--json")
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and doc["job"] == "gone" and doc["snapshot"] is None and doc["error"]
+    for key in ("files_new", "files_changed", "files_unchanged", "files_failed", "bytes_uploaded", "duration_s"):
+        assert doc[key] == 0, key

@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, as_json)
     except AgentError as exc:
         if as_json:
-            print(json.dumps({"status": "failed", "error": redact(str(exc)), **exc.details}, default=str))
+            doc = {**_failed_run(args), "status": "failed", "error": redact(str(exc)), **exc.details}
+            print(json.dumps(doc, default=str))
         # Not through logging, so masked here: a command's own error output may carry a secret.
         print(f"backup-agent: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -158,10 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line for the user, the traceback with -v
         log.debug("unexpected error", exc_info=True)
         if as_json:
-            print(json.dumps({"status": "failed", "error": redact(f"{type(exc).__name__}: {exc}")}))
+            error = redact(f"{type(exc).__name__}: {exc}")
+            print(json.dumps({**_failed_run(args), "status": "failed", "error": error}))
         print(f"backup-agent: internal error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with -v for details)",
               file=sys.stderr)
         return EXIT_FAILED
+
+
+def _failed_run(args: argparse.Namespace) -> dict[str, Any]:
+    """`run --json` prints every field of a run also when it fails (docs/CONTRACT.md): zeros and
+    null where nothing happened; a failure that knows more (exc.details) overrides them."""
+    if args.verb != "run":
+        return {}
+    from backup_agent.jobs.base import RunResult  # only on this path: jobs import botocore
+
+    return RunResult(job=args.job, snapshot=None, status="failed").to_json()
 
 
 def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
