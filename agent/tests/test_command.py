@@ -403,8 +403,28 @@ def test_corrupt_dump_is_refused(agent: Any, tmp_path: Path) -> None:
     target = tmp_path / "out.dump"
     proc = agent.run("restore", "c", "--target", str(target))
     assert proc.returncode == 1 and "does not match its sha256" in proc.stderr
-    assert not target.exists() and list(tmp_path.glob(".out.dump*")) == []
+    assert not target.exists() and list(tmp_path.glob(".*")) == []
     assert agent.run("check", "c", "--read-data").returncode == 1
+
+
+def test_a_dump_restored_to_a_file_never_writes_through_what_was_there(agent: Any, tmp_path: Path) -> None:
+    """A hard link at the old temp name and a symlink at the target, both to files outside:
+    the restore writes neither, and the target becomes the dump itself."""
+    agent.job("c", type="command", command=["echo", "precious data"], compression="none")
+    agent.json("run", "c")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep me\n")
+    (outside / "other").write_text("me too\n")
+    at = tmp_path / "at"
+    at.mkdir()
+    os.link(outside / "victim", at / ".out.dump.restore-tmp")
+    (at / "out.dump").symlink_to(outside / "other")
+    proc = agent.run("restore", "c", "--target", str(at / "out.dump"))
+    assert proc.returncode == 0, proc.stderr
+    assert (outside / "victim").read_text() == "keep me\n" and (outside / "other").read_text() == "me too\n"
+    assert not (at / "out.dump").is_symlink() and (at / "out.dump").read_text() == "precious data\n"
+    assert sorted(p.name for p in at.iterdir()) == [".out.dump.restore-tmp", "out.dump"]
 
 
 def test_a_corrupt_dump_reaches_no_reader(agent: Any, tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from backup_agent.config_schema import DEFAULT_COMMAND_TIMEOUT
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs import presets
 from backup_agent.jobs.base import Clock, RunResult, S3Job, rfc3339, utcnow
+from backup_agent.jobs.restore_files import commit, discard, open_new
 from backup_agent.state import JobLock, ensure_dir
 from backup_agent.storage import layout
 from backup_agent.storage.manifest import Entry, ManifestWriter
@@ -688,18 +689,22 @@ class CommandJob(S3Job):
         dest = target / f"{self.job.name}.{header.get('extension') or 'dump'}" if target.is_dir() else target
         if not dest.parent.is_dir():
             raise ConfigError(f"--target {target}: directory {dest.parent} does not exist")
-        tmp = dest.with_name(f".{dest.name}.restore-tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        # A private temp name (O_EXCL, chosen by nobody else) in the target's directory: a file
+        # or link someone planted at a predictable name must not decide where the dump goes.
+        dfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                size = self._download(sid, entry, key, kind, fh.write)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, dest)  # only a verified dump gets the real name
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+            tmp, fd = open_new(dfd)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    size = self._download(sid, entry, key, kind, fh.write)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except BaseException:
+                discard(dfd, tmp)
+                raise
+            commit(dfd, tmp, dest.name)  # only a verified dump gets the real name, over any link there
+        finally:
+            os.close(dfd)
         return {"target": str(dest.resolve()), "bytes": size}
 
     @contextlib.contextmanager
