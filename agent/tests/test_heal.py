@@ -284,3 +284,24 @@ def test_ids_follow_the_order_of_runs_whatever_the_clock_says(clocks: list[datet
     snaps = [Snapshot(s, layout.snapshot_time(s)) for s in sorted(made, key=layout.snapshot_order)]
     assert pick_snapshot(snaps, None, None, "data", "here").id == made[-1]
     assert apply([(s.id, s.time) for s in snaps], {"keep_last": 1}).keep == [made[-1]]
+
+
+def test_command_job_snapshots_keep_the_order_they_were_made_in(agent, tmp_path: Path) -> None:
+    """A clock set back between two dumps: the second is still the latest (restore, keep_last)."""
+    from datetime import timedelta
+
+    from backup_agent.jobs.command import CommandJob
+
+    marker = tmp_path / "n"
+    agent.job("db", type="command", command=["cat", str(marker)], retention={"keep_last": 1})
+    now = datetime(2026, 11, 27, 2, 0, 0, tzinfo=UTC)
+    made = []
+    for text, at in (("first\n", now), ("second\n", now - timedelta(hours=1))):
+        marker.write_text(text)
+        cfg = config.load(str(agent.path))
+        made.append(CommandJob(cfg, cfg.job("db"), clock=lambda at=at: at, s3=make_client(cfg.storage)).run().snapshot)
+    assert [s["id"] for s in agent.json("snapshots", "db")] == made
+    proc = agent.run("restore", "db", "--target", "-")
+    assert proc.returncode == 0 and proc.stdout == "second\n", proc.stderr
+    out = agent.json("prune", "db")
+    assert out["forget"] == [made[0]]

@@ -509,7 +509,10 @@ class CommandJob(S3Job):
 
     def _run(self, started: float, run_as: RunAs | None) -> RunResult:
         now = self.clock()
-        sid = layout.new_snapshot_id(now)
+        # After the newest snapshot whatever the clock says (one LIST): snapshots keep the order
+        # they were made in, which latest, --at and retention follow.
+        newest = self.snapshots()
+        sid = layout.new_snapshot_id(now, after=newest[-1].id if newest else None)
         result = RunResult(job=self.job.name, snapshot=None)
         self.warn_if_unversioned(result)
         name = f"{self.job.name}.dump{SUFFIX[self.compression]}"
