@@ -8,6 +8,7 @@
 
 require 'digest'
 require 'json'
+require 'yaml'
 require 'chef/event_dispatch/base'
 require 'chef/mixin/shell_out'
 require_relative 'config_builder'
@@ -51,6 +52,16 @@ module BackupAgentCookbook
     ::File.realpath(path)
   rescue SystemCallError
     nil
+  end
+
+  # The jobs of the config file now on disk (name => job), {} when there is none or it is not
+  # a config: what a backup_agent_job compares its job with.
+  def self.config_jobs(path)
+    config = YAML.safe_load(read_file(path).to_s)
+    jobs = config['jobs'] if config.is_a?(Hash)
+    jobs.is_a?(Hash) ? jobs : {}
+  rescue Psych::Exception
+    {}
   end
 
   def self.systemd_running?

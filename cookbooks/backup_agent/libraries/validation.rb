@@ -12,6 +12,8 @@
 # `backup-agent validate` checks the rendered file before it replaces the old one, so the two
 # never disagree about what a valid config is.
 
+require_relative 'secret_keys'
+
 module BackupAgentCookbook
   class ConfigError < StandardError; end
 
@@ -36,11 +38,11 @@ module BackupAgentCookbook
     SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
                      "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
 
-    # Keys that come from the encrypted data bag item and never from attributes.
-    STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
-    JOB_SECRET_KEYS = %w(password).freeze
-    # Notification URLs carry the credential in the URL itself (a healthchecks uuid, a webhook token).
-    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
+    # Keys that come from the secret store and never from attributes (libraries/secret_keys.rb).
+    STORAGE_SECRET_KEYS = SecretKeys::STORAGE
+    # A job's keys in the config that only job_secrets.<job> of the item sets (password, secret_env).
+    JOB_SECRET_KEYS = SecretKeys::JOB.values.freeze
+    NOTIFY_SECRET_KEYS = SecretKeys::NOTIFY_KEYS
     # Environment variable names taken for secrets (PGPASSWORD, MYSQL_PWD, API_TOKEN, ...): their
     # values belong in job_secrets.<job>.env of the data bag item.
     SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
@@ -190,8 +192,9 @@ module BackupAgentCookbook
           job_errors(job).each { |key, message| add.call(['jobs', name, key].compact, message) }
           next unless job.is_a?(Hash)
           (job.keys & JOB_SECRET_KEYS).each do |key|
+            item_key = SecretKeys::JOB.key(key)
             add.call(['jobs', name, key], 'is a secret: put it in the encrypted data bag item as ' \
-                                          "job_secrets.#{name}.#{key}, never in an attribute")
+                                          "job_secrets.#{name}.#{item_key}, never in an attribute")
           end
           next unless job['env'].is_a?(Hash)
           job['env'].each do |var, value|

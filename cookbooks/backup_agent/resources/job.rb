@@ -13,10 +13,11 @@
 #   end
 #
 # Properties carry the config file's job keys under the same names (except `freeze_paths`, the
-# config's `freeze`: Ruby reserves that name). The resource changes nothing by itself: :create
+# config's `freeze`: Ruby reserves that name). The resource writes nothing by itself: :create
 # adds the job to this run's list in node.run_state, :delete takes it out (an attribute job of
 # the same name too), and backup_agent::config renders the one config.yaml from attributes plus
-# that list at the end of the run. A job nobody declares any more is therefore gone from the
+# that list at the end of the run. It counts as updated when its job in that file will change,
+# so `notifies` on it fires then, and only then. A job nobody declares any more is therefore gone from the
 # next config. Secrets (a command job's password, secret environment variables) never go here:
 # they come from the encrypted data bag item, job_secrets.<job>.password / .env.
 
@@ -91,10 +92,12 @@ end
 
 action :create, description: 'Adds the job to the config rendered at the end of this run' do
   backup_agent_register_job(new_resource.job_name, job)
+  report_change(rendered_job(job))
 end
 
 action :delete, description: 'Leaves the job out of the config rendered at the end of this run, even if attributes define it' do
   backup_agent_register_job(new_resource.job_name, nil)
+  report_change(nil)
 end
 
 action_class do
@@ -104,5 +107,36 @@ action_class do
     keys.select { |key| new_resource.property_is_set?(key) }.to_h do |key|
       [key == :freeze_paths ? 'freeze' : key.to_s, new_resource.public_send(key)]
     end
+  end
+
+  # The resource counts as updated (so its notifications fire) exactly when the job in the
+  # config file will differ from the one there now: the config renders at the end of the run,
+  # but what this job will look like in it is known now. Nothing is logged but the job's name:
+  # the job may carry the data bag item's secrets.
+  def report_change(wanted)
+    name = new_resource.job_name
+    current = BackupAgentCookbook.config_jobs(backup_agent_config_path)[name]
+    return if wanted == current
+    what = if wanted.nil? then 'remove'
+           elsif current.nil? then 'add'
+           else 'change'
+           end
+    converge_by("#{what} job #{name} in #{backup_agent_config_path} (rendered at the end of the run)") {}
+  end
+
+  # This job as the config will have it: the resource's keys, attributes of the same name over
+  # them, the item's job secrets; nil when attributes remove it. A job the config will refuse
+  # (the template says why) counts as changed.
+  def rendered_job(job)
+    name = new_resource.job_name
+    attribute_jobs = node['backup_agent']['jobs'].to_hash
+    secrets = node.run_state[BackupAgentCookbook::RUN_STATE_KEY] || {}
+    config = BackupAgentCookbook::ConfigBuilder.build(
+      settings: {}, jobs: attribute_jobs.slice(name), resource_jobs: { name => job },
+      secrets: { 'job_secrets' => secrets['job_secrets'] }, node_name: node.name, environment: node.chef_environment
+    )
+    (config['jobs'] || {})[name]
+  rescue BackupAgentCookbook::ConfigError
+    :refused
   end
 end
