@@ -365,6 +365,8 @@ module BackupAgentCookbook
   end
 end
 
-# Recipes, and resource blocks (guards, lazy values and verify blocks run with the resource as self).
+# The recipe DSL only: recipes, and the action_class of backup_agent_job (action classes have the
+# recipe DSL). Not every Chef::Resource: that put these names on every resource of every cookbook
+# on the node. Resource blocks run with the resource as self, so the recipes reach the helpers
+# through a local there (`helpers = self`).
 Chef::DSL::Recipe.include(BackupAgentCookbook::Helpers)
-Chef::Resource.include(BackupAgentCookbook::Helpers)

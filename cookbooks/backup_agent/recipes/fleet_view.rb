@@ -11,6 +11,10 @@
 # recipe writes what the plugin needs to find the agent, and reloads the plugin at the end of a
 # run that changed that (the first converge: the node is reported at once).
 
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
+
 fleet_view = node['backup_agent']['fleet_view']
 settings_file = fleet_view['settings_file'] || ::File.join(::File.dirname(backup_agent_config_path), 'fleet_view.json')
 unless settings_file == '/etc/backup-agent/fleet_view.json'
@@ -32,8 +36,8 @@ end
 file settings_file do
   content(lazy do
     JSON.pretty_generate(
-      'bin' => backup_agent_bin,
-      'config' => backup_agent_config_path,
+      'bin' => helpers.backup_agent_bin,
+      'config' => helpers.backup_agent_config_path,
       'stale_after_periods' => fleet_view['stale_after_periods']
     ) + "\n"
   end)

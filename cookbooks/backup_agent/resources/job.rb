@@ -100,6 +100,8 @@ action :delete, description: 'Leaves the job out of the config rendered at the e
   report_change(nil)
 end
 
+# The cookbook's helpers (backup_agent_register_job, backup_agent_config_path) come with the
+# recipe DSL every action class has.
 action_class do
   # The properties that were set, under the config file's key names.
   def job
