@@ -276,7 +276,8 @@ module BackupAgentCookbook
         resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],
         node_name: node.name,
-        environment: node.chef_environment
+        # A Policyfile node's chef_environment is usually `_default`: its policy group says where it runs.
+        environment: node.policy_group || node.chef_environment
       )
       backup_agent_check_jobs!(config['jobs'] || {})
       config
