@@ -252,12 +252,23 @@ module BackupAgentCookbook
       provided = state[BackupAgentCookbook::RUN_STATE_KEY]
       state[BackupAgentCookbook::RUN_STATE_KEY] =
         if provided.nil?
-          BackupAgentCookbook::Secrets.load(self, node['backup_agent']['data_bag'], node.chef_environment, node.policy_group)
+          backup_agent_load_secrets
         else
           BackupAgentCookbook::Secrets.from_run_state(provided, "node.run_state['#{BackupAgentCookbook::RUN_STATE_KEY}']")
         end
       state[BackupAgentCookbook::SECRETS_CHECKED_KEY] = true
       state[BackupAgentCookbook::RUN_STATE_KEY]
+    end
+
+    # From the store node['backup_agent']['secrets']['source'] names; each goes through the same checks.
+    def backup_agent_load_secrets
+      store = node['backup_agent']['secrets']
+      data_bag = node['backup_agent']['data_bag']
+      case store['source']
+      when 'chef_vault' then BackupAgentCookbook::Secrets.load_vault(self, data_bag, node.chef_environment, node.policy_group)
+      when 'secret' then BackupAgentCookbook::Secrets.load_service(self, store)
+      else BackupAgentCookbook::Secrets.load(self, data_bag, node.chef_environment, node.policy_group)
+      end
     end
 
     # What backup_agent_job resources declared in this run: name => job, or nil once deleted.

@@ -61,6 +61,49 @@ module BackupAgentCookbook
       values.freeze
     end
 
+    # A chef-vault item (node['backup_agent']['secrets']['source'] = 'chef_vault'): the vault is
+    # the data bag settings' name, the item chosen as for a data bag item; only the nodes (and
+    # admins) the vault was shared with can decrypt it, instead of everyone with the shared secret.
+    # chef_vault_item is Chef's own (Chef::DSL::ChefVault, with the chef-vault gem Chef 18 ships).
+    def load_vault(dsl, settings, environment, policy_group = nil)
+      bag = settings['name']
+      item_name = find_item(dsl, bag, item_candidates(settings, environment, policy_group))
+      where = "chef-vault item '#{bag}/#{item_name}'"
+      item = begin
+               dsl.chef_vault_item(bag, item_name)
+             rescue StandardError => e
+               raise SecretsError, "backup_agent: cannot load #{where} (is this node one of the vault's clients? " \
+                                   "`knife vault update #{bag} #{item_name} -S 'name:NODE'`): #{e.class}: #{first_line(e)}"
+             end
+      extract(item, where, nil)
+    end
+
+    # A secret service through Chef 18's `secret` helper (node['backup_agent']['secrets']['source']
+    # = 'secret'), e.g. AWS Secrets Manager: the secret's value is a JSON object of the data bag
+    # item's keys. store: node['backup_agent']['secrets'] (secret_name, secret_service, secret_config).
+    def load_service(dsl, store)
+      name = store['secret_name']
+      service = store['secret_service'].to_s.to_sym
+      where = "secret '#{name}' (#{service})"
+      config = (store['secret_config'] || {}).to_h.transform_keys(&:to_sym)
+      value = begin
+                dsl.secret(name: name, service: service, config: config)
+              rescue StandardError => e
+                raise SecretsError, "backup_agent: cannot fetch #{where}: #{e.class}: #{first_line(e)}"
+              end
+      value = parse_service_value(value, where)
+      extract(value, where, nil)
+    end
+
+    # Never echoes the value: a malformed secret is still a secret.
+    def parse_service_value(value, where)
+      value = JSON.parse(value) if value.is_a?(String)
+      return value.to_h.transform_keys(&:to_s) if value.respond_to?(:to_h) && !value.is_a?(Array)
+      raise SecretsError, "backup_agent: #{where} must hold a JSON object of the data bag item's keys, got #{value.class}"
+    rescue JSON::ParserError
+      raise SecretsError, "backup_agent: #{where} must hold a JSON object of the data bag item's keys, got text that is not JSON"
+    end
+
     # A Policyfile node's chef_environment is usually `_default`: its policy group (e.g.
     # production) is what says where it runs.
     def item_candidates(settings, environment, policy_group = nil)

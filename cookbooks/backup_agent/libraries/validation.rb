@@ -48,6 +48,9 @@ module BackupAgentCookbook
     SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
 
     SERVICE_MANAGERS = %w(auto systemd none).freeze
+    # Where the secrets come from: an encrypted data bag item, a chef-vault item, or a secret
+    # service through Chef's `secret` helper.
+    SECRET_SOURCES = %w(data_bag chef_vault secret).freeze
     STORAGE_CLASSES = %w(STANDARD STANDARD_IA GLACIER_IR GLACIER DEEP_ARCHIVE).freeze
 
     # Property callbacks of backup_agent_job: {message => check}, as Chef's `callbacks:` wants.
@@ -183,6 +186,18 @@ module BackupAgentCookbook
 
       data_bag = section(attrs, 'data_bag', add)
       string(data_bag, 'data_bag', 'name', add, required: true) if data_bag
+
+      store = section(attrs, 'secrets', add)
+      if store
+        unless SECRET_SOURCES.include?(store['source'])
+          add.call(%w(secrets source), "#{store['source'].inspect} is not one of #{SECRET_SOURCES.join(', ')}")
+        end
+        if store['source'] == 'secret'
+          string(store, 'secrets', 'secret_name', add, required: true)
+          string(store, 'secrets', 'secret_service', add, required: true)
+          add.call(%w(secrets secret_config), "must be a map, got #{describe(store['secret_config'])}") unless store['secret_config'].nil? || store['secret_config'].is_a?(Hash)
+        end
+      end
 
       jobs = attrs['jobs']
       if jobs.is_a?(Hash)
