@@ -594,8 +594,9 @@ def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
 
     assert CONFIG.read_bytes() == before
     assert CONFIG.stat().st_mtime_ns == before_mtime
-    # Nothing with credentials was left behind: no staged copy, no failed_validations copy.
-    assert sorted(p.name for p in CONFIG.parent.iterdir()) == ["config.yaml"]
+    # Nothing with credentials was left behind: no staged copy, no failed_validations copy
+    # (fleet_view.json is the Ohai plugin's settings: agent and config paths, no secret).
+    assert sorted(p.name for p in CONFIG.parent.iterdir()) == ["config.yaml", "fleet_view.json"]
     assert not list(tmp_path.glob("*/cache/failed_validations"))
     # The daemon was not told about configs that never replaced the old one.
     assert len(daemon.reloads()) == 4
