@@ -63,7 +63,7 @@ lint-python: venv
 	$(BIN)/ruff check agent tests bench
 	$(BIN)/mypy --config-file agent/pyproject.toml
 lint-ruby: bundle
-	bundle exec cookstyle cookbooks/backup_agent Berksfile cookbooks/backup_agent/files/ohai/backup_agent.rb
+	bundle exec cookstyle cookbooks/backup_agent Berksfile cookbooks/backup_agent/ohai/backup_agent.rb
 
 chefspec: bundle
 	cd cookbooks/backup_agent && bundle exec rspec

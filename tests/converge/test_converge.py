@@ -1,7 +1,8 @@
 """Real `chef-client --local-mode` converges of this repository on this machine.
 
-The chef repo is this checkout (cookbooks/, data_bags/) plus a copy of environments/ that the
-tests may edit, the secret is the TEST-ONLY tests/fixtures/encrypted_data_bag_secret. The agent
+The chef repo is this checkout's cookbooks/, the TEST-ONLY encrypted items of
+tests/fixtures/encrypted_data_bags/ and a copy of environments/ that the tests may edit; the
+secret is the TEST-ONLY tests/fixtures/encrypted_data_bag_secret. The agent
 is installed the way a node without PyPI installs it: the wheel the cookbook carries
 (files/agent), its dependencies by the cookbook's hash lock from a mirror that holds nothing else
 (the lock's wheels from the wheelhouse, BACKUP_AGENT_WHEELHOUSE): no agent anywhere but the
@@ -137,14 +138,14 @@ TIMINGS: list[tuple[str, float]] = []
 
 class ChefRepo:
     """client.rb, node state and an editable copy of environments/ in a temp dir; cookbooks and
-    data bags come from this checkout (or from `data_bags` when given)."""
+    data bags are the test-only encrypted items (or `data_bags` when given)."""
 
     def __init__(
         self,
         workdir: Path,
         sample_source: Path,
         secret: Path = FIXTURES / "encrypted_data_bag_secret",
-        data_bags: Path = REPO / "data_bags",
+        data_bags: Path = FIXTURES / "encrypted_data_bags",
         mirror: Path | None = None,
     ) -> None:
         self.workdir = workdir
@@ -511,7 +512,7 @@ class BadInput:
 
 def bad_inputs(repo: ChefRepo, tmp: Path) -> list[BadInput]:
     broken_bags = tmp / "broken_data_bags"
-    shutil.copytree(REPO / "data_bags", broken_bags)
+    shutil.copytree(FIXTURES / "encrypted_data_bags", broken_bags)
     item = broken_bags / "backup_agent" / "staging.json"
     item.write_text(item.read_text()[:-40])  # cut off mid-JSON
     wrong_secret = tmp / "wrong_secret"
@@ -568,7 +569,7 @@ def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
         # Each in its own chef repo dir: they run two at a time, and change nothing.
         own = ChefRepo(tmp_path / re.sub(r"\W+", "-", case.name), sample[0],
                        secret=case.secret or FIXTURES / "encrypted_data_bag_secret",
-                       data_bags=case.data_bags or REPO / "data_bags", mirror=repo.mirror)
+                       data_bags=case.data_bags or FIXTURES / "encrypted_data_bags", mirror=repo.mirror)
         shutil.rmtree(own.environments)
         shutil.copytree(repo.environments, own.environments)
         return own.converge(case.attributes or own.attributes(), label=f"bad: {case.name}")
@@ -593,8 +594,9 @@ def test_bad_inputs_fail_clearly_and_leave_the_config_alone(
 
     assert CONFIG.read_bytes() == before
     assert CONFIG.stat().st_mtime_ns == before_mtime
-    # Nothing with credentials was left behind: no staged copy, no failed_validations copy.
-    assert sorted(p.name for p in CONFIG.parent.iterdir()) == ["config.yaml"]
+    # Nothing with credentials was left behind: no staged copy, no failed_validations copy
+    # (fleet_view.json is the Ohai plugin's settings: agent and config paths, no secret).
+    assert sorted(p.name for p in CONFIG.parent.iterdir()) == ["config.yaml", "fleet_view.json"]
     assert not list(tmp_path.glob("*/cache/failed_validations"))
     # The daemon was not told about configs that never replaced the old one.
     assert len(daemon.reloads()) == 4

@@ -340,7 +340,9 @@ def _world(workdir: Path, procs: list[subprocess.Popen[bytes]]) -> Iterator[Worl
     environments = sorted(str(p.relative_to(REPO)) for p in (REPO / "environments").glob("*.json"))
     ws.knife("environment", "from", "file", *environments)
     ws.knife("data", "bag", "create", "backup_agent")
-    items = sorted(str(p.relative_to(REPO)) for p in (REPO / "data_bags" / "backup_agent").glob("*.json"))
+    # The TEST-ONLY items (encrypted with the test secret), where a `knife upload` of the repository
+    # does not find them.
+    items = sorted(str(p.relative_to(REPO)) for p in (FIXTURES / "encrypted_data_bags" / "backup_agent").glob("*.json"))
     ws.knife("data", "bag", "from", "file", "backup_agent", *items)
     for args in (("install",), ("upload",)):
         result = ws.run("berks", *args)

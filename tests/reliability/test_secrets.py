@@ -222,7 +222,8 @@ def test_a_sandboxed_converge_keeps_secrets_out(tmp_path: Path) -> None:
         "local_mode true", 'node_name "reliability-sandbox"',
         f"cookbook_path [{json.dumps(str(REPO / 'cookbooks'))}]",
         *(f"{k} {json.dumps(str(v))}" for k, v in {
-            "chef_repo_path": REPO, "data_bag_path": REPO / "data_bags", "environment_path": REPO / "environments",
+            "chef_repo_path": REPO, "data_bag_path": REPO / "tests" / "fixtures" / "encrypted_data_bags",
+            "environment_path": REPO / "environments",
             "node_path": chef / "nodes", "client_path": chef / "clients", "client_key": chef / "client.pem",
             "file_cache_path": chef / "cache", "file_backup_path": chef / "backup",
             "encrypted_data_bag_secret": REPO / "tests" / "fixtures" / "encrypted_data_bag_secret"}.items())]) + "\n")

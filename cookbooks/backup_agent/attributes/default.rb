@@ -64,6 +64,18 @@ default['backup_agent']['data_bag']['secret_file'] = nil
 # Refuse a plain (unencrypted) item so credentials never sit readable on the Chef server.
 default['backup_agent']['data_bag']['require_encrypted'] = true
 
+# --- secrets: which store holds the bucket, credentials, job secrets and notification URLs ----
+# data_bag:   the encrypted data bag item above (one shared secret decrypts every item);
+# chef_vault: the chef-vault item of the same name and choice (vault data_bag.name, item by
+#             policy_group / chef_environment / fallback_item): only the vault's clients decrypt it;
+# secret:     secret_name from a secret service through Chef 18's `secret` helper (default: AWS
+#             Secrets Manager, region etc. in secret_config); its value is a JSON object of the
+#             item's keys. Each goes through the same checks and reaches only node.run_state.
+default['backup_agent']['secrets']['source'] = 'data_bag'
+default['backup_agent']['secrets']['secret_name'] = nil
+default['backup_agent']['secrets']['secret_service'] = 'aws_secrets_manager'
+default['backup_agent']['secrets']['secret_config'] = {}
+
 # --- service ---------------------------------------------------------------------------------
 default['backup_agent']['service']['name'] = 'backup-agent'
 default['backup_agent']['service']['enabled'] = true

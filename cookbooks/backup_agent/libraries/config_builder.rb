@@ -11,6 +11,7 @@
 
 require 'json'
 require 'yaml'
+require_relative 'secret_keys'
 require_relative 'validation'
 
 module BackupAgentCookbook
@@ -22,8 +23,8 @@ module BackupAgentCookbook
     STORAGE_ORDER = %w(bucket prefix region endpoint_url access_key_id secret_access_key session_token sse
                        kms_key_id).freeze
     # What a data bag item may add to a job under job_secrets.<job>: only command jobs take them.
-    JOB_SECRET_KEYS = %w(password env).freeze
-    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
+    JOB_SECRET_KEYS = SecretKeys::JOB.keys.freeze
+    NOTIFY_SECRET_KEYS = SecretKeys::NOTIFY_KEYS
 
     module_function
 
@@ -85,13 +86,12 @@ module BackupAgentCookbook
           raise ConfigError, "backup_agent: job_secrets.#{name} (#{keys.join(', ')}) of the data bag item is for " \
                              "job '#{name}', which is a #{job['type']} job: only command jobs take them"
         end
-        job['password'] = values['password'] if values.key?('password')
+        keys.each { |key| job[SecretKeys::JOB[key]] = values[key] }
         next unless values['env']
-        # The item's values go to `secret_env`, which the agent masks whatever the names; the item
+        # The item's env goes to `secret_env`, which the agent masks whatever the names; the item
         # wins over a plain attribute of the same name (the agent refuses a name in both).
         env = (job['env'] || {}).reject { |var, _| values['env'].key?(var) }
         env.empty? ? job.delete('env') : job['env'] = env
-        job['secret_env'] = values['env']
       end
     end
 

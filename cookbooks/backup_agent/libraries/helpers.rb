@@ -8,6 +8,7 @@
 
 require 'digest'
 require 'json'
+require 'yaml'
 require 'chef/event_dispatch/base'
 require 'chef/mixin/shell_out'
 require_relative 'config_builder'
@@ -55,6 +56,16 @@ module BackupAgentCookbook
     ::File.realpath(path)
   rescue SystemCallError
     nil
+  end
+
+  # The jobs of the config file now on disk (name => job), {} when there is none or it is not
+  # a config: what a backup_agent_job compares its job with.
+  def self.config_jobs(path)
+    config = YAML.safe_load(read_file(path).to_s)
+    jobs = config['jobs'] if config.is_a?(Hash)
+    jobs.is_a?(Hash) ? jobs : {}
+  rescue Psych::Exception
+    {}
   end
 
   def self.systemd_running?
@@ -245,12 +256,23 @@ module BackupAgentCookbook
       provided = state[BackupAgentCookbook::RUN_STATE_KEY]
       state[BackupAgentCookbook::RUN_STATE_KEY] =
         if provided.nil?
-          BackupAgentCookbook::Secrets.load(self, node['backup_agent']['data_bag'], node.chef_environment, node.policy_group)
+          backup_agent_load_secrets
         else
           BackupAgentCookbook::Secrets.from_run_state(provided, "node.run_state['#{BackupAgentCookbook::RUN_STATE_KEY}']")
         end
       state[BackupAgentCookbook::SECRETS_CHECKED_KEY] = true
       state[BackupAgentCookbook::RUN_STATE_KEY]
+    end
+
+    # From the store node['backup_agent']['secrets']['source'] names; each goes through the same checks.
+    def backup_agent_load_secrets
+      store = node['backup_agent']['secrets']
+      data_bag = node['backup_agent']['data_bag']
+      case store['source']
+      when 'chef_vault' then BackupAgentCookbook::Secrets.load_vault(self, data_bag, node.chef_environment, node.policy_group)
+      when 'secret' then BackupAgentCookbook::Secrets.load_service(self, store)
+      else BackupAgentCookbook::Secrets.load(self, data_bag, node.chef_environment, node.policy_group)
+      end
     end
 
     # What backup_agent_job resources declared in this run: name => job, or nil once deleted.
@@ -269,7 +291,8 @@ module BackupAgentCookbook
         resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],
         node_name: node.name,
-        environment: node.chef_environment
+        # A Policyfile node's chef_environment is usually `_default`: its policy group says where it runs.
+        environment: node.policy_group || node.chef_environment
       )
       backup_agent_check_jobs!(config['jobs'] || {})
       config
@@ -365,6 +388,8 @@ module BackupAgentCookbook
   end
 end
 
-# Recipes, and resource blocks (guards, lazy values and verify blocks run with the resource as self).
+# The recipe DSL only: recipes, and the action_class of backup_agent_job (action classes have the
+# recipe DSL). Not every Chef::Resource: that put these names on every resource of every cookbook
+# on the node. Resource blocks run with the resource as self, so the recipes reach the helpers
+# through a local there (`helpers = self`).
 Chef::DSL::Recipe.include(BackupAgentCookbook::Helpers)
-Chef::Resource.include(BackupAgentCookbook::Helpers)

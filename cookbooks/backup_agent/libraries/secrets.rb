@@ -12,18 +12,18 @@
 
 require 'chef/encrypted_data_bag_item'
 require 'json'
+require_relative 'secret_keys'
 
 module BackupAgentCookbook
   class SecretsError < StandardError; end
 
   module Secrets
-    KEYS = %w(bucket region access_key_id secret_access_key session_token kms_key_id endpoint_url).freeze
-    REQUIRED = %w(bucket).freeze
-    # job_secrets: { JOB => { 'password' => String, 'env' => { NAME => String } } }
-    JOB_SECRETS = 'job_secrets'.freeze
-    # notify: { 'healthchecks_url' => String, 'webhook_url' => String }
-    NOTIFY = 'notify'.freeze
-    NOTIFY_KEYS = %w(healthchecks_url webhook_url).freeze
+    # libraries/secret_keys.rb: the one list Validation and ConfigBuilder read too.
+    KEYS = SecretKeys::STORAGE
+    REQUIRED = SecretKeys::REQUIRED
+    JOB_SECRETS = SecretKeys::JOB_SECRETS
+    NOTIFY = SecretKeys::NOTIFY
+    NOTIFY_KEYS = SecretKeys::NOTIFY_KEYS
 
     module_function
 
@@ -46,13 +46,62 @@ module BackupAgentCookbook
                             "node['backup_agent']['data_bag']['require_encrypted'] to false)"
       end
 
+      extract(item, where, secret_file)
+    end
+
+    # Every key of the store's item (storage keys, job_secrets, notify), checked: the same for
+    # every place the secrets come from.
+    def extract(item, where, secret_file)
       values = read_values(item, where, secret_file)
       check(values, where)
       job_secrets = read_value(item, JOB_SECRETS, where, secret_file)
-      values[JOB_SECRETS] = check_job_secrets(job_secrets, where) unless job_secrets.nil?
+      values[JOB_SECRETS] = check_job_secrets(stringify(job_secrets), where) unless job_secrets.nil?
       notify = read_value(item, NOTIFY, where, secret_file)
-      values[NOTIFY] = check_notify(notify, where) unless notify.nil?
+      values[NOTIFY] = check_notify(stringify(notify), where) unless notify.nil?
       values.freeze
+    end
+
+    # A chef-vault item (node['backup_agent']['secrets']['source'] = 'chef_vault'): the vault is
+    # the data bag settings' name, the item chosen as for a data bag item; only the nodes (and
+    # admins) the vault was shared with can decrypt it, instead of everyone with the shared secret.
+    # chef_vault_item is Chef's own (Chef::DSL::ChefVault, with the chef-vault gem Chef 18 ships).
+    def load_vault(dsl, settings, environment, policy_group = nil)
+      bag = settings['name']
+      item_name = find_item(dsl, bag, item_candidates(settings, environment, policy_group))
+      where = "chef-vault item '#{bag}/#{item_name}'"
+      item = begin
+               dsl.chef_vault_item(bag, item_name)
+             rescue StandardError => e
+               raise SecretsError, "backup_agent: cannot load #{where} (is this node one of the vault's clients? " \
+                                   "`knife vault update #{bag} #{item_name} -S 'name:NODE'`): #{e.class}: #{first_line(e)}"
+             end
+      extract(item, where, nil)
+    end
+
+    # A secret service through Chef 18's `secret` helper (node['backup_agent']['secrets']['source']
+    # = 'secret'), e.g. AWS Secrets Manager: the secret's value is a JSON object of the data bag
+    # item's keys. store: node['backup_agent']['secrets'] (secret_name, secret_service, secret_config).
+    def load_service(dsl, store)
+      name = store['secret_name']
+      service = store['secret_service'].to_s.to_sym
+      where = "secret '#{name}' (#{service})"
+      config = (store['secret_config'] || {}).to_h.transform_keys(&:to_sym)
+      value = begin
+                dsl.secret(name: name, service: service, config: config)
+              rescue StandardError => e
+                raise SecretsError, "backup_agent: cannot fetch #{where}: #{e.class}: #{first_line(e)}"
+              end
+      value = parse_service_value(value, where)
+      extract(value, where, nil)
+    end
+
+    # Never echoes the value: a malformed secret is still a secret.
+    def parse_service_value(value, where)
+      value = JSON.parse(value) if value.is_a?(String)
+      return value.to_h.transform_keys(&:to_s) if value.respond_to?(:to_h) && !value.is_a?(Array)
+      raise SecretsError, "backup_agent: #{where} must hold a JSON object of the data bag item's keys, got #{value.class}"
+    rescue JSON::ParserError
+      raise SecretsError, "backup_agent: #{where} must hold a JSON object of the data bag item's keys, got text that is not JSON"
     end
 
     # A Policyfile node's chef_environment is usually `_default`: its policy group (e.g.
@@ -67,11 +116,7 @@ module BackupAgentCookbook
     # as a config the agent rejects or a run that uses the instance profile by surprise.
     def from_run_state(provided, where)
       raise SecretsError, "backup_agent: #{where} must be a map of the data bag item's keys, got #{provided.class}" unless provided.respond_to?(:to_hash)
-      provided = provided.to_hash.transform_keys(&:to_s)
-      values = read_values(provided, where, nil)
-      check(values, where)
-      values[JOB_SECRETS] = check_job_secrets(stringify(provided[JOB_SECRETS]), where) unless provided[JOB_SECRETS].nil?
-      values.freeze
+      extract(provided.to_hash.transform_keys(&:to_s), where, nil)
     end
 
     def stringify(value)
@@ -152,19 +197,23 @@ module BackupAgentCookbook
         fail_at.call("#{key}.#{job}", "must be a map (password, env), got #{values.class}") unless values.is_a?(Hash)
         values.each do |name, value|
           path = "#{key}.#{job}.#{name}"
-          case name
-          when 'password'
-            fail_at.call(path, "must be a string, got #{value.class}") unless value.is_a?(String)
-          when 'env'
-            unless value.is_a?(Hash) && value.all? { |k, v| k.is_a?(String) && v.is_a?(String) }
-              fail_at.call(path, 'must be a map of environment variable names to strings')
-            end
-          else
-            fail_at.call(path, 'is not a job secret (use password or env)')
-          end
+          message = job_secret_error(name, value)
+          fail_at.call(path, message) if message
         end
       end
       job_secrets
+    end
+
+    # Each key of SecretKeys::JOB has its check here (a spec keeps the two in step).
+    def job_secret_error(name, value)
+      case name
+      when 'password'
+        "must be a string, got #{value.class}" unless value.is_a?(String)
+      when 'env'
+        'must be a map of environment variable names to strings' unless value.is_a?(Hash) && value.all? { |k, v| k.is_a?(String) && v.is_a?(String) }
+      else
+        "is not a job secret (use #{SecretKeys::JOB.keys.join(' or ')})"
+      end
     end
 
     def check_notify(notify, where)

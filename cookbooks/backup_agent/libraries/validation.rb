@@ -12,6 +12,8 @@
 # `backup-agent validate` checks the rendered file before it replaces the old one, so the two
 # never disagree about what a valid config is.
 
+require_relative 'secret_keys'
+
 module BackupAgentCookbook
   class ConfigError < StandardError; end
 
@@ -36,16 +38,19 @@ module BackupAgentCookbook
     SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
                      "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
 
-    # Keys that come from the encrypted data bag item and never from attributes.
-    STORAGE_SECRET_KEYS = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
-    JOB_SECRET_KEYS = %w(password).freeze
-    # Notification URLs carry the credential in the URL itself (a healthchecks uuid, a webhook token).
-    NOTIFY_SECRET_KEYS = %w(healthchecks_url webhook_url).freeze
+    # Keys that come from the secret store and never from attributes (libraries/secret_keys.rb).
+    STORAGE_SECRET_KEYS = SecretKeys::STORAGE
+    # A job's keys in the config that only job_secrets.<job> of the item sets (password, secret_env).
+    JOB_SECRET_KEYS = SecretKeys::JOB.values.freeze
+    NOTIFY_SECRET_KEYS = SecretKeys::NOTIFY_KEYS
     # Environment variable names taken for secrets (PGPASSWORD, MYSQL_PWD, API_TOKEN, ...): their
     # values belong in job_secrets.<job>.env of the data bag item.
     SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
 
     SERVICE_MANAGERS = %w(auto systemd none).freeze
+    # Where the secrets come from: an encrypted data bag item, a chef-vault item, or a secret
+    # service through Chef's `secret` helper.
+    SECRET_SOURCES = %w(data_bag chef_vault secret).freeze
     STORAGE_CLASSES = %w(STANDARD STANDARD_IA GLACIER_IR GLACIER DEEP_ARCHIVE).freeze
 
     # Property callbacks of backup_agent_job: {message => check}, as Chef's `callbacks:` wants.
@@ -182,6 +187,18 @@ module BackupAgentCookbook
       data_bag = section(attrs, 'data_bag', add)
       string(data_bag, 'data_bag', 'name', add, required: true) if data_bag
 
+      store = section(attrs, 'secrets', add)
+      if store
+        unless SECRET_SOURCES.include?(store['source'])
+          add.call(%w(secrets source), "#{store['source'].inspect} is not one of #{SECRET_SOURCES.join(', ')}")
+        end
+        if store['source'] == 'secret'
+          string(store, 'secrets', 'secret_name', add, required: true)
+          string(store, 'secrets', 'secret_service', add, required: true)
+          add.call(%w(secrets secret_config), "must be a map, got #{describe(store['secret_config'])}") unless store['secret_config'].nil? || store['secret_config'].is_a?(Hash)
+        end
+      end
+
       jobs = attrs['jobs']
       if jobs.is_a?(Hash)
         jobs.each do |name, job|
@@ -190,8 +207,9 @@ module BackupAgentCookbook
           job_errors(job).each { |key, message| add.call(['jobs', name, key].compact, message) }
           next unless job.is_a?(Hash)
           (job.keys & JOB_SECRET_KEYS).each do |key|
+            item_key = SecretKeys::JOB.key(key)
             add.call(['jobs', name, key], 'is a secret: put it in the encrypted data bag item as ' \
-                                          "job_secrets.#{name}.#{key}, never in an attribute")
+                                          "job_secrets.#{name}.#{item_key}, never in an attribute")
           end
           next unless job['env'].is_a?(Hash)
           job['env'].each do |var, value|

@@ -17,11 +17,15 @@
 
 include_recipe 'backup_agent::default'
 
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
+
 marker = backup_agent_bucket_marker
 
 execute 'backup-agent bucket setup' do
-  command [backup_agent_bin, '-c', backup_agent_config_path, 'bucket', 'setup']
-  only_if { !backup_agent_run_failed?('the bucket') && backup_agent_bucket_setup_due? }
+  command [helpers.backup_agent_bin, '-c', helpers.backup_agent_config_path, 'bucket', 'setup']
+  only_if { !helpers.backup_agent_run_failed?('the bucket') && helpers.backup_agent_bucket_setup_due? }
   notifies :create, "file[#{marker}]", :immediately
   action :nothing
   delayed_action :run
@@ -29,7 +33,7 @@ end
 
 # Written only after a successful setup, so a failed one is retried on the next run.
 file marker do
-  content(lazy { backup_agent_bucket_fingerprint })
+  content(lazy { helpers.backup_agent_bucket_fingerprint })
   owner 'root'
   group 'root'
   mode '0600'

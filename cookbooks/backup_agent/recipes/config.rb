@@ -16,6 +16,10 @@ backup_agent_check_attributes!
 backup_agent_secrets
 backup_agent_watch_failures
 
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
+
 config_path = backup_agent_config_path
 
 directory ::File.dirname(config_path) do
@@ -39,9 +43,9 @@ template config_path do
   sensitive true
   # Chef's backup copies would be credentials lying around in file_backup_path.
   backup false
-  variables(lazy { { config: backup_agent_config, path: config_path } })
-  verify { |path| backup_agent_validate_config(path) }
-  not_if { backup_agent_run_failed?(config_path) }
+  variables(lazy { { config: helpers.backup_agent_config, path: config_path } })
+  verify { |path| helpers.backup_agent_validate_config(path) }
+  not_if { helpers.backup_agent_run_failed?(config_path) }
   action :nothing
   delayed_action :create
 end

@@ -2,35 +2,42 @@
 # Cookbook:: backup_agent
 # Recipe:: fleet_view
 #
-# Installs the Ohai plugin that copies each job's last result, last success, snapshot count and
-# last prune (never a secret) into node['backup_agent']['status'] and sets the top-level flag
-# node['backup_agent_stale'], so the Chef server can answer
+# The Ohai plugin (the cookbook's ohai/backup_agent.rb) copies each job's last result, last
+# success, snapshot count and last prune (never a secret) into node['backup_agent']['status'] and
+# sets the top-level flag node['backup_agent_stale'], so the Chef server can answer
 #   knife search node 'backup_agent_stale:true'
 #   knife node show NAME -a backup_agent.status
-# A plugin in Ohai's plugin_path runs with the rest of Ohai at the start of every chef-client run;
-# the run that installs or changes it reloads it at the end, so the node is reported at once.
+# chef-client loads the plugin from the cookbook before compiling and runs it on every run. This
+# recipe writes what the plugin needs to find the agent, and reloads the plugin at the end of a
+# run that changed that (the first converge: the node is reported at once).
+
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
 
 fleet_view = node['backup_agent']['fleet_view']
-plugin_dir = fleet_view['plugin_dir']
-
-unless Array(Chef::Config[:ohai][:plugin_path]).map { |dir| ::File.expand_path(dir) }.include?(::File.expand_path(plugin_dir))
-  Chef::Log.warn("backup_agent: #{plugin_dir} is not in Ohai's plugin_path (client.rb ohai.plugin_path): " \
-                 'the fleet view is refreshed only when the plugin changes')
+settings_file = fleet_view['settings_file'] || ::File.join(::File.dirname(backup_agent_config_path), 'fleet_view.json')
+unless settings_file == '/etc/backup-agent/fleet_view.json'
+  Chef::Log.info("backup_agent: the fleet view's settings are #{settings_file}: client.rb needs " \
+                 "ohai.plugin[:backup_agent][:settings_file] = #{settings_file.inspect} for the plugin to read them")
 end
 
-directory plugin_dir do
-  owner 'root'
-  group 'root'
-  mode '0755'
-  recursive true
+# Beside the config, backup_agent::config makes the directory.
+unless ::File.dirname(settings_file) == ::File.dirname(backup_agent_config_path)
+  directory ::File.dirname(settings_file) do
+    owner 'root'
+    group 'root'
+    mode '0755'
+    recursive true
+  end
 end
 
 # What the plugin needs to find the agent, from this node's attributes (nothing secret).
-file ::File.join(plugin_dir, 'backup_agent.json') do
+file settings_file do
   content(lazy do
     JSON.pretty_generate(
-      'bin' => backup_agent_bin,
-      'config' => backup_agent_config_path,
+      'bin' => helpers.backup_agent_bin,
+      'config' => helpers.backup_agent_config_path,
       'stale_after_periods' => fleet_view['stale_after_periods']
     ) + "\n"
   end)
@@ -40,12 +47,12 @@ file ::File.join(plugin_dir, 'backup_agent.json') do
   notifies :reload, 'ohai[backup_agent]', :delayed
 end
 
-cookbook_file ::File.join(plugin_dir, 'backup_agent.rb') do
-  source 'ohai/backup_agent.rb'
-  owner 'root'
-  group 'root'
-  mode '0644'
-  notifies :reload, 'ohai[backup_agent]', :delayed
+# Earlier versions copied the plugin into a directory of Ohai's plugin_path: a second copy there
+# would run beside the cookbook's.
+%w(backup_agent.rb backup_agent.json).each do |name|
+  file ::File.join(fleet_view['plugin_dir'], name) do
+    action :delete
+  end
 end
 
 ohai 'backup_agent' do

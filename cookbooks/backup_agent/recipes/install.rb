@@ -12,6 +12,10 @@
 # install (recorded in a marker file), so a converge with nothing new calls no pip. A venv made
 # with another Python than install.python is made again from scratch.
 
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
+
 install = node['backup_agent']['install']
 # At compile time: a version the cookbook does not carry stops the run before anything changes.
 wheel_sha256 = backup_agent_wheel_sha256
@@ -24,7 +28,7 @@ package install['packages']
 # cannot use; the marker goes with it, so everything below runs again.
 execute 'create backup-agent venv' do
   command [install['python'], '-m', 'venv', '--clear', install['dir']]
-  not_if { backup_agent_venv_current? }
+  not_if { helpers.backup_agent_venv_current? }
 end
 
 directory backup_agent_dist_dir do
@@ -35,7 +39,7 @@ end
 
 # `checksum`: Chef refuses to put anything else there than the cookbook's file.
 cookbook_file backup_agent_wheel_path do
-  source "agent/#{backup_agent_wheel_name}"
+  source "agent/#{helpers.backup_agent_wheel_name}"
   checksum wheel_sha256
   owner 'root'
   group 'root'
@@ -46,7 +50,7 @@ end
 unless install['lock_file']
   cookbook_file backup_agent_lock_path do
     source 'agent/requirements.lock'
-    checksum backup_agent_lock_sha256
+    checksum helpers.backup_agent_lock_sha256
     owner 'root'
     group 'root'
     mode '0644'
@@ -55,22 +59,22 @@ unless install['lock_file']
 end
 
 execute 'install backup-agent dependencies' do
-  command backup_agent_deps_command
-  environment backup_agent_pip_env
+  command helpers.backup_agent_deps_command
+  environment helpers.backup_agent_pip_env
   sensitive sensitive_install
-  not_if { backup_agent_installed? }
+  not_if { helpers.backup_agent_installed? }
 end
 
 execute 'install backup-agent' do
-  command backup_agent_pip_command
+  command helpers.backup_agent_pip_command
   sensitive sensitive_install
-  not_if { backup_agent_installed? }
+  not_if { helpers.backup_agent_installed? }
 end
 
 # Written only after pip succeeded, so a failed install is retried on the next run. Lazy: an
 # operator's lock_file may be written by a wrapper in this very run.
 file backup_agent_install_marker do
-  content(lazy { backup_agent_install_fingerprint })
+  content(lazy { helpers.backup_agent_install_fingerprint })
   owner 'root'
   group 'root'
   mode '0644'
@@ -84,6 +88,6 @@ if install['bin_link']
   end
 
   link install['bin_link'] do
-    to backup_agent_bin
+    to helpers.backup_agent_bin
   end
 end

@@ -12,6 +12,10 @@
 # node['backup_agent']['service']['reload_command'] runs, so a daemon under another supervisor
 # picks the change up too.
 
+# Resource blocks run with the resource as self: the cookbook's helpers (recipe DSL only) are
+# reached through `helpers`.
+helpers = self
+
 service_settings = node['backup_agent']['service']
 unit_path = service_settings['unit_path']
 config_template = "template[#{backup_agent_config_path}]"
@@ -28,13 +32,13 @@ template unit_path do
   group 'root'
   mode '0644'
   variables(
-    bin: backup_agent_bin,
-    config_path: backup_agent_config_path,
+    bin: helpers.backup_agent_bin,
+    config_path: helpers.backup_agent_config_path,
     nice: service_settings['nice'],
     io_scheduling_class: service_settings['io_scheduling_class'],
     timeout_stop_sec: backup_agent_timeout_stop_sec
   )
-  notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if backup_agent_service_managed?
+  notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if helpers.backup_agent_service_managed?
 end
 
 if backup_agent_service_managed?
@@ -79,11 +83,11 @@ else
   elsif service_settings['reload_unmanaged']
     ruby_block 'reload backup-agent' do
       block do
-        pid = backup_agent_daemon_pid
+        pid = helpers.backup_agent_daemon_pid
         Process.kill('HUP', pid) if pid
       end
       # No daemon running: nothing to tell, and nothing counts as updated.
-      only_if { backup_agent_daemon_pid }
+      only_if { helpers.backup_agent_daemon_pid }
       action :nothing
       subscribes :run, config_template, :delayed
     end

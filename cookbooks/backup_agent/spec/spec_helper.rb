@@ -26,9 +26,10 @@ module BackupAgentSpec
     JSON.parse(File.read(File.join(REPO, 'tests', 'fixtures', 'data_bags', 'backup_agent', "#{name}.json")))
   end
 
-  # The committed encrypted item, as Chef's data_bag_item returns it with the given secret.
+  # The committed TEST-ONLY encrypted item (tests/fixtures/encrypted_data_bags), as Chef's
+  # data_bag_item returns it with the given secret.
   def encrypted_item(name, secret: Chef::EncryptedDataBagItem.load_secret(SECRET_FILE))
-    raw = JSON.parse(File.read(File.join(REPO, 'data_bags', 'backup_agent', "#{name}.json")))
+    raw = JSON.parse(File.read(File.join(REPO, 'tests', 'fixtures', 'encrypted_data_bags', 'backup_agent', "#{name}.json")))
     Chef::EncryptedDataBagItem.new(raw, secret)
   end
 

@@ -17,6 +17,12 @@ describe BackupAgentCookbook::Helpers do
 
   after { FileUtils.rm_rf(install_dir) }
 
+  it 'is part of the recipe DSL, not of every resource on the node' do
+    expect(Chef::Recipe.new('c', 'r', nil)).to respond_to(:backup_agent_config)
+    expect(Chef::Resource::File.new('/x')).not_to respond_to(:backup_agent_config)
+    expect(Chef::Resource::Execute.new('x')).not_to respond_to(:backup_agent_bin)
+  end
+
   def fake_agent(script)
     FileUtils.mkdir_p(File.join(install_dir, 'bin'))
     File.write(File.join(install_dir, 'bin', 'backup-agent'), "#!/bin/sh\n#{script}\n")

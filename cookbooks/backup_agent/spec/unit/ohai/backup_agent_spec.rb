@@ -6,7 +6,7 @@ require 'tmpdir'
 # The fleet view's Ohai plugin, run by Ohai itself against a stand-in `backup-agent` that prints
 # a canned `status --json` document (or fails).
 describe 'Ohai plugin backup_agent' do
-  let(:plugin_source) { File.expand_path('../../../files/ohai/backup_agent.rb', __dir__) }
+  let(:plugin_source) { File.expand_path('../../../ohai/backup_agent.rb', __dir__) }
   hour = 3600
 
   let(:dir) { Dir.mktmpdir('backup-agent-ohai') }
@@ -34,14 +34,18 @@ describe 'Ohai plugin backup_agent' do
 
   def collect
     FileUtils.cp(plugin_source, dir)
-    File.write(File.join(dir, 'backup_agent.json'), JSON.generate(settings))
+    # Where client.rb's ohai.plugin[:backup_agent][:settings_file] points the plugin.
+    settings_file = File.join(dir, 'fleet_view.json')
+    File.write(settings_file, JSON.generate(settings))
     saved = Ohai.config[:plugin_path]
     Ohai.config[:plugin_path] = [dir]
+    Ohai.config[:plugin][:backup_agent][:settings_file] = settings_file
     system = Ohai::System.new
     system.all_plugins('backup_agent')
     system.data
   ensure
     Ohai.config[:plugin_path] = saved
+    Ohai.config[:plugin].delete(:backup_agent)
   end
 
   before { File.write(config, "jobs: {}\n") }

@@ -14,8 +14,8 @@ describe 'backup_agent::bucket' do
   let(:setup_execute) { chef_run.execute('backup-agent bucket setup') }
   let(:due) { false }
 
-  # Guards run with the resource as self.
-  before { allow_any_instance_of(Chef::Resource::Execute).to receive(:backup_agent_bucket_setup_due?).and_return(due) }
+  # The guard asks the recipe (resource blocks reach the helpers through it).
+  before { allow_any_instance_of(Chef::Recipe).to receive(:backup_agent_bucket_setup_due?).and_return(due) }
 
   it 'installs and configures the agent first' do
     expect(chef_run).to include_recipe('backup_agent::default')

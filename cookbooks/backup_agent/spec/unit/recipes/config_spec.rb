@@ -184,6 +184,10 @@ describe 'backup_agent::config' do
       expect(config['storage']['bucket']).to eq('backup-agent-production')
     end
 
+    it 'names its policy group as the config\'s environment, not _default' do
+      expect(config['environment']).to eq('production')
+    end
+
     context 'whose policy group has no item' do
       let(:policy_group) { 'canary' }
 

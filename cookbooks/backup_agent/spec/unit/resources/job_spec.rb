@@ -75,11 +75,11 @@ describe 'backup_agent_job' do
       expect(config['jobs']['etc']).to eq(BackupAgentSpec.environment_jobs('staging')['etc'])
     end
 
-    it 'changes nothing itself: the template carries the change, so a no-op run updates nothing' do
+    it 'counts as updated on a node without a config yet: each job is new there' do
       %w(srv pg volumes).each do |name|
         resource = chef_run.backup_agent_job(name)
         expect(resource).to be_performed_action(:create)
-        expect(resource.updated_by_last_action?).to be false
+        expect(resource.updated_by_last_action?).to be true
       end
     end
 
@@ -97,6 +97,73 @@ describe 'backup_agent_job' do
         expect(attributes).not_to include(secret)
         expect(exposed).not_to include(secret)
       end
+    end
+  end
+
+  # What a wrapper's `notifies` on a backup_agent_job does: the resource is updated exactly
+  # when its job in the config file changes (it used to be never, so notifications never fired).
+  context 'with a notification on the job, against the config file now on disk' do
+    step_into :backup_agent_job
+
+    def converge_with(schedule, on_disk)
+      allow(BackupAgentCookbook).to receive(:read_file).and_return(nil)
+      allow(BackupAgentCookbook).to receive(:read_file).with(BackupAgentSpec::CONFIG_PATH).and_return(on_disk)
+      runner = ChefSpec::SoloRunner.new(platform: 'debian', version: '12', step_into: ['backup_agent_job']) do |node|
+        node.chef_environment = 'staging'
+      end
+      runner.converge('backup_agent::install') do
+        Chef::Recipe.new('wrapper', 'default', runner.run_context).instance_exec do
+          include_recipe 'backup_agent::config'
+          execute 'restart app replica' do
+            command %w(true)
+            action :nothing
+          end
+          backup_agent_job 'pg' do
+            type 'command'
+            preset 'postgresql'
+            database 'app'
+            schedule schedule
+            notifies :run, 'execute[restart app replica]', :delayed
+          end
+        end
+      end
+    end
+
+    # The config a first run renders: the job (with the item's job secrets) as it is on disk now.
+    let(:rendered) do
+      run = converge_with('daily at 01:00', nil)
+      ChefSpec::Renderer.new(run, run.template(BackupAgentSpec::CONFIG_PATH)).content
+    end
+
+    it 'fires when the job\'s schedule changes' do
+      on_disk = rendered
+      run = converge_with('daily at 02:00', on_disk)
+      expect(run.backup_agent_job('pg').updated_by_last_action?).to be true
+      expect(run).to run_execute('restart app replica')
+    end
+
+    it 'does not fire when the job is unchanged (secrets from the data bag item included)' do
+      on_disk = rendered
+      expect(YAML.safe_load(on_disk)['jobs']['pg']).to include('password', 'schedule' => 'daily at 01:00')
+      run = converge_with('daily at 01:00', on_disk)
+      expect(run.backup_agent_job('pg').updated_by_last_action?).to be false
+      expect(run).not_to run_execute('restart app replica')
+    end
+
+    it 'fires on :delete only when the file has the job' do
+      on_disk = rendered
+      allow(BackupAgentCookbook).to receive(:read_file).and_return(nil)
+      allow(BackupAgentCookbook).to receive(:read_file).with(BackupAgentSpec::CONFIG_PATH).and_return(on_disk)
+      runner = ChefSpec::SoloRunner.new(platform: 'debian', version: '12', step_into: ['backup_agent_job']) { |n| n.chef_environment = 'staging' }
+      run = runner.converge('backup_agent::install') do
+        Chef::Recipe.new('wrapper', 'default', runner.run_context).instance_exec do
+          include_recipe 'backup_agent::config'
+          backup_agent_job('pg') { action :delete }
+          backup_agent_job('never-there') { action :delete }
+        end
+      end
+      expect(run.backup_agent_job('pg').updated_by_last_action?).to be true
+      expect(run.backup_agent_job('never-there').updated_by_last_action?).to be false
     end
   end
 

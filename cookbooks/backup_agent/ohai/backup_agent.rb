@@ -1,6 +1,6 @@
 #
 # Cookbook:: backup_agent
-# Ohai plugin:: backup_agent (installed by recipe backup_agent::fleet_view)
+# Ohai plugin:: backup_agent (the cookbook's ohai/ directory; settings from recipe backup_agent::fleet_view)
 #
 # The fleet view: each job's last result, last success, snapshot count and last prune (time,
 # result, snapshots forgotten, last collection of unreferenced data) from `backup-agent status
@@ -8,16 +8,18 @@
 # succeed in `prune_failed_jobs`, and a top-level `backup_agent_stale` flag, so the Chef server
 # answers `knife search node 'backup_agent_stale:true'`.
 #
-# It runs with the rest of Ohai at the start of every chef-client run (and once more at the end
-# of the run that installed or changed it), so the server shows the state the node had at its
-# last converge.
+# chef-client (>= 16) loads the plugins of its cookbooks' ohai/ directories right after syncing
+# them, before any recipe compiles, and runs them on every run; the run that first installs the
+# agent or changes the settings reloads it at its end, so the node is reported at once. The
+# server shows the state the node had at its last converge.
 #
 # Only a whitelist of fields is copied: never the agent's error text (it can name the bucket or
 # the endpoint), never anything from config.yaml. `knife ssh NODE 'sudo backup-agent status'`
 # shows the errors.
 #
-# Settings come from backup_agent.json beside this file (the recipe writes it from node
-# attributes): bin, config, stale_after_periods.
+# Settings (bin, config, stale_after_periods) come from a JSON file the recipe writes from node
+# attributes, /etc/backup-agent/fleet_view.json unless client.rb says otherwise:
+#   ohai.plugin[:backup_agent][:settings_file] = '/srv/backup-agent/fleet_view.json'
 
 require 'json'
 require 'time'
@@ -31,7 +33,7 @@ Ohai.plugin(:BackupAgent) do
   end
 
   def settings
-    path = ::File.join(::File.dirname(__FILE__), 'backup_agent.json')
+    path = configuration(:settings_file) || '/etc/backup-agent/fleet_view.json'
     default_settings.merge(::File.exist?(path) ? JSON.parse(::File.read(path)) : {})
   rescue JSON::ParserError, SystemCallError
     default_settings

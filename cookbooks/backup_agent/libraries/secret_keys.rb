@@ -1,0 +1,24 @@
+#
+# Cookbook:: backup_agent
+# Library:: secret_keys
+#
+# The one list of what only the secret store (the encrypted data bag item, or what a wrapper put
+# in node.run_state) sets. Secrets (loading and checking), Validation (refusing them as
+# attributes) and ConfigBuilder (rendering them) all read it: a key added here is accepted,
+# refused and rendered at once. They used to keep lists of their own, and `secret_env` was
+# rendered from the item but accepted as a plain node attribute too.
+
+module BackupAgentCookbook
+  module SecretKeys
+    # Top-level keys of the item that become storage.* keys of the config, under the same names.
+    STORAGE = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
+    REQUIRED = %w(bucket).freeze
+    # job_secrets: { JOB => { KEY => ... } }: each key of the item's job_secrets.<job> and the
+    # job key of the config it becomes (env becomes secret_env: masked by the agent whatever the names).
+    JOB_SECRETS = 'job_secrets'.freeze
+    JOB = { 'password' => 'password', 'env' => 'secret_env' }.freeze
+    # notify: { KEY => URL }: whoever has one of these URLs can report as the node.
+    NOTIFY = 'notify'.freeze
+    NOTIFY_KEYS = %w(healthchecks_url webhook_url).freeze
+  end
+end
