@@ -161,7 +161,7 @@ def lent_binds(suite: str, agent_wheels: Path) -> list[Bind]:
     house = wheelhouse()
     assert house is not None, "no wheelhouse (../shared/wheelhouse or BACKUP_AGENT_WHEELHOUSE): nothing to mirror"
     binds = [Bind(REPO / "cookbooks", f"{CHEF_REPO_INSIDE}/cookbooks"),
-             Bind(REPO / "data_bags", f"{CHEF_REPO_INSIDE}/data_bags"),
+             Bind(REPO / "tests" / "fixtures" / "encrypted_data_bags", f"{CHEF_REPO_INSIDE}/data_bags"),
              Bind(house, MIRROR_INSIDE), Bind(agent_wheels, AGENT_WHEELS_INSIDE)]
     python = lent_python(suite)
     if python is not None:

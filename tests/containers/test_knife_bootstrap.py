@@ -100,8 +100,8 @@ def workstation(tmp_path_factory: pytest.TempPathFactory, machine: None) -> Iter
         # README "Using it with Chef", steps 1 and 2.
         ws.knife("environment", "from", "file", *sorted(str(p) for p in (REPO / "environments").glob("*.json")))
         ws.knife("data", "bag", "create", "backup_agent")
-        ws.knife("data", "bag", "from", "file", "backup_agent",
-                 *sorted(str(p) for p in (REPO / "data_bags" / "backup_agent").glob("*.json")))
+        items = REPO / "tests" / "fixtures" / "encrypted_data_bags" / "backup_agent"
+        ws.knife("data", "bag", "from", "file", "backup_agent", *sorted(str(p) for p in items.glob("*.json")))
         ws.knife("cookbook", "upload", "backup_agent")
         yield ws
     finally:

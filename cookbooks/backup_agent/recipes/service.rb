@@ -36,7 +36,7 @@ template unit_path do
     config_path: helpers.backup_agent_config_path,
     nice: service_settings['nice'],
     io_scheduling_class: service_settings['io_scheduling_class'],
-    timeout_stop_sec: backup_agent_timeout_stop_sec
+    timeout_stop_sec: helpers.backup_agent_timeout_stop_sec
   )
   notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if helpers.backup_agent_service_managed?
 end
