@@ -1,4 +1,4 @@
-"""Shared by the container suites: the images, the agent's wheel, the dependency mirror, S3.
+"""Shared by the container suites: the images, the cookbooks, the dependency mirror, S3.
 
 These suites boot Debian containers with systemd as PID 1 (tests/support/containers.py) and
 converge the cookbook inside them. They mount overlays and make cgroups on this machine and
@@ -16,14 +16,14 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import containers
 from support.containers import Bind, Container
-from support.machine import REPO, machine_lock, wheel_dir, wheelhouse
+from support.machine import REPO, machine_lock, wheelhouse
 from support.seaweedfs import SeaweedFS
 
 FIXTURES = REPO / "tests" / "fixtures"
@@ -31,7 +31,6 @@ FIXTURES = REPO / "tests" / "fixtures"
 SUITES = tuple(os.environ.get("BACKUP_AGENT_CONTAINER_SUITES", "bookworm trixie").split())
 # Where the containers see what the host lends them (read-only bind mounts).
 MIRROR_INSIDE = "/srv/dependency-mirror"
-AGENT_WHEELS_INSIDE = "/srv/agent-wheels"
 CHEF_REPO_INSIDE = "/srv/chef-repo"
 
 
@@ -85,19 +84,24 @@ def s3(machine: None) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture(scope="session")
-def agent_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the agent's wheel (`make wheel` empties build/wheels while it runs), to which
-    a test may add a newer version."""
-    wheels = tmp_path_factory.mktemp("agent-wheels")
-    for wheel in wheel_dir().glob("backup_agent-*.whl"):
-        shutil.copy(wheel, wheels)
-    return wheels
+def cookbooks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of this checkout's cookbooks, which the containers converge: the agent they install
+    is the wheel the cookbook carries (files/agent), and a test may add a newer release to it."""
+    copy = tmp_path_factory.mktemp("chef-repo") / "cookbooks"
+    shutil.copytree(REPO / "cookbooks", copy)
+    return copy
+
+
+def agent_wheels_in(names: Iterable[str]) -> list[str]:
+    """The backup-agent distributions among these file names (pip takes - _ . alike)."""
+    return sorted(name for name in names if re.match(r"backup[-_.]agent-", name, re.IGNORECASE))
 
 
 def dependency_mirror(suite: str) -> dict[str, Any]:
     """node['backup_agent']['install'] for a node whose pip reaches only a dependency mirror:
-    the wheelhouse (CPython 3.11 wheels), and on releases without a Python 3.11 the Python the
-    tests run on, lent read-only (see `lent_python`)."""
+    the wheelhouse (CPython 3.11 wheels, no backup-agent: the agent comes from the cookbook
+    alone), and on releases without a Python 3.11 the Python the tests run on, lent read-only
+    (see `lent_python`)."""
     attrs: dict[str, Any] = {"find_links": [MIRROR_INSIDE], "no_index": True}
     python = lent_python(suite)
     if python is not None:
@@ -123,17 +127,6 @@ def lent_python(suite: str) -> Path | None:
     return base
 
 
-def install_attributes(suite: str) -> dict[str, Any]:
-    """What the suites pass as node['backup_agent']['install'].
-
-    TODAY ONLY: the install recipe takes the agent itself from pip's sources, so the agent's
-    wheel directory is one of the find_links. Once the cookbook carries its agent, drop this
-    line and pass dependency_mirror(suite) alone."""
-    attrs = dependency_mirror(suite)
-    attrs["find_links"] = [AGENT_WHEELS_INSIDE, *attrs["find_links"]]
-    return attrs
-
-
 def build_agent_wheel(version: str, into: Path) -> Path:
     """A wheel of agent/ that calls itself `version`: a new release of the agent, to a node."""
     work = into.parent / f"agent-{version}"
@@ -155,14 +148,17 @@ def build_agent_wheel(version: str, into: Path) -> Path:
     return found[0]
 
 
-def lent_binds(suite: str, agent_wheels: Path) -> list[Bind]:
+def lent_binds(suite: str, cookbooks: Path) -> list[Bind]:
     """What every test container gets from the host, read-only: the chef repository (cookbooks,
-    data bags), the dependency mirror, the agent's wheels (and a Python, see `lent_python`)."""
+    data bags), the dependency mirror (and a Python, see `lent_python`)."""
     house = wheelhouse()
     assert house is not None, "no wheelhouse (../shared/wheelhouse or BACKUP_AGENT_WHEELHOUSE): nothing to mirror"
-    binds = [Bind(REPO / "cookbooks", f"{CHEF_REPO_INSIDE}/cookbooks"),
+    # The mirror must not hold the agent, or a converge would not show the cookbook's wheel is enough.
+    offered = agent_wheels_in(path.name for path in house.iterdir())
+    assert not offered, f"the dependency mirror {house} holds {offered}"
+    binds = [Bind(cookbooks, f"{CHEF_REPO_INSIDE}/cookbooks"),
              Bind(REPO / "tests" / "fixtures" / "encrypted_data_bags", f"{CHEF_REPO_INSIDE}/data_bags"),
-             Bind(house, MIRROR_INSIDE), Bind(agent_wheels, AGENT_WHEELS_INSIDE)]
+             Bind(house, MIRROR_INSIDE)]
     python = lent_python(suite)
     if python is not None:
         # At its own path: its libpython is found through an absolute rpath.
@@ -171,8 +167,8 @@ def lent_binds(suite: str, agent_wheels: Path) -> list[Bind]:
 
 
 @contextlib.contextmanager
-def booting(suite: str, name: str, agent_wheels: Path) -> Iterator[Container]:
+def booting(suite: str, name: str, cookbooks: Path) -> Iterator[Container]:
     """A fresh container of `suite` (mounted, not booted yet: write its files, then `boot()`);
     powered off and removed afterwards, whatever happened."""
-    with Container(suite, name, binds=lent_binds(suite, agent_wheels)) as container:
+    with Container(suite, name, binds=lent_binds(suite, cookbooks)) as container:
         yield container

@@ -23,7 +23,7 @@ import pytest
 from support.machine import REPO
 from support.seaweedfs import SeaweedFS, free_port
 
-from containers.conftest import FIXTURES, booting, install_attributes, plain_item
+from containers.conftest import FIXTURES, booting, dependency_mirror, plain_item
 
 SUITE = "bookworm"
 NODE = "ct-knife"
@@ -109,13 +109,13 @@ def workstation(tmp_path_factory: pytest.TempPathFactory, machine: None) -> Iter
 
 
 @pytest.fixture(scope="module")
-def bootstrapped(workstation: Workstation, agent_wheels: Path, s3: SeaweedFS) -> Iterator[tuple[Any, str]]:
+def bootstrapped(workstation: Workstation, cookbooks: Path, s3: SeaweedFS) -> Iterator[tuple[Any, str]]:
     workdir = workstation.workdir
     key = workdir / "node_key"
     # RSA in PEM: knife's net-ssh has no ed25519 without extra gems.
     subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", str(key)], check=True)
     ssh_port = free_port()
-    with booting(SUITE, "knife", agent_wheels) as node:
+    with booting(SUITE, "knife", cookbooks) as node:
         # Host networking: the node's sshd must take a free loopback port, not the host's 22.
         node.write("/etc/ssh/sshd_config.d/test.conf",
                    f"Port {ssh_port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"
@@ -126,7 +126,7 @@ def bootstrapped(workstation: Workstation, agent_wheels: Path, s3: SeaweedFS) ->
         started = node.run("systemctl", "start", "ssh")
         assert started.returncode == 0, started.stderr + node.run("journalctl", "-u", "ssh", "--no-pager").stdout
         attributes = workdir / "first-boot.json"
-        attributes.write_text(json.dumps({"backup_agent": {"install": install_attributes(SUITE)}}))
+        attributes.write_text(json.dumps({"backup_agent": {"install": dependency_mirror(SUITE)}}))
         proc = workstation.run(
             "bootstrap", "127.0.0.1", "-U", "root", "-p", str(ssh_port), "-i", str(key),
             "--ssh-verify-host-key", "never", "-N", NODE, "-E", ENVIRONMENT, "-r", "recipe[backup_agent]",

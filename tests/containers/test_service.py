@@ -5,10 +5,12 @@ For each release, one container (systemd as PID 1) is converged in order, as a n
   2. the same converge again updates 0 resources and leaves the daemon alone (same MainPID);
   3. a schedule edited in the environment: the service is reloaded, not restarted (same MainPID),
      and the daemon logs the new schedule;
-  4. a new agent version: the service is restarted (new MainPID, the new version runs);
+  4. a new agent version (a newer wheel in the cookbook's files/agent): the service is restarted
+     (new MainPID, the new version runs);
   5. the unit's TimeoutStopSec covers the agent's stop_timeout, and `systemctl stop` while a
      backup runs lets that run finish, then stops cleanly.
-The agent's dependencies come from a dependency mirror (the wheelhouse, read-only) only.
+The agent comes from the cookbook alone (its files/agent wheel); pip's only source is a
+dependency mirror (the wheelhouse, read-only) that holds no backup-agent.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from support.machine import REPO
 from containers.conftest import (
     CHEF_REPO_INSIDE,
     FIXTURES,
+    MIRROR_INSIDE,
     SUITES,
+    agent_wheels_in,
     booting,
     build_agent_wheel,
-    install_attributes,
+    dependency_mirror,
 )
 
 FINISHED = re.compile(r"(?:Chef Infra Client finished|Infra Phase complete), (\d+)/(\d+) resources updated")
@@ -64,8 +68,8 @@ class Converge:
 
 
 class Node:
-    """A booted container with a chef repository: this checkout's cookbooks and data bags
-    (read-only), an editable copy of environments/, node state and the data bag secret."""
+    """A booted container with a chef repository: a copy of this checkout's cookbooks and its
+    data bags (read-only), an editable copy of environments/, node state and the data bag secret."""
 
     def __init__(self, container: Container, suite: str, logs: Path) -> None:
         self.container = container
@@ -105,7 +109,7 @@ class Node:
         return {
             "run_list": ["recipe[backup_agent]"],
             "backup_agent": {
-                "install": {**install_attributes(self.suite), "version": self.version},
+                "install": {**dependency_mirror(self.suite), "version": self.version},
                 "config": {"stop_timeout": STOP_TIMEOUT},
             },
         }
@@ -188,11 +192,11 @@ def outcome(steps: Steps, suite: str) -> Step:
 
 
 @pytest.fixture(scope="module")
-def nodes(agent_wheels: Path, s3: Any) -> Iterator[dict[str, Node]]:
+def nodes(cookbooks: Path, s3: Any) -> Iterator[dict[str, Node]]:
     with contextlib.ExitStack() as stack:
         found: dict[str, Node] = {}
         for suite in SUITES:
-            container = stack.enter_context(booting(suite, f"svc-{suite}", agent_wheels))
+            container = stack.enter_context(booting(suite, f"svc-{suite}", cookbooks))
             # The chef-client outputs stay after the run (build/ is ignored), for whoever debugs one.
             logs = REPO / "build" / "test-containers" / suite
             shutil.rmtree(logs, ignore_errors=True)
@@ -240,8 +244,9 @@ def reloaded(nodes: dict[str, Node], second: Steps) -> Steps:
 
 
 @pytest.fixture(scope="module")
-def upgraded(nodes: dict[str, Node], reloaded: Steps, agent_wheels: Path) -> Steps:
-    build_agent_wheel(NEW_VERSION, agent_wheels)
+def upgraded(nodes: dict[str, Node], reloaded: Steps, cookbooks: Path) -> Steps:
+    # A release of the agent reaches nodes as a new wheel in the cookbook and install.version.
+    build_agent_wheel(NEW_VERSION, cookbooks / "backup_agent" / "files" / "agent")
 
     def step(node: Node) -> Step:
         before = node.main_pid()
@@ -283,6 +288,25 @@ def test_first_converge_enables_and_starts_the_service(suite: str, nodes: dict[s
     # The unit runs the installed agent with the rendered config.
     cmdline = node.container.run("cat", f"/proc/{step.pid_after}/cmdline").stdout.split("\0")
     assert cmdline[-4:-1] == ["-c", CONFIG, "daemon"], cmdline
+
+
+def test_first_converge_installs_the_agent_the_cookbook_carries(suite: str, nodes: dict[str, Node],
+                                                                 cookbooks: Path, first: Steps) -> None:
+    node = nodes[suite]
+    outcome(first, suite)
+    # pip was offered the dependency mirror alone, and no backup-agent is in it ...
+    install = node.attributes()["backup_agent"]["install"]
+    assert install["find_links"] == [MIRROR_INSIDE] and install["no_index"] is True
+    assert not install.get("index_url")
+    offered = node.container.run("ls", "-1", MIRROR_INSIDE).stdout.split()
+    assert any(name.startswith("boto3-") for name in offered), f"{suite}: no dependency mirror inside: {offered}"
+    assert not agent_wheels_in(offered), f"the mirror offers {agent_wheels_in(offered)}"
+    # ... so the agent that runs is the cookbook's wheel, byte for byte.
+    wheel = f"backup_agent-{node.version}-py3-none-any.whl"
+    carried = (cookbooks / "backup_agent" / "files" / "agent" / wheel).read_bytes()
+    assert node.container.path(f"/opt/backup-agent/dist/{wheel}").read_bytes() == carried
+    version = node.container.run("/usr/local/bin/backup-agent", "--version")
+    assert version.returncode == 0 and node.version in version.stdout, version.stdout + version.stderr
 
 
 def test_second_converge_updates_nothing(suite: str, nodes: dict[str, Node], second: Steps) -> None:
