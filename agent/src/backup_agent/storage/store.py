@@ -14,6 +14,7 @@ Keys are full keys inside the store's bucket (the job root included). Ranges are
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,7 +130,7 @@ class Store(Protocol):
 
     def start_multipart(self, key: str, *, storage_class: str | None = None) -> MultipartUpload: ...
 
-    def delete(self, keys: Iterable[str]) -> list[StoreError]:
+    def delete(self, keys: Iterable[str]) -> builtins.list[StoreError]:
         """Delete keys (batched); returns the failures, one per key not deleted (a Locked one for
         a locked object); a key that does not exist is not a failure."""
         ...
