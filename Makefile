@@ -19,7 +19,7 @@ AGENT_WHEEL := backup_agent-$(AGENT_VERSION)-py3-none-any.whl
 # environment: the same agent/ gives the same wheel bytes wherever it is built.
 WHEEL_EPOCH := 1580601600
 
-.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e test-containers images bench clean
+.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e test-containers images bench bench-datasets clean
 
 demo: venv
 	$(BIN)/python tests/support/demo.py
@@ -96,6 +96,12 @@ images: deps venv
 bench: venv
 	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev,bench]'
 	$(BIN)/python bench/files_bench.py
+
+# Realistic data (a real-file tree, a growing log, a database file changed in place, a sparse
+# image) against restic and s5cmd: the figures issue #20's goals are set in.
+bench-datasets: venv
+	$(PIP_ENV) $(BIN)/pip install --quiet -e 'agent[dev,bench]'
+	$(BIN)/python bench/datasets_bench.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
