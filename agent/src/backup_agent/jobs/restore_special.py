@@ -16,7 +16,6 @@ from collections.abc import Callable
 from backup_agent.storage.manifest import Entry
 
 NODE_TYPES = {"fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR, "blockdev": stat.S_IFBLK}
-IS_ROOT = os.geteuid() == 0
 
 
 def make_node(target: object, dir_fd: int, name: str, e: Entry) -> None:
