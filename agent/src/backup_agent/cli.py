@@ -204,8 +204,8 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         plan = setup_bucket(cfg, dry_run=args.dry_run)
         return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
 
-    from backup_agent.execute import record_snapshot_count
     from backup_agent.jobs import runner_for
+    from backup_agent.state import record_snapshot_count
 
     job = cfg.job(args.job)
     if args.verb in ("restore", "check"):
@@ -234,7 +234,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _browse(args, runner, as_json)
     if args.verb == "snapshots":
         snaps = [s.to_json() for s in (runner.describe_snapshots() if as_json else runner.snapshots())]
-        record_snapshot_count(cfg, job.name, len(snaps))
+        record_snapshot_count(cfg.state_dir, job.name, len(snaps))
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
@@ -272,7 +272,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
                 record_prune(cfg, job.name, result="failed", error=str(exc))
             raise
         if not args.dry_run:
-            record_snapshot_count(cfg, job.name, len(out["keep"]))
+            record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]))
             record_prune(cfg, job.name, result="success", out=out)
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "

@@ -196,14 +196,3 @@ def _finish(cfg: Config, record: dict[str, Any], t0: float, notifier: Notifier |
         # Bounded: a hanging endpoint delays this process's exit by at most notify.timeout + 5 s.
         if not notifier.wait():
             log.warning("job %s: notifications still pending at exit; giving up on them", record["job"])
-
-
-def record_snapshot_count(cfg: Config, job: str, count: int) -> None:
-    """After prune or a listing: the true count, for status and metrics."""
-    status = read_status(cfg.state_dir, job)
-    if status and status.get("snapshots") != count:
-        status["snapshots"] = count
-        try:
-            write_status(cfg.state_dir, job, status)
-        except OSError as exc:
-            log.warning("cannot update status for job %s: %s", job, exc)
