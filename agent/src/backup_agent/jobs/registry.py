@@ -34,7 +34,13 @@ from backup_agent.config_schema import (
 )
 from backup_agent.errors import ConfigError
 from backup_agent.jobs import presets
-from backup_agent.storage.classes import transition_problem
+from backup_agent.storage.classes import (
+    MIN_TRANSITION_DAYS,
+    STORAGE_CLASSES,
+    TRANSITION_CLASSES,
+    colder,
+    transition_problem,
+)
 
 if TYPE_CHECKING:
     from backup_agent.config import Config, Job
@@ -53,6 +59,7 @@ class JobType:
     data_dirs: tuple[str, ...] = ()       # folders under <prefix>/<job>/ holding its data (not manifests)
     checks: tuple[Check, ...] = ()        # rules the JSON Schema cannot say
     rules: dict[str, Any] = field(default_factory=dict)  # more JSON Schema: keys that need or exclude others
+    run_fields: dict[str, Any] = field(default_factory=dict)  # `run --json` fields of its own, as when nothing ran
 
     def schema(self, *, rules: bool = True) -> dict[str, Any]:
         """The JSON Schema of one job of this type (common keys included); `rules=False` leaves out
@@ -146,6 +153,23 @@ EBS_SNAPSHOT_KEYS: dict[str, Any] = {
     "hook_timeout": {**_seconds, "default": 60},
 }
 
+def _is(key: str, value: str, default: str) -> dict[str, Any]:
+    """Schema: the key has this value (an absent key has its default)."""
+    return {"properties": {key: {"const": value}}, **({} if value == default else {"required": [key]})}
+
+
+# What _transition says in words: S3 only moves data to colder classes, into the IA classes only
+# after 30 days.
+TRANSITION_RULE: dict[str, Any] = {
+    "if": {"required": ["transition_days"]},
+    "then": {"not": {"anyOf": [
+        *({"allOf": [_is("storage_class", a, "STANDARD"), _is("transition_class", b, "GLACIER")]}
+          for a in STORAGE_CLASSES for b in TRANSITION_CLASSES if not colder(b, a)),
+        *({"allOf": [_is("transition_class", b, "GLACIER"), {"properties": {"transition_days": {"maximum": days - 1}}}]}
+          for b, days in MIN_TRANSITION_DAYS.items() if b in TRANSITION_CLASSES),
+    ]}},
+}
+
 # What presets.check and _command_source say in words, as JSON Schema, so the printed schema
 # refuses the same command jobs the loader does.
 COMMAND_RULES: dict[str, Any] = {
@@ -159,6 +183,7 @@ COMMAND_RULES: dict[str, Any] = {
          "then": {"properties": {"schemas": {"maxItems": 0}}}},
         {"if": {"required": ["shell"], "properties": {"shell": {"const": True}}},
          "then": {"required": ["command"]}},
+        TRANSITION_RULE,
     ],
 }
 
@@ -189,10 +214,11 @@ def _env_once(raw: dict[str, Any], name: str, where: str) -> None:
 
 JOB_TYPES: dict[str, JobType] = {t.name: t for t in (
     JobType("files", FILES_KEYS, "backup_agent.jobs.files:FilesJob", required=("paths",),
-            data_dirs=("packs/", "files/", "blobs/"), checks=(_transition,)),
+            data_dirs=("packs/", "files/", "blobs/"), checks=(_transition,), rules={"allOf": [TRANSITION_RULE]}),
     JobType("command", COMMAND_KEYS, "backup_agent.jobs.command:CommandJob", data_dirs=("dumps/",),
             checks=(_env_once, _transition, _command_source, presets.check), rules=COMMAND_RULES),
-    JobType("ebs_snapshot", EBS_SNAPSHOT_KEYS, "backup_agent.jobs.ebs:EbsSnapshotJob"),
+    JobType("ebs_snapshot", EBS_SNAPSHOT_KEYS, "backup_agent.jobs.ebs:EbsSnapshotJob",
+            run_fields={"ebs_snapshots": []}),
 )}
 
 # Every folder some job type keeps data in: keys there are the agent's own (storage/layout.py).
