@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)  # errors.Interrupted: SIGTERM and SIGHUP too
+        if as_json:  # one document on stdout, also when stopped
+            error = f"interrupted by {signal.Signals(signum).name}"
+            print(json.dumps({**_failed_run(args), "status": "failed", "error": error}))
         print(f"backup-agent: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + int(signum)
     except BrokenPipeError:

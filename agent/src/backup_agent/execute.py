@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Interrupted, Locked
+from backup_agent.jobs.registry import JOB_TYPES
 from backup_agent.logfmt import redact
 from backup_agent.state import JobLock, read_status, write_status
 
@@ -42,10 +43,14 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
     _stop_on_signals()
     # Probe the lock first so a run that would be refused sends no /start ping; the runner
     # takes the lock for real (a race in between ends as Locked, which is fine).
-    with JobLock(cfg.state_dir, job.name):
-        pass
-    record = _new_record(cfg, job)
     t0 = time.monotonic()
+    try:
+        with JobLock(cfg.state_dir, job.name):
+            pass
+    except Locked as exc:
+        _described(exc, job, t0)
+        raise
+    record = _new_record(cfg, job)
     notifier = _notifier(cfg)
     if notifier is not None:
         notifier.start(job.name)
@@ -54,8 +59,9 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
     try:
         runner = runner_for(cfg, job)
         result = runner.run()
-    except Locked:
-        raise  # another run owns the job and its status
+    except Locked as exc:
+        _described(exc, job, t0)  # another run owns the job and its status
+        raise
     except KeyboardInterrupt as exc:
         # The job unwound (its command's process group killed, its upload aborted): say so,
         # unless the daemon stopped it, which records and notifies the abort itself.
@@ -66,6 +72,7 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
         raise
     except AgentError as exc:
         _finish(cfg, record, t0, notifier, exc.exit_code, result="failed", error=str(exc))
+        _described(exc, job, t0)
         raise
     except Exception as exc:
         _finish(cfg, record, t0, notifier, EXIT_FAILED, result="failed", error=f"{type(exc).__name__}: {exc}")
@@ -86,6 +93,12 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
 
         result.extra["prune"] = prune_after_run(cfg, job, runner, notifier)
     return result
+
+
+def _described(exc: AgentError, job: Job, t0: float) -> None:
+    """The failure with what `run --json` prints besides its error: how long the run took and
+    the job type's own fields (as when nothing ran); what the failure itself knows wins."""
+    exc.details = {**JOB_TYPES[job.type].run_fields, "duration_s": round(time.monotonic() - t0, 3), **exc.details}
 
 
 # Set by the daemon for the runs it starts.
