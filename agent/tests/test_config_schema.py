@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from backup_agent import config
 from backup_agent.errors import ConfigError
-from backup_agent.jobs.registry import full_schema
+from backup_agent.schema import full_schema
 
 BASE: dict[str, Any] = {"storage": {"bucket": "acme-backups"}}
 SCHEMA = jsonschema.Draft202012Validator(full_schema())
@@ -154,3 +154,25 @@ def test_rules_the_schema_cannot_say_are_left_to_the_loader(what: str, doc: dict
     """The known remaining differences (JSON Schema has no way to say them): listed, so a new one
     is a decision, not an accident."""
     assert schema_accepts(doc) and not loader_accepts(doc), what
+
+
+# --- the registries are what everything reads --------------------------------------------------------
+
+def test_every_registered_job_type_and_channel_reaches_the_schema_and_has_its_code() -> None:
+    import importlib
+
+    from backup_agent.channels import CHANNELS
+    from backup_agent.jobs.base import JobRunner
+    from backup_agent.jobs.registry import JOB_TYPES
+    from backup_agent.storage.layout import is_owned
+
+    schema = full_schema()
+    assert schema["properties"]["jobs"]["additionalProperties"]["properties"]["type"]["enum"] == list(JOB_TYPES)
+    for spec in JOB_TYPES.values():
+        assert issubclass(spec.runner_class(), JobRunner), spec.name
+        assert all(is_owned(f"{d}x") for d in spec.data_dirs), spec.name
+    for channel in CHANNELS:
+        assert channel.key in schema["properties"]["notify"]["properties"]
+        module, _, name = channel.sender.partition(":")
+        sender = getattr(importlib.import_module(module), name)
+        assert all(callable(getattr(sender, verb, None)) for verb in ("start", "finish", "prune_failed"))

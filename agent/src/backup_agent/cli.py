@@ -183,7 +183,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     if getattr(args, "target", None) == "-":
         _check_stdout_writable()  # first: with fd 1 closed, the next file opened would get it
     if args.verb == "schema":
-        from backup_agent.jobs.registry import full_schema
+        from backup_agent.schema import full_schema
 
         print(json.dumps(full_schema(), indent=2))
         return EXIT_OK

@@ -21,16 +21,18 @@ from typing import Any
 import yaml
 
 from backup_agent import __version__
+from backup_agent.channels import KEYS as CHANNEL_KEYS
 from backup_agent.config_schema import COMMON_JOB_KEYS, DOTDOT, KEY_CHARS, ROOT_PATTERN, SYSTEM_DIRS
 from backup_agent.errors import ConfigError
-from backup_agent.jobs.registry import JOB_TYPES, job_schema, top_level_schema
+from backup_agent.jobs.registry import JOB_TYPES, job_schema
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
+from backup_agent.schema import top_level
 from backup_agent.state import atomic_write
 from backup_agent.storage import layout
 
 DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
-# The top level with the registered job types (jobs/registry.py): what every config is checked against.
-TOP_LEVEL = top_level_schema()
+# The top level with the registered job types and channels (schema.py): what every config is checked against.
+TOP_LEVEL = top_level()
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 # Part of the digest a validated text is remembered by: bump it whenever a rule of this module
 # changes, so a text the old rules accepted is checked again by the new ones.
@@ -376,7 +378,7 @@ def _normalise_top(data: dict[str, Any], name: str) -> None:
 
 
 URL_KEYS = (("storage", "endpoint_url"), ("aws", "ec2_endpoint_url"), ("aws", "imds_endpoint"),
-            ("notify", "healthchecks_url"), ("notify", "webhook_url"))
+            *(("notify", key) for key in CHANNEL_KEYS))
 
 
 def _check_urls(data: dict[str, Any], name: str) -> None:
@@ -490,7 +492,7 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
 # Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
 # ...}]` must not be echoed as "not [...]" either).
 _SECRET_KEY = re.compile(
-    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env(\.|$)"
+    rf"(^|\.)(secret_access_key|session_token|password|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
     r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 

@@ -175,11 +175,7 @@ TOP_LEVEL: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "healthchecks_url": {**_url, "description": "healthchecks.io ping URL: /start when a run "
-                                     "starts, the bare URL on success, /<exit code> on failure; {job} and "
-                                     "{node} in it are replaced, to give every job its own (slug) check"},
-                "webhook_url": {**_url, "description": "receives one JSON POST per run (node, job, result, "
-                                "snapshot, bytes, duration, error)"},
+                # and one URL key per channel (channels.py)
                 "timeout": {**_seconds, "default": 10,
                             "description": "seconds per notification request; failures are retried a few "
                                            "times and never fail or delay a backup"},

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from backup_agent.channels import configured
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Interrupted, Locked
 from backup_agent.jobs.registry import JOB_TYPES
@@ -161,7 +162,7 @@ def _new_record(cfg: Config, job: Job) -> dict[str, Any]:
 
 
 def _notifier(cfg: Config) -> Notifier | None:
-    if not (cfg.notify.get("healthchecks_url") or cfg.notify.get("webhook_url")):
+    if not configured(cfg.notify):
         return None  # requests is only imported when there is something to send
     from backup_agent.notify import Notifier
 

@@ -1,6 +1,6 @@
 """Every job type, one entry each: its config keys, the rules its schema cannot say, its runner
-and the folders it owns under the job root. Config loading, the JSON Schema (`backup-agent
-schema`), `runner_for`, `bucket setup`'s lifecycle rules and the key layout all read this table.
+and the folders it owns under the job root. Config loading, the JSON Schema (schema.py,
+`backup-agent schema`), `runner_for`, `bucket setup`'s lifecycle rules and the key layout all read this table.
 
 A new job type is its module (a JobRunner subclass, jobs/base.py) plus one JobType line below.
 The entries live here, not in the job modules: those import botocore (1-2 s), and loading the
@@ -23,7 +23,6 @@ from backup_agent.config_schema import (
     DOTDOT,
     HOOK,
     REGION_PATTERN,
-    TOP_LEVEL,
     _abs_path,
     _bool,
     _env_map,
@@ -227,23 +226,6 @@ OWNED_DIRS: tuple[str, ...] = tuple(d for t in JOB_TYPES.values() for d in t.dat
 
 def job_schema(job_type: str) -> dict[str, Any]:
     return JOB_TYPES[job_type].schema()
-
-
-def top_level_schema() -> dict[str, Any]:
-    """config_schema's TOP_LEVEL with the registered type names in `jobs.<name>.type`."""
-    top = copy.deepcopy(TOP_LEVEL)
-    top["properties"]["jobs"]["additionalProperties"]["properties"]["type"] = {"enum": list(JOB_TYPES)}
-    return top
-
-
-def full_schema() -> dict[str, Any]:
-    """The whole config as one JSON Schema document (what `backup-agent schema` prints)."""
-    top = top_level_schema()
-    jobs = top["properties"]["jobs"]
-    jobs["additionalProperties"]["allOf"] = [
-        {"if": {"properties": {"type": {"const": name}}}, "then": job_schema(name)} for name in JOB_TYPES
-    ]
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "backup-agent config", **top}
 
 
 def runner_for(cfg: Config, job: Job) -> JobRunner:
