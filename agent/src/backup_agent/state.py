@@ -294,9 +294,9 @@ class FileCache:
         """Start the next baseline; the old one stays valid until `commit_files`.
 
         While the baseline fits in memory (PRELOAD_LIMIT files), only new, changed and vanished
-        paths are written, at commit: an unchanged rerun of 5,000 files wrote all 5,000 rows
-        again (~45 ms). Larger trees stage the whole next baseline in a table swapped in at
-        commit, so memory stays bounded."""
+        paths are written, at commit (docs/PERFORMANCE.md, "The file cache writes only what
+        changed"). Larger trees stage the whole next baseline in a table swapped in at commit, so
+        memory stays bounded."""
         if not self._preload_tried:
             self._files, self._preload_tried = self._preload_files(), True
         self._changed, self._seen = [], set()
