@@ -250,8 +250,11 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         if args.tier or args.days:
             kwargs.update(tier=args.tier, days=args.days)
         if args.into:
-            if job.type != "command":
-                raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
+            from backup_agent.jobs.registry import JOB_TYPES
+
+            if not JOB_TYPES[job.type].restores_into:
+                into = " and ".join(t.name for t in JOB_TYPES.values() if t.restores_into)
+                raise ConfigError(f"--into: only {into} jobs restore into a database; use --target DIR")
             kwargs["into"] = args.into
             kwargs["clean"] = args.clean
         elif args.clean:

@@ -59,6 +59,7 @@ class JobType:
     checks: tuple[Check, ...] = ()        # rules the JSON Schema cannot say
     rules: dict[str, Any] = field(default_factory=dict)  # more JSON Schema: keys that need or exclude others
     run_fields: dict[str, Any] = field(default_factory=dict)  # `run --json` fields of its own, as when nothing ran
+    restores_into: bool = False           # `restore --into X` pipes a snapshot into a program (a database)
 
     def schema(self, *, rules: bool = True) -> dict[str, Any]:
         """The JSON Schema of one job of this type (common keys included); `rules=False` leaves out
@@ -214,7 +215,7 @@ def _env_once(raw: dict[str, Any], name: str, where: str) -> None:
 JOB_TYPES: dict[str, JobType] = {t.name: t for t in (
     JobType("files", FILES_KEYS, "backup_agent.jobs.files:FilesJob", required=("paths",),
             data_dirs=("packs/", "files/", "blobs/"), checks=(_transition,), rules={"allOf": [TRANSITION_RULE]}),
-    JobType("command", COMMAND_KEYS, "backup_agent.jobs.command:CommandJob", data_dirs=("dumps/",),
+    JobType("command", COMMAND_KEYS, "backup_agent.jobs.command:CommandJob", data_dirs=("dumps/",), restores_into=True,
             checks=(_env_once, _transition, _command_source, presets.check), rules=COMMAND_RULES),
     JobType("ebs_snapshot", EBS_SNAPSHOT_KEYS, "backup_agent.jobs.ebs:EbsSnapshotJob",
             run_fields={"ebs_snapshots": []}),
