@@ -56,7 +56,7 @@ class JobType:
     runner: str                           # "module:Class", imported only when such a job runs
     required: tuple[str, ...] = ()
     data_dirs: tuple[str, ...] = ()       # folders under <prefix>/<job>/ holding its data (not manifests)
-    checks: tuple[Check, ...] = ()        # rules the JSON Schema cannot say
+    checks: tuple[Check, ...] = ()        # the loader's rules in words (those `rules` also says, and more)
     rules: dict[str, Any] = field(default_factory=dict)  # more JSON Schema: keys that need or exclude others
     run_fields: dict[str, Any] = field(default_factory=dict)  # `run --json` fields of its own, as when nothing ran
     restores_into: bool = False           # `restore --into X` pipes a snapshot into a program (a database)
