@@ -110,6 +110,22 @@ def test_paths(where: str, path: str) -> None:
     agree(doc)
 
 
+@pytest.mark.parametrize(("doc", "line"), [
+    (with_job({"type": "files", "paths": ["/srv"], "exclude": ["/srv/../etc"]}),
+     "c.yaml: jobs.j.exclude[0]: '/srv/../etc' must not contain '..'"),
+    (with_job({"type": "ebs_snapshot", "freeze": ["/data/.."]}),
+     "c.yaml: jobs.j.freeze[0]: '/data/..' must not contain '..'"),
+    ({**BASE, "state_dir": "/var/lib/../x"}, "c.yaml: state_dir: '/var/lib/../x' must not contain '..'"),
+    ({**BASE, "metrics": {"textfile": "//./"}}, "c.yaml: metrics.textfile: must be a file path, not /"),
+    ({"storage": {**BASE["storage"], "access_key_id": "AKIA"}},
+     "c.yaml: storage.secret_access_key: required when access_key_id is set"),
+])
+def test_what_the_schema_refuses_is_said_in_words(doc: dict[str, Any], line: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(doc, "c.yaml")
+    assert str(err.value) == line
+
+
 def test_system_directories_in_disguise_are_refused_by_both() -> None:
     for path in ("//var/", "/var/./lib/", "/./", "/tmp/."):
         doc = {**BASE, "state_dir": path}

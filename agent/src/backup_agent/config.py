@@ -502,7 +502,7 @@ _STATE_DIR_RULE = "must be a directory of the agent's own (such as /var/lib/back
 def _message(err: Any) -> str:
     """jsonschema's error (a ValidationError) as the end of one line for a user."""
     v, s, inst = err.validator, err.validator_value, err.instance
-    if v == "not" and (s.get("pattern") == DOTDOT or DOTDOT in str(s.get("allOf"))):
+    if v == "not" and DOTDOT in (s.get("pattern"), *(sub.get("pattern") for sub in s.get("allOf", []))):
         return f"{_show(inst)} must not contain '..'"
     if v == "not" and s.get("pattern") == ROOT_PATTERN:
         return "must be a file path, not /"
