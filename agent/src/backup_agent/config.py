@@ -331,8 +331,10 @@ def _check_job(raw: dict[str, Any], name: str, where: str) -> None:
             raise ConfigError(f"{name}: {where}.schedule: {exc}") from None
     for check in spec.checks:
         check(raw, name, where)
-    if spec.rules:
-        _validate(spec.schema(), raw, name, where)
+    if spec.rules and not _validator_class()(spec.schema()).is_valid(raw):
+        # The checks above say each rule in words; should one ever be missing, never echo the
+        # job's values (a password among them) the way a raw schema error would.
+        raise ConfigError(f"{name}: {where}: these keys do not go together (see `backup-agent schema`)")
 
 
 # --- paths and names -------------------------------------------------------------------------
