@@ -153,6 +153,9 @@ EBS_SNAPSHOT_KEYS: dict[str, Any] = {
     "hook_timeout": {**_seconds, "default": 60},
 }
 
+
+# --- rules between keys, as JSON Schema (the printed schema refuses what the loader refuses) ------
+
 def _is(key: str, value: str, default: str) -> dict[str, Any]:
     """Schema: the key has this value (an absent key has its default)."""
     return {"properties": {key: {"const": value}}, **({} if value == default else {"required": [key]})}
@@ -188,7 +191,7 @@ COMMAND_RULES: dict[str, Any] = {
 }
 
 
-# --- rules the schema cannot say ---------------------------------------------------------------
+# --- the same rules in words, one line each, and those no schema can say ------------------------
 
 def _transition(raw: dict[str, Any], name: str, where: str) -> None:
     if raw.get("transition_days") is None:
