@@ -229,13 +229,15 @@ LEAVES = {
 
 def _known_keys() -> set[str]:
     """Every key the schema knows, at any level: a generated "unknown" key must be none of them."""
-    from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, RETENTION, TOP_LEVEL
+    from backup_agent.config import TOP_LEVEL
+    from backup_agent.config_schema import COMMON_JOB_KEYS, RETENTION
+    from backup_agent.jobs.registry import JOB_TYPES
 
     keys = set(TOP_LEVEL["properties"]) | set(COMMON_JOB_KEYS) | set(RETENTION["properties"])
     for sub in TOP_LEVEL["properties"].values():
         keys |= set(sub.get("properties", {}))
     for spec in JOB_TYPES.values():
-        keys |= set(spec["properties"])
+        keys |= set(spec.keys)
     return keys
 
 
@@ -344,7 +346,8 @@ JOB_BASES: dict[str, dict[str, Any]] = {
 def schema_leaves() -> list[tuple[str, dict[str, Any]]]:
     """(dotted key, its schema) for every key the config takes, read from the schema itself, so
     a key added later is covered without touching this test. Jobs are `jobs.<type>.<key>`."""
-    from backup_agent.config_schema import TOP_LEVEL, job_schema
+    from backup_agent.config import TOP_LEVEL
+    from backup_agent.jobs.registry import job_schema
 
     out: list[tuple[str, dict[str, Any]]] = []
 

@@ -149,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)  # errors.Interrupted: SIGTERM and SIGHUP too
+        if as_json:  # one document on stdout, also when stopped
+            error = f"interrupted by {signal.Signals(signum).name}"
+            print(json.dumps({**_failed_run(args), "status": "failed", "error": error}))
         print(f"backup-agent: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + int(signum)
     except BrokenPipeError:
@@ -180,7 +183,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     if getattr(args, "target", None) == "-":
         _check_stdout_writable()  # first: with fd 1 closed, the next file opened would get it
     if args.verb == "schema":
-        from backup_agent.config_schema import full_schema
+        from backup_agent.schema import full_schema
 
         print(json.dumps(full_schema(), indent=2))
         return EXIT_OK
@@ -204,8 +207,8 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         plan = setup_bucket(cfg, dry_run=args.dry_run)
         return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
 
-    from backup_agent.execute import record_snapshot_count
     from backup_agent.jobs import runner_for
+    from backup_agent.state import record_snapshot_count
 
     job = cfg.job(args.job)
     if args.verb in ("restore", "check"):
@@ -234,7 +237,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _browse(args, runner, as_json)
     if args.verb == "snapshots":
         snaps = [s.to_json() for s in (runner.describe_snapshots() if as_json else runner.snapshots())]
-        record_snapshot_count(cfg, job.name, len(snaps))
+        record_snapshot_count(cfg.state_dir, job.name, len(snaps))
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
         if args.days is not None and args.days < 1:
@@ -247,8 +250,11 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         if args.tier or args.days:
             kwargs.update(tier=args.tier, days=args.days)
         if args.into:
-            if job.type != "command":
-                raise ConfigError("--into: only command jobs restore into a database; use --target DIR")
+            from backup_agent.jobs.registry import JOB_TYPES
+
+            if not JOB_TYPES[job.type].restores_into:
+                into = " and ".join(t.name for t in JOB_TYPES.values() if t.restores_into)
+                raise ConfigError(f"--into: only {into} jobs restore into a database; use --target DIR")
             kwargs["into"] = args.into
             kwargs["clean"] = args.clean
         elif args.clean:
@@ -272,7 +278,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
                 record_prune(cfg, job.name, result="failed", error=str(exc))
             raise
         if not args.dry_run:
-            record_snapshot_count(cfg, job.name, len(out["keep"]))
+            record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]))
             record_prune(cfg, job.name, result="success", out=out)
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "

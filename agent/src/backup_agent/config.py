@@ -21,17 +21,22 @@ from typing import Any
 import yaml
 
 from backup_agent import __version__
-from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, KEY_CHARS, SYSTEM_DIRS, TOP_LEVEL, job_schema
+from backup_agent.channels import KEYS as CHANNEL_KEYS
+from backup_agent.config_schema import COMMON_JOB_KEYS, DOTDOT, KEY_CHARS, ROOT_PATTERN, SYSTEM_DIRS
 from backup_agent.errors import ConfigError
+from backup_agent.jobs.registry import JOB_TYPES, job_schema
 from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
+from backup_agent.schema import top_level
 from backup_agent.state import atomic_write
 from backup_agent.storage import layout
 
 DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
+# The top level with the registered job types and channels (schema.py): what every config is checked against.
+TOP_LEVEL = top_level()
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 # Part of the digest a validated text is remembered by: bump it whenever a rule of this module
 # changes, so a text the old rules accepted is checked again by the new ones.
-RULES_REVISION = 2
+RULES_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,8 @@ def load(path: str) -> Config:
     text = read_text(path)
     data = parse_yaml(text, name)
     marker = _validation_marker(data)
-    digest = hashlib.sha256(f"{__version__}\n{RULES_REVISION}\n{TOP_LEVEL!r}\n{JOB_TYPES!r}\n{text}"
+    types = {name: job_schema(name) for name in JOB_TYPES}
+    digest = hashlib.sha256(f"{__version__}\n{RULES_REVISION}\n{TOP_LEVEL!r}\n{types!r}\n{text}"
                             .encode()).hexdigest()
     trusted = marker is not None and _read_marker(marker) == digest
     cfg = from_dict(data, name, trusted=trusted)
@@ -241,8 +247,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     for job_name, raw in jobs_raw.items():
         where = f"jobs.{job_name}"
         if not trusted:
-            _validate(job_schema(raw["type"]), raw, name, where)
-            _check_job_semantics(raw, name, where)
+            _check_job(raw, name, where)
         _normalise_job(raw, name, where)
     if not trusted:
         _check_urls(data, name)
@@ -314,27 +319,22 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
     )
 
 
-def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
+def _check_job(raw: dict[str, Any], name: str, where: str) -> None:
+    """The job's keys against its type's schema, then its type's rules the schema cannot say
+    (one clear line each), then the schema's own rules between keys as a last guard."""
+    spec = JOB_TYPES[raw["type"]]
+    _validate(spec.schema(rules=False), raw, name, where)
     if raw.get("schedule") is not None:
         try:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:
             raise ConfigError(f"{name}: {where}.schedule: {exc}") from None
-    both = sorted(set(raw.get("env") or {}) & set(raw.get("secret_env") or {}))
-    if both:
-        raise ConfigError(f"{name}: {where}.secret_env.{both[0]}: also set in env; set it in one of them")
-    if raw.get("transition_days") is not None:
-        from backup_agent.storage.cold import check_job as check_transition
-
-        check_transition(raw, name, where)
-    if raw["type"] == "command" and not raw.get("command") and not raw.get("preset"):
-        raise ConfigError(f"{name}: {where}: a command job needs 'command' or 'preset'")
-    if raw["type"] == "command" and raw.get("preset") and not raw.get("database"):
-        raise ConfigError(f"{name}: {where}.database: required with preset '{raw['preset']}'")
-    if raw["type"] == "command":
-        from backup_agent.jobs.presets import check as check_command_job
-
-        check_command_job(raw, name, where)
+    for check in spec.checks:
+        check(raw, name, where)
+    if spec.rules and not _validator_class()(spec.schema()).is_valid(raw):
+        # The checks above say each rule in words; should one ever be missing, never echo the
+        # job's values (a password among them) the way a raw schema error would.
+        raise ConfigError(f"{name}: {where}: these keys do not go together (see `backup-agent schema`)")
 
 
 # --- paths and names -------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def _normalise_top(data: dict[str, Any], name: str) -> None:
 
 
 URL_KEYS = (("storage", "endpoint_url"), ("aws", "ec2_endpoint_url"), ("aws", "imds_endpoint"),
-            ("notify", "healthchecks_url"), ("notify", "webhook_url"))
+            *(("notify", key) for key in CHANNEL_KEYS))
 
 
 def _check_urls(data: dict[str, Any], name: str) -> None:
@@ -466,10 +466,14 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
         allowed = ", ".join(sorted(known))
         key = ".".join([*([key] if key else []), str(extra[0])]) if extra else key
         message = f"unknown key (allowed here: {allowed})"
-        owners = [t for t, spec in JOB_TYPES.items() if extra and extra[0] in spec["properties"]]
+        owners = [t for t, spec in JOB_TYPES.items() if extra and extra[0] in spec.keys]
         if base.startswith("jobs.") and owners and "type" in known and extra[0] not in COMMON_JOB_KEYS:
             message = (f"unknown key for {err.instance.get('type')} jobs (only {' and '.join(owners)} jobs "
                        f"have it; allowed here: {allowed})")
+    elif err.validator == "dependentRequired":
+        missing, other = err.message.split("'")[1], err.message.split("'")[3]
+        key = ".".join([*([key] if key else []), missing])
+        message = f"required when {other} is set"
     elif err.validator == "required":
         missing = err.message.split("'")[1] if "'" in err.message else "?"
         key = ".".join([*([key] if key else []), missing])
@@ -490,7 +494,7 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
 # Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
 # ...}]` must not be echoed as "not [...]" either).
 _SECRET_KEY = re.compile(
-    r"(^|\.)(secret_access_key|session_token|password|healthchecks_url|webhook_url)$|\.(secret_)?env(\.|$)"
+    rf"(^|\.)(secret_access_key|session_token|password|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
     r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 
@@ -500,6 +504,10 @@ _STATE_DIR_RULE = "must be a directory of the agent's own (such as /var/lib/back
 def _message(err: Any) -> str:
     """jsonschema's error (a ValidationError) as the end of one line for a user."""
     v, s, inst = err.validator, err.validator_value, err.instance
+    if v == "not" and DOTDOT in (s.get("pattern"), *(sub.get("pattern") for sub in s.get("allOf", []))):
+        return f"{_show(inst)} must not contain '..'"
+    if v == "not" and s.get("pattern") == ROOT_PATTERN:
+        return "must be a file path, not /"
     if v == "not" and list(err.absolute_path) == ["state_dir"]:
         return f"{_STATE_DIR_RULE}, not {_show(inst)}"
     if v == "type":
@@ -518,7 +526,7 @@ def _message(err: Any) -> str:
     if v == "pattern":
         hints = {
             "^/": "must be an absolute path",
-            "^https?://": "must be an http(s) URL",
+            "^https?://": "must be an http(s) URL with a host name and, if any, a port of 1-65535",
             "^[a-z0-9][a-z0-9.-]": "must be a valid S3 bucket name (3-63 of a-z, 0-9, '.', '-')",
             "^i-": "must be an instance id like i-0123456789abcdef0",
             "^(vol-": "must be a volume id (vol-...) or a device path (/dev/...)",
@@ -563,4 +571,4 @@ def _apply_defaults(schema: dict[str, Any], data: dict[str, Any]) -> None:
             _apply_defaults(sub, data[key])
 
 
-__all__ = ["DEFAULT_CONFIG", "JOB_TYPES", "Config", "Job", "Storage", "config_path", "from_dict", "load"]
+__all__ = ["DEFAULT_CONFIG", "JOB_TYPES", "TOP_LEVEL", "Config", "Job", "Storage", "config_path", "from_dict", "load"]

@@ -1,20 +1,28 @@
-"""The config file's JSON Schema: one place that documents, validates and fills defaults.
+"""The config file's JSON Schema, but for the job types: one place that documents, validates
+and fills defaults.
 
-Per-job-type keys live in JOB_TYPES so `type` picks exactly one set of allowed keys and an
-unknown key is reported against the job's own type.
+Per-job-type keys live in jobs/registry.py (one entry per type), so `type` picks exactly one set
+of allowed keys and an unknown key is reported against the job's own type. This module imports
+nothing of the agent but plain tables, so the registry and the loader can both build on it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-STORAGE_CLASSES = ["STANDARD", "STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"]
-RESTORE_TIERS = ["Expedited", "Standard", "Bulk"]
+from backup_agent.storage.classes import RESTORE_TIERS, STORAGE_CLASSES, TRANSITION_CLASSES
 
 _str = {"type": "string", "minLength": 1}
 _bool = {"type": "boolean"}
-_url = {"type": "string", "pattern": "^https?://[^\\s]+$"}
-_abs_path = {"type": "string", "pattern": "^/"}
+# What the HTTP clients (urllib's urlsplit) take: a host name or a bracketed IPv6 address, and a
+# port, if any, of 1-65535; never whitespace.
+_PORT = "0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+URL_PATTERN = (f"^https?://(?:[^\\s/?#]*@)?(?:\\[[0-9A-Fa-f:.]+\\]|[^\\s/?#@:\\[\\]]+)(?::(?:{_PORT})?)?"
+               "(?:[/?#][^\\s]*)?$")
+_url = {"type": "string", "pattern": URL_PATTERN}
+# A `..` part makes a stored path depend on links: the loader refuses it rather than resolving it.
+DOTDOT = "(^|/)\\.\\.(/|$)"
+_abs_path = {"type": "string", "pattern": "^/", "not": {"type": "string", "pattern": DOTDOT}}
 _seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": 31 * 86400}
 _count = {"type": "integer", "minimum": 0, "maximum": 100000}
 _string_list = {"type": "array", "items": _str}
@@ -30,6 +38,12 @@ KEY_CHARS = "A-Za-z0-9!_.*'()=:+@,-"
 # loader compares after normalising, so `//var/` is /var too).
 SYSTEM_DIRS = ["/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc",
                "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib", "/var/log", "/var/tmp"]
+# The same directories however spelt (`//var/`, `/var/./lib`): runs of '/' and '.' parts between names.
+_SEP = "/(?:\\.?/)*"
+SYSTEM_DIR_PATTERN = "^(?:" + "|".join(
+    _SEP + _SEP.join(d.strip("/").split("/")) + "(?:/(?:\\.?/)*\\.?)?" if d != "/" else _SEP + "\\.?"
+    for d in SYSTEM_DIRS) + ")$"
+ROOT_PATTERN = f"^{_SEP}\\.?$"
 # An AWS region name (us-east-1, eu-central-2, us-gov-west-1): a typo fails at load, not mid-run.
 REGION_PATTERN = "^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$"
 
@@ -59,7 +73,7 @@ COLD_KEYS: dict[str, Any] = {
     "transition_days": {"type": "integer", "minimum": 1, "maximum": 36500,
                         "description": "`bucket setup` adds a lifecycle rule moving the job's data (never its "
                                        "manifests) to transition_class this many days after upload"},
-    "transition_class": {"enum": ["STANDARD_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"], "default": "GLACIER",
+    "transition_class": {"enum": TRANSITION_CLASSES, "default": "GLACIER",
                          "description": "the class transition_days moves data to; colder than storage_class"},
     "restore_tier": {"enum": RESTORE_TIERS, "default": "Standard",
                      "description": "Glacier retrieval tier restore asks for (restore --tier overrides)"},
@@ -68,7 +82,8 @@ COLD_KEYS: dict[str, Any] = {
 }
 
 COMMON_JOB_KEYS: dict[str, Any] = {
-    "type": {"enum": ["files", "command", "ebs_snapshot"]},
+    # The enum of registered types is filled in by jobs/registry.py's job_schema.
+    "type": {"type": "string", "description": "the job type: one of jobs/registry.py's JOB_TYPES"},
     "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
     "splay": {"type": "integer", "minimum": 0, "maximum": 86400,
               "description": "seconds over which a fleet's runs of this job are spread (default: the global "
@@ -81,86 +96,6 @@ COMMON_JOB_KEYS: dict[str, Any] = {
 
 # A command job without `timeout` still ends: a dump that takes longer than this is stuck, not slow.
 DEFAULT_COMMAND_TIMEOUT = 6 * 3600
-
-JOB_TYPES: dict[str, dict[str, Any]] = {
-    "files": {
-        "required": ["paths"],
-        "properties": {
-            "paths": {"type": "array", "items": _abs_path, "minItems": 1},
-            "exclude": {**_string_list, "default": []},
-            "one_file_system": {**_bool, "default": True},
-            "follow_symlinks": {**_bool, "default": False},
-            **COLD_KEYS,
-        },
-    },
-    "command": {
-        "required": [],
-        "properties": {
-            "command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                        "description": "argv of the program whose standard output is stored (no shell; "
-                                       "instead of a preset)"},
-            "shell": {**_bool, "default": False,
-                      "description": "join the command's elements into one /bin/sh -c line"},
-            "preset": {"enum": ["postgresql", "mysql"],
-                       "description": "dump and restore with pg_dump/pg_restore or mysqldump/mysql "
-                                      "(see docs/DATABASE_DUMPS.md)"},
-            "database": {**_str, "description": "the database a preset dumps"},
-            "tables": {**_string_list, "description": "only these tables (pg_dump --table, mysqldump tables)"},
-            "schemas": {**_string_list, "description": "only these schemas (postgresql only, pg_dump --schema)"},
-            "host": {**_str, "description": "database host; a path (/var/run/postgresql) means a unix socket"},
-            "port": {"type": "integer", "minimum": 1, "maximum": 65535, "description": "database port"},
-            "username": {**_str, "description": "database user the preset connects as"},
-            "password": {"type": "string",
-                         "description": "database password for a preset: written to a 0600 .pgpass or option file, "
-                                        "never on a command line (the cookbook takes it from the encrypted "
-                                        "data bag)"},
-            "env": {**_env_map, "description": "extra environment variables for the command; values of names "
-                    "that look like credentials (PASS, PWD, SECRET, TOKEN, KEY, AUTH, ...) are masked in "
-                    "everything the agent writes"},
-            "secret_env": {**_env_map, "description": "environment variables for the command whose values are "
-                           "secrets whatever their names: masked in everything the agent writes (the cookbook "
-                           "puts the data bag item's job_secrets.<job>.env here)"},
-            "user": {**_str, "description": "run the command as this OS user (the agent runs as root)"},
-            "compression": {"enum": ["gzip", "zstd", "none"], "default": "gzip",
-                            "description": "how the agent compresses the stream before storing it"},
-            "timeout": {**_seconds, "default": DEFAULT_COMMAND_TIMEOUT,
-                        "description": "seconds after which the command's process group is killed and the run "
-                                       "fails (the daemon stops the run 60 s later if it is still going)"},
-            "allow_empty": {**_bool, "default": False,
-                            "description": "accept a command that exits 0 without writing anything as a "
-                                           "backup (by default that run fails and stores nothing)"},
-            **COLD_KEYS,
-            "restore_command": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                                "description": "argv that `restore --into X` pipes the dump into; {into} "
-                                               "in an argument becomes X"},
-        },
-    },
-    "ebs_snapshot": {
-        "required": [],
-        "properties": {
-            "volumes": {
-                "default": "all",
-                "oneOf": [
-                    {"const": "all"},
-                    {"type": "array", "items": {"type": "string", "pattern": "^(vol-[0-9a-f]+|/dev/.+)$"},
-                     "minItems": 1},
-                ],
-            },
-            "exclude_root": {**_bool, "default": False},
-            "multi_volume": {**_bool, "default": True,
-                             "description": "one crash-consistent CreateSnapshots call for all volumes"},
-            "tags": _str_map,
-            "wait": {**_bool, "default": False},
-            "wait_timeout": {**_seconds, "default": 3600},
-            "copy_to_regions": {"type": "array", "items": {"type": "string", "pattern": REGION_PATTERN}},
-            "copy_kms_key_id": _str,
-            "freeze": {"type": "array", "items": _abs_path},
-            "pre": HOOK,
-            "post": HOOK,
-            "hook_timeout": {**_seconds, "default": 60},
-        },
-    },
-}
 
 # `$` is the end of the text here, as in ECMA 262 (JSON Schema's regex dialect) and as the
 # loader applies it: never "before a final newline", Python's re.search meaning.
@@ -175,7 +110,8 @@ TOP_LEVEL: dict[str, Any] = {
                  "description": "node name; default: the host name (also the default storage prefix)"},
         "environment": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$",
                         "description": "Chef environment, used in tags and status"},
-        "state_dir": {**_abs_path, "default": "/var/lib/backup-agent", "not": {"enum": SYSTEM_DIRS},
+        "state_dir": {"type": "string", "pattern": "^/", "default": "/var/lib/backup-agent",
+                      "allOf": [{"not": _abs_path["not"]}, {"not": {"type": "string", "pattern": SYSTEM_DIR_PATTERN}}],
                       "description": "a directory of its own (not / or a system directory such as /var)"},
         "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"], "default": "INFO"},
         "log_format": {"enum": ["text", "json"], "default": "text",
@@ -191,6 +127,8 @@ TOP_LEVEL: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "required": ["bucket"],
+            # Static keys come in pairs; without both the default AWS chain (instance profile) is used.
+            "dependentRequired": {"access_key_id": ["secret_access_key"], "secret_access_key": ["access_key_id"]},
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
                 "prefix": {"type": "string", "pattern": f"^(?!(.*/)?\\.\\.?(/|$))[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
@@ -229,18 +167,15 @@ TOP_LEVEL: dict[str, Any] = {
             "type": "object",
             "default": {},
             "propertyNames": {"type": "string", "pattern": JOB_NAME_PATTERN},
+            # Each job's own keys are checked against its type's schema (jobs/registry.py).
             "additionalProperties": {"type": "object", "required": ["type"],
-                                     "properties": {"type": {"enum": ["files", "command", "ebs_snapshot"]}}},
+                                     "properties": {"type": COMMON_JOB_KEYS["type"]}},
         },
         "notify": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "healthchecks_url": {**_url, "description": "healthchecks.io ping URL: /start when a run "
-                                     "starts, the bare URL on success, /<exit code> on failure; {job} and "
-                                     "{node} in it are replaced, to give every job its own (slug) check"},
-                "webhook_url": {**_url, "description": "receives one JSON POST per run (node, job, result, "
-                                "snapshot, bytes, duration, error)"},
+                # and one URL key per channel (channels.py)
                 "timeout": {**_seconds, "default": 10,
                             "description": "seconds per notification request; failures are retried a few "
                                            "times and never fail or delay a backup"},
@@ -249,37 +184,11 @@ TOP_LEVEL: dict[str, Any] = {
         "metrics": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"textfile": {**_abs_path, "description": "node_exporter textfile, rewritten "
+            "properties": {"textfile": {"type": "string", "pattern": "^/",
+                                        "allOf": [{"not": _abs_path["not"]},
+                                                  {"not": {"type": "string", "pattern": ROOT_PATTERN}}],
+                                        "description": "node_exporter textfile, rewritten "
                                         "(temp file + rename) after every run"}},
         },
     },
 }
-
-
-def job_schema(job_type: str) -> dict[str, Any]:
-    spec = JOB_TYPES[job_type]
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["type", *spec["required"]],
-        "properties": {**COMMON_JOB_KEYS, **spec["properties"]},
-    }
-
-
-def full_schema() -> dict[str, Any]:
-    """The whole config as one JSON Schema document (what `backup-agent schema` prints)."""
-    jobs = dict(TOP_LEVEL["properties"]["jobs"])
-    jobs["additionalProperties"] = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {"type": COMMON_JOB_KEYS["type"]},
-        "allOf": [
-            {"if": {"properties": {"type": {"const": name}}}, "then": job_schema(name)} for name in JOB_TYPES
-        ],
-    }
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "backup-agent config",
-        **TOP_LEVEL,
-        "properties": {**TOP_LEVEL["properties"], "jobs": jobs},
-    }

@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from backup_agent.channels import configured
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, AgentError, Interrupted, Locked
+from backup_agent.jobs.registry import JOB_TYPES
 from backup_agent.logfmt import redact
 from backup_agent.state import JobLock, read_status, write_status
 
@@ -42,10 +44,14 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
     _stop_on_signals()
     # Probe the lock first so a run that would be refused sends no /start ping; the runner
     # takes the lock for real (a race in between ends as Locked, which is fine).
-    with JobLock(cfg.state_dir, job.name):
-        pass
-    record = _new_record(cfg, job)
     t0 = time.monotonic()
+    try:
+        with JobLock(cfg.state_dir, job.name):
+            pass
+    except Locked as exc:
+        _described(exc, job, t0)
+        raise
+    record = _new_record(cfg, job)
     notifier = _notifier(cfg)
     if notifier is not None:
         notifier.start(job.name)
@@ -54,8 +60,9 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
     try:
         runner = runner_for(cfg, job)
         result = runner.run()
-    except Locked:
-        raise  # another run owns the job and its status
+    except Locked as exc:
+        _described(exc, job, t0)  # another run owns the job and its status
+        raise
     except KeyboardInterrupt as exc:
         # The job unwound (its command's process group killed, its upload aborted): say so,
         # unless the daemon stopped it, which records and notifies the abort itself.
@@ -66,6 +73,7 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
         raise
     except AgentError as exc:
         _finish(cfg, record, t0, notifier, exc.exit_code, result="failed", error=str(exc))
+        _described(exc, job, t0)
         raise
     except Exception as exc:
         _finish(cfg, record, t0, notifier, EXIT_FAILED, result="failed", error=f"{type(exc).__name__}: {exc}")
@@ -86,6 +94,12 @@ def run_job(cfg: Config, job: Job, *, prune: bool = False) -> RunResult:
 
         result.extra["prune"] = prune_after_run(cfg, job, runner, notifier)
     return result
+
+
+def _described(exc: AgentError, job: Job, t0: float) -> None:
+    """The failure with what `run --json` prints besides its error: how long the run took and
+    the job type's own fields (as when nothing ran); what the failure itself knows wins."""
+    exc.details = {**JOB_TYPES[job.type].run_fields, "duration_s": round(time.monotonic() - t0, 3), **exc.details}
 
 
 # Set by the daemon for the runs it starts.
@@ -148,7 +162,7 @@ def _new_record(cfg: Config, job: Job) -> dict[str, Any]:
 
 
 def _notifier(cfg: Config) -> Notifier | None:
-    if not (cfg.notify.get("healthchecks_url") or cfg.notify.get("webhook_url")):
+    if not configured(cfg.notify):
         return None  # requests is only imported when there is something to send
     from backup_agent.notify import Notifier
 
@@ -196,14 +210,3 @@ def _finish(cfg: Config, record: dict[str, Any], t0: float, notifier: Notifier |
         # Bounded: a hanging endpoint delays this process's exit by at most notify.timeout + 5 s.
         if not notifier.wait():
             log.warning("job %s: notifications still pending at exit; giving up on them", record["job"])
-
-
-def record_snapshot_count(cfg: Config, job: str, count: int) -> None:
-    """After prune or a listing: the true count, for status and metrics."""
-    status = read_status(cfg.state_dir, job)
-    if status and status.get("snapshots") != count:
-        status["snapshots"] = count
-        try:
-            write_status(cfg.state_dir, job, status)
-        except OSError as exc:
-            log.warning("cannot update status for job %s: %s", job, exc)

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from backup_agent.channels import KEYS as CHANNEL_KEYS
+
 if TYPE_CHECKING:
     from backup_agent.config import Config
 
@@ -45,7 +47,7 @@ def secret_values(cfg: Config) -> list[str]:
     """The config values that must never appear in logs, status, metrics or notifications."""
     out = [cfg.storage.secret_access_key, cfg.storage.session_token]
     # Ping and webhook URLs carry their credential in the path (a check's uuid, a hook token).
-    for url in (cfg.notify.get("healthchecks_url"), cfg.notify.get("webhook_url")):
+    for url in (cfg.notify.get(key) for key in CHANNEL_KEYS):
         if url:
             # urllib3's retry warnings name only the path, and an error may name just the token.
             parts = urlsplit(url)

@@ -13,8 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backup_agent.prune import read_prune
-from backup_agent.state import atomic_write, read_status
+from backup_agent.state import atomic_write, read_prune, read_status
 
 log = logging.getLogger(__name__)
 

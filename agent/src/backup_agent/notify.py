@@ -1,4 +1,5 @@
-"""Notifications after (and at the start of) a run: healthchecks.io pings and a JSON webhook.
+"""Notifications after (and at the start of) a run: one sender class per channel (channels.py lists
+them): healthchecks.io pings and a JSON webhook.
 
 Every request runs in its own daemon thread with bounded timeouts and a few retries, so a
 slow or broken endpoint never delays a backup, never fails it, and never blocks the
@@ -10,11 +11,12 @@ to give every job its own check (healthchecks.io slug URLs); without them all jo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import requests
@@ -23,6 +25,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import Retry
 
 from backup_agent import __version__
+from backup_agent.channels import configured
 from backup_agent.logfmt import redact
 
 log = logging.getLogger(__name__)
@@ -63,56 +66,88 @@ def _summary(record: dict[str, Any]) -> str:
     return redact(", ".join(parts))
 
 
+class Healthchecks:
+    """healthchecks.io: /start, the bare URL on success, /<exit code> on failure, /log for a failed
+    prune (shown in the check's log without changing its up/down state: the backup is fine)."""
+
+    def __init__(self, url: str, notifier: Notifier) -> None:
+        self.url, self.n = url, notifier
+
+    def _ping_url(self, job: str, suffix: str) -> str:
+        base = self.url.replace("{job}", job).replace("{node}", self.n.node).rstrip("/")
+        # healthchecks.io pairs a /start with its end ping by run id, even for overlapping runs.
+        return f"{base}{suffix}?rid={self.n.run_id}"
+
+    def start(self, job: str) -> None:
+        self.n._send("healthchecks start", self._ping_url(job, "/start"), data=f"{self.n.node} {job}")
+
+    def finish(self, record: dict[str, Any], exit_code: int | None) -> None:
+        # Success is the bare URL; failures carry the exit code so the check's log shows it.
+        suffix = "" if exit_code == 0 else ("/fail" if exit_code is None else f"/{exit_code}")
+        self.n._send("healthchecks", self._ping_url(str(record.get("job")), suffix), data=_summary(record))
+
+    def prune_failed(self, record: dict[str, Any], summary: str) -> None:
+        self.n._send("healthchecks log", self._ping_url(str(record.get("job")), "/log"), data=summary)
+
+
+class Webhook:
+    """One JSON POST per run (`backup_agent.run`) and per failed prune (`backup_agent.prune`)."""
+
+    def __init__(self, url: str, notifier: Notifier) -> None:
+        self.url, self.n = url, notifier
+
+    def start(self, job: str) -> None:
+        pass  # one POST per run, at its end
+
+    def finish(self, record: dict[str, Any], exit_code: int | None) -> None:
+        self.n._send("webhook", self.url, json=self.n.payload(record, exit_code))
+
+    def prune_failed(self, record: dict[str, Any], summary: str) -> None:
+        self.n._send("webhook", self.url, json={
+            "event": "backup_agent.prune", "node": self.n.node, "environment": self.n.environment,
+            "job": record.get("job"), "result": record.get("result"), "ended": record.get("last_prune"),
+            "error": redact(str(record["error"])) if record.get("error") else None, "summary": summary})
+
+
+class Sender(Protocol):
+    def start(self, job: str) -> None: ...
+    def finish(self, record: dict[str, Any], exit_code: int | None) -> None: ...
+    def prune_failed(self, record: dict[str, Any], summary: str) -> None: ...
+
+
 class Notifier:
-    """One run's notifications. Cheap to make; does nothing when no endpoint is configured."""
+    """One run's notifications to every configured channel (channels.py). Cheap to make; does
+    nothing when no channel is configured."""
 
     def __init__(self, notify: dict[str, Any], *, node: str, environment: str | None) -> None:
-        self.healthchecks_url: str | None = notify.get("healthchecks_url")
-        self.webhook_url: str | None = notify.get("webhook_url")
         self.timeout = float(notify.get("timeout") or DEFAULT_TIMEOUT)
         self.node = node
         self.environment = environment
-        # healthchecks.io pairs a /start with its end ping by run id, even for overlapping runs.
         self.run_id = str(uuid.uuid4())
         self._threads: list[threading.Thread] = []
+        self.senders: list[Sender] = []
+        for channel in configured(notify):
+            module, _, name = channel.sender.partition(":")
+            self.senders.append(getattr(importlib.import_module(module), name)(notify[channel.key], self))
 
     @property
     def enabled(self) -> bool:
-        return bool(self.healthchecks_url or self.webhook_url)
-
-    def _ping_url(self, job: str, suffix: str) -> str:
-        assert self.healthchecks_url is not None
-        base = self.healthchecks_url.replace("{job}", job).replace("{node}", self.node).rstrip("/")
-        return f"{base}{suffix}?rid={self.run_id}"
+        return bool(self.senders)
 
     def start(self, job: str) -> None:
-        if self.healthchecks_url:
-            self._send("healthchecks start", self._ping_url(job, "/start"), data=f"{self.node} {job}")
+        for sender in self.senders:
+            sender.start(job)
 
     def finish(self, record: dict[str, Any], exit_code: int | None) -> None:
         """After a run: `record` is the status record (result, snapshot, bytes, error, ...)."""
-        job = str(record.get("job"))
-        if self.healthchecks_url:
-            # Success is the bare URL; failures carry the exit code so the check's log shows it.
-            suffix = "" if exit_code == 0 else ("/fail" if exit_code is None else f"/{exit_code}")
-            self._send("healthchecks", self._ping_url(job, suffix), data=_summary(record))
-        if self.webhook_url:
-            self._send("webhook", self.webhook_url, json=self.payload(record, exit_code))
+        for sender in self.senders:
+            sender.finish(record, exit_code)
 
     def prune_failed(self, record: dict[str, Any]) -> None:
-        """After a run whose retention failed: reported apart from the run, which succeeded.
-
-        healthchecks gets a `/log` entry, which shows in the check's log without changing its
-        up/down state (the backup is fine); the webhook gets its own event."""
-        job = str(record.get("job"))
-        summary = redact(f"{job}: prune failed: {record.get('error')}")
-        if self.healthchecks_url:
-            self._send("healthchecks log", self._ping_url(job, "/log"), data=summary)
-        if self.webhook_url:
-            self._send("webhook", self.webhook_url, json={
-                "event": "backup_agent.prune", "node": self.node, "environment": self.environment, "job": job,
-                "result": record.get("result"), "ended": record.get("last_prune"),
-                "error": redact(str(record["error"])) if record.get("error") else None, "summary": summary})
+        """After a run whose retention failed: reported apart from the run, which succeeded."""
+        summary = redact(f"{record.get('job')}: prune failed: {record.get('error')}")
+        for sender in self.senders:
+            sender.prune_failed(record, summary)
 
     def payload(self, record: dict[str, Any], exit_code: int | None) -> dict[str, Any]:
         return {

@@ -18,13 +18,12 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import AgentError, Locked
 from backup_agent.logfmt import redact
-from backup_agent.state import atomic_write
+from backup_agent.state import atomic_write, prune_path, read_prune, record_snapshot_count
 
 if TYPE_CHECKING:
     from backup_agent.jobs.base import JobRunner
@@ -45,19 +44,6 @@ def _parse(text: Any) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def prune_path(state_dir: Path, job: str) -> Path:
-    # Its own file, not a field of status/<job>.json: runs rewrite that record whole.
-    return state_dir / "prune" / f"{job}.json"
-
-
-def read_prune(state_dir: Path, job: str) -> dict[str, Any]:
-    try:
-        data = json.loads(prune_path(state_dir, job).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def gc_due(last_gc: Any, now: datetime) -> bool:
@@ -128,9 +114,7 @@ def prune_after_run(cfg: Config, job: Job, runner: JobRunner, notifier: Notifier
             if not notifier.wait():
                 log.warning("job %s: notifications still pending at exit; giving up on them", job.name)
         return record
-    from backup_agent.execute import record_snapshot_count
-
-    record_snapshot_count(cfg, job.name, len(out["keep"]))
+    record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]))
     record = record_prune(cfg, job.name, result="success", out=out, duration_s=time.monotonic() - t0)
     log.info("job %s: pruned: forgot %d snapshot(s), kept %d, deleted %d object(s)%s", job.name,
              record["snapshots_forgotten"], record["snapshots_kept"], record["objects_deleted"],

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from backup_agent.errors import JobFailed, Locked
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PRELOAD_LIMIT = 100_000
@@ -96,6 +99,31 @@ def read_status(state_dir: Path, job: str) -> dict[str, Any]:
 
 def write_status(state_dir: Path, job: str, status: dict[str, Any]) -> None:
     atomic_write(status_path(state_dir, job), json.dumps(status, indent=2, sort_keys=True).encode())
+
+
+def record_snapshot_count(state_dir: Path, job: str, count: int) -> None:
+    """After prune or a listing: the true count, for status and metrics."""
+    status = read_status(state_dir, job)
+    if status and status.get("snapshots") != count:
+        status["snapshots"] = count
+        try:
+            write_status(state_dir, job, status)
+        except OSError as exc:
+            log.warning("cannot update status for job %s: %s", job, exc)
+
+
+def prune_path(state_dir: Path, job: str) -> Path:
+    # Its own file, not a field of status/<job>.json: runs rewrite that record whole.
+    return state_dir / "prune" / f"{job}.json"
+
+
+def read_prune(state_dir: Path, job: str) -> dict[str, Any]:
+    """The job's last prune record (prune.py writes it); {} when there is none."""
+    try:
+        data = json.loads(prune_path(state_dir, job).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def damage_path(state_dir: Path, job: str) -> Path:
@@ -266,9 +294,9 @@ class FileCache:
         """Start the next baseline; the old one stays valid until `commit_files`.
 
         While the baseline fits in memory (PRELOAD_LIMIT files), only new, changed and vanished
-        paths are written, at commit: an unchanged rerun of 5,000 files wrote all 5,000 rows
-        again (~45 ms). Larger trees stage the whole next baseline in a table swapped in at
-        commit, so memory stays bounded."""
+        paths are written, at commit (docs/PERFORMANCE.md, "The file cache writes only what
+        changed"). Larger trees stage the whole next baseline in a table swapped in at commit, so
+        memory stays bounded."""
         if not self._preload_tried:
             self._files, self._preload_tried = self._preload_files(), True
         self._changed, self._seen = [], set()

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_agent.config import Config
-from backup_agent.prune import read_prune
-from backup_agent.state import read_status
+from backup_agent.state import read_prune, read_status
 
 DAEMON_STATE = "daemon.json"
 

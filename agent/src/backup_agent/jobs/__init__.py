@@ -1,4 +1,5 @@
-"""One module per job type, all with the same verbs: run, snapshots, restore, prune, check."""
+"""One module per job type, all with the same verbs: run, snapshots, restore, prune, check.
+The types are listed once, in jobs/registry.py."""
 
 from __future__ import annotations
 
@@ -10,16 +11,6 @@ if TYPE_CHECKING:
 
 
 def runner_for(cfg: Config, job: Job) -> JobRunner:
-    if job.type == "files":
-        from backup_agent.jobs.files import FilesJob
+    from backup_agent.jobs.registry import runner_for as registered
 
-        return FilesJob(cfg, job)
-    if job.type == "command":
-        from backup_agent.jobs.command import CommandJob
-
-        return CommandJob(cfg, job)
-    if job.type == "ebs_snapshot":
-        from backup_agent.jobs.ebs import EbsSnapshotJob
-
-        return EbsSnapshotJob(cfg, job)
-    raise ValueError(job.type)
+    return registered(cfg, job)

@@ -65,9 +65,8 @@ class PackUploader:
         self.job = job
         self.pool = pool
         self.slots = threading.Semaphore(in_flight)
-        # The files' bytes as read, never copied into one buffer (bodies.Pieces): growing a
-        # bytearray reallocated and copied it over and over, and each fresh 16 MiB pack was
-        # faulted in page by page (15 % of a full backup's CPU for 90 MB of small files).
+        # The files' bytes as read, never copied into one buffer (bodies.Pieces): a growing
+        # bytearray is copied over and over (docs/PERFORMANCE.md, "Packs are a list").
         self.pieces: list[bytes] = []
         self.size = 0
         self.key = layout.new_pack_key()
@@ -208,8 +207,8 @@ class FilesJob(S3Job):
             writer = ManifestWriter(spool, header)
             self.cache.begin_files()
             conc = self.cfg.storage.concurrency
-            # Large files go up one at a time (`one_upload`), each in parallel parts: measured on
-            # SeaweedFS, two concurrent multipart uploads took longer than the same two in a row.
+            # Large files go up one at a time (`one_upload`), each in parallel parts: two at once
+            # were slower than in a row (docs/PERFORMANCE.md, "Large files: one upload at a time").
             # Two workers so the next large file is hashed while one uploads, and no further ahead.
             with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
                     ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:

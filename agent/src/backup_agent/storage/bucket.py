@@ -15,16 +15,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Config
 from backup_agent.errors import JobFailed
+from backup_agent.jobs.registry import JOB_TYPES, OWNED_DIRS
 from backup_agent.storage import layout
-from backup_agent.storage.cold import is_archived
+from backup_agent.storage.classes import is_archived
 from backup_agent.storage.s3 import describe, error_code, is_not_found, make_client
 
 log = logging.getLogger(__name__)
 RULE_PREFIX = "backup-agent-"
 UNSUPPORTED = ("NotImplemented", "NotImplementedError", "MethodNotAllowed", "501")
-# Where each job type keeps its data: transition rules cover these, never snapshots/ (manifests).
-DATA_DIRS = {"files": ("packs/", "files/", "blobs/"), "command": ("dumps/",)}
-_JOB_RULE = re.compile(r"[^/]+/(packs|files|blobs|dumps)")
+# Transition rules cover the folders each job type keeps its data in (jobs/registry.py), never
+# snapshots/ (manifests).
+_JOB_RULE = re.compile("[^/]+/(" + "|".join(re.escape(d.rstrip("/")) for d in OWNED_DIRS) + ")")
 
 
 def desired_rules(cfg: Config) -> list[dict[str, Any]]:
@@ -44,7 +45,7 @@ def desired_rules(cfg: Config) -> list[dict[str, Any]]:
         if not days:
             continue
         root = layout.job_root(st.prefix, job.name)
-        for sub in DATA_DIRS.get(job.type, ()):
+        for sub in JOB_TYPES[job.type].data_dirs:
             rules.append({
                 "ID": f"{RULE_PREFIX}{st.prefix}/{job.name}/{sub.rstrip('/')}",
                 "Filter": {"Prefix": root + sub},

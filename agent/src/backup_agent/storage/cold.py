@@ -23,18 +23,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.errors import ConfigError, JobFailed, NotReady
+from backup_agent.storage.classes import ARCHIVED, IT_ARCHIVE, MIN_STORAGE_DAYS
+from backup_agent.storage.classes import is_archived as is_archived  # jobs ask cold.is_archived
 from backup_agent.storage.s3 import describe, error_code, is_not_found
 
 log = logging.getLogger(__name__)
 
-# Classes whose objects cannot be read before a RestoreObject (GLACIER_IR can: it is instant).
-ARCHIVED = ("GLACIER", "DEEP_ARCHIVE")
-# Intelligent-Tiering's opt-in archive tiers behave like the classes above (HEAD: ArchiveStatus).
-IT_ARCHIVE = {"ARCHIVE_ACCESS": "GLACIER", "DEEP_ARCHIVE_ACCESS": "DEEP_ARCHIVE"}
-# S3's lifecycle waterfall: a rule can only move objects to the right, never back.
-COLDNESS = ["STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"]
-# Deleting earlier is billed as if the object had stayed this long.
-MIN_STORAGE_DAYS = {"STANDARD_IA": 30, "ONEZONE_IA": 30, "GLACIER_IR": 90, "GLACIER": 90, "DEEP_ARCHIVE": 180}
 
 
 @dataclass(frozen=True)
@@ -67,35 +61,12 @@ MAX_POLL = 15 * 60.0
 _sleep = time.sleep  # the one seam tests replace to drive --wait without waiting
 
 
-def is_archived(storage_class: str | None) -> bool:
-    return (storage_class or "STANDARD") in ARCHIVED
-
-
-def colder(a: str, b: str) -> bool:
-    """True when a lifecycle rule may move objects from class b to class a."""
-    return COLDNESS.index(a) > COLDNESS.index(b)
-
-
 def tier_info(storage_class: str, tier: str) -> Tier:
     try:
         return TIERS[(storage_class, tier)]
     except KeyError:
         raise ConfigError(f"--tier {tier}: not offered for {storage_class} objects; "
                           "use Standard or Bulk") from None
-
-
-def check_job(raw: dict[str, Any], name: str, where: str) -> None:
-    """Config checks the schema cannot express: a transition must go to a colder class."""
-    if raw.get("transition_days") is None:
-        return
-    start = raw.get("storage_class", "STANDARD")
-    to = raw.get("transition_class", "GLACIER")
-    if not colder(to, start):
-        raise ConfigError(f"{name}: {where}.transition_class: {to} is not colder than storage_class {start}; "
-                          "S3 lifecycle rules only move data to colder classes")
-    if to in ("STANDARD_IA", "ONEZONE_IA") and raw["transition_days"] < 30:
-        raise ConfigError(f"{name}: {where}.transition_days: S3 moves objects to {to} only after 30 days "
-                          f"or more, not {raw['transition_days']}")
 
 
 def early_deletion(storage_class: str | None, last_modified: datetime | None, now: datetime) -> bool:

@@ -15,10 +15,11 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from backup_agent.jobs.registry import OWNED_DIRS
+
 # `20261127T020000.123456Z-1a2b3c`; ids made before sub-second times were added have no
 # fraction (`20261127T020000Z-1a2b3c`) and still parse.
 SNAPSHOT_ID = re.compile(r"^(?P<ts>\d{8}T\d{6})(?:\.(?P<us>\d{6}))?Z-(?P<rand>[0-9a-f]{6})$")
-OWNED_DIRS = ("packs/", "files/", "blobs/", "dumps/")
 _KEY_SAFE = re.compile(r"^[^\x00-\x1f\x7f\\]+$")
 # S3 refuses keys over 1,024 bytes (UTF-8); SeaweedFS, whose filer stores a key as a path, also
 # refuses any '/'-separated part over 255 bytes (KeyTooLongError). A key must meet both.

@@ -44,10 +44,9 @@ def upload_file(s3: Any, bucket: str, key: str, path: str, *, size: int, sha256:
     (computed by the client, checked by S3) above; a failed multipart upload is aborted.
 
     Few large parts beat many small ones: each part is a request, a second SHA-256 pass over its
-    bytes, and (on SeaweedFS and others) a piece to stitch together at completion. Measured on
-    SeaweedFS, 2 x 200 MiB took 29 s in 8 MiB parts and 11 s in 64 MiB parts, and a full backup
-    of the benchmark tree 7.5 s with 64 MiB parts against 5.6 s as single PUTs, SeaweedFS using
-    a third less CPU (`multipart_chunk_mb`, default 128: one PUT below 256 MiB)."""
+    bytes, and (on SeaweedFS and others) a piece to stitch together at completion
+    (`multipart_chunk_mb`, default 128: one PUT below 256 MiB; measurements: docs/PERFORMANCE.md,
+    "Multipart part size")."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         upload_open_file(s3, bucket, key, fd, path, size=size, sha256=sha256, extra=extra, part_size=part_size,
