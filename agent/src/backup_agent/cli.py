@@ -187,7 +187,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     cfg = config_mod.load(config_mod.config_path(args.config))
     setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))
     if args.verb == "validate":
-        print("ok")
+        from backup_agent.immutability import validate_notes
+
+        print("\n".join(["ok", *validate_notes(cfg)]))
         return EXIT_OK
     if args.verb == "status":
         from backup_agent.status import format_table, render_status

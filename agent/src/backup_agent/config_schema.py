@@ -213,6 +213,23 @@ TOP_LEVEL: dict[str, Any] = {
                 },
                 "noncurrent_version_days": {"type": "integer", "minimum": 1, "default": 30},
                 "abort_multipart_days": {"type": "integer", "minimum": 1, "default": 7},
+                "object_lock": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["mode", "days"],
+                    "description": "S3 Object Lock retention on every object the agent writes "
+                                   "(the bucket must have Object Lock enabled: `bucket setup`)",
+                    "properties": {
+                        "mode": {"enum": ["GOVERNANCE", "COMPLIANCE"]},
+                        "days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                    },
+                },
+                "pruned_by": {
+                    "enum": ["node", "maintenance"],
+                    "default": "node",
+                    "description": "maintenance: this node's credentials may not delete (write-only); "
+                                   "retention is applied by recipe[backup_agent::maintenance]",
+                },
             },
         },
         "aws": {
