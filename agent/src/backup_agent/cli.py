@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, help="days a Glacier restore stays readable")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("prune", help="apply the job's retention")
-    s.add_argument("job")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--all-nodes", action="store_true",
+                   help="maintenance: apply the config's maintenance retention to every node's jobs in the bucket")
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("check", help="verify a job's snapshots")
@@ -206,6 +208,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         plan = setup_bucket(cfg, dry_run=args.dry_run)
         return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
 
+    if args.verb == "prune" and (args.all_nodes or not args.job):
+        return _prune_all_nodes(cfg, args, as_json)
+
     from backup_agent.execute import record_snapshot_count
     from backup_agent.jobs import runner_for
 
@@ -287,6 +292,27 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return _emit(out, as_json, f"ok: {out['snapshots_checked']} snapshot(s) verified"
                      + (" with data" if args.read_data else ""))
     raise AssertionError(args.verb)
+
+
+def _prune_all_nodes(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -> int:
+    if not args.all_nodes:
+        raise ConfigError("prune: give a JOB, or --all-nodes (maintenance)")
+    if args.job:
+        raise ConfigError("prune: --all-nodes takes no JOB")
+    from backup_agent.maintenance import prune_all_nodes
+
+    out = prune_all_nodes(cfg, dry_run=args.dry_run)
+    lines = []
+    for r in out["roots"]:
+        where = f"{r['prefix']}/{r['job']}"
+        if r["result"] != "success":
+            lines.append(f"{where}: {r['result']}: {r.get('error') or r.get('note')}")
+            continue
+        locked = f", {r['locked_skipped']} locked object(s) kept" if r["locked_skipped"] else ""
+        lines.append(f"{where}: forgot {r['forgot']}, kept {r['kept']}; deleted {r['objects_deleted']} "
+                     f"object(s), {r['bytes_freed']} bytes{locked}")
+    _emit(out, as_json, "\n".join(lines) or "no job roots found")
+    return EXIT_FAILED if out["failed"] else EXIT_OK
 
 
 def _prune_line(p: dict[str, Any]) -> str:

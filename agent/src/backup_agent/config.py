@@ -87,6 +87,7 @@ class Config:
     jobs: dict[str, Job]
     notify: dict[str, Any]
     metrics: dict[str, Any]
+    maintenance: dict[str, Any] = field(default_factory=dict)  # `prune --all-nodes` only
 
     def job(self, name: str) -> Job:
         try:
@@ -298,6 +299,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         jobs=jobs,
         notify=_with_defaults(TOP_LEVEL["properties"]["notify"], data.get("notify") or {}),
         metrics=dict(data.get("metrics") or {}),
+        maintenance=dict(data.get("maintenance") or {}),
     )
 
 

@@ -232,6 +232,22 @@ TOP_LEVEL: dict[str, Any] = {
                 },
             },
         },
+        "maintenance": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "`prune --all-nodes` (recipe[backup_agent::maintenance]): the retention it applies to "
+                           "every node's jobs under `under`; never read from the bucket, where a node could forge it",
+            "properties": {
+                "under": {"type": "string", "pattern": f"^([{KEY_CHARS}]+(/[{KEY_CHARS}]+)*)?$", "default": "",
+                          "description": "key prefix the nodes' storage prefixes live under ('' = the bucket's "
+                                         "top level, where the default prefix, the node name, puts them)"},
+                "retention": RETENTION,
+                "jobs": {"type": "object", "additionalProperties": RETENTION,
+                         "propertyNames": {"pattern": JOB_NAME_PATTERN},
+                         "description": "retention by job name, over `retention`"},
+                "nodes": {**_string_list, "description": "only these node prefixes (default: every one found)"},
+            },
+        },
         "aws": {
             "type": "object",
             "additionalProperties": False,

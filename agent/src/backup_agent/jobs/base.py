@@ -521,8 +521,13 @@ class S3Job(JobRunner):
                     if v["Key"] in wanted:
                         out.append({"Key": v["Key"], "VersionId": v["VersionId"]})
         except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"prune: cannot list versions under s3://{self.bucket}/{prefix}: "
-                            f"{describe(exc)}") from None
+            from backup_agent.immutability import classify_delete_failure
+
+            where = f"prune: cannot list versions under s3://{self.bucket}/{prefix}: {describe(exc)}"
+            if classify_delete_failure(error_code(exc)) == "denied":
+                raise DeleteDenied(f"{where}; if this node is write-only, set storage.pruned_by: maintenance") \
+                    from None
+            raise JobFailed(where) from None
         return out
 
     # --- check ---------------------------------------------------------------------------------
