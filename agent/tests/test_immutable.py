@@ -269,3 +269,41 @@ def test_bucket_setup_creates_a_locked_bucket_and_says_what_to_do_without(locked
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot have Object Lock" in lines[0] and "new bucket" in lines[0]
+
+
+def test_maintenance_applies_ebs_retention_by_tags_for_the_fleet(tmp_path: Path) -> None:
+    from fake_aws import CREDS, shared_moto
+
+    moto = shared_moto()
+    ec2 = moto.client()
+    s3 = boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    bucket = f"fleet-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    env_name = f"env{uuid.uuid4().hex[:6]}"
+    vol = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+    made: dict[str, list[str]] = {}
+    for node, runs in (("web1", 3), ("web2", 1)):
+        for day in range(runs):
+            created = (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            tags = {"backup-agent:job": "vols", "backup-agent:node": node, "backup-agent:created": created,
+                    "backup-agent:snapshot": f"set-{node}-{day}",
+                    "backup-agent:volumes": "1", "backup-agent:environment": env_name}
+            snap = ec2.create_snapshot(VolumeId=vol, TagSpecifications=[
+                {"ResourceType": "snapshot", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+            made.setdefault(node, []).append(snap["SnapshotId"])
+    other = ec2.create_snapshot(VolumeId=vol)["SnapshotId"]  # not the agent's: never touched
+    path = tmp_path / "maintenance.yaml"
+    path.write_text(yaml.safe_dump({
+        "node": "maintenance-host", "environment": env_name, "state_dir": str(tmp_path / "state"),
+        "storage": {"bucket": bucket, "endpoint_url": moto.url, "region": "us-east-1"},
+        "aws": {"ec2_endpoint_url": moto.url},
+        "maintenance": {"retention": {"keep_last": 1}, "ebs_regions": ["us-east-1"]}, "jobs": {}}))
+    proc = agent(path, "prune", "--all-nodes", "--json", env={k: v for k, v in CREDS.items()})
+    assert proc.returncode == 0, proc.stderr
+    ebs = {r["node"]: r for r in json.loads(proc.stdout)["ebs"]}
+    assert sorted(ebs["web1"]["ebs_snapshots_deleted"]) == sorted(made["web1"][:2])
+    assert ebs["web2"]["ebs_snapshots_deleted"] == []
+    left = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert {made["web1"][2], made["web2"][0], other} <= left
+    assert not set(made["web1"][:2]) & left

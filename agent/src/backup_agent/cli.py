@@ -311,6 +311,13 @@ def _prune_all_nodes(cfg: config_mod.Config, args: argparse.Namespace, as_json: 
         locked = f", {r['locked_skipped']} locked object(s) kept" if r["locked_skipped"] else ""
         lines.append(f"{where}: forgot {r['forgot']}, kept {r['kept']}; deleted {r['objects_deleted']} "
                      f"object(s), {r['bytes_freed']} bytes{locked}")
+    for r in out["ebs"]:
+        where = f"ebs {r.get('region')} {r.get('node', '')}/{r.get('job', '')}"
+        if r["result"] != "success":
+            lines.append(f"{where}: {r['result']}: {r.get('error') or r.get('note')}")
+        else:
+            lines.append(f"{where}: forgot {r['forgot']}, kept {r['kept']}; deleted "
+                         f"{len(r['ebs_snapshots_deleted'])} EBS snapshot(s)")
     _emit(out, as_json, "\n".join(lines) or "no job roots found")
     return EXIT_FAILED if out["failed"] else EXIT_OK
 

@@ -246,6 +246,9 @@ TOP_LEVEL: dict[str, Any] = {
                          "propertyNames": {"pattern": JOB_NAME_PATTERN},
                          "description": "retention by job name, over `retention`"},
                 "nodes": {**_string_list, "description": "only these node prefixes (default: every one found)"},
+                "ebs_regions": {"type": "array", "items": {"type": "string", "pattern": REGION_PATTERN},
+                                "description": "also apply the retention to EBS snapshot sets tagged by the agent "
+                                               "(by node and job tags; of `environment` when set) in these regions"},
             },
         },
         "aws": {

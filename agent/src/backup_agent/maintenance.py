@@ -1,5 +1,6 @@
 """`backup-agent prune --all-nodes`: retention for a whole environment, run by the maintenance
-identity (recipe[backup_agent::maintenance]) so that nodes never need a delete right.
+identity (recipe[backup_agent::maintenance]) so that nodes never need a delete right: the
+S3 job roots in the bucket, and EBS snapshot sets by their tags in `maintenance.ebs_regions`.
 
 The job roots are found in the bucket (`<under>/<node>/<job>/snapshots/`), not in any node's
 config or state: a node that is gone, or lies, changes nothing here. The retention comes from
@@ -88,5 +89,50 @@ def prune_all_nodes(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
                      objects_deleted=out.get("objects_deleted", 0), bytes_freed=out.get("bytes_freed", 0),
                      locked_skipped=out.get("locked_skipped", 0))
         results.append(entry)
-    failed = sum(1 for r in results if r["result"] == "failed")
-    return {"dry_run": dry_run, "roots": results, "failed": failed}
+    ebs = [r for region in cfg.maintenance.get("ebs_regions") or [] for r in prune_ebs_region(cfg, region,
+                                                                                              dry_run=dry_run)]
+    failed = sum(1 for r in [*results, *ebs] if r["result"] == "failed")
+    return {"dry_run": dry_run, "roots": results, "ebs": ebs, "failed": failed}
+
+
+def prune_ebs_region(cfg: Config, region: str, *, dry_run: bool) -> list[dict[str, Any]]:
+    """EBS retention for the fleet in one region: snapshot sets grouped by their node and job
+    tags (and limited to this config's environment tag when it has one), each pruned with the
+    maintenance retention of its job. The nodes themselves hold no ec2:DeleteSnapshot."""
+    from backup_agent.ec2 import AwsError
+    from backup_agent.ec2 import describe as describe_aws
+    from backup_agent.ec2 import make_client as ec2_client
+    from backup_agent.jobs import ebs_sets as sets_mod
+    from backup_agent.jobs.ebs_prune import describe_snapshots, prune_region
+
+    ec2 = ec2_client(cfg, region)
+    filters: list[dict[str, Any]] = [{"Name": "tag-key", "Values": [sets_mod.TAG_JOB]}]
+    if cfg.environment:
+        filters.append({"Name": f"tag:{sets_mod.TAG_ENVIRONMENT}", "Values": [cfg.environment]})
+    only = set(cfg.maintenance.get("nodes") or [])
+    try:
+        found = describe_snapshots(ec2, filters)
+    except AwsError as exc:
+        return [{"region": region, "result": "failed", "error": f"cannot list snapshots: {describe_aws(exc)}"}]
+    by_job: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for snap in found:
+        tags = sets_mod.tags_of(snap)
+        # Copies (copy_to_regions) carry the same tags: each region's sets are pruned on their own.
+        node, job = tags.get(sets_mod.TAG_NODE, ""), tags.get(sets_mod.TAG_JOB, "")
+        if node and (not only or node in only):
+            by_job.setdefault((node, job), []).append(snap)
+    out = []
+    for (node, job), snaps in sorted(by_job.items()):
+        entry: dict[str, Any] = {"region": region, "node": node, "job": job}
+        policy = retention_for(cfg, job)
+        if not policy:
+            entry.update(result="skipped", note=f"no maintenance retention for job {job}: every snapshot is kept")
+        else:
+            try:
+                res = prune_region(ec2, sets_mod.group(snaps), policy, dry_run=dry_run, report_foreign=False)
+                entry.update(result="success", forgot=len(res["forget"]), kept=len(res["keep"]),
+                             ebs_snapshots_deleted=res["ebs_snapshots_deleted"], in_use=res["in_use"])
+            except AwsError as exc:
+                entry.update(result="failed", error=describe_aws(exc))
+        out.append(entry)
+    return out

@@ -21,6 +21,8 @@ default['backup_agent']['maintenance']['retention'] = {}
 default['backup_agent']['maintenance']['jobs'] = {}
 # Only these node prefixes (empty: every one found in the bucket).
 default['backup_agent']['maintenance']['nodes'] = []
+# Regions whose EBS snapshot sets (tagged by the agent) get the same retention, e.g. ['eu-west-1'].
+default['backup_agent']['maintenance']['ebs_regions'] = []
 # Same as the nodes' storage.object_lock (nil: none): `bucket setup` then creates or verifies
 # Object Lock on the bucket.
 default['backup_agent']['maintenance']['object_lock'] = nil

@@ -21,6 +21,7 @@ module BackupAgentCookbook
       maintenance['retention'] = settings['retention'].to_hash unless settings['retention'].to_hash.empty?
       maintenance['jobs'] = settings['jobs'].to_hash unless settings['jobs'].to_hash.empty?
       maintenance['nodes'] = settings['nodes'].to_a unless settings['nodes'].to_a.empty?
+      maintenance['ebs_regions'] = settings['ebs_regions'].to_a unless settings['ebs_regions'].to_a.empty?
       config = { 'node' => 'maintenance', 'state_dir' => settings['state_dir'], 'storage' => storage,
                  'maintenance' => maintenance, 'jobs' => {} }
       config['environment'] = environment if environment && !environment.to_s.empty?
