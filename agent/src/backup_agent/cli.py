@@ -279,7 +279,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
                 record_prune(cfg, job.name, result="failed", error=str(exc))
             raise
         if not args.dry_run:
-            record_snapshot_count(cfg, job.name, len(out["keep"]))
+            record_snapshot_count(cfg, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
             record_prune(cfg, job.name, result="success", out=out)
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
@@ -323,6 +323,8 @@ def _prune_all_nodes(cfg: config_mod.Config, args: argparse.Namespace, as_json: 
 
 
 def _prune_line(p: dict[str, Any]) -> str:
+    if p["result"] == "elsewhere":
+        return str(p["note"])
     if p["result"] != "success":
         return f"prune {p['result']}: {p.get('error') or p.get('note')}"
     text = (f"pruned: forgot {p['snapshots_forgotten']} snapshot(s), kept {p['snapshots_kept']}; "

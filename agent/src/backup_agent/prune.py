@@ -141,7 +141,7 @@ def prune_after_run(cfg: Config, job: Job, runner: JobRunner, notifier: Notifier
         return record
     from backup_agent.execute import record_snapshot_count
 
-    record_snapshot_count(cfg, job.name, len(out["keep"]))
+    record_snapshot_count(cfg, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
     record = record_prune(cfg, job.name, result="success", out=out, duration_s=time.monotonic() - t0)
     log.info("job %s: pruned: forgot %d snapshot(s), kept %d, deleted %d object(s)%s", job.name,
              record["snapshots_forgotten"], record["snapshots_kept"], record["objects_deleted"],

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup_agent import retention
 from backup_agent.config import Config, Job
 from backup_agent.errors import AgentError, ConfigError, IntegrityError, JobFailed, NotReady
-from backup_agent.immutability import DeleteDenied
+from backup_agent.immutability import DeleteDenied, classify_delete_failure
 from backup_agent.storage import cold, layout
 from backup_agent.storage.manifest import Entry, ManifestError, read, read_header
 from backup_agent.storage.s3 import describe, error_code, is_not_found, make_client
@@ -413,6 +413,7 @@ class S3Job(JobRunner):
         # kept with it (the data's lock may pass first), and a later prune deletes both.
         still_there = [s for s in decision.forget if self.root + layout.manifest_key(s) in locked]
         result["locked_skipped"] = len(locked)
+        result["locked_snapshots"] = still_there  # forgotten, but still stored and listed until their date
         result["garbage_collected"] = collect_garbage
         if not collect_garbage:
             # The costly half (every kept manifest read, every object listed) is left for later:
@@ -481,8 +482,6 @@ class S3Job(JobRunner):
         a versioned bucket only adds a delete marker, which a lock never refuses, and the locked
         version would live on unseen. Deleting versions makes S3 refuse what is still locked, and
         the key stays listed, so the next prune tries again."""
-        from backup_agent.immutability import classify_delete_failure
-
         entries: list[dict[str, str]] = (self._versions_of(keys) if self.cfg.storage.object_lock
                                          else [{"Key": k} for k in keys])
         locked: set[str] = set()
@@ -521,8 +520,6 @@ class S3Job(JobRunner):
                     if v["Key"] in wanted:
                         out.append({"Key": v["Key"], "VersionId": v["VersionId"]})
         except (ClientError, BotoCoreError) as exc:
-            from backup_agent.immutability import classify_delete_failure
-
             where = f"prune: cannot list versions under s3://{self.bucket}/{prefix}: {describe(exc)}"
             if classify_delete_failure(error_code(exc)) == "denied":
                 raise DeleteDenied(f"{where}; if this node is write-only, set storage.pruned_by: maintenance") \
