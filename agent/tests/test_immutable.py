@@ -68,7 +68,7 @@ class Env:
     maint: Identity
     tmp: Path
 
-    def config(self, who: str, **extra: Any) -> Path:
+    def config(self, who: str, file: str = "", **extra: Any) -> Path:
         ident = {"node": self.node, "maintenance": self.maint, "admin": self.admin}[who]
         data: dict[str, Any] = {
             "node": NODE if who == "node" else f"{who}-host",
@@ -83,7 +83,7 @@ class Env:
                 data[k].update(v)
             else:
                 data[k] = v
-        path = self.tmp / f"{who}.yaml"
+        path = self.tmp / f"{file or who}.yaml"
         path.write_text(yaml.safe_dump(data))
         return path
 
@@ -168,6 +168,15 @@ def test_write_only_node_backs_up_restores_checks_and_cannot_delete(locked: Env)
     assert (target / str(env.tmp / "src" / "a.txt").lstrip("/")).read_text() == "alpha\n"
     proc = agent(cfg, "check", "home", "--read-data")
     assert proc.returncode == 0, proc.stderr
+    # A command job's streamed dump (multipart upload) is locked and restores the same way.
+    dump_cfg = env.config("node", "node-dump", storage={"pruned_by": "maintenance"},
+                          jobs={"dump": {"type": "command", "command": ["printf", "dump-bytes"]}})
+    proc = agent(dump_cfg, "run", "dump")
+    assert proc.returncode == 0, proc.stderr
+    assert agent(dump_cfg, "restore", "dump", "--target", "-").stdout == "dump-bytes"
+    [dump_key] = [o["Key"] for o in s3.list_objects_v2(Bucket=env.bucket, Prefix=f"{NODE}/dump/dumps/")["Contents"]]
+    assert s3.head_object(Bucket=env.bucket, Key=dump_key)["ObjectLockMode"] == "COMPLIANCE"
+    keys += [o["Key"] for o in s3.list_objects_v2(Bucket=env.bucket, Prefix=f"{NODE}/dump/")["Contents"]]
     # Status and metrics say pruning happens elsewhere, not that it failed.
     status = json.loads(agent(cfg, "status", "--json").stdout)["jobs"][0]
     assert status["prune_result"] == "elsewhere" and "elsewhere" in status["prune_note"]
