@@ -51,7 +51,15 @@ template config_path do
         settings.to_hash, node.run_state['backup_agent_maintenance_secrets'], node.policy_group || node.chef_environment
       ) }
   end)
-  verify { |path| helpers.backup_agent_validate_config(path) }
+  # Raises rather than returning false: on false Chef keeps the rejected file (credentials) in
+  # file_cache_path/failed_validations. Before the first install there is no agent to ask.
+  verify do |path|
+    next true unless BackupAgentCookbook.executable?(helpers.backup_agent_bin)
+    result = helpers.shell_out(helpers.backup_agent_bin, '-c', path, 'validate')
+    next true if result.exitstatus == 0
+    raise BackupAgentCookbook::ConfigError, "backup_agent: `backup-agent validate` rejected the new #{config_path}, " \
+                                            "which is left unchanged: #{result.stderr.to_s.lines.last.to_s.strip}"
+  end
 end
 
 unit_dir = ::File.dirname(node['backup_agent']['service']['unit_path'])

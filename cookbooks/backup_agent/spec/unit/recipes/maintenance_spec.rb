@@ -41,6 +41,15 @@ describe 'backup_agent::maintenance' do
     expect(config['state_dir']).to eq('/var/lib/backup-agent-maintenance')
   end
 
+  it 'refuses a config the installed agent rejects, naming the file, and keeps the old one' do
+    allow(BackupAgentCookbook).to receive(:executable?).and_return(true)
+    rejected = double(exitstatus: 2, stderr: "backup-agent: maintenance.retention.keep_forever: unknown key\n")
+    allow_any_instance_of(Chef::Recipe).to receive(:shell_out).and_return(rejected)
+    verification = chef_run.template('/etc/backup-agent/maintenance.yaml').verifications.first
+    expect { verification.verify('/tmp/new-maintenance.yaml') }
+      .to raise_error(BackupAgentCookbook::ConfigError, %r{rejected the new /etc/backup-agent/maintenance.yaml.*keep_forever})
+  end
+
   it 'keeps the secrets out of node attributes' do
     attributes = chef_run.node.to_hash.to_json
     expect(attributes).not_to include('maintenance-secret-never-in-attributes')
