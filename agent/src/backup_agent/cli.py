@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, help="days a Glacier restore stays readable")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("prune", help="apply the job's retention")
-    s.add_argument("job")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--all-nodes", action="store_true",
+                   help="maintenance: apply the config's maintenance retention to every node's jobs in the bucket")
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("check", help="verify a job's snapshots")
@@ -190,7 +192,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     cfg = config_mod.load(config_mod.config_path(args.config))
     setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))
     if args.verb == "validate":
-        print("ok")
+        from backup_agent.immutability import validate_notes
+
+        print("\n".join(["ok", *validate_notes(cfg)]))
         return EXIT_OK
     if args.verb == "status":
         from backup_agent.status import format_table, render_status
@@ -206,6 +210,9 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
 
         plan = setup_bucket(cfg, dry_run=args.dry_run)
         return _emit(plan, as_json, text="\n".join(f"{s['step']}: {s['result']}" for s in plan["steps"]))
+
+    if args.verb == "prune" and (args.all_nodes or not args.job):
+        return _prune_all_nodes(cfg, args, as_json)
 
     from backup_agent.jobs import runner_for
     from backup_agent.state import record_snapshot_count
@@ -278,7 +285,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
                 record_prune(cfg, job.name, result="failed", error=str(exc))
             raise
         if not args.dry_run:
-            record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]))
+            record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
             record_prune(cfg, job.name, result="success", out=out)
         verb = "would forget" if args.dry_run else "forgot"
         text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
@@ -293,7 +300,37 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
     raise AssertionError(args.verb)
 
 
+def _prune_all_nodes(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -> int:
+    if not args.all_nodes:
+        raise ConfigError("prune: give a JOB, or --all-nodes (maintenance)")
+    if args.job:
+        raise ConfigError("prune: --all-nodes takes no JOB")
+    from backup_agent.maintenance import prune_all_nodes
+
+    out = prune_all_nodes(cfg, dry_run=args.dry_run)
+    lines = []
+    for r in out["roots"]:
+        where = f"{r['prefix']}/{r['job']}"
+        if r["result"] != "success":
+            lines.append(f"{where}: {r['result']}: {r.get('error') or r.get('note')}")
+            continue
+        locked = f", {r['locked_skipped']} locked object(s) kept" if r["locked_skipped"] else ""
+        lines.append(f"{where}: forgot {r['forgot']}, kept {r['kept']}; deleted {r['objects_deleted']} "
+                     f"object(s), {r['bytes_freed']} bytes{locked}")
+    for r in out["ebs"]:
+        where = f"ebs {r.get('region')} {r.get('node', '')}/{r.get('job', '')}"
+        if r["result"] != "success":
+            lines.append(f"{where}: {r['result']}: {r.get('error') or r.get('note')}")
+        else:
+            lines.append(f"{where}: forgot {r['forgot']}, kept {r['kept']}; deleted "
+                         f"{len(r['ebs_snapshots_deleted'])} EBS snapshot(s)")
+    _emit(out, as_json, "\n".join(lines) or "no job roots found")
+    return EXIT_FAILED if out["failed"] else EXIT_OK
+
+
 def _prune_line(p: dict[str, Any]) -> str:
+    if p["result"] == "elsewhere":
+        return str(p["note"])
     if p["result"] != "success":
         return f"prune {p['result']}: {p.get('error') or p.get('note')}"
     text = (f"pruned: forgot {p['snapshots_forgotten']} snapshot(s), kept {p['snapshots_kept']}; "

@@ -56,6 +56,10 @@ class Storage:
     multipart_chunk_size: int = 128 << 20
     noncurrent_version_days: int = 30
     abort_multipart_days: int = 7
+    # (mode, days): Object Lock retention put on every object written; None: no lock headers.
+    object_lock: tuple[str, int] | None = None
+    # "maintenance": node credentials cannot delete; prune runs elsewhere (docs/IAM.md).
+    pruned_by: str = "node"
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Config:
     jobs: dict[str, Job]
     notify: dict[str, Any]
     metrics: dict[str, Any]
+    maintenance: dict[str, Any] = field(default_factory=dict)  # `prune --all-nodes` only
 
     def job(self, name: str) -> Job:
         try:
@@ -273,6 +278,8 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         multipart_chunk_size=st["multipart_chunk_mb"] << 20,
         noncurrent_version_days=st["noncurrent_version_days"],
         abort_multipart_days=st["abort_multipart_days"],
+        object_lock=(st["object_lock"]["mode"], st["object_lock"]["days"]) if st.get("object_lock") else None,
+        pruned_by=st["pruned_by"],
     )
     if bool(storage.access_key_id) != bool(storage.secret_access_key):
         missing = "secret_access_key" if storage.access_key_id else "access_key_id"
@@ -297,6 +304,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         jobs=jobs,
         notify=_with_defaults(TOP_LEVEL["properties"]["notify"], data.get("notify") or {}),
         metrics=dict(data.get("metrics") or {}),
+        maintenance=dict(data.get("maintenance") or {}),
     )
 
 

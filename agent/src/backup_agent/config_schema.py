@@ -151,6 +151,42 @@ TOP_LEVEL: dict[str, Any] = {
                 },
                 "noncurrent_version_days": {"type": "integer", "minimum": 1, "default": 30},
                 "abort_multipart_days": {"type": "integer", "minimum": 1, "default": 7},
+                "object_lock": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["mode", "days"],
+                    "description": "S3 Object Lock retention on every object the agent writes "
+                                   "(the bucket must have Object Lock enabled: `bucket setup`)",
+                    "properties": {
+                        "mode": {"enum": ["GOVERNANCE", "COMPLIANCE"]},
+                        "days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                    },
+                },
+                "pruned_by": {
+                    "enum": ["node", "maintenance"],
+                    "default": "node",
+                    "description": "maintenance: this node's credentials may not delete (write-only); "
+                                   "retention is applied by recipe[backup_agent::maintenance]",
+                },
+            },
+        },
+        "maintenance": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "`prune --all-nodes` (recipe[backup_agent::maintenance]): the retention it applies to "
+                           "every node's jobs under `under`; never read from the bucket, where a node could forge it",
+            "properties": {
+                "under": {"type": "string", "pattern": f"^([{KEY_CHARS}]+(/[{KEY_CHARS}]+)*)?$", "default": "",
+                          "description": "key prefix the nodes' storage prefixes live under ('' = the bucket's "
+                                         "top level, where the default prefix, the node name, puts them)"},
+                "retention": RETENTION,
+                "jobs": {"type": "object", "additionalProperties": RETENTION,
+                         "propertyNames": {"pattern": JOB_NAME_PATTERN},
+                         "description": "retention by job name, over `retention`"},
+                "nodes": {**_string_list, "description": "only these node prefixes (default: every one found)"},
+                "ebs_regions": {"type": "array", "items": {"type": "string", "pattern": REGION_PATTERN},
+                                "description": "also apply the retention to EBS snapshot sets tagged by the agent "
+                                               "(by node and job tags; of `environment` when set) in these regions"},
             },
         },
         "aws": {

@@ -32,7 +32,12 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("backup_agent_consecutive_failures", "gauge", "Failed runs of the job since its last success."),
     ("backup_agent_snapshots", "gauge", "Snapshots of the job in storage after its last successful run."),
     ("backup_agent_last_prune_timestamp_seconds", "gauge", "Unix time the job's retention was last applied."),
-    ("backup_agent_last_prune_success", "gauge", "1 if the job's last prune succeeded, 0 if it failed."),
+    ("backup_agent_last_prune_success", "gauge",
+     "1 if the job's last prune succeeded, 0 if it failed; absent when pruning happens elsewhere."),
+    ("backup_agent_prune_elsewhere", "gauge",
+     "1 when this node never deletes (storage.pruned_by: maintenance): retention is applied elsewhere."),
+    ("backup_agent_last_prune_locked_skipped", "gauge",
+     "Objects the job's last prune kept because their Object Lock has not passed yet."),
     ("backup_agent_last_prune_snapshots_removed", "gauge", "Snapshots the job's last prune removed."),
     ("backup_agent_last_prune_bytes_freed", "gauge", "Bytes of unreferenced data the job's last prune deleted."),
     ("backup_agent_last_gc_timestamp_seconds", "gauge",
@@ -64,8 +69,10 @@ def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
         "backup_agent_consecutive_failures": number("consecutive_failures"),
         "backup_agent_snapshots": number("snapshots"),
         "backup_agent_last_prune_timestamp_seconds": _timestamp(st.get("last_prune")),
-        "backup_agent_last_prune_success": (None if not st.get("prune_result")
+        "backup_agent_last_prune_success": (None if st.get("prune_result") in (None, "", "elsewhere")
                                             else float(st["prune_result"] == "success")),
+        "backup_agent_prune_elsewhere": 1.0 if st.get("prune_result") == "elsewhere" else None,
+        "backup_agent_last_prune_locked_skipped": number("prune_locked_skipped"),
         "backup_agent_last_prune_snapshots_removed": number("prune_snapshots_forgotten"),
         "backup_agent_last_prune_bytes_freed": number("prune_bytes_freed"),
         "backup_agent_last_gc_timestamp_seconds": _timestamp(st.get("last_gc")),
@@ -99,7 +106,8 @@ def _with_prune(status: dict[str, Any], prune: dict[str, Any]) -> dict[str, Any]
         return status
     return {**status, "last_prune": prune.get("last_prune"), "prune_result": prune.get("result"),
             "prune_snapshots_forgotten": prune.get("snapshots_forgotten"),
-            "prune_bytes_freed": prune.get("bytes_freed"), "last_gc": prune.get("last_gc")}
+            "prune_bytes_freed": prune.get("bytes_freed"), "last_gc": prune.get("last_gc"),
+            "prune_locked_skipped": prune.get("locked_skipped")}
 
 
 def write_textfile(path: str | Path, state_dir: Path, jobs: list[str]) -> None:

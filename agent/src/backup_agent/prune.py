@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GC_INTERVAL = timedelta(days=1)
+ELSEWHERE = ("pruning happens elsewhere: storage.pruned_by is maintenance "
+             "(recipe[backup_agent::maintenance] applies this job's retention)")
 
 
 def _text(t: datetime) -> str:
@@ -54,8 +56,10 @@ def gc_due(last_gc: Any, now: datetime) -> bool:
 
 
 def record_prune(cfg: Config, job: str, *, result: str, out: dict[str, Any] | None = None,
-                 error: str | None = None, duration_s: float | None = None) -> dict[str, Any]:
-    """Write the job's last-prune record (`result`: success | failed | aborted) and return it."""
+                 error: str | None = None, duration_s: float | None = None,
+                 note: str | None = None) -> dict[str, Any]:
+    """Write the job's last-prune record (`result`: success | failed | aborted | elsewhere) and
+    return it."""
     previous = read_prune(cfg.state_dir, job)
     now = _text(datetime.now(UTC))
     out = out or {}
@@ -72,6 +76,9 @@ def record_prune(cfg: Config, job: str, *, result: str, out: dict[str, Any] | No
         "objects_deleted": int(out["objects_deleted"]) if "objects_deleted" in out else None,
         "bytes_freed": int(out["bytes_freed"]) if "bytes_freed" in out else None,
         "garbage_collected": collected,
+        # Objects Object Lock kept this time; a prune after their lock date deletes them.
+        "locked_skipped": int(out["locked_skipped"]) if "locked_skipped" in out else None,
+        "note": note or out.get("note"),
         "last_gc": now if collected is True and result == "success" else previous.get("last_gc"),
         "duration_s": None if duration_s is None else round(duration_s, 3),
     }
@@ -91,6 +98,10 @@ def prune_after_run(cfg: Config, job: Job, runner: JobRunner, notifier: Notifier
     bug in the caller): what happened is returned, recorded and, when it failed, notified."""
     if not job.retention:
         return {"result": "skipped", "note": f"jobs.{job.name}.retention is not set: every snapshot is kept"}
+    if cfg.storage.pruned_by == "maintenance":
+        # A write-only node: trying would be refused every day, and a refused delete in the
+        # bucket's audit trail must stay an alarm, not routine (docs/IAM.md).
+        return record_prune(cfg, job.name, result="elsewhere", out={}, error=None, note=ELSEWHERE)
     collect = gc_due(read_prune(cfg.state_dir, job.name).get("last_gc"), datetime.now(UTC))
     t0 = time.monotonic()
     try:
@@ -114,7 +125,7 @@ def prune_after_run(cfg: Config, job: Job, runner: JobRunner, notifier: Notifier
             if not notifier.wait():
                 log.warning("job %s: notifications still pending at exit; giving up on them", job.name)
         return record
-    record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]))
+    record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
     record = record_prune(cfg, job.name, result="success", out=out, duration_s=time.monotonic() - t0)
     log.info("job %s: pruned: forgot %d snapshot(s), kept %d, deleted %d object(s)%s", job.name,
              record["snapshots_forgotten"], record["snapshots_kept"], record["objects_deleted"],

@@ -77,6 +77,9 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             "prune_objects_deleted": pr.get("objects_deleted"),
             "prune_bytes_freed": pr.get("bytes_freed"),
             "last_gc": pr.get("last_gc"),
+            # Objects Object Lock kept at the last prune; "elsewhere": a write-only node.
+            "prune_locked_skipped": pr.get("locked_skipped"),
+            "prune_note": pr.get("note"),
         })
     return out
 
@@ -168,4 +171,6 @@ def format_table(doc: dict[str, Any]) -> str:
     for j in doc["jobs"]:
         if j.get("prune_error") and j.get("prune_result") != "success":
             lines.append(f"{j['job']}: prune {j['prune_result']}: {j['prune_error']}")
+        elif j.get("prune_note") and j.get("prune_result") == "elsewhere":
+            lines.append(f"{j['job']}: {j['prune_note']}")
     return "\n".join(lines)

@@ -42,7 +42,7 @@ Ohai.plugin(:BackupAgent) do
   # Fields of a job's status that are facts about its runs, safe on the Chef server.
   def job_fields
     %w(type schedule result last_start last_end last_success snapshots consecutive_failures exit_code next_run
-       last_prune prune_result prune_snapshots_forgotten last_gc)
+       last_prune prune_result prune_snapshots_forgotten last_gc prune_locked_skipped)
   end
 
   # How often a schedule string fires (the agent's Schedule.period_seconds, with the grammar of
@@ -121,6 +121,8 @@ Ohai.plugin(:BackupAgent) do
       status[:stale_jobs] = status[:jobs].select { |_, job| job['stale'] }.keys.sort
       # A failed prune leaves the backups fine but storage growing: searchable on its own.
       status[:prune_failed_jobs] = status[:jobs].select { |_, job| %w(failed aborted).include?(job['prune_result']) }.keys.sort
+      # Write-only nodes (storage.pruned_by: maintenance): retention is applied by the maintenance node.
+      status[:prune_elsewhere_jobs] = status[:jobs].select { |_, job| job['prune_result'] == 'elsewhere' }.keys.sort
       status[:stale] = !status[:stale_jobs].empty?
     else
       # The agent is installed but cannot say what it did: nobody knows these backups are fine.

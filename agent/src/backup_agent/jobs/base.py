@@ -23,9 +23,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup_agent import retention
 from backup_agent.config import Config, Job
 from backup_agent.errors import AgentError, ConfigError, IntegrityError, JobFailed, NotReady
+from backup_agent.immutability import DeleteDenied, classify_delete_failure
 from backup_agent.storage import cold, layout
 from backup_agent.storage.manifest import Entry, ManifestError, read, read_header
-from backup_agent.storage.s3 import describe, is_not_found, make_client
+from backup_agent.storage.s3 import describe, error_code, is_not_found, make_client
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +408,12 @@ class S3Job(JobRunner):
         if dry_run or (not decision.forget and not snaps):
             return result
         # Manifests first: a snapshot disappears whole before any of its data does.
-        self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
+        locked = self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
+        # A forgotten snapshot whose manifest is still under Object Lock stays whole: its data is
+        # kept with it (the data's lock may pass first), and a later prune deletes both.
+        still_there = [s for s in decision.forget if self.root + layout.manifest_key(s) in locked]
+        result["locked_skipped"] = len(locked)
+        result["locked_snapshots"] = still_there  # forgotten, but still stored and listed until their date
         result["garbage_collected"] = collect_garbage
         if not collect_garbage:
             # The costly half (every kept manifest read, every object listed) is left for later:
@@ -415,7 +421,7 @@ class S3Job(JobRunner):
             return result
         referenced: set[str] = set()
         unreadable: list[str] = []
-        for sid in decision.keep:
+        for sid in [*decision.keep, *still_there]:
             try:
                 referenced |= self.referenced_objects(sid)
             except IntegrityError as exc:
@@ -456,21 +462,70 @@ class S3Job(JobRunner):
         # Forget first: a prune killed between the two must not leave the cache pointing at
         # deleted content (the next run would reuse it instead of uploading it again).
         self.forget_cached({k[len(self.root) :] for k in garbage})
-        self._delete(garbage)
+        locked_data = self._delete(garbage)
+        if locked_data:
+            sizes = {o["Key"]: int(o.get("Size", 0)) for o in listing}
+            freed -= sum(sizes.get(k, 0) for k in locked_data)
+        result["locked_skipped"] += len(locked_data)
         # S3 bills cold objects deleted before their class's minimum duration for the rest of it.
-        result.update(objects_deleted=len(garbage), bytes_freed=freed, objects_deleted_early=early)
+        result.update(objects_deleted=len(garbage) - len(locked_data), bytes_freed=freed,
+                      objects_deleted_early=early)
+        if result["locked_skipped"]:
+            result["note"] = (f"{result['locked_skipped']} object(s) are under Object Lock and were kept; "
+                              "a prune after their lock date deletes them")
         return result
 
-    def _delete(self, keys: list[str]) -> None:
-        for i in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[i : i + 1000]]
+    def _delete(self, keys: list[str]) -> set[str]:
+        """Delete keys; returns those Object Lock kept (skipped, never an error).
+
+        With `storage.object_lock` every version of a key is deleted by its id: a plain DELETE in
+        a versioned bucket only adds a delete marker, which a lock never refuses, and the locked
+        version would live on unseen. Deleting versions makes S3 refuse what is still locked, and
+        the key stays listed, so the next prune tries again."""
+        entries: list[dict[str, str]] = (self._versions_of(keys) if self.cfg.storage.object_lock
+                                         else [{"Key": k} for k in keys])
+        locked: set[str] = set()
+        for i in range(0, len(entries), 1000):
+            batch = entries[i : i + 1000]
             try:
                 resp = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             except (ClientError, BotoCoreError) as exc:
+                if classify_delete_failure(error_code(exc)) == "denied":
+                    raise DeleteDenied(f"prune: these credentials may not delete ({describe(exc)}); if this node is "
+                                       "write-only, set storage.pruned_by: maintenance") from None
                 raise JobFailed(f"prune: delete failed: {describe(exc)}") from None
-            if resp.get("Errors"):
-                err = resp["Errors"][0]
-                raise JobFailed(f"prune: cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}")
+            for err in resp.get("Errors") or []:
+                kind = classify_delete_failure(str(err.get("Code", "")), str(err.get("Message", "")))
+                if kind == "locked":
+                    locked.add(str(err.get("Key")))
+                    continue
+                detail = f"cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}"
+                if kind == "denied":
+                    raise DeleteDenied(f"prune: {detail}; if this node is write-only, set storage.pruned_by: "
+                                       "maintenance")
+                raise JobFailed(f"prune: {detail}")
+        return locked
+
+    def _versions_of(self, keys: list[str]) -> list[dict[str, str]]:
+        """Every version (and delete marker) of `keys`: one listing under their common prefix."""
+        if not keys:
+            return []
+        wanted = set(keys)
+        common = os.path.commonprefix(keys)  # noqa: RUF071 -- characters, cut at the last "/" below
+        prefix = common[: common.rfind("/") + 1]
+        out: list[dict[str, str]] = []
+        try:
+            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
+                for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                    if v["Key"] in wanted:
+                        out.append({"Key": v["Key"], "VersionId": v["VersionId"]})
+        except (ClientError, BotoCoreError) as exc:
+            where = f"prune: cannot list versions under s3://{self.bucket}/{prefix}: {describe(exc)}"
+            if classify_delete_failure(error_code(exc)) == "denied":
+                raise DeleteDenied(f"{where}; if this node is write-only, set storage.pruned_by: maintenance") \
+                    from None
+            raise JobFailed(where) from None
+        return out
 
     # --- check ---------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""`backup-agent bucket setup`: versioning (the safety net), public access block, default
-encryption and lifecycle rules derived from the config. Idempotent; `--dry-run` only reads.
+"""`backup-agent bucket setup`: versioning (the safety net), Object Lock when storage.object_lock
+is set, public access block, default encryption and lifecycle rules derived from the config.
+Idempotent; `--dry-run` only reads.
 
 Lifecycle rules we own carry the id prefix `backup-agent-` and this node's storage prefix; rules
 with other ids (the user's, or other nodes' sharing the bucket) are kept as they are.
@@ -167,6 +168,8 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
         args: dict[str, Any] = {"Bucket": bucket}
         if cfg.storage.region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": cfg.storage.region}
+        if cfg.storage.object_lock:
+            args["ObjectLockEnabledForBucket"] = True  # also turns versioning on
         s3.create_bucket(**args)
 
     step("bucket exists", bucket_exists, create)
@@ -175,6 +178,9 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
 
     step("versioning", lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled",
          lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
+
+    if cfg.storage.object_lock:
+        _object_lock_step(s3, bucket, steps, dry_run=dry_run)
 
     pab = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
            "RestrictPublicBuckets": True}
@@ -240,6 +246,34 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
         if lines:
             last["result"] += "\n" + "\n".join(lines)
     return {"bucket": bucket, "dry_run": dry_run, "steps": steps}
+
+
+def _object_lock_step(s3: Any, bucket: str, steps: list[dict[str, Any]], *, dry_run: bool) -> None:
+    """Verify Object Lock (GetObjectLockConfiguration), or enable it on an existing versioned
+    bucket (S3 allows that since 2023; some servers, moto among them, only on an empty bucket).
+    No default retention is set: the agent dates every object itself (storage.object_lock)."""
+    name = "object lock"
+    try:
+        conf = s3.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration") or {}
+        enabled = conf.get("ObjectLockEnabled") == "Enabled"
+    except ClientError as exc:
+        if error_code(exc) not in ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration"):
+            raise JobFailed(f"bucket setup: {name}: {describe(exc)}") from None
+        enabled = False
+    if enabled:
+        steps.append({"step": name, "result": "already set"})
+        return
+    if dry_run:
+        steps.append({"step": name, "result": "would change"})
+        return
+    try:
+        s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+    except (ClientError, BotoCoreError) as exc:
+        raise JobFailed(f"bucket setup: {name}: bucket {bucket} cannot have Object Lock ({describe(exc)}): enable it "
+                        "with `aws s3api put-object-lock-configuration` where the server allows it, or set "
+                        "storage.bucket to a new bucket and run `bucket setup` again (it creates it with the lock)"
+                        ) from None
+    steps.append({"step": name, "result": "changed"})
 
 
 def _same_rule(have: dict[str, Any] | None, want: dict[str, Any]) -> bool:

@@ -45,7 +45,27 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return session.client("s3", endpoint_url=storage.endpoint_url, config=cfg)
+    client = session.client("s3", endpoint_url=storage.endpoint_url, config=cfg)
+    if storage.object_lock:
+        _add_object_lock(client, storage.object_lock)
+    return client
+
+
+def _add_object_lock(client: Any, object_lock: tuple[str, int]) -> None:
+    """Every PutObject / CreateMultipartUpload this client sends carries the Object Lock retention,
+    dated from the moment of the request (not from when the job started)."""
+    from backup_agent.immutability import lock_params
+
+    def add(params: dict[str, Any], **_: Any) -> None:
+        params.update(lock_params(object_lock))
+
+    def add_to_put(params: dict[str, Any], **_: Any) -> None:
+        add(params)
+        # S3 wants Content-MD5 or a named checksum algorithm on a locked PutObject.
+        params.setdefault("ChecksumAlgorithm", "SHA256")
+
+    client.meta.events.register("provide-client-params.s3.PutObject", add_to_put)
+    client.meta.events.register("provide-client-params.s3.CreateMultipartUpload", add)
 
 
 def put_args(storage: Storage, storage_class: str | None = None) -> dict[str, str]:

@@ -141,7 +141,9 @@ def direct_client(storage: Storage) -> DirectS3 | None:
         return None  # instance profiles, SSO, shared files: botocore's credential chain
     if storage.endpoint_url and urlsplit(storage.endpoint_url).scheme not in ("http", "https"):
         return None
-    return DirectS3(storage.endpoint_url, Signer(*keys, region=storage.region))
+    client = DirectS3(storage.endpoint_url, Signer(*keys, region=storage.region))
+    client.object_lock = storage.object_lock
+    return client
 
 
 class DirectS3:
@@ -156,6 +158,8 @@ class DirectS3:
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._tls: Any = None
+        # (mode, days) from storage.object_lock: retention headers on every object written.
+        self.object_lock: tuple[str, int] | None = None
 
     # --- the operations, as botocore names them ---------------------------------------------------
 
@@ -226,12 +230,22 @@ class DirectS3:
         status = _tag(body, "Status")
         return {"Status": status} if status else {}
 
+    def _write_headers(self, extra: dict[str, str], *, put: bool = False) -> dict[str, str]:
+        headers = _headers(extra)
+        if self.object_lock:
+            from backup_agent.immutability import lock_headers
+
+            headers.update(lock_headers(self.object_lock))
+            if put:  # S3 wants Content-MD5 or a named checksum algorithm on a locked PutObject
+                headers["x-amz-sdk-checksum-algorithm"] = "SHA256"
+        return headers
+
     def put_object(self, *, Bucket: str, Key: str, Body: bytes | Readable, **extra: str) -> dict[str, Any]:
-        a = self._request("PutObject", "PUT", Bucket, Key, headers=_headers(extra), body=Body)
+        a = self._request("PutObject", "PUT", Bucket, Key, headers=self._write_headers(extra, put=True), body=Body)
         return {"ETag": a.headers["etag"]} if "etag" in a.headers else {}
 
     def create_multipart_upload(self, *, Bucket: str, Key: str, **extra: str) -> dict[str, Any]:
-        a = self._request("CreateMultipartUpload", "POST", Bucket, Key, {"uploads": ""}, _headers(extra))
+        a = self._request("CreateMultipartUpload", "POST", Bucket, Key, {"uploads": ""}, self._write_headers(extra))
         upload_id = _tag(a.body, "UploadId")
         if not upload_id:
             raise IncompleteAnswer(operation="CreateMultipartUpload", detail="the answer has no UploadId")

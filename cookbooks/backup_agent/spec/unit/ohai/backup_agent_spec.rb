@@ -97,6 +97,17 @@ describe 'Ohai plugin backup_agent' do
     expect(JSON.generate(status)).not_to include('snap-secret')
   end
 
+  it 'lists the jobs of a write-only node, whose pruning happens elsewhere, apart from failed prunes' do
+    fake_agent({ 'daemon' => { 'running' => true }, 'jobs' => [
+                 job('etc', 'every 6 hours', result: 'success', last_success: at(hour), last_prune: at(hour),
+                                             prune_result: 'elsewhere', prune_locked_skipped: nil),
+               ] })
+    status = collect['backup_agent']['status']
+    expect(status['prune_elsewhere_jobs']).to eq(%w(etc))
+    expect(status['prune_failed_jobs']).to eq([])
+    expect(status['stale']).to be false
+  end
+
   it 'copies no error text, node or environment from the agent' do
     fake_agent({ 'node' => 'web-01', 'environment' => 'staging', 'daemon' => { 'running' => false },
                  'jobs' => [job('failing', 'every 1 hours', result: 'failed', consecutive_failures: 1,
