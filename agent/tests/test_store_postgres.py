@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.databases import Postgres, postgres_server
 
+from backup_agent import config
 from backup_agent.storage import postgres as pgmod
 from backup_agent.storage.bodies import FileShrank
 from backup_agent.storage.postgres import PostgresStore, dsn_problem
 from backup_agent.storage.store import Denied, NotFound, StoreError, Unreachable
 
+AGENT = str(Path(sys.executable).parent / "backup-agent")
 PASSWORD = "s3cr3t:pw'with\\odd chars"
 
 
@@ -349,3 +354,34 @@ def test_an_abandoned_upload_is_removed_after_abort_multipart_days(store: Postgr
     assert server.sql("SELECT key FROM backup_agent.uploads", db) == "dump2"
     assert rows(server, db, "chunks") == rows(server, db, "parts") == 1
     later.close()
+
+
+def write_config(tmp_path: Path, storage: dict[str, Any]) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"node": "n", "state_dir": str(tmp_path / "state"), "storage": storage,
+                                    "jobs": {}}))
+    return path
+
+
+def test_config_refuses_a_dsn_with_a_password_in_one_line(tmp_path: Path) -> None:
+    for text in ("host=db user=backup password=hunter2x dbname=b", "postgresql://backup:hunter2x@db/b"):
+        path = write_config(tmp_path, {"type": "postgresql", "dsn": text})
+        proc = subprocess.run([AGENT, "-c", str(path), "validate"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and "storage.dsn: must not contain a password" in proc.stderr
+        assert "hunter2x" not in proc.stderr + proc.stdout
+    path = write_config(tmp_path, {"type": "postgresql"})
+    proc = subprocess.run([AGENT, "-c", str(path), "validate"], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr.strip()) == (2, f"backup-agent: {path}: storage.dsn: required key is "
+                                                         "missing (storage.type is postgresql)")
+
+
+def test_a_config_names_a_working_store(server: Postgres, db: str, tmp_path: Path) -> None:
+    path = write_config(tmp_path, {"type": "postgresql", "dsn": dsn(server, db), "password": PASSWORD,
+                                   "sslmode": "prefer"})
+    cfg = config.load(str(path))
+    assert cfg.storage.type == "postgresql" and PASSWORD not in repr(cfg.storage)
+    s = pgmod.from_config(cfg.storage)
+    s.put("n/j/x", b"hello", sha256=sha(b"hello"))
+    assert s.get("n/j/x", 1).read() == b"ello"
+    s.close()

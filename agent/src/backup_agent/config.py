@@ -31,7 +31,7 @@ DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 # Part of the digest a validated text is remembered by: bump it whenever a rule of this module
 # changes, so a text the old rules accepted is checked again by the new ones.
-RULES_REVISION = 2
+RULES_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class Storage:
     multipart_chunk_size: int = 128 << 20
     noncurrent_version_days: int = 30
     abort_multipart_days: int = 7
+    # storage.type: postgresql (storage/postgres.py)
+    type: str = "s3"
+    dsn: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sslmode: str | None = None
+    sslrootcert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -252,8 +258,9 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     st = data["storage"]
     if st.get("sse") == "aws:kms" and not st.get("kms_key_id"):
         pass  # the bucket's default KMS key is used, as with the AWS CLI
+    _check_storage_type(st, name)
     storage = Storage(
-        bucket=st["bucket"],
+        bucket=st.get("bucket", ""),
         prefix=st.get("prefix") or node,
         region=st["region"],
         endpoint_url=st.get("endpoint_url"),
@@ -268,6 +275,11 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         multipart_chunk_size=st["multipart_chunk_mb"] << 20,
         noncurrent_version_days=st["noncurrent_version_days"],
         abort_multipart_days=st["abort_multipart_days"],
+        type=st["type"],
+        dsn=st.get("dsn"),
+        password=st.get("password"),
+        sslmode=st.get("sslmode"),
+        sslrootcert=st.get("sslrootcert"),
     )
     if bool(storage.access_key_id) != bool(storage.secret_access_key):
         missing = "secret_access_key" if storage.access_key_id else "access_key_id"
@@ -293,6 +305,25 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         notify=_with_defaults(TOP_LEVEL["properties"]["notify"], data.get("notify") or {}),
         metrics=dict(data.get("metrics") or {}),
     )
+
+
+def _check_storage_type(st: dict[str, Any], name: str) -> None:
+    """The keys each storage.type needs; a dsn is parsed now, and one carrying a password refused
+    (the password would sit in a file that is not the secret store's, and in messages)."""
+    if st["type"] == "s3":
+        if not st.get("bucket"):
+            raise ConfigError(f"{name}: storage.bucket: required key is missing "
+                              "(or storage.type: postgresql with storage.dsn)")
+        return
+    if not st.get("dsn"):
+        raise ConfigError(f"{name}: storage.dsn: required key is missing (storage.type is postgresql)")
+    try:
+        from backup_agent.storage.postgres import dsn_problem
+    except ImportError:
+        raise ConfigError(f"{name}: storage.type: postgresql needs the psycopg package "
+                          "(pip install 'backup-agent[postgresql]')") from None
+    if problem := dsn_problem(st["dsn"]):
+        raise ConfigError(f"{name}: storage.dsn: {problem}")
 
 
 def _job(name: str, raw: dict[str, Any]) -> Job:

@@ -67,6 +67,21 @@ COLD_KEYS: dict[str, Any] = {
                      "description": "days a restored copy of archived data stays readable (restore --days)"},
 }
 
+# storage.type: postgresql (docs/STORAGE.md): a database instead of a bucket, e.g. on RDS.
+POSTGRES_STORAGE_KEYS: dict[str, Any] = {
+    "type": {"enum": ["s3", "postgresql"], "default": "s3",
+             "description": "where backups go: an S3 bucket, or a PostgreSQL database (docs/STORAGE.md)"},
+    "dsn": {**_str, "description": "postgresql: libpq connection string or URI without the password, e.g. "
+                                   "'host=db.example.rds.amazonaws.com dbname=backups user=backup'"},
+    "password": {"type": "string",
+                 "description": "postgresql: the database password (the cookbook takes it from the data bag item "
+                                "key db_password); given to libpq directly, never in argv or the environment"},
+    "sslmode": {"enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+                "description": "postgresql: libpq sslmode; verify-full with sslrootcert for RDS"},
+    "sslrootcert": {**_abs_path, "description": "postgresql: CA bundle that signs the server's certificate "
+                                               "(for RDS: global-bundle.pem from truststore.pki.rds.amazonaws.com)"},
+}
+
 COMMON_JOB_KEYS: dict[str, Any] = {
     "type": {"enum": ["files", "command", "ebs_snapshot"]},
     "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
@@ -190,9 +205,10 @@ TOP_LEVEL: dict[str, Any] = {
         "storage": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["bucket"],
+            # bucket (s3) or dsn (postgresql): the loader says which one the type needs.
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+                **POSTGRES_STORAGE_KEYS,
                 "prefix": {"type": "string", "pattern": f"^(?!(.*/)?\\.\\.?(/|$))[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
                            "description": "where the node's objects go in the bucket (default: node); "
                                           "'/'-separated parts, none of them '.' or '..', at most 255 bytes each; "

@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import errors as pgerr
@@ -53,6 +53,9 @@ from backup_agent.storage.store import (
     StoreError,
     Unreachable,
 )
+
+if TYPE_CHECKING:
+    from backup_agent.config import Storage
 
 T = TypeVar("T")
 
@@ -556,3 +559,10 @@ class _ChunkBody:
 
     def close(self) -> None:
         self.buf = b""
+
+
+def from_config(storage: Storage) -> PostgresStore:
+    """The store a config's `storage` (type: postgresql) names; what `open_store` calls."""
+    assert storage.dsn is not None  # the loader requires it for this type
+    return PostgresStore(storage.dsn, password=storage.password, sslmode=storage.sslmode,
+                         sslrootcert=storage.sslrootcert, abort_multipart_days=storage.abort_multipart_days)
