@@ -146,8 +146,10 @@ module BackupAgentCookbook
       if config
         storage = config['storage']
         if storage.is_a?(Hash)
-          (storage.keys & STORAGE_SECRET_KEYS).each do |key|
-            add.call(['config', 'storage', key], "comes from the encrypted data bag item (key '#{key}'), " \
+          item_keys = STORAGE_SECRET_KEYS.to_h { |key| [key, key] }
+          item_keys.merge!(SecretKeys::STORAGE_CONFIG_KEY.invert)
+          (storage.keys & item_keys.keys).each do |key|
+            add.call(['config', 'storage', key], "comes from the encrypted data bag item (key '#{item_keys[key]}'), " \
                                                  'never from an attribute')
           end
         elsif !storage.nil?
