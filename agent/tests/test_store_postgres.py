@@ -385,3 +385,36 @@ def test_a_config_names_a_working_store(server: Postgres, db: str, tmp_path: Pat
     s.put("n/j/x", b"hello", sha256=sha(b"hello"))
     assert s.get("n/j/x", 1).read() == b"ello"
     s.close()
+
+
+class KillingBody:
+    """A re-readable body that kills the store's connection on its first pass, mid-transaction."""
+
+    def __init__(self, data: bytes, kill: Any) -> None:
+        self.data, self.pos, self.kill, self.passes = data, 0, kill, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset
+        self.passes += 1
+        return offset
+
+    def read(self, n: int = -1) -> bytes:
+        if self.passes == 1 and self.pos >= 2000:
+            self.kill()
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += len(chunk)
+        return chunk
+
+
+def test_a_put_whose_connection_drops_mid_transaction_is_repeated_whole(store: PostgresStore, server: Postgres,
+                                                                        db: str, small_chunks: int) -> None:
+    store.put("k", b"old", sha256=sha(b"old"))
+    data = os.urandom(5000)
+    body = KillingBody(data, lambda: kill_store_connections(server, db))
+    store.put("k", body, sha256=sha(data))
+    assert body.passes == 2
+    assert store.get("k").read() == data
+    assert rows(server, db, "chunks") == 5  # the first attempt's chunks went with its transaction
