@@ -23,7 +23,7 @@ import yaml
 from backup_agent import __version__
 from backup_agent.config_schema import COMMON_JOB_KEYS, JOB_TYPES, KEY_CHARS, SYSTEM_DIRS, TOP_LEVEL, job_schema
 from backup_agent.errors import ConfigError
-from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
+from backup_agent.schedules import CONTINUOUS, Schedule, ScheduleError, parse_schedule
 from backup_agent.state import atomic_write
 from backup_agent.storage import layout
 
@@ -336,7 +336,7 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
     return Job(
         name=name,
         type=raw["type"],
-        schedule=parse_schedule(raw["schedule"]) if raw.get("schedule") else None,
+        schedule=_schedule(raw.get("schedule")),
         retention=dict(raw.get("retention") or {}),
         splay=raw.get("splay"),
         catch_up=full["catch_up"],
@@ -345,8 +345,22 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
     )
 
 
+def _schedule(text: str | None) -> Schedule | None:
+    if not text:
+        return None
+    if text.strip().lower() == CONTINUOUS:  # not a time: live.py and the daemon run it on changes
+        return Schedule(CONTINUOUS, CONTINUOUS)
+    return parse_schedule(text)
+
+
 def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
-    if raw.get("schedule") is not None:
+    if str(raw.get("schedule") or "").strip().lower() == CONTINUOUS:
+        if raw["type"] != "files":
+            raise ConfigError(f"{name}: {where}.schedule: 'continuous' is for files jobs only")
+    elif raw.get("settle") is not None or raw.get("min_interval") is not None:
+        key = "settle" if raw.get("settle") is not None else "min_interval"
+        raise ConfigError(f"{name}: {where}.{key}: only with schedule: continuous")
+    elif raw.get("schedule") is not None:
         try:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:

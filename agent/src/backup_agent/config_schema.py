@@ -84,7 +84,8 @@ POSTGRES_STORAGE_KEYS: dict[str, Any] = {
 
 COMMON_JOB_KEYS: dict[str, Any] = {
     "type": {"enum": ["files", "command", "ebs_snapshot"]},
-    "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
+    "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules ('continuous' for "
+                                                  "files jobs: on changes, see settle and min_interval)"},
     "splay": {"type": "integer", "minimum": 0, "maximum": 86400,
               "description": "seconds over which a fleet's runs of this job are spread (default: the global "
                              "splay); each node's offset is stable, derived from node and job name"},
@@ -105,6 +106,13 @@ JOB_TYPES: dict[str, dict[str, Any]] = {
             "exclude": {**_string_list, "default": []},
             "one_file_system": {**_bool, "default": True},
             "follow_symlinks": {**_bool, "default": False},
+            # schedule: continuous (live mirroring, live.py)
+            "settle": {"type": "number", "minimum": 0, "maximum": 86400,
+                       "description": "schedule: continuous: seconds after a change under paths that the snapshot "
+                                      "starts (default 10)"},
+            "min_interval": {"type": "number", "minimum": 1, "maximum": 86400,
+                             "description": "schedule: continuous: at least this many seconds between the starts "
+                                            "of two runs (default 60)"},
             **COLD_KEYS,
         },
     },

@@ -78,6 +78,9 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             "prune_objects_deleted": pr.get("objects_deleted"),
             "prune_bytes_freed": pr.get("bytes_freed"),
             "last_gc": pr.get("last_gc"),
+            # schedule: continuous (while a daemon runs): age of the oldest change not yet in a snapshot
+            "rpo_s": plan.get("rpo_s"),
+            "unprotected_since": plan.get("unprotected_since"),
         })
     return out
 
