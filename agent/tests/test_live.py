@@ -187,3 +187,26 @@ def test_daemon_snapshots_after_changes_within_settle_and_never_faster_than_min_
     assert status["rpo_s"] > 0 and status["unprotected_since"] is not None, "the change is pending"
     wait_runs(daemon, 5, timeout=40)
     wait_for(lambda: any(p.endswith("/moved/fresh/f") for p in snapshot_files(agent)), 20, "the renamed dir's file")
+
+
+# --- the config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("job", "message"), [
+    ({"type": "command", "command": ["true"], "schedule": "continuous"},
+     "jobs.j.schedule: 'continuous' is for files jobs only"),
+    ({"type": "files", "paths": ["/srv"], "schedule": "daily at 01:00", "settle": 5},
+     "jobs.j.settle: only with schedule: continuous"),
+    ({"type": "files", "paths": ["/srv"], "schedule": "continuous", "min_interval": 0},
+     "jobs.j.min_interval: must be ≥ 1"),
+])
+def test_config_refuses_continuous_where_it_cannot_work(job: dict[str, Any], message: str) -> None:
+    from backup_agent import config
+    from backup_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        config.from_dict({"node": "n", "storage": {"bucket": "bkt"}, "jobs": {"j": job}}, "c.yaml")
+    assert message in str(e.value)
+    ok = config.from_dict({"node": "n", "storage": {"bucket": "bkt"},
+                           "jobs": {"j": {"type": "files", "paths": ["/srv"], "schedule": " Continuous "}}}, "c.yaml")
+    assert ok.jobs["j"].schedule is not None and ok.jobs["j"].schedule.kind == "continuous"

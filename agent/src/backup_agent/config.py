@@ -348,13 +348,13 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
 def _schedule(text: str | None) -> Schedule | None:
     if not text:
         return None
-    if text.strip().lower() == CONTINUOUS:  # not a time: live.py and the daemon run it on changes
+    if text.strip(" \t").lower() == CONTINUOUS:  # not a time: live.py and the daemon run it on changes
         return Schedule(CONTINUOUS, CONTINUOUS)
     return parse_schedule(text)
 
 
 def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
-    if str(raw.get("schedule") or "").strip().lower() == CONTINUOUS:
+    if str(raw.get("schedule") or "").strip(" \t").lower() == CONTINUOUS:
         if raw["type"] != "files":
             raise ConfigError(f"{name}: {where}.schedule: 'continuous' is for files jobs only")
     elif raw.get("settle") is not None or raw.get("min_interval") is not None:
