@@ -210,3 +210,22 @@ def test_config_refuses_continuous_where_it_cannot_work(job: dict[str, Any], mes
     ok = config.from_dict({"node": "n", "storage": {"bucket": "bkt"},
                            "jobs": {"j": {"type": "files", "paths": ["/srv"], "schedule": " Continuous "}}}, "c.yaml")
     assert ok.jobs["j"].schedule is not None and ok.jobs["j"].schedule.kind == "continuous"
+
+
+def test_a_single_file_path_sees_its_file_only(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    target = tmp_path / "etc" / "app.conf"
+    target.write_text("a")
+    w = TreeWatch([str(target)])
+    try:
+        (tmp_path / "etc" / "other").write_text("x")
+        assert not settled(w)
+        target.write_text("b")
+        assert settled(w)
+        # Replaced by rename, as editors and config managers do.
+        (tmp_path / "etc" / "app.conf.tmp").write_text("c")
+        settled(w)
+        (tmp_path / "etc" / "app.conf.tmp").rename(target)
+        assert settled(w)
+    finally:
+        w.close()
