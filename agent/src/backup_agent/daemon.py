@@ -500,7 +500,7 @@ class Daemon:
                 "next_run": (None if run or not isinstance(wait, float)
                              else _rfc3339(wall + timedelta(seconds=wait))),
                 "running_since": run.started_text if run else None,
-                "rpo_s": st["rpo_s"],
+                # status computes the RPO from this when asked: a fresh figure, and no rewrite per tick
                 "unprotected_since": (None if not isinstance(since, float)
                                       else _rfc3339(datetime.fromtimestamp(since, UTC))),
                 "watched_dirs": st["watched_dirs"],

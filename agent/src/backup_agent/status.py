@@ -79,10 +79,22 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             "prune_bytes_freed": pr.get("bytes_freed"),
             "last_gc": pr.get("last_gc"),
             # schedule: continuous (while a daemon runs): age of the oldest change not yet in a snapshot
-            "rpo_s": plan.get("rpo_s"),
+            "rpo_s": _rpo(plan) if job.schedule and job.schedule.kind == "continuous" and plan else None,
             "unprotected_since": plan.get("unprotected_since"),
         })
     return out
+
+
+def _rpo(plan: dict[str, Any]) -> float:
+    """Age of the oldest change of a continuous job no snapshot holds yet; 0 when none."""
+    since = plan.get("unprotected_since")
+    if not since:
+        return 0.0
+    try:
+        t = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, round((datetime.now(UTC) - t).total_seconds(), 1))
 
 
 def render_status(cfg: Config) -> dict[str, Any]:
