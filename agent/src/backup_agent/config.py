@@ -25,7 +25,7 @@ from backup_agent.channels import KEYS as CHANNEL_KEYS
 from backup_agent.config_schema import COMMON_JOB_KEYS, DOTDOT, KEY_CHARS, ROOT_PATTERN, SYSTEM_DIRS
 from backup_agent.errors import ConfigError
 from backup_agent.jobs.registry import JOB_TYPES, job_schema
-from backup_agent.schedules import Schedule, ScheduleError, parse_schedule
+from backup_agent.schedules import CONTINUOUS, Schedule, ScheduleError, parse_schedule
 from backup_agent.schema import top_level
 from backup_agent.state import atomic_write
 from backup_agent.storage import layout
@@ -60,6 +60,12 @@ class Storage:
     object_lock: tuple[str, int] | None = None
     # "maintenance": node credentials cannot delete; prune runs elsewhere (docs/IAM.md).
     pruned_by: str = "node"
+    # storage.type: postgresql (storage/postgres.py)
+    type: str = "s3"
+    dsn: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sslmode: str | None = None
+    sslrootcert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,8 +268,9 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     st = data["storage"]
     if st.get("sse") == "aws:kms" and not st.get("kms_key_id"):
         pass  # the bucket's default KMS key is used, as with the AWS CLI
+    _check_storage_type(st, name)
     storage = Storage(
-        bucket=st["bucket"],
+        bucket=st.get("bucket", ""),
         prefix=st.get("prefix") or node,
         region=st["region"],
         endpoint_url=st.get("endpoint_url"),
@@ -280,6 +287,11 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         abort_multipart_days=st["abort_multipart_days"],
         object_lock=(st["object_lock"]["mode"], st["object_lock"]["days"]) if st.get("object_lock") else None,
         pruned_by=st["pruned_by"],
+        type=st["type"],
+        dsn=st.get("dsn"),
+        password=st.get("password"),
+        sslmode=st.get("sslmode"),
+        sslrootcert=st.get("sslrootcert"),
     )
     if bool(storage.access_key_id) != bool(storage.secret_access_key):
         missing = "secret_access_key" if storage.access_key_id else "access_key_id"
@@ -308,6 +320,25 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
     )
 
 
+def _check_storage_type(st: dict[str, Any], name: str) -> None:
+    """The keys each storage.type needs; a dsn is parsed now, and one carrying a password refused
+    (the password would sit in a file that is not the secret store's, and in messages)."""
+    if st["type"] == "s3":
+        if not st.get("bucket"):
+            raise ConfigError(f"{name}: storage.bucket: required key is missing "
+                              "(or storage.type: postgresql with storage.dsn)")
+        return
+    if not st.get("dsn"):
+        raise ConfigError(f"{name}: storage.dsn: required key is missing (storage.type is postgresql)")
+    try:
+        from backup_agent.storage.postgres import dsn_problem
+    except ImportError:
+        raise ConfigError(f"{name}: storage.type: postgresql needs the psycopg package "
+                          "(pip install 'backup-agent[postgresql]')") from None
+    if problem := dsn_problem(st["dsn"]):
+        raise ConfigError(f"{name}: storage.dsn: {problem}")
+
+
 def _job(name: str, raw: dict[str, Any]) -> Job:
     full = _with_defaults(job_schema(raw["type"]), raw)
     if full.get("secret_env"):
@@ -318,7 +349,7 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
     return Job(
         name=name,
         type=raw["type"],
-        schedule=parse_schedule(raw["schedule"]) if raw.get("schedule") else None,
+        schedule=_schedule(raw.get("schedule")),
         retention=dict(raw.get("retention") or {}),
         splay=raw.get("splay"),
         catch_up=full["catch_up"],
@@ -327,12 +358,26 @@ def _job(name: str, raw: dict[str, Any]) -> Job:
     )
 
 
+def _schedule(text: str | None) -> Schedule | None:
+    if not text:
+        return None
+    if text.strip(" \t").lower() == CONTINUOUS:  # not a time: live.py and the daemon run it on changes
+        return Schedule(CONTINUOUS, CONTINUOUS)
+    return parse_schedule(text)
+
+
 def _check_job(raw: dict[str, Any], name: str, where: str) -> None:
     """The job's keys against its type's schema, then its type's rules the schema cannot say
     (one clear line each), then the schema's own rules between keys as a last guard."""
     spec = JOB_TYPES[raw["type"]]
     _validate(spec.schema(rules=False), raw, name, where)
-    if raw.get("schedule") is not None:
+    if str(raw.get("schedule") or "").strip(" \t").lower() == CONTINUOUS:
+        if raw["type"] != "files":
+            raise ConfigError(f"{name}: {where}.schedule: 'continuous' is for files jobs only")
+    elif raw.get("settle") is not None or raw.get("min_interval") is not None:
+        key = "settle" if raw.get("settle") is not None else "min_interval"
+        raise ConfigError(f"{name}: {where}.{key}: only with schedule: continuous")
+    elif raw.get("schedule") is not None:
         try:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:

@@ -81,10 +81,26 @@ COLD_KEYS: dict[str, Any] = {
                      "description": "days a restored copy of archived data stays readable (restore --days)"},
 }
 
+# storage.type: postgresql (docs/STORAGE.md): a database instead of a bucket, e.g. on RDS.
+POSTGRES_STORAGE_KEYS: dict[str, Any] = {
+    "type": {"enum": ["s3", "postgresql"], "default": "s3",
+             "description": "where backups go: an S3 bucket, or a PostgreSQL database (docs/STORAGE.md)"},
+    "dsn": {**_str, "description": "postgresql: libpq connection string or URI without the password, e.g. "
+                                   "'host=db.example.rds.amazonaws.com dbname=backups user=backup'"},
+    "password": {"type": "string",
+                 "description": "postgresql: the database password (the cookbook takes it from the data bag item "
+                                "key db_password); given to libpq directly, never in argv or the environment"},
+    "sslmode": {"enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+                "description": "postgresql: libpq sslmode; verify-full with sslrootcert for RDS"},
+    "sslrootcert": {**_abs_path, "description": "postgresql: CA bundle that signs the server's certificate "
+                                               "(for RDS: global-bundle.pem from truststore.pki.rds.amazonaws.com)"},
+}
+
 COMMON_JOB_KEYS: dict[str, Any] = {
     # The enum of registered types is filled in by jobs/registry.py's job_schema.
     "type": {"type": "string", "description": "the job type: one of jobs/registry.py's JOB_TYPES"},
-    "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules"},
+    "schedule": {"type": "string", "description": "when the daemon runs the job; see schedules ('continuous' for "
+                                                  "files jobs: on changes, see settle and min_interval)"},
     "splay": {"type": "integer", "minimum": 0, "maximum": 86400,
               "description": "seconds over which a fleet's runs of this job are spread (default: the global "
                              "splay); each node's offset is stable, derived from node and job name"},
@@ -126,11 +142,15 @@ TOP_LEVEL: dict[str, Any] = {
         "storage": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["bucket"],
+            # bucket (s3) or dsn (postgresql): which one the type needs.
+            "if": {"properties": {"type": {"const": "postgresql"}}, "required": ["type"]},
+            "then": {"required": ["dsn"]},
+            "else": {"required": ["bucket"]},
             # Static keys come in pairs; without both the default AWS chain (instance profile) is used.
             "dependentRequired": {"access_key_id": ["secret_access_key"], "secret_access_key": ["access_key_id"]},
             "properties": {
                 "bucket": {"type": "string", "pattern": "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"},
+                **POSTGRES_STORAGE_KEYS,
                 "prefix": {"type": "string", "pattern": f"^(?!(.*/)?\\.\\.?(/|$))[{KEY_CHARS}]+(/[{KEY_CHARS}]+)*$",
                            "description": "where the node's objects go in the bucket (default: node); "
                                           "'/'-separated parts, none of them '.' or '..', at most 255 bytes each; "

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -37,8 +37,10 @@ from backup_agent import config as config_mod
 from backup_agent.config import Config, Job
 from backup_agent.errors import EXIT_OK, EXIT_PARTIAL, EXIT_TEMPFAIL, ConfigError, Locked
 from backup_agent.execute import DAEMON_PID_ENV, record_failure
+from backup_agent.live import DEFAULT_MIN_INTERVAL, DEFAULT_SETTLE, LiveJob
 from backup_agent.logfmt import secret_values, setup_logging
 from backup_agent.scheduler import PlannedJob, add_job, admit, can_start, make_plan
+from backup_agent.schedules import CONTINUOUS
 from backup_agent.state import atomic_write, read_status
 from backup_agent.status import daemon_state_path, read_daemon_state
 
@@ -138,6 +140,8 @@ class Daemon:
         self.verbose = logging.getLogger().level == logging.DEBUG
         self.scheduler = schedule.Scheduler()
         self.planned: dict[str, PlannedJob] = {}
+        # schedule: continuous jobs, run on changes (live.py) rather than by the library
+        self.live: dict[str, tuple[tuple[Any, ...], LiveJob]] = {}
         self.runs: dict[str, Run] = {}
         self.queue: deque[str] = deque()
         self.stop_signals = 0
@@ -174,7 +178,9 @@ class Daemon:
         self._wake_w.close()
 
     def _sleep(self, seconds: float) -> None:
-        select.select([self._wake_r], [], [], max(0.01, seconds))
+        # A change under a continuous job's paths wakes the loop too.
+        fds = [self._wake_r.fileno(), *(lj.fileno() for _key, lj in self.live.values())]
+        select.select(fds, [], [], max(0.01, seconds))
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(512):
                 pass
@@ -199,11 +205,14 @@ class Daemon:
                     if self._stopping():
                         break
                 else:
+                    self._live_tick()
                     self.scheduler.run_pending()
                     self._start_queued()
                 self._write_state()
                 self._sleep(self._wait_time())
             self._write_state()
+            for _key, lj in self.live.values():
+                lj.close()
             deadline = time.monotonic() + NOTIFY_GRACE
             for n in self.pending_notifications:
                 n.wait(max(0.0, deadline - time.monotonic()))
@@ -216,6 +225,11 @@ class Daemon:
     def _wait_time(self) -> float:
         idle = self.scheduler.idle_seconds
         wait = IDLE_WAKE if idle is None else min(max(idle, 0.0), IDLE_WAKE)
+        now = time.monotonic()
+        for _key, lj in self.live.values():
+            due = lj.pace.due_at()
+            if due is not None and lj.name not in self.runs:
+                wait = min(wait, max(0.0, due - now))
         # A finished run wakes the loop through SIGCHLD; timeouts and kill deadlines need a tick.
         return min(wait, BUSY_WAKE) if self.runs or self.stop_signals else wait
 
@@ -225,7 +239,9 @@ class Daemon:
         """Bring the library's jobs in line with `cfg`; untouched plans keep their next run."""
         daemon_state = read_daemon_state(cfg.state_dir).get("jobs") or {}
         changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
-        wanted = {name: job for name, job in cfg.jobs.items() if job.schedule is not None}
+        self._plan_live(cfg, changes)
+        wanted = {name: job for name, job in cfg.jobs.items()
+                  if job.schedule is not None and job.schedule.kind != CONTINUOUS}
         for name in list(self.planned):
             if name not in wanted:
                 self.scheduler.cancel_job(self.planned.pop(name))
@@ -257,6 +273,48 @@ class Daemon:
             if job.schedule is None:
                 log.info("job %s has no schedule: it runs only with `backup-agent run %s`", name, name)
         return changes
+
+    def _plan_live(self, cfg: Config, changes: dict[str, list[str]]) -> None:
+        wanted = {name: job for name, job in cfg.jobs.items()
+                  if job.schedule is not None and job.schedule.kind == CONTINUOUS}
+        for name in list(self.live):
+            if name not in wanted:
+                self.live.pop(name)[1].close()
+                changes["removed"].append(name)
+        for name, job in sorted(wanted.items()):
+            o = job.options
+            settle = float(o["settle"]) if o.get("settle") is not None else DEFAULT_SETTLE
+            min_interval = float(o["min_interval"]) if o.get("min_interval") is not None else DEFAULT_MIN_INTERVAL
+            key = (tuple(o["paths"]), tuple(o.get("exclude") or ()), settle, min_interval)
+            old = self.live.get(name)
+            if old is not None and old[0] == key:
+                continue
+            if old is not None:
+                old[1].close()
+            try:
+                lj = LiveJob(name, list(o["paths"]), list(o.get("exclude") or ()), settle, min_interval)
+            except OSError as exc:
+                log.error("job %s: cannot watch its paths for changes: %s", name, exc, extra={"job": name})
+                continue
+            self.live[name] = (key, lj)
+            changes["changed" if old is not None else "added"].append(name)
+            log.info("job %s: continuous: watching %d directories; a snapshot %gs after a change, at most one "
+                     "every %gs", name, len(lj.watch.wds), settle, min_interval, extra={"job": name})
+            if lj.watch.full:
+                log.warning("job %s: fs.inotify.max_user_watches reached: changes in some directories are seen "
+                            "only at the next snapshot", name, extra={"job": name})
+
+    def _live_tick(self) -> None:
+        """Read the watches of continuous jobs and queue those that are due."""
+        now = time.monotonic()
+        fresh = False
+        for name, (_key, lj) in self.live.items():
+            fresh = lj.poll(now) or fresh
+            due = lj.pace.due_at()
+            if due is not None and due <= now and name not in self.runs and name not in self.queue:
+                self.queue.append(name)
+        if fresh:  # the RPO gauge starts counting
+            self._write_metrics(self.cfg)
 
     def _reload(self) -> None:
         sd_notify("RELOADING=1")
@@ -316,6 +374,8 @@ class Daemon:
             return
         run = Run(job, self.cfg, proc)
         self.runs[job.name] = run
+        if job.name in self.live:
+            self.live[job.name][1].pace.started(time.monotonic())
         assert proc.stdin is not None
         try:
             proc.stdin.write(self.text.encode())
@@ -364,6 +424,8 @@ class Daemon:
         took = time.monotonic() - run.started
         extra = {"job": name, "exit_code": code}
         recorded = str(read_status(run.cfg.state_dir, name).get("last_start") or "") >= run.started_text
+        if name in self.live:
+            self.live[name][1].pace.finished(code in (EXIT_OK, EXIT_PARTIAL))
         if code in (EXIT_OK, EXIT_PARTIAL):  # even if an abort came too late to stop it
             log.info("job %s: run finished in %.1fs (%s)", name, took, "success" if code == EXIT_OK else "partial",
                      extra=extra)
@@ -388,7 +450,9 @@ class Daemon:
         if cfg.metrics.get("textfile"):
             from backup_agent.metrics import write_textfile
 
-            write_textfile(cfg.metrics["textfile"], cfg.state_dir, list(cfg.jobs))
+            now = time.monotonic()
+            write_textfile(cfg.metrics["textfile"], cfg.state_dir, list(cfg.jobs),
+                           live={name: lj.state(now) for name, (_key, lj) in self.live.items()})
 
     # --- stopping ------------------------------------------------------------------------------
 
@@ -425,6 +489,21 @@ class Daemon:
                 "schedule": pj.plan.schedule.text,
                 "next_run": _rfc3339(pj.next_run) if pj.next_run is not None else None,
                 "running_since": run.started_text if run else None,
+            }
+        now, wall = time.monotonic(), datetime.now(UTC)
+        for name, (_key, lj) in sorted(self.live.items()):
+            st = lj.state(now)
+            run = self.runs.get(name)
+            wait, since = st["next_run_in_s"], st["unprotected_since_unix"]
+            jobs[name] = {
+                "schedule": CONTINUOUS,
+                "next_run": (None if run or not isinstance(wait, float)
+                             else _rfc3339(wall + timedelta(seconds=wait))),
+                "running_since": run.started_text if run else None,
+                # status computes the RPO from this when asked: a fresh figure, and no rewrite per tick
+                "unprotected_since": (None if not isinstance(since, float)
+                                      else _rfc3339(datetime.fromtimestamp(since, UTC))),
+                "watched_dirs": st["watched_dirs"],
             }
         for name, run in self.runs.items():  # unscheduled now (reload) but still running
             jobs.setdefault(name, {"schedule": None, "next_run": None, "running_since": run.started_text})

@@ -40,6 +40,10 @@ METRICS: tuple[tuple[str, str, str], ...] = (
      "Objects the job's last prune kept because their Object Lock has not passed yet."),
     ("backup_agent_last_prune_snapshots_removed", "gauge", "Snapshots the job's last prune removed."),
     ("backup_agent_last_prune_bytes_freed", "gauge", "Bytes of unreferenced data the job's last prune deleted."),
+    ("backup_agent_rpo_seconds", "gauge",
+     "schedule: continuous: age of the oldest change no snapshot holds yet when the file was written (0: none)."),
+    ("backup_agent_unprotected_change_timestamp_seconds", "gauge",
+     "schedule: continuous: Unix time of the oldest change no snapshot holds yet (0: none); RPO = time() - it."),
     ("backup_agent_last_gc_timestamp_seconds", "gauge",
      "Unix time unreferenced data of the job was last deleted (at most daily after runs)."),
 )
@@ -76,6 +80,9 @@ def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
         "backup_agent_last_prune_snapshots_removed": number("prune_snapshots_forgotten"),
         "backup_agent_last_prune_bytes_freed": number("prune_bytes_freed"),
         "backup_agent_last_gc_timestamp_seconds": _timestamp(st.get("last_gc")),
+        "backup_agent_rpo_seconds": number("rpo_s"),
+        "backup_agent_unprotected_change_timestamp_seconds": (
+            None if "rpo_s" not in st else number("unprotected_since_unix") or 0.0),
     }
 
 
@@ -110,10 +117,14 @@ def _with_prune(status: dict[str, Any], prune: dict[str, Any]) -> dict[str, Any]
             "prune_locked_skipped": prune.get("locked_skipped")}
 
 
-def write_textfile(path: str | Path, state_dir: Path, jobs: list[str]) -> None:
-    """Rewrite the textfile from the status of `jobs`. Never raises: metrics must not fail a backup."""
+def write_textfile(path: str | Path, state_dir: Path, jobs: list[str],
+                   live: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Rewrite the textfile from the status of `jobs` (and, for continuous jobs, the daemon's
+    `live` view: rpo_s, unprotected_since_unix). Never raises: metrics must not fail a backup."""
+    live = live or {}
     try:
-        text = render({job: _with_prune(read_status(state_dir, job), read_prune(state_dir, job)) for job in jobs})
+        text = render({job: {**_with_prune(read_status(state_dir, job), read_prune(state_dir, job)),
+                             **(live.get(job) or {})} for job in jobs})
         # node_exporter usually runs as its own user: the file must be world-readable.
         atomic_write(Path(path), text.encode(), mode=0o644)
     except OSError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+CONTINUOUS = "continuous"
 UNITS = ("seconds", "minutes", "hours", "days")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -30,7 +31,8 @@ FORMS = (
 
 @dataclass(frozen=True)
 class Schedule:
-    """One parsed schedule. `kind` is every|hourly|daily|weekly."""
+    """One parsed schedule. `kind` is every|hourly|daily|weekly, or continuous (live.py: runs on
+    changes, not at times; the config loader makes it, this grammar does not know it)."""
 
     text: str
     kind: str
@@ -44,6 +46,8 @@ class Schedule:
     @property
     def period_seconds(self) -> int:
         """How often it fires: the basis for "stale" and catch-up decisions."""
+        if self.kind == CONTINUOUS:  # as stale as a job whose runs were min_interval apart
+            return 60
         if self.kind == "every":
             return self.interval * {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}[self.unit]
         return {"hourly": 3600, "daily": 86400, "weekly": 7 * 86400}[self.kind]

@@ -80,8 +80,23 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             # Objects Object Lock kept at the last prune; "elsewhere": a write-only node.
             "prune_locked_skipped": pr.get("locked_skipped"),
             "prune_note": pr.get("note"),
+            # schedule: continuous (while a daemon runs): age of the oldest change not yet in a snapshot
+            "rpo_s": _rpo(plan) if job.schedule and job.schedule.kind == "continuous" and plan else None,
+            "unprotected_since": plan.get("unprotected_since"),
         })
     return out
+
+
+def _rpo(plan: dict[str, Any]) -> float:
+    """Age of the oldest change of a continuous job no snapshot holds yet; 0 when none."""
+    since = plan.get("unprotected_since")
+    if not since:
+        return 0.0
+    try:
+        t = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return max(0.0, round((datetime.now(UTC) - t).total_seconds(), 1))
 
 
 def render_status(cfg: Config) -> dict[str, Any]:

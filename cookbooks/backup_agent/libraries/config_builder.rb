@@ -20,8 +20,8 @@ module BackupAgentCookbook
     STORAGE_SECRET_KEYS = Validation::STORAGE_SECRET_KEYS
     TOP_ORDER = %w(node environment state_dir log_level log_format splay max_parallel_jobs stop_timeout
                    storage aws jobs notify metrics).freeze
-    STORAGE_ORDER = %w(bucket prefix region endpoint_url access_key_id secret_access_key session_token sse
-                       kms_key_id).freeze
+    STORAGE_ORDER = %w(type bucket dsn password sslmode sslrootcert prefix region endpoint_url access_key_id
+                       secret_access_key session_token sse kms_key_id).freeze
     # What a data bag item may add to a job under job_secrets.<job>: only command jobs take them.
     JOB_SECRET_KEYS = SecretKeys::JOB.keys.freeze
     NOTIFY_SECRET_KEYS = SecretKeys::NOTIFY_KEYS
@@ -41,7 +41,8 @@ module BackupAgentCookbook
       config['environment'] = environment if config['environment'].nil?
 
       storage = config['storage'].is_a?(Hash) ? config['storage'] : {}
-      config['storage'] = storage.merge(secrets.slice(*STORAGE_SECRET_KEYS))
+      config['storage'] = storage.merge(secrets.slice(*STORAGE_SECRET_KEYS)
+                                               .transform_keys { |key| SecretKeys::STORAGE_CONFIG_KEY.fetch(key, key) })
       # The notification URLs are credentials: only the data bag item's `notify` sets them.
       notify = config['notify'].is_a?(Hash) ? config['notify'] : {}
       config['notify'] = notify.merge((secrets['notify'] || {}).slice(*NOTIFY_SECRET_KEYS))

@@ -11,7 +11,12 @@
 module BackupAgentCookbook
   module SecretKeys
     # Top-level keys of the item that become storage.* keys of the config, under the same names.
-    STORAGE = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id).freeze
+    STORAGE = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id
+                 db_password).freeze
+    # The item keys whose config key has another name: db_password is the database destination's
+    # (storage.type: postgresql) storage.password.
+    STORAGE_CONFIG_KEY = { 'db_password' => 'password' }.freeze
+    # bucket, unless the item is for a database destination (it has db_password instead).
     REQUIRED = %w(bucket).freeze
     # job_secrets: { JOB => { KEY => ... } }: each key of the item's job_secrets.<job> and the
     # job key of the config it becomes (env becomes secret_env: masked by the agent whatever the names).

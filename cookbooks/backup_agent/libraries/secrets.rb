@@ -228,6 +228,7 @@ module BackupAgentCookbook
 
     def check(values, where)
       REQUIRED.each do |key|
+        next if key == 'bucket' && values.key?('db_password') # a database destination has no bucket
         raise SecretsError, "backup_agent: #{where} has no key '#{key}'" unless values.key?(key)
       end
       # Both keys, or neither (instance-profile mode): half a key pair is always a mistake.

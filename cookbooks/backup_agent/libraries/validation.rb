@@ -36,7 +36,11 @@ module BackupAgentCookbook
       /\Aweekly on (#{WEEKDAYS.join('|')}) at ([01][0-9]|2[0-3]):[0-5][0-9]\z/ => 7 * 86_400,
     }.freeze
     SCHEDULE_FORMS = "'every N seconds|minutes|hours|days', 'hourly at :MM', 'daily at HH:MM' or " \
-                     "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'".freeze
+                     "'weekly on <weekday> at HH:MM', optionally followed by ' UTC'; or 'continuous' " \
+                     '(files jobs: a snapshot after changes)'.freeze
+    # `schedule: continuous` (live mirroring): not a time; the agent's Schedule.period_seconds
+    # counts it as 60 s, and checks that the job is a files job.
+    CONTINUOUS = 'continuous'.freeze
 
     # Keys that come from the secret store and never from attributes (libraries/secret_keys.rb).
     STORAGE_SECRET_KEYS = SecretKeys::STORAGE
@@ -70,7 +74,9 @@ module BackupAgentCookbook
     # Seconds between runs of a schedule string, or nil when it is not one.
     def schedule_period(text)
       return unless text.is_a?(String) && text.ascii_only?
-      body = text.gsub(/\A[ \t]+|[ \t]+\z/, '').split(/[ \t]+/).join(' ').downcase.delete_suffix(' utc')
+      body = text.gsub(/\A[ \t]+|[ \t]+\z/, '').split(/[ \t]+/).join(' ').downcase
+      return 60 if body == CONTINUOUS
+      body = body.delete_suffix(' utc')
       if (m = EVERY.match(body))
         period = m[1].to_i * UNIT_SECONDS[m[2]]
         return period <= MAX_PERIOD ? period : nil
@@ -146,8 +152,10 @@ module BackupAgentCookbook
       if config
         storage = config['storage']
         if storage.is_a?(Hash)
-          (storage.keys & STORAGE_SECRET_KEYS).each do |key|
-            add.call(['config', 'storage', key], "comes from the encrypted data bag item (key '#{key}'), " \
+          item_keys = STORAGE_SECRET_KEYS.to_h { |key| [key, key] }
+          item_keys.merge!(SecretKeys::STORAGE_CONFIG_KEY.invert)
+          (storage.keys & item_keys.keys).each do |key|
+            add.call(['config', 'storage', key], "comes from the encrypted data bag item (key '#{item_keys[key]}'), " \
                                                  'never from an attribute')
           end
         elsif !storage.nil?

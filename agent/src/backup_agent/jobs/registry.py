@@ -87,6 +87,13 @@ FILES_KEYS: dict[str, Any] = {
                 "items": {**_str, "not": {"type": "string", "allOf": [{"pattern": "^/"}, {"pattern": DOTDOT}]}}},
     "one_file_system": {**_bool, "default": True},
     "follow_symlinks": {**_bool, "default": False},
+    # schedule: continuous (live mirroring, live.py)
+    "settle": {"type": "number", "minimum": 0, "maximum": 86400,
+               "description": "schedule: continuous: seconds after a change under paths that the snapshot "
+                              "starts (default 10)"},
+    "min_interval": {"type": "number", "minimum": 1, "maximum": 86400,
+                     "description": "schedule: continuous: at least this many seconds between the starts "
+                                    "of two runs (default 60)"},
     **COLD_KEYS,
 }
 

@@ -67,4 +67,17 @@ describe BackupAgentCookbook::SecretKeys do
     expect(secrets.keys.sort).to eq(item.keys.sort)
     expect(secrets['notify']).to eq(item['notify'])
   end
+
+  it "db_password becomes a database destination's storage.password, and such an item needs no bucket" do
+    secrets = BackupAgentCookbook::Secrets.from_run_state({ 'db_password' => 'pw' }, 'test')
+    config = BackupAgentCookbook::ConfigBuilder.build(
+      settings: { 'storage' => { 'type' => 'postgresql', 'dsn' => 'host=db dbname=b user=u' } }, jobs: {},
+      secrets: secrets, node_name: 'n', environment: 'e'
+    )
+    expect(config['storage']).to eq('type' => 'postgresql', 'dsn' => 'host=db dbname=b user=u', 'password' => 'pw')
+    attrs = Marshal.load(Marshal.dump(BackupAgentSpec.default_attributes))
+    attrs['config']['storage']['password'] = 'pw'
+    expect(BackupAgentCookbook::Validation.attribute_errors(attrs).join)
+      .to include("['storage']['password']: comes from the encrypted data bag item (key 'db_password')")
+  end
 end

@@ -9,6 +9,12 @@ describe BackupAgentCookbook::Validation do
     described_class.attribute_errors(attrs)
   end
 
+  it "accepts schedule 'continuous' (live mirroring of a files job)" do
+    expect(errors_for { |a| a['jobs'] = { 'live' => { 'type' => 'files', 'paths' => ['/srv'], 'schedule' => ' Continuous ' } } })
+      .to eq([])
+    expect(described_class.schedule_period('continuous utc')).to be_nil
+  end
+
   it 'finds nothing wrong with the defaults or with the repository\'s environments' do
     expect(described_class.attribute_errors(defaults)).to eq([])
     %w(production staging development).each do |env|
