@@ -31,7 +31,7 @@ DEFAULT_CONFIG = "/etc/backup-agent/config.yaml"
 DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 # Part of the digest a validated text is remembered by: bump it whenever a rule of this module
 # changes, so a text the old rules accepted is checked again by the new ones.
-RULES_REVISION = 2
+RULES_REVISION = 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class Config:
     jobs: dict[str, Job]
     notify: dict[str, Any]
     metrics: dict[str, Any]
+    cost: dict[str, Any] = field(default_factory=dict)  # `cost.prices`: over the packaged price table
 
     def job(self, name: str) -> Job:
         try:
@@ -292,6 +293,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         jobs=jobs,
         notify=_with_defaults(TOP_LEVEL["properties"]["notify"], data.get("notify") or {}),
         metrics=dict(data.get("metrics") or {}),
+        cost=dict(data.get("cost") or {}),
     )
 
 
@@ -320,6 +322,11 @@ def _check_job_semantics(raw: dict[str, Any], name: str, where: str) -> None:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:
             raise ConfigError(f"{name}: {where}.schedule: {exc}") from None
+    if (raw.get("drill") or {}).get("schedule") is not None:
+        try:
+            parse_schedule(raw["drill"]["schedule"])
+        except ScheduleError as exc:
+            raise ConfigError(f"{name}: {where}.drill.schedule: {exc}") from None
     both = sorted(set(raw.get("env") or {}) & set(raw.get("secret_env") or {}))
     if both:
         raise ConfigError(f"{name}: {where}.secret_env.{both[0]}: also set in env; set it in one of them")

@@ -38,6 +38,17 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("backup_agent_last_prune_bytes_freed", "gauge", "Bytes of unreferenced data the job's last prune deleted."),
     ("backup_agent_last_gc_timestamp_seconds", "gauge",
      "Unix time unreferenced data of the job was last deleted (at most daily after runs)."),
+    ("backup_agent_last_drill_timestamp_seconds", "gauge", "Unix time the job's last restore drill ended."),
+    ("backup_agent_last_drill_success_timestamp_seconds", "gauge",
+     "Unix time of the job's last restore drill that verified every sampled byte."),
+    ("backup_agent_last_drill_status", "gauge", "Outcome of the job's last restore drill: 0 ok, 1 failed."),
+    ("backup_agent_drill_throughput_bytes_per_second", "gauge",
+     "Restore throughput the job's last restore drill measured."),
+    ("backup_agent_drill_rto_estimate_seconds", "gauge",
+     "Seconds a full restore of the job's latest snapshot would take at the last drill's throughput."),
+    ("backup_agent_stored_bytes", "gauge", "Bytes the job stores, at its last `cost` or report."),
+    ("backup_agent_stored_objects", "gauge", "Objects the job stores, at its last `cost` or report."),
+    ("backup_agent_monthly_cost_usd", "gauge", "Estimated monthly storage cost of the job in USD (price table)."),
 )
 
 
@@ -70,6 +81,15 @@ def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
         "backup_agent_last_prune_snapshots_removed": number("prune_snapshots_forgotten"),
         "backup_agent_last_prune_bytes_freed": number("prune_bytes_freed"),
         "backup_agent_last_gc_timestamp_seconds": _timestamp(st.get("last_gc")),
+        "backup_agent_last_drill_timestamp_seconds": _timestamp(st.get("last_drill")),
+        "backup_agent_last_drill_success_timestamp_seconds": _timestamp(st.get("last_drill_success")),
+        "backup_agent_last_drill_status": (None if not st.get("drill_result")
+                                           else float(st["drill_result"] != "ok")),
+        "backup_agent_drill_throughput_bytes_per_second": number("drill_throughput_bytes_per_s"),
+        "backup_agent_drill_rto_estimate_seconds": number("drill_rto_estimate_s"),
+        "backup_agent_stored_bytes": number("stored_bytes"),
+        "backup_agent_stored_objects": number("stored_objects"),
+        "backup_agent_monthly_cost_usd": number("monthly_usd"),
     }
 
 
@@ -103,10 +123,24 @@ def _with_prune(status: dict[str, Any], prune: dict[str, Any]) -> dict[str, Any]
             "prune_bytes_freed": prune.get("bytes_freed"), "last_gc": prune.get("last_gc")}
 
 
+def _with_drill_and_cost(status: dict[str, Any], state_dir: Path, job: str) -> dict[str, Any]:
+    from backup_agent.cost import read_cost
+    from backup_agent.drill import read_drill
+    from backup_agent.status import drill_fields
+
+    drill, cost = read_drill(state_dir, job), read_cost(state_dir, job)
+    extra = drill_fields(drill) if drill else {}
+    if cost:
+        extra.update(stored_bytes=cost.get("bytes"), stored_objects=cost.get("objects"),
+                     monthly_usd=cost.get("monthly_usd"))
+    return {**status, **extra} if extra else status
+
+
 def write_textfile(path: str | Path, state_dir: Path, jobs: list[str]) -> None:
     """Rewrite the textfile from the status of `jobs`. Never raises: metrics must not fail a backup."""
     try:
-        text = render({job: _with_prune(read_status(state_dir, job), read_prune(state_dir, job)) for job in jobs})
+        text = render({job: _with_drill_and_cost(_with_prune(read_status(state_dir, job), read_prune(state_dir, job)),
+                                                 state_dir, job) for job in jobs})
         # node_exporter usually runs as its own user: the file must be world-readable.
         atomic_write(Path(path), text.encode(), mode=0o644)
     except OSError as exc:

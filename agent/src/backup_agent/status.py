@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from backup_agent.config import Config
+from backup_agent.cost import read_cost
+from backup_agent.drill import read_drill
 from backup_agent.prune import read_prune
 from backup_agent.state import read_status
 
@@ -52,6 +54,7 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
     for name, job in sorted(cfg.jobs.items()):
         st = read_status(cfg.state_dir, name)
         pr = read_prune(cfg.state_dir, name)
+        cost = read_cost(cfg.state_dir, name)
         plan = planned.get(name) or {}
         out.append({
             "job": name,
@@ -78,8 +81,29 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             "prune_objects_deleted": pr.get("objects_deleted"),
             "prune_bytes_freed": pr.get("bytes_freed"),
             "last_gc": pr.get("last_gc"),
+            **drill_fields(read_drill(cfg.state_dir, name)),
+            # The last `cost` (or report): what the job's data costs a month, by the price table.
+            "stored_bytes": cost.get("bytes"),
+            "stored_objects": cost.get("objects"),
+            "monthly_usd": cost.get("monthly_usd"),
+            "last_cost": cost.get("last_cost"),
         })
     return out
+
+
+def drill_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """The last restore drill (`drill JOB`, or the daemon on the job's drill schedule)."""
+    return {
+        "last_drill": d.get("last_drill"),
+        "drill_result": d.get("result"),
+        "drill_failed": d.get("result") == "failed",
+        "last_drill_success": d.get("last_drill_success"),
+        "drill_files_checked": d.get("files_checked"),
+        "drill_bytes_checked": d.get("bytes_checked"),
+        "drill_throughput_bytes_per_s": d.get("throughput_bytes_per_s"),
+        "drill_rto_estimate_s": d.get("rto_estimate_s"),
+        "drill_error": d.get("error"),
+    }
 
 
 def render_status(cfg: Config) -> dict[str, Any]:
@@ -169,4 +193,6 @@ def format_table(doc: dict[str, Any]) -> str:
     for j in doc["jobs"]:
         if j.get("prune_error") and j.get("prune_result") != "success":
             lines.append(f"{j['job']}: prune {j['prune_result']}: {j['prune_error']}")
+        if j.get("drill_failed"):
+            lines.append(f"{j['job']}: restore drill failed: {j.get('drill_error')}")
     return "\n".join(lines)
