@@ -127,7 +127,7 @@ def job_cost(job: Job, runner: Any, prices: dict[str, Any]) -> dict[str, Any]:
         usd = gib * float(prices.get("ebs_snapshot_gb_month", 0.05))
         return {"job": job.name, "classes": {"EBS_SNAPSHOT": {"bytes": gib << 30, "objects": count,
                                                              "monthly_usd": round(usd, 6)}},
-                "monthly_usd": round(usd, 4), "standard_monthly_usd": None, "savings_usd": None,
+                "monthly_usd": round(usd, 6), "standard_monthly_usd": None, "savings_usd": None,
                 "full_restore": None, "note": "EBS bills the blocks its snapshots store: this is the size of the "
                                               "latest set's volumes, an upper bound"}
     by_class: dict[str, list[int]] = {}
@@ -136,10 +136,10 @@ def job_cost(job: Job, runner: Any, prices: dict[str, Any]) -> dict[str, Any]:
     classes = {cls: class_cost(cls, sizes, prices) for cls, sizes in sorted(by_class.items())}
     usd = sum(c["monthly_usd"] for c in classes.values())
     std = sum(c["standard_monthly_usd"] for c in classes.values())
-    return {"job": job.name, "classes": classes, "monthly_usd": round(usd, 4),
-            "standard_monthly_usd": round(std, 4),
+    return {"job": job.name, "classes": classes, "monthly_usd": round(usd, 6),
+            "standard_monthly_usd": round(std, 6),
             # Positive: what the cold classes save a month against keeping it all in STANDARD.
-            "savings_usd": round(std - usd, 4), "full_restore": restore_cost(by_class, prices)}
+            "savings_usd": round(std - usd, 6), "full_restore": restore_cost(by_class, prices)}
 
 
 def cost_view(cfg: Config, jobs: list[Job]) -> list[dict[str, Any]]:
