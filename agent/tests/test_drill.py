@@ -119,3 +119,17 @@ def test_choose_always_has_first_and_last(n: int) -> None:
     assert files == 30 and total == sum(range(1, 31))
     assert picked[0].path == "/f0" and picked[-1].path == "/f29"
     assert len(picked) == min(max(n, 2), 30) and len({e.path for e in picked}) == len(picked)
+
+
+def test_drill_of_an_ebs_job_checks_the_set_covers_the_volumes(aws) -> None:
+    aws.job("vols", volumes="all")
+    run = aws.json("run", "vols")
+    out = aws.json("drill", "vols")
+    assert out["status"] == "ok" and out["files_checked"] == 3
+    assert set(out["volumes"]) == set(aws.node.all)
+    # one EBS snapshot of the set deleted behind the agent's back: the set no longer restores whole
+    aws.ec2.delete_snapshot(SnapshotId=run["ebs_snapshots"][0])
+    proc = aws.run("drill", "vols", "--json")
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "failed" and any("2 of 3" in e for e in doc["errors"])
