@@ -133,3 +133,36 @@ def test_drill_of_an_ebs_job_checks_the_set_covers_the_volumes(aws) -> None:
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     assert doc["status"] == "failed" and any("2 of 3" in e for e in doc["errors"])
+
+
+def test_the_daemon_runs_drills_on_their_schedule(agent, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from conftest import AGENT
+    from support.waiting import wait_for
+
+    src = tmp_path / "src"
+    _tree(src, 3)
+    # no backup schedule: only the drill is the daemon's to run
+    agent.job("data", type="files", paths=[str(src)], drill={"schedule": "every 2 seconds", "sample_files": 2})
+    agent.write(metrics={"textfile": str(tmp_path / "backup.prom")})
+    assert agent.run("run", "data").returncode == 0
+    state = Path(agent.data["state_dir"])
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen([AGENT, "-c", str(agent.path), "daemon"], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_for(lambda: "restore drill passed" in (tmp_path / "daemon.log").read_text(), 60, "a scheduled drill")
+        assert read_drill(state, "data")["result"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "restore drill schedule 'every 2 seconds'" in text and "restore drill passed" in text
+    prom = (tmp_path / "backup.prom").read_text()
+    assert 'backup_agent_last_drill_success_timestamp_seconds{job="data"}' in prom
+    assert 'backup_agent_last_drill_status{job="data"} 0' in prom
+    assert not list((state / "drill-tmp").iterdir())
