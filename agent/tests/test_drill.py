@@ -166,3 +166,22 @@ def test_the_daemon_runs_drills_on_their_schedule(agent, tmp_path: Path) -> None
     assert 'backup_agent_last_drill_success_timestamp_seconds{job="data"}' in prom
     assert 'backup_agent_last_drill_status{job="data"} 0' in prom
     assert not list((state / "drill-tmp").iterdir())
+
+
+def test_a_missing_object_fails_the_drill_and_a_stale_sample_is_removed(agent, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src, 2)
+    agent.job("data", type="files", paths=[str(src)])
+    assert agent.run("run", "data").returncode == 0
+    state = Path(agent.data["state_dir"])
+    # what a drill killed with SIGKILL two days ago left behind
+    stale = state / "drill-tmp" / "data.killed"
+    (stale / "srv").mkdir(parents=True)
+    (stale / "srv" / "f").write_bytes(b"old sample")
+    os.utime(stale, (0, 0))
+    for key in agent.object_keys():
+        if "/snapshots/" not in key:
+            agent.s3.delete_object(Bucket=agent.bucket, Key=key)
+    proc = agent.run("drill", "data")
+    assert proc.returncode == 1 and "f00.bin" in proc.stderr and "Traceback" not in proc.stderr
+    assert list((state / "drill-tmp").iterdir()) == []

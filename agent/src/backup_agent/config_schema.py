@@ -115,7 +115,7 @@ COMMON_JOB_KEYS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "schedule": {"type": "string", "description": "when the daemon drills the job; see schedules"},
-            "sample_files": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 20,
+            "sample_files": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20,
                              "description": "files restored per drill: the first, the last and random others "
                                             "(command jobs: the whole dump)"},
         },

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_FILES = 20
 TMP_DIR = "drill-tmp"
+STALE_TMP_S = 86400
 
 
 def drill_path(state_dir: Path, job: str) -> Path:
@@ -95,6 +96,12 @@ def private_dir(cfg: Config, job: str) -> Iterator[Path]:
     """A new 0700 directory under state_dir/drill-tmp, removed on the way out, also on failure."""
     base = ensure_dir(cfg.state_dir / TMP_DIR)
     os.chmod(base, 0o700)
+    # A drill killed hard (SIGKILL, power loss) could not remove its sample: a day later it is
+    # certainly not in use any more (a drill that long would be a restore).
+    for old in base.glob(f"{job}.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.lstat().st_mtime > STALE_TMP_S:
+                _remove(old)
     path = Path(tempfile.mkdtemp(prefix=f"{job}.", dir=base))  # 0700, a name nobody chose
     try:
         yield path
