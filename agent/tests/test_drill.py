@@ -185,3 +185,37 @@ def test_a_missing_object_fails_the_drill_and_a_stale_sample_is_removed(agent, t
     proc = agent.run("drill", "data")
     assert proc.returncode == 1 and "f00.bin" in proc.stderr and "Traceback" not in proc.stderr
     assert list((state / "drill-tmp").iterdir()) == []
+
+
+def test_drill_of_archived_data_asks_for_it_and_says_try_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GLACIER data (moto server: GET refused until RestoreObject) cannot be drilled at once:
+    exit 75 like `restore`, the retrieval requested, nothing left in the drill's directory."""
+    import subprocess
+    import uuid
+
+    import boto3
+    import yaml
+    from botocore.config import Config as BotoConfig
+    from conftest import AGENT
+    from fake_aws import CREDS, shared_moto
+
+    for k, v in CREDS.items():
+        monkeypatch.setenv(k, v)
+    url = shared_moto().url
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                      config=BotoConfig(s3={"addressing_style": "path"}))
+    bucket = f"d-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    src = tmp_path / "src"
+    _tree(src, 2)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "node": "n1", "state_dir": str(tmp_path / "state"),
+        "storage": {"bucket": bucket, "endpoint_url": url, "access_key_id": "testing", "secret_access_key": "testing"},
+        "jobs": {"cold": {"type": "files", "paths": [str(src)], "storage_class": "GLACIER"}}}))
+    run = subprocess.run([AGENT, "-c", str(cfg), "run", "cold"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    proc = subprocess.run([AGENT, "-c", str(cfg), "drill", "cold"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 75, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list((tmp_path / "state" / "drill-tmp").iterdir()) == []
