@@ -106,3 +106,13 @@ def test_report_is_self_contained_and_renders_with_charts(node: Path, tmp_path: 
 def test_report_into_a_missing_directory_is_one_line_exit_2(node: Path, tmp_path: Path) -> None:
     proc = _agent(node, "report", "--html", str(tmp_path / "nope" / "r.html"))
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_without_matplotlib_says_how_to_get_it(node: Path, tmp_path: Path) -> None:
+    # The agent on a node is installed without the `report` extra: one line, exit 2, no page.
+    code = ("import sys; sys.modules['matplotlib'] = None; from backup_agent.cli import main; "
+            f"sys.exit(main(['-c', {str(node)!r}, 'report', '--html', {str(tmp_path / 'r.html')!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "backup-agent[report]" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r.html").exists()
