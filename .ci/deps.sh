@@ -9,6 +9,7 @@ packages=(
   openssh-server                             # knife bootstrap over SSH on loopback
   debootstrap systemd-container              # Debian containers with systemd as PID 1 (tests/containers)
   time procps psmisc                         # /usr/bin/time -v, ps, fuser in tests and bench
+  chromium                                   # headless screenshots of `report --html` (tests/report)
 )
 missing=()
 for p in "${packages[@]}"; do

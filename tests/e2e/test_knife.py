@@ -588,3 +588,15 @@ def test_fleet_view_holds_no_secret(world: World, stale: Stale) -> None:
         assert value not in text, f"a data bag value ({value[:4]}...) is in the node object on the server"
         assert value not in stale.converge.output, f"a data bag value ({value[:4]}...) is in chef-client output"
     assert "error" not in json.dumps(stale.status["jobs"])
+
+
+def test_fleet_page_tabulates_the_node(world: World, stale: Stale) -> None:
+    """The fleet page (knife/backup_agent_fleet.rb) over the same server: one row per job."""
+    out = world.ws.knife("exec", str(REPO / "knife" / "backup_agent_fleet.rb"), "json", f"name:{NODE}")
+    doc = json.loads(out[out.index("{"):])
+    rows = {r["job"]: r for r in doc["rows"] if r["node"] == NODE}
+    assert rows["etc"]["result"] == "success" and rows["etc"]["stale"] is False
+    assert rows["broken"]["result"] == "failed" and rows["broken"]["stale"] is True
+    assert doc["stale_nodes"] == [NODE]
+    # no drill has failed on it: the plugin's flag is there, and false
+    assert world.ws.search("backup_agent_drill_failed:false") == [NODE]

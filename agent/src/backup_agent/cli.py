@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-data", action="store_true", help="download and re-hash all content")
     s.add_argument("--json", action="store_true")
     _browse_parsers(sub)
+    s = sub.add_parser("drill", help="restore a sample of the latest snapshot privately, verify it, remove it")
+    s.add_argument("job")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("cost", help="stored bytes and objects by storage class, monthly USD estimate")
+    s.add_argument("job", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("report", help="write a self-contained HTML page about this node's backups")
+    s.add_argument("--html", required=True, metavar="FILE", type=_nonempty)
     s = sub.add_parser("status", help="the last run of every job")
     s.add_argument("--json", action="store_true")
     sub.add_parser("daemon", help="run jobs on their schedules until SIGTERM")
@@ -213,6 +221,17 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
 
     if args.verb == "prune" and (args.all_nodes or not args.job):
         return _prune_all_nodes(cfg, args, as_json)
+    if args.verb == "cost":
+        from backup_agent.cost import cost_view, format_cost
+
+        rows = cost_view(cfg, [cfg.job(args.job)] if args.job else list(cfg.jobs.values()))
+        return _emit(rows, as_json, format_cost(rows))
+    if args.verb == "report":
+        from backup_agent.report import write_report
+
+        path = write_report(cfg, args.html)
+        print(f"wrote {path}")
+        return EXIT_OK
 
     from backup_agent.jobs import runner_for
     from backup_agent.state import record_snapshot_count
@@ -240,6 +259,17 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         _emit(result.to_json(), as_json, text)
         return code
     runner = runner_for(cfg, job)
+    if args.verb == "drill":
+        from backup_agent.drill import run_drill
+
+        out = run_drill(cfg, job, runner)
+        for e in out["errors"]:
+            print(f"backup-agent: drill {job.name}: {e}", file=sys.stderr)
+        rto = out["rto_estimate_s"]
+        _emit(out, as_json, f"drill {out['status']}: snapshot {out['snapshot']}, {out['files_checked']} file(s), "
+              f"{out['bytes_checked']} bytes verified in {out['duration_s']:.1f}s"
+              + (f"; full restore estimate {rto:.0f}s at {out['throughput_bytes_per_s']:.0f} B/s" if rto else ""))
+        return EXIT_OK if out["status"] == "ok" else EXIT_FAILED
     if args.verb in ("ls", "find", "diff", "dump"):
         return _browse(args, runner, as_json)
     if args.verb == "snapshots":

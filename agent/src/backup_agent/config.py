@@ -99,6 +99,7 @@ class Config:
     notify: dict[str, Any]
     metrics: dict[str, Any]
     maintenance: dict[str, Any] = field(default_factory=dict)  # `prune --all-nodes` only
+    cost: dict[str, Any] = field(default_factory=dict)  # `cost.prices`: over the packaged price table
 
     def job(self, name: str) -> Job:
         try:
@@ -317,6 +318,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         notify=_with_defaults(TOP_LEVEL["properties"]["notify"], data.get("notify") or {}),
         metrics=dict(data.get("metrics") or {}),
         maintenance=dict(data.get("maintenance") or {}),
+        cost=dict(data.get("cost") or {}),
     )
 
 
@@ -382,6 +384,11 @@ def _check_job(raw: dict[str, Any], name: str, where: str) -> None:
             parse_schedule(raw["schedule"])
         except ScheduleError as exc:
             raise ConfigError(f"{name}: {where}.schedule: {exc}") from None
+    if (raw.get("drill") or {}).get("schedule") is not None:
+        try:
+            parse_schedule(raw["drill"]["schedule"])
+        except ScheduleError as exc:
+            raise ConfigError(f"{name}: {where}.drill.schedule: {exc}") from None
     for check in spec.checks:
         check(raw, name, where)
     if spec.rules and not _validator_class()(spec.schema()).is_valid(raw):

@@ -96,6 +96,37 @@ POSTGRES_STORAGE_KEYS: dict[str, Any] = {
                                                "(for RDS: global-bundle.pem from truststore.pki.rds.amazonaws.com)"},
 }
 
+_price = {"type": "number", "minimum": 0}
+# Laid over the packaged table (agent data/prices-us-east-1.json) by `cost` and `report`: give the
+# region and date the numbers are from, and only the prices that differ.
+PRICES: dict[str, Any] = {
+    "type": "object",
+    "description": "price table for `cost` and `report`, over the packaged us-east-1 one",
+    "additionalProperties": False,
+    "properties": {
+        "region": _str,
+        "date": _str,
+        "ebs_snapshot_gb_month": _price,
+        "classes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    **{k: _price for k in ("storage_gb_month", "retrieval_gb", "get_per_1000",
+                                           "monitoring_per_1000_objects")},
+                    **{k: {"type": "integer", "minimum": 0} for k in ("min_days", "min_object_bytes",
+                                                                      "overhead_bytes", "standard_overhead_bytes",
+                                                                      "monitoring_min_object_bytes")},
+                    "tiers": {"type": "object", "additionalProperties": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"retrieval_gb": _price, "per_1000_requests": _price, "delay": _str}}},
+                },
+            },
+        },
+    },
+}
+
 COMMON_JOB_KEYS: dict[str, Any] = {
     # The enum of registered types is filled in by jobs/registry.py's job_schema.
     "type": {"type": "string", "description": "the job type: one of jobs/registry.py's JOB_TYPES"},
@@ -108,6 +139,18 @@ COMMON_JOB_KEYS: dict[str, Any] = {
                  "description": "a run missed while the daemon or node was down runs once soon after start"},
     "retention": RETENTION,
     "timeout": {**_seconds, "description": "seconds after which the run is stopped and fails"},
+    "drill": {
+        "type": "object",
+        "description": "restore drills (`backup-agent drill JOB`): a sample of the latest snapshot restored into "
+                       "state_dir, verified against the manifest and removed",
+        "additionalProperties": False,
+        "properties": {
+            "schedule": {"type": "string", "description": "when the daemon drills the job; see schedules"},
+            "sample_files": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20,
+                             "description": "files restored per drill: the first, the last and random others "
+                                            "(command jobs: the whole dump)"},
+        },
+    },
 }
 
 # A command job without `timeout` still ends: a dump that takes longer than this is stuck, not slow.
@@ -245,6 +288,11 @@ TOP_LEVEL: dict[str, Any] = {
                                                   {"not": {"type": "string", "pattern": ROOT_PATTERN}}],
                                         "description": "node_exporter textfile, rewritten "
                                         "(temp file + rename) after every run"}},
+        },
+        "cost": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"prices": PRICES},
         },
     },
 }

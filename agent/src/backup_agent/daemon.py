@@ -40,7 +40,7 @@ from backup_agent.execute import DAEMON_PID_ENV, record_failure
 from backup_agent.live import DEFAULT_MIN_INTERVAL, DEFAULT_SETTLE, LiveJob
 from backup_agent.logfmt import secret_values, setup_logging
 from backup_agent.scheduler import PlannedJob, add_job, admit, can_start, make_plan
-from backup_agent.schedules import CONTINUOUS
+from backup_agent.schedules import CONTINUOUS, parse_schedule
 from backup_agent.state import atomic_write, read_status
 from backup_agent.status import daemon_state_path, read_daemon_state
 
@@ -53,6 +53,8 @@ ABORT_GRACE = 10.0
 TIMEOUT_GRACE = 60.0
 # At exit, notifications still in flight (about aborted runs) get this long in total.
 NOTIFY_GRACE = 5.0
+# Scheduler keys of drills: the job's name and this, never a job name (names have no ':').
+DRILL_SUFFIX = ":drill"
 # Longest sleep while idle: bounds the effect of clock jumps and suspend/resume.
 IDLE_WAKE = 60.0
 # While runs are going, wake up this often to enforce timeouts and kill deadlines.
@@ -142,6 +144,10 @@ class Daemon:
         self.planned: dict[str, PlannedJob] = {}
         # schedule: continuous jobs, run on changes (live.py) rather than by the library
         self.live: dict[str, tuple[tuple[Any, ...], LiveJob]] = {}
+        # Restore drills on their own schedules (`drill.schedule`): job name → its planned drill,
+        # and the drills going now (never two of one job at once).
+        self.planned_drills: dict[str, PlannedJob] = {}
+        self.drills: dict[str, subprocess.Popen[bytes]] = {}
         self.runs: dict[str, Run] = {}
         self.queue: deque[str] = deque()
         self.stop_signals = 0
@@ -201,6 +207,7 @@ class Daemon:
                     self.reload_requested = False
                     self._reload()
                 self._reap()
+                self._reap_drills(stopping=bool(self.stop_signals))
                 if self.stop_signals:
                     if self._stopping():
                         break
@@ -231,7 +238,7 @@ class Daemon:
             if due is not None and lj.name not in self.runs:
                 wait = min(wait, max(0.0, due - now))
         # A finished run wakes the loop through SIGCHLD; timeouts and kill deadlines need a tick.
-        return min(wait, BUSY_WAKE) if self.runs or self.stop_signals else wait
+        return min(wait, BUSY_WAKE) if self.runs or self.drills or self.stop_signals else wait
 
     # --- planning ------------------------------------------------------------------------------
 
@@ -272,6 +279,7 @@ class Daemon:
         for name, job in cfg.jobs.items():
             if job.schedule is None:
                 log.info("job %s has no schedule: it runs only with `backup-agent run %s`", name, name)
+        self._plan_drills(cfg)
         return changes
 
     def _plan_live(self, cfg: Config, changes: dict[str, list[str]]) -> None:
@@ -315,6 +323,63 @@ class Daemon:
                 self.queue.append(name)
         if fresh:  # the RPO gauge starts counting
             self._write_metrics(self.cfg)
+
+    def _plan_drills(self, cfg: Config) -> None:
+        """Drills keep no catch-up: a missed one simply happens at its next slot."""
+        for pj in self.planned_drills.values():
+            self.scheduler.cancel_job(pj)
+        self.planned_drills = {}
+        for name, job in sorted(cfg.jobs.items()):
+            text = (job.options.get("drill") or {}).get("schedule")
+            if not text:
+                continue
+            splay = job.splay if job.splay is not None else cfg.splay
+            # Its own splay offset (the key differs from the job's), so a drill does not start
+            # with the backup it would read.
+            plan = make_plan(cfg.node, f"{name}{DRILL_SUFFIX}", parse_schedule(text), splay, False)
+            pj = add_job(self.scheduler, plan, self._drill_due, now=datetime.now, last_start=None, planned=None)
+            self.planned_drills[name] = pj
+            assert pj.next_run is not None
+            log.info("job %s: restore drill schedule '%s', next drill %s", name, text, _rfc3339(pj.next_run),
+                     extra={"job": name})
+
+    def _drill_due(self, key: str) -> None:
+        name = key.removesuffix(DRILL_SUFFIX)
+        job = self.cfg.jobs.get(name)
+        if job is None or self.stop_signals:
+            return
+        if name in self.drills:
+            log.warning("job %s: the previous drill is still going: skipping this one", name, extra={"job": name})
+            return
+        argv = [sys.executable, "-m", "backup_agent", "-c", "/dev/stdin", "drill", name]
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, close_fds=True)
+        except OSError as exc:
+            log.error("job %s: cannot start a drill: %s", name, exc, extra={"job": name})
+            return
+        self.drills[name] = proc
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(self.text.encode())
+            proc.stdin.close()
+        log.info("job %s: restore drill started (pid %d)", name, proc.pid, extra={"job": name, "pid": proc.pid})
+
+    def _reap_drills(self, stopping: bool) -> None:
+        for name, proc in list(self.drills.items()):
+            if stopping and proc.poll() is None:
+                # SIGINT unwinds the drill, which removes its restored sample on the way out.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGINT)
+            code = proc.poll()
+            if code is None:
+                continue
+            del self.drills[name]
+            # The drill records its own result (status, metrics); a failure is logged here too.
+            (log.info if code == EXIT_OK else log.error)("job %s: restore drill %s", name,
+                                                         "passed" if code == EXIT_OK else _describe_exit(code),
+                                                         extra={"job": name, "exit_code": code})
 
     def _reload(self) -> None:
         sd_notify("RELOADING=1")
@@ -473,10 +538,13 @@ class Daemon:
         elif now >= self.stop_deadline:
             why = f"the daemon is stopping and stop_timeout ({self.cfg.stop_timeout:g}s) has passed"
         else:
-            return not self.runs
+            return not self.runs and not self.drills
         for run in self.runs.values():
             if run.abort_reason is None:
                 self._abort(run, why)
+        for proc in self.drills.values():  # a drill has nothing to lose: stopped hard at the deadline
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         return not self.runs
 
     # --- state for `status` and for the next start ---------------------------------------------

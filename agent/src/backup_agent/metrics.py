@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backup_agent.state import atomic_write, read_prune, read_status
+from backup_agent.state import atomic_write, read_cost, read_drill, read_prune, read_status
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,17 @@ METRICS: tuple[tuple[str, str, str], ...] = (
      "schedule: continuous: Unix time of the oldest change no snapshot holds yet (0: none); RPO = time() - it."),
     ("backup_agent_last_gc_timestamp_seconds", "gauge",
      "Unix time unreferenced data of the job was last deleted (at most daily after runs)."),
+    ("backup_agent_last_drill_timestamp_seconds", "gauge", "Unix time the job's last restore drill ended."),
+    ("backup_agent_last_drill_success_timestamp_seconds", "gauge",
+     "Unix time of the job's last restore drill that verified every sampled byte."),
+    ("backup_agent_last_drill_status", "gauge", "Outcome of the job's last restore drill: 0 ok, 1 failed."),
+    ("backup_agent_drill_throughput_bytes_per_second", "gauge",
+     "Restore throughput the job's last restore drill measured."),
+    ("backup_agent_drill_rto_estimate_seconds", "gauge",
+     "Seconds a full restore of the job's latest snapshot would take at the last drill's throughput."),
+    ("backup_agent_stored_bytes", "gauge", "Bytes the job stores, at its last `cost` or report."),
+    ("backup_agent_stored_objects", "gauge", "Objects the job stores, at its last `cost` or report."),
+    ("backup_agent_monthly_cost_usd", "gauge", "Estimated monthly storage cost of the job in USD (price table)."),
 )
 
 
@@ -83,6 +94,15 @@ def _values(st: Mapping[str, Any]) -> dict[str, float | None]:
         "backup_agent_rpo_seconds": number("rpo_s"),
         "backup_agent_unprotected_change_timestamp_seconds": (
             None if "rpo_s" not in st else number("unprotected_since_unix") or 0.0),
+        "backup_agent_last_drill_timestamp_seconds": _timestamp(st.get("last_drill")),
+        "backup_agent_last_drill_success_timestamp_seconds": _timestamp(st.get("last_drill_success")),
+        "backup_agent_last_drill_status": (None if not st.get("drill_result")
+                                           else float(st["drill_result"] != "ok")),
+        "backup_agent_drill_throughput_bytes_per_second": number("drill_throughput_bytes_per_s"),
+        "backup_agent_drill_rto_estimate_seconds": number("drill_rto_estimate_s"),
+        "backup_agent_stored_bytes": number("stored_bytes"),
+        "backup_agent_stored_objects": number("stored_objects"),
+        "backup_agent_monthly_cost_usd": number("monthly_usd"),
     }
 
 
@@ -117,13 +137,25 @@ def _with_prune(status: dict[str, Any], prune: dict[str, Any]) -> dict[str, Any]
             "prune_locked_skipped": prune.get("locked_skipped")}
 
 
+def _with_drill_and_cost(status: dict[str, Any], state_dir: Path, job: str) -> dict[str, Any]:
+    from backup_agent.status import drill_fields
+
+    drill, cost = read_drill(state_dir, job), read_cost(state_dir, job)
+    extra = drill_fields(drill) if drill else {}
+    if cost:
+        extra.update(stored_bytes=cost.get("bytes"), stored_objects=cost.get("objects"),
+                     monthly_usd=cost.get("monthly_usd"))
+    return {**status, **extra} if extra else status
+
+
 def write_textfile(path: str | Path, state_dir: Path, jobs: list[str],
                    live: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Rewrite the textfile from the status of `jobs` (and, for continuous jobs, the daemon's
     `live` view: rpo_s, unprotected_since_unix). Never raises: metrics must not fail a backup."""
     live = live or {}
     try:
-        text = render({job: {**_with_prune(read_status(state_dir, job), read_prune(state_dir, job)),
+        text = render({job: {**_with_drill_and_cost(_with_prune(read_status(state_dir, job),
+                                                                read_prune(state_dir, job)), state_dir, job),
                              **(live.get(job) or {})} for job in jobs})
         # node_exporter usually runs as its own user: the file must be world-readable.
         atomic_write(Path(path), text.encode(), mode=0o644)

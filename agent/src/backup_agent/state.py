@@ -357,3 +357,29 @@ class FileCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+# Restore drills (drill.py) and the cost view (cost.py) keep their last result here.
+def drill_path(state_dir: Path, job: str) -> Path:
+    return state_dir / "drill" / f"{job}.json"
+
+
+def read_drill(state_dir: Path, job: str) -> dict[str, Any]:
+    try:
+        data = json.loads(drill_path(state_dir, job).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cost_path(state_dir: Path, job: str) -> Path:
+    return state_dir / "cost" / f"{job}.json"
+
+
+def read_cost(state_dir: Path, job: str) -> dict[str, Any]:
+    try:
+        data = json.loads(cost_path(state_dir, job).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+

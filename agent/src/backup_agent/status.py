@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_agent.config import Config
-from backup_agent.state import read_prune, read_status
+from backup_agent.state import read_cost, read_drill, read_prune, read_status
 
 DAEMON_STATE = "daemon.json"
 
@@ -51,6 +51,7 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
     for name, job in sorted(cfg.jobs.items()):
         st = read_status(cfg.state_dir, name)
         pr = read_prune(cfg.state_dir, name)
+        cost = read_cost(cfg.state_dir, name)
         plan = planned.get(name) or {}
         out.append({
             "job": name,
@@ -83,6 +84,12 @@ def job_statuses(cfg: Config, daemon: dict[str, Any] | None = None) -> list[dict
             # schedule: continuous (while a daemon runs): age of the oldest change not yet in a snapshot
             "rpo_s": _rpo(plan) if job.schedule and job.schedule.kind == "continuous" and plan else None,
             "unprotected_since": plan.get("unprotected_since"),
+            **drill_fields(read_drill(cfg.state_dir, name)),
+            # The last `cost` (or report): what the job's data costs a month, by the price table.
+            "stored_bytes": cost.get("bytes"),
+            "stored_objects": cost.get("objects"),
+            "monthly_usd": cost.get("monthly_usd"),
+            "last_cost": cost.get("last_cost"),
         })
     return out
 
@@ -97,6 +104,21 @@ def _rpo(plan: dict[str, Any]) -> float:
     except ValueError:
         return 0.0
     return max(0.0, round((datetime.now(UTC) - t).total_seconds(), 1))
+
+
+def drill_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """The last restore drill (`drill JOB`, or the daemon on the job's drill schedule)."""
+    return {
+        "last_drill": d.get("last_drill"),
+        "drill_result": d.get("result"),
+        "drill_failed": d.get("result") == "failed",
+        "last_drill_success": d.get("last_drill_success"),
+        "drill_files_checked": d.get("files_checked"),
+        "drill_bytes_checked": d.get("bytes_checked"),
+        "drill_throughput_bytes_per_s": d.get("throughput_bytes_per_s"),
+        "drill_rto_estimate_s": d.get("rto_estimate_s"),
+        "drill_error": d.get("error"),
+    }
 
 
 def render_status(cfg: Config) -> dict[str, Any]:
@@ -188,4 +210,6 @@ def format_table(doc: dict[str, Any]) -> str:
             lines.append(f"{j['job']}: prune {j['prune_result']}: {j['prune_error']}")
         elif j.get("prune_note") and j.get("prune_result") == "elsewhere":
             lines.append(f"{j['job']}: {j['prune_note']}")
+        if j.get("drill_failed"):
+            lines.append(f"{j['job']}: restore drill failed: {j.get('drill_error')}")
     return "\n".join(lines)

@@ -61,6 +61,7 @@ module BackupAgentCookbook
     CALLBACKS = {
       schedule: { "must be #{SCHEDULE_FORMS}" => ->(v) { schedule?(v) } },
       retention: { "must map #{RETENTION_KEYS.join('/')} to integers >= 0" => ->(v) { retention_error(v).nil? } },
+      drill: { 'must be {schedule => a schedule, sample_files => an integer >= 1}' => ->(v) { drill_error(v).nil? } },
       splay: { 'must be 0..86400 (seconds)' => ->(v) { v.is_a?(Integer) && v.between?(0, 86_400) } },
       argv: { 'must be a non-empty list of strings' => ->(v) { v.is_a?(Array) && !v.empty? && v.all?(String) } },
       strings: { 'must be a list of strings' => ->(v) { v.is_a?(Array) && v.all?(String) } },
@@ -94,6 +95,19 @@ module BackupAgentCookbook
       "'#{text}' is not a schedule: use #{SCHEDULE_FORMS}"
     end
 
+    # A job's restore drills (`backup-agent drill`): when the daemon runs them, how many files.
+    def drill_error(value)
+      return "must be a map of schedule, sample_files, got #{describe(value)}" unless value.is_a?(Hash)
+      value.each do |key, v|
+        case key.to_s
+        when 'schedule' then (message = schedule_error(v)) && (return "schedule #{message}")
+        when 'sample_files' then return "sample_files must be an integer >= 1, got #{describe(v)}" unless v.is_a?(Integer) && v >= 1
+        else return "unknown key '#{key}' (use schedule, sample_files)"
+        end
+      end
+      nil
+    end
+
     def retention_error(value)
       return "must be a map of #{RETENTION_KEYS.join(', ')}, got #{describe(value)}" unless value.is_a?(Hash)
       value.each do |key, count|
@@ -124,6 +138,10 @@ module BackupAgentCookbook
       if job.key?('retention') && !job['retention'].nil?
         message = retention_error(job['retention'])
         errors << ['retention', message] if message
+      end
+      if job.key?('drill') && !job['drill'].nil?
+        message = drill_error(job['drill'])
+        errors << ['drill', message] if message
       end
       errors
     end

@@ -6,7 +6,10 @@
 # result, snapshots forgotten, last collection of unreferenced data) from `backup-agent status
 # --json`, under node['backup_agent']['status'] (automatic), the jobs whose last prune did not
 # succeed in `prune_failed_jobs`, and a top-level `backup_agent_stale` flag, so the Chef server
-# answers `knife search node 'backup_agent_stale:true'`.
+# answers `knife search node 'backup_agent_stale:true'`. Restore drills and costs too: each job's
+# last drill (result, last success, RTO estimate) and last `cost` (bytes, monthly USD), the jobs
+# whose last drill failed in `drill_failed_jobs`, the node's total in `monthly_usd`, and a
+# top-level `backup_agent_drill_failed` flag (`knife search node 'backup_agent_drill_failed:true'`).
 #
 # chef-client (>= 16) loads the plugins of its cookbooks' ohai/ directories right after syncing
 # them, before any recipe compiles, and runs them on every run; the run that first installs the
@@ -25,7 +28,7 @@ require 'json'
 require 'time'
 
 Ohai.plugin(:BackupAgent) do
-  provides 'backup_agent/status', 'backup_agent_stale'
+  provides 'backup_agent/status', 'backup_agent_stale', 'backup_agent_drill_failed'
 
   # Methods, not constants: a constant in this block would land on Object, once per load.
   def default_settings
@@ -42,7 +45,9 @@ Ohai.plugin(:BackupAgent) do
   # Fields of a job's status that are facts about its runs, safe on the Chef server.
   def job_fields
     %w(type schedule result last_start last_end last_success snapshots consecutive_failures exit_code next_run
-       last_prune prune_result prune_snapshots_forgotten last_gc prune_locked_skipped)
+       last_prune prune_result prune_snapshots_forgotten last_gc prune_locked_skipped
+       last_drill drill_result drill_failed last_drill_success drill_rto_estimate_s drill_throughput_bytes_per_s
+       stored_bytes stored_objects monthly_usd last_cost)
   end
 
   # How often a schedule string fires (the agent's Schedule.period_seconds, with the grammar of
@@ -124,6 +129,11 @@ Ohai.plugin(:BackupAgent) do
       # Write-only nodes (storage.pruned_by: maintenance): retention is applied by the maintenance node.
       status[:prune_elsewhere_jobs] = status[:jobs].select { |_, job| job['prune_result'] == 'elsewhere' }.keys.sort
       status[:stale] = !status[:stale_jobs].empty?
+      # A backup nobody could restore: searchable apart from staleness (the backups still run).
+      status[:drill_failed_jobs] = status[:jobs].select { |_, job| job['drill_result'] == 'failed' }.keys.sort
+      status[:drill_failed] = !status[:drill_failed_jobs].empty?
+      costs = status[:jobs].values.map { |job| job['monthly_usd'] }.grep(Numeric)
+      status[:monthly_usd] = costs.empty? ? nil : costs.sum.round(6)
     else
       # The agent is installed but cannot say what it did: nobody knows these backups are fine.
       status[:error] = error
@@ -131,6 +141,7 @@ Ohai.plugin(:BackupAgent) do
     end
     backup_agent Mash.new(status: status)
     backup_agent_stale status[:stale]
+    backup_agent_drill_failed status[:drill_failed] == true
   end
 
   collect_data(:default) do

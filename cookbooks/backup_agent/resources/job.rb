@@ -37,6 +37,7 @@ property :schedule, String, callbacks: checks[:schedule], description: "e.g. 'da
 property :splay, Integer, callbacks: checks[:splay], description: "seconds (0..86400) over which a fleet's runs of this job are spread; default: the global splay"
 property :catch_up, [true, false], description: 'a run missed while the daemon or node was down runs once soon after start (agent default: true)'
 property :retention, Hash, callbacks: checks[:retention], description: 'keep_last/keep_hourly/keep_daily/keep_weekly/keep_monthly/keep_yearly => count >= 0'
+property :drill, Hash, callbacks: checks[:drill], description: "restore drills: {'schedule' => 'weekly on sunday at 05:00', 'sample_files' => 20}"
 property :timeout, [Integer, Float], description: 'seconds after which the run is stopped and fails (command jobs: 21600 when unset)'
 property :pre, Array, callbacks: checks[:argv], description: 'argv run before the snapshot (ebs_snapshot)'
 property :post, Array, callbacks: checks[:argv], description: 'argv run after the snapshot (ebs_snapshot)'

@@ -108,6 +108,35 @@ describe 'Ohai plugin backup_agent' do
     expect(status['stale']).to be false
   end
 
+  it 'reports drills and costs, and flags the node when a drill failed' do
+    fake_agent({ 'daemon' => { 'running' => true }, 'jobs' => [
+                 job('etc', 'every 6 hours', result: 'success', last_success: at(hour), last_drill: at(hour),
+                                             drill_result: 'ok', drill_failed: false, last_drill_success: at(hour),
+                                             drill_rto_estimate_s: 42.5, stored_bytes: 1000, monthly_usd: 0.25),
+                 job('db', 'daily at 03:00', result: 'success', last_success: at(hour), last_drill: at(hour),
+                                             drill_result: 'failed', drill_failed: true,
+                                             drill_error: '/etc/secret-file: content does not match',
+                                             stored_bytes: 10, monthly_usd: 0.5),
+                 job('manual', nil),
+               ] })
+    data = collect
+    status = data['backup_agent']['status']
+    expect(data['backup_agent_drill_failed']).to be true
+    expect(status['drill_failed_jobs']).to eq(%w(db))
+    expect(status['jobs']['etc']).to include('drill_result' => 'ok', 'drill_rto_estimate_s' => 42.5,
+                                             'last_drill_success' => at(hour), 'monthly_usd' => 0.25)
+    expect(status['monthly_usd']).to eq(0.75)
+    expect(status['stale']).to be false # the backups themselves run
+    expect(JSON.generate(data)).not_to include('secret-file')
+  end
+
+  it 'does not flag a node whose jobs were never drilled' do
+    fake_agent({ 'daemon' => {}, 'jobs' => [job('etc', 'every 6 hours', result: 'success', last_success: at(hour))] })
+    data = collect
+    expect(data['backup_agent_drill_failed']).to be false
+    expect(data['backup_agent']['status']).to include('drill_failed_jobs' => [], 'monthly_usd' => nil)
+  end
+
   it 'copies no error text, node or environment from the agent' do
     fake_agent({ 'node' => 'web-01', 'environment' => 'staging', 'daemon' => { 'running' => false },
                  'jobs' => [job('failing', 'every 1 hours', result: 'failed', consecutive_failures: 1,

@@ -24,6 +24,7 @@ describe 'backup_agent_job' do
         schedule 'daily at 03:00'
         retention('keep_daily' => 7, 'keep_weekly' => 4)
         storage_class 'STANDARD_IA'
+        drill('schedule' => 'weekly on sunday at 05:00', 'sample_files' => 10)
       end
 
       backup_agent_job 'pg' do
@@ -52,7 +53,8 @@ describe 'backup_agent_job' do
     it 'renders each one under its name, with the config file\'s keys (freeze_paths as freeze)' do
       expect(config['jobs']['srv']).to eq(
         'type' => 'files', 'exclude' => ['*.tmp'], 'one_file_system' => false, 'paths' => ['/srv/data'],
-        'retention' => { 'keep_daily' => 7, 'keep_weekly' => 4 }, 'schedule' => 'daily at 03:00', 'storage_class' => 'STANDARD_IA'
+        'retention' => { 'keep_daily' => 7, 'keep_weekly' => 4 }, 'schedule' => 'daily at 03:00', 'storage_class' => 'STANDARD_IA',
+        'drill' => { 'schedule' => 'weekly on sunday at 05:00', 'sample_files' => 10 }
       )
       expect(config['jobs']['volumes']).to eq(
         'type' => 'ebs_snapshot', 'exclude_root' => true, 'freeze' => ['/data'], 'retention' => { 'keep_last' => 4 },
@@ -265,6 +267,7 @@ describe 'backup_agent_job' do
       'an unknown type' => [-> { type 'tarball' }, /Option type must be equal to one of: "files", "command", "ebs_snapshot"!  You passed "tarball"/],
       'an invalid schedule' => [-> { schedule 'daly at 02:00' }, /Option schedule's value daly at 02:00 must be 'every N seconds/],
       'a retention with a bad count' => [-> { retention('keep_daily' => -1) }, /Option retention's value .* must map keep_last/],
+      'a drill with a bad schedule' => [-> { drill('schedule' => 'sometimes') }, /Option drill's value .* must be \{schedule => a schedule/],
       'relative paths' => [-> { paths %w(etc) }, /Option paths's value \["etc"\] must be a non-empty list of absolute paths/],
       'a port that is a string' => [-> { port '5432' }, /Property port must be one of: Integer!  You passed "5432"/],
       'a command that is a string' => [-> { command 'pg_dump app' }, /Option command's value pg_dump app must be a non-empty list of strings!/],
