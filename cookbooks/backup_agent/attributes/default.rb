@@ -79,9 +79,9 @@ default['backup_agent']['secrets']['secret_config'] = {}
 # --- service ---------------------------------------------------------------------------------
 default['backup_agent']['service']['name'] = 'backup-agent'
 default['backup_agent']['service']['enabled'] = true
-# auto: systemd where systemd is PID 1, otherwise none (the unit is still rendered).
+# auto: systemd where systemd is PID 1, otherwise none (the unit is still written: systemd_unit,
+# /etc/systemd/system/<name>.service).
 default['backup_agent']['service']['manager'] = 'auto' # auto | systemd | none
-default['backup_agent']['service']['unit_path'] = '/etc/systemd/system/backup-agent.service'
 default['backup_agent']['service']['nice'] = 10
 default['backup_agent']['service']['io_scheduling_class'] = 'idle'
 # Without a service manager: on a config change, SIGHUP the daemon holding state_dir/daemon.lock

@@ -365,6 +365,37 @@ module BackupAgentCookbook
       (stop_timeout.to_f + BackupAgentCookbook::STOP_GRACE).ceil
     end
 
+    # The unit file's text: systemd_unit compares it with the file byte for byte, so a run with
+    # nothing new writes nothing (and reloads and restarts nothing).
+    def backup_agent_unit_content
+      service = node['backup_agent']['service']
+      lines = [
+        '# Managed by Chef (cookbook backup_agent); local changes are overwritten on the next converge.',
+        '[Unit]',
+        'Description=backup-agent: scheduled backups to S3',
+        'Wants=network-online.target',
+        'After=network-online.target',
+        '',
+        '[Service]',
+        'Type=simple',
+        "ExecStart=#{backup_agent_bin} -c #{backup_agent_config_path} daemon",
+        '# SIGHUP makes the agent re-read its config without interrupting a running job.',
+        'ExecReload=/bin/kill -HUP $MAINPID',
+        'Restart=on-failure',
+        'RestartSec=30',
+        '# On stop only the daemon gets SIGTERM (KillMode=control-group would signal every running backup',
+        '# at once); it lets runs finish up to stop_timeout, then aborts them. systemd waits that long plus',
+        "# the daemon's own grace before it kills what is left.",
+        'KillMode=mixed',
+        "TimeoutStopSec=#{backup_agent_timeout_stop_sec}",
+        'Environment=PYTHONUNBUFFERED=1',
+      ]
+      lines << "Nice=#{service['nice']}" unless service['nice'].nil?
+      lines << "IOSchedulingClass=#{service['io_scheduling_class']}" unless service['io_scheduling_class'].nil?
+      lines += ['', '[Install]', 'WantedBy=multi-user.target']
+      lines.join("\n") + "\n"
+    end
+
     def backup_agent_daemon_pid
       BackupAgentCookbook.daemon_pid(backup_agent_state_dir)
     end
