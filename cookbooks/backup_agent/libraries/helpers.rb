@@ -291,7 +291,7 @@ module BackupAgentCookbook
         resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],
         node_name: node.name,
-        # A Policyfile node's chef_environment is usually `_default`: its policy group says where it runs.
+        # On a Policyfile node the policy group says where it runs (Chef 18 copies it into chef_environment too).
         environment: node.policy_group || node.chef_environment
       )
       backup_agent_check_jobs!(config['jobs'] || {})
