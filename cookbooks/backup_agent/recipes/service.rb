@@ -23,22 +23,25 @@ config_template = "template[#{backup_agent_config_path}]"
 install_execute = 'execute[install backup-agent]'
 managed = backup_agent_service_managed?
 
-# Minimal container images may lack it (systemd_unit writes /etc/systemd/system/NAME.service
-# without creating the directory); an existing directory is left as it is.
-directory '/etc/systemd/system' do
-  recursive true
-end
+if managed || service_settings['unit_when_unmanaged']
+  # Minimal container images may lack it (systemd_unit writes /etc/systemd/system/NAME.service
+  # without creating the directory); an existing directory is left as it is.
+  directory '/etc/systemd/system' do
+    recursive true
+  end
 
-# The unit is written in every case: a node where systemd is not PID 1 yet (an image being
-# built, a container) has it ready. `systemd-analyze verify` checks it before it replaces the
-# old one (an ExecStart that is not executable fails the run); it needs no running systemd, and
-# where systemd-analyze is missing Chef skips the check. The daemon-reload after a change needs
-# a running systemd, so it happens only where systemd manages the service.
-systemd_unit unit_name do
-  content helpers.backup_agent_unit_content
-  verify true
-  triggers_reload managed
-  action :create
+  # The unit is written in every case (unless service.unit_when_unmanaged is false where the
+  # service is not managed): a node where systemd is not PID 1 yet (an image being built, a
+  # container) has it ready. `systemd-analyze verify` checks it before it replaces the old one
+  # (an ExecStart that is not executable fails the run); it needs no running systemd, and where
+  # systemd-analyze is missing Chef skips the check. The daemon-reload after a change needs a
+  # running systemd, so it happens only where systemd manages the service.
+  systemd_unit unit_name do
+    content helpers.backup_agent_unit_content
+    verify true
+    triggers_reload managed
+    action :create
+  end
 end
 
 if managed
@@ -66,8 +69,9 @@ else
            else
              'systemd is not PID 1 here (no /run/systemd/system)'
            end
+  unit_note = service_settings['unit_when_unmanaged'] ? "/etc/systemd/system/#{unit_name} is rendered, " : ''
   Chef::Log.warn("backup_agent: not managing service #{service_settings['name']}: #{reason}; " \
-                 "/etc/systemd/system/#{unit_name} is rendered, run `#{backup_agent_bin} daemon` under your own supervisor")
+                 "#{unit_note}run `#{backup_agent_bin} daemon` under your own supervisor")
 
   if service_settings['reload_command']
     execute 'reload backup-agent' do

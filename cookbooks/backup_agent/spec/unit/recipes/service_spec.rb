@@ -106,6 +106,15 @@ describe 'backup_agent::service' do
       end
     end
 
+    context 'with unit_when_unmanaged off' do
+      let(:service_attributes) { { 'unit_when_unmanaged' => false } }
+
+      it 'writes nothing under /etc/systemd' do
+        expect(chef_run.find_resources(:systemd_unit)).to be_empty
+        expect(chef_run.find_resources(:directory).map(&:path)).not_to include('/etc/systemd/system')
+      end
+    end
+
     context 'with reload_unmanaged off' do
       let(:service_attributes) { { 'reload_unmanaged' => false } }
 
@@ -161,6 +170,14 @@ describe 'backup_agent::service' do
         expect(chef_run).to stop_service('backup-agent')
         expect(chef_run).to disable_service('backup-agent')
         expect(config_template.delayed_notifications).to be_empty
+      end
+    end
+
+    context 'with unit_when_unmanaged off' do
+      let(:service_attributes) { { 'unit_when_unmanaged' => false } }
+
+      it 'still writes the unit the service needs' do
+        expect(chef_run).to create_systemd_unit(BackupAgentSpec::UNIT_NAME)
       end
     end
 
