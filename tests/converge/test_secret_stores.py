@@ -124,6 +124,14 @@ class Server:
                 start_new_session=True,
             )
         self.commands = workdir / "commands.log"
+        try:
+            self._set_up_clients()
+        except BaseException:
+            self.stop()  # no chef-zero left behind by a setup that failed
+            raise
+
+    def _set_up_clients(self) -> None:
+        workdir = self.workdir
         # chef-zero takes any key from a requester it does not know: create the real clients
         # (keys chef-zero generates) with a throwaway identity, then act as the admin client.
         bootstrap = self.knife_rb("bootstrap", self.throwaway_key())
@@ -131,7 +139,7 @@ class Server:
         while self.run(bootstrap, "client", "list").returncode != 0:
             assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()[-3000:]
             time.sleep(0.5)
-        self.keys = {}
+        self.keys: dict[str, Path] = {}
         # The admin is a client too: chef-vault's client mode (-M client) encrypts for clients' keys.
         for name in (ADMIN, VAULT_NODE, OTHER_NODE):
             key = workdir / f"{name}.pem"
