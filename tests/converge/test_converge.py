@@ -23,6 +23,9 @@ In order, one module (each chef-client run costs 20-40 s, so the cases share run
   6. the install: the venv holds exactly the cookbook's wheel and the lock's versions; a venv of
      another Python is made again; a mirror URL with credentials never reaches the output.
 
+This is the environment way (`-E`); test_policyfile.py converges the same repository with a
+policy lock, test_secret_stores.py with the secrets in a chef-vault item or AWS Secrets Manager.
+
 It installs packages and writes /etc, /opt and /usr/local/bin: it runs only as root, where
 CI=true or BACKUP_AGENT_CONVERGE=1 (`make test-converge`), holding the machine lock it shares
 with the knife end-to-end suite.

@@ -234,7 +234,7 @@ def test_a_sandboxed_converge_keeps_secrets_out(tmp_path: Path) -> None:
                         "find_links": links, "no_index": len(links) > 1},
             "config_path": str(box / "etc" / "config.yaml"),
             "config": {"state_dir": str(box / "state")},
-            "service": {"unit_path": str(box / "unit" / "backup-agent.service"), "manager": "none",
+            "service": {"unit_when_unmanaged": False, "manager": "none",
                         "reload_unmanaged": False},
             "fleet_view": {"plugin_dir": str(box / "ohai")},
             "jobs": {"sample": {"type": "files", "paths": [str(box / "src")], "schedule": "daily at 04:00"},

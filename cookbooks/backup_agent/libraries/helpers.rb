@@ -291,7 +291,7 @@ module BackupAgentCookbook
         resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],
         node_name: node.name,
-        # A Policyfile node's chef_environment is usually `_default`: its policy group says where it runs.
+        # On a Policyfile node the policy group says where it runs (Chef 18 copies it into chef_environment too).
         environment: node.policy_group || node.chef_environment
       )
       backup_agent_check_jobs!(config['jobs'] || {})
@@ -363,6 +363,37 @@ module BackupAgentCookbook
     def backup_agent_timeout_stop_sec
       stop_timeout = node['backup_agent']['config']['stop_timeout'] || BackupAgentCookbook::AGENT_STOP_TIMEOUT
       (stop_timeout.to_f + BackupAgentCookbook::STOP_GRACE).ceil
+    end
+
+    # The unit file's text: systemd_unit compares it with the file byte for byte, so a run with
+    # nothing new writes nothing (and reloads and restarts nothing).
+    def backup_agent_unit_content
+      service = node['backup_agent']['service']
+      lines = [
+        '# Managed by Chef (cookbook backup_agent); local changes are overwritten on the next converge.',
+        '[Unit]',
+        'Description=backup-agent: scheduled backups to S3',
+        'Wants=network-online.target',
+        'After=network-online.target',
+        '',
+        '[Service]',
+        'Type=simple',
+        "ExecStart=#{backup_agent_bin} -c #{backup_agent_config_path} daemon",
+        '# SIGHUP makes the agent re-read its config without interrupting a running job.',
+        'ExecReload=/bin/kill -HUP $MAINPID',
+        'Restart=on-failure',
+        'RestartSec=30',
+        '# On stop only the daemon gets SIGTERM (KillMode=control-group would signal every running backup',
+        '# at once); it lets runs finish up to stop_timeout, then aborts them. systemd waits that long plus',
+        "# the daemon's own grace before it kills what is left.",
+        'KillMode=mixed',
+        "TimeoutStopSec=#{backup_agent_timeout_stop_sec}",
+        'Environment=PYTHONUNBUFFERED=1',
+      ]
+      lines << "Nice=#{service['nice']}" unless service['nice'].nil?
+      lines << "IOSchedulingClass=#{service['io_scheduling_class']}" unless service['io_scheduling_class'].nil?
+      lines += ['', '[Install]', 'WantedBy=multi-user.target']
+      lines.join("\n") + "\n"
     end
 
     def backup_agent_daemon_pid

@@ -104,8 +104,9 @@ module BackupAgentCookbook
       raise SecretsError, "backup_agent: #{where} must hold a JSON object of the data bag item's keys, got text that is not JSON"
     end
 
-    # A Policyfile node's chef_environment is usually `_default`: its policy group (e.g.
-    # production) is what says where it runs.
+    # On a Policyfile node its policy group (e.g. production) says where it runs. Chef Infra
+    # Client 18 copies the group into chef_environment as well; the group comes first anyway,
+    # so a node whose environment says something else still gets its group's item.
     def item_candidates(settings, environment, policy_group = nil)
       return [settings['item']] if settings['item']
       [policy_group, environment, settings['fallback_item']].reject { |name| name.nil? || name.to_s.empty? }.uniq

@@ -203,6 +203,7 @@ module BackupAgentCookbook
         end
         boolean(service, 'service', 'enabled', add)
         boolean(service, 'service', 'reload_unmanaged', add)
+        boolean(service, 'service', 'unit_when_unmanaged', add)
         %w(reload_command restart_command).each do |key|
           value = service[key]
           next if value.nil? || value.is_a?(String) || (value.is_a?(Array) && !value.empty? && value.all?(String))

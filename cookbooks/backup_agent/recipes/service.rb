@@ -17,36 +17,34 @@
 helpers = self
 
 service_settings = node['backup_agent']['service']
-unit_path = service_settings['unit_path']
+unit_name = "#{service_settings['name']}.service"
+unit_resource = "systemd_unit[#{unit_name}]"
 config_template = "template[#{backup_agent_config_path}]"
 install_execute = 'execute[install backup-agent]'
+managed = backup_agent_service_managed?
 
-# Minimal container images may lack it; an existing directory is left as it is.
-directory ::File.dirname(unit_path) do
-  recursive true
-end
-
-template unit_path do
-  source 'backup-agent.service.erb'
-  owner 'root'
-  group 'root'
-  mode '0644'
-  variables(
-    bin: helpers.backup_agent_bin,
-    config_path: helpers.backup_agent_config_path,
-    nice: service_settings['nice'],
-    io_scheduling_class: service_settings['io_scheduling_class'],
-    timeout_stop_sec: helpers.backup_agent_timeout_stop_sec
-  )
-  notifies :run, 'execute[backup-agent systemctl daemon-reload]', :immediately if helpers.backup_agent_service_managed?
-end
-
-if backup_agent_service_managed?
-  execute 'backup-agent systemctl daemon-reload' do
-    command %w(systemctl daemon-reload)
-    action :nothing
+if managed || service_settings['unit_when_unmanaged']
+  # Minimal container images may lack it (systemd_unit writes /etc/systemd/system/NAME.service
+  # without creating the directory); an existing directory is left as it is.
+  directory '/etc/systemd/system' do
+    recursive true
   end
 
+  # The unit is written in every case (unless service.unit_when_unmanaged is false where the
+  # service is not managed): a node where systemd is not PID 1 yet (an image being built, a
+  # container) has it ready. `systemd-analyze verify` checks it before it replaces the old one
+  # (an ExecStart that is not executable fails the run); it needs no running systemd, and where
+  # systemd-analyze is missing Chef skips the check. The daemon-reload after a change needs a
+  # running systemd, so it happens only where systemd manages the service.
+  systemd_unit unit_name do
+    content helpers.backup_agent_unit_content
+    verify true
+    triggers_reload managed
+    action :create
+  end
+end
+
+if managed
   # Asked now, before this run changes anything.
   was_running = BackupAgentCookbook.service_active?(service_settings['name'])
 
@@ -57,7 +55,7 @@ if backup_agent_service_managed?
       delayed_action :start
       if was_running
         subscribes :reload, config_template, :delayed
-        subscribes :restart, "template[#{unit_path}]", :delayed
+        subscribes :restart, unit_resource, :delayed
         subscribes :restart, install_execute, :delayed
       end
     else
@@ -71,8 +69,9 @@ else
            else
              'systemd is not PID 1 here (no /run/systemd/system)'
            end
+  unit_note = service_settings['unit_when_unmanaged'] ? "/etc/systemd/system/#{unit_name} is rendered, " : ''
   Chef::Log.warn("backup_agent: not managing service #{service_settings['name']}: #{reason}; " \
-                 "#{unit_path} is rendered, run `#{backup_agent_bin} daemon` under your own supervisor")
+                 "#{unit_note}run `#{backup_agent_bin} daemon` under your own supervisor")
 
   if service_settings['reload_command']
     execute 'reload backup-agent' do

@@ -13,7 +13,8 @@ module BackupAgentSpec
   SECRET_FILE = File.join(REPO, 'tests', 'fixtures', 'encrypted_data_bag_secret')
   ITEMS = %w(default development production staging).freeze
   CONFIG_PATH = '/etc/backup-agent/config.yaml'.freeze
-  UNIT_PATH = '/etc/systemd/system/backup-agent.service'.freeze
+  UNIT_NAME = 'backup-agent.service'.freeze
+  UNIT_PATH = "/etc/systemd/system/#{UNIT_NAME}".freeze
   CONFIG_TEMPLATE = "template[#{CONFIG_PATH}]".freeze
 
   # Platforms the cookbook supports (metadata.rb), as fauxhai knows them.

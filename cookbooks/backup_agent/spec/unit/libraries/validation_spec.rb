@@ -85,6 +85,8 @@ describe BackupAgentCookbook::Validation do
                                "node['backup_agent']['install']['no_index']: must be true or false, got the string \"yes\""],
     'an unknown service manager' => [->(a) { a['service']['manager'] = 'upstart' },
                                      "node['backup_agent']['service']['manager']: \"upstart\" is not one of auto, systemd, none"],
+    'unit_when_unmanaged as a string' => [->(a) { a['service']['unit_when_unmanaged'] = 'no' },
+                                          "node['backup_agent']['service']['unit_when_unmanaged']: must be true or false, got the string \"no\""],
     'a reload_command that is a map' => [->(a) { a['service']['reload_command'] = { 'cmd' => 'x' } },
                                          /\['reload_command'\]: must be a command \(a string or a list of strings\), got a map/],
     'config that is not a map' => [->(a) { a['config'] = 'INFO' },

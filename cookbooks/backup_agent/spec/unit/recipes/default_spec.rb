@@ -44,7 +44,7 @@ describe 'backup_agent::default' do
       end
 
       it 'renders the unit, and manages no service where systemd is not PID 1' do
-        expect(chef_run).to create_template(BackupAgentSpec::UNIT_PATH)
+        expect(chef_run).to create_systemd_unit(BackupAgentSpec::UNIT_NAME)
         expect(chef_run.find_resources(:service)).to be_empty
         expect(chef_run.ruby_block('reload backup-agent')).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:run).delayed
       end

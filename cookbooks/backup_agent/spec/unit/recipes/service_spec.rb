@@ -14,22 +14,36 @@ describe 'backup_agent::service' do
     end.converge('backup_agent::install', 'backup_agent::config', described_recipe)
   end
   let(:config_template) { chef_run.template(BackupAgentSpec::CONFIG_PATH) }
+  let(:unit) { chef_run.systemd_unit(BackupAgentSpec::UNIT_NAME) }
 
-  it 'renders the unit running the daemon, reloading on SIGHUP' do
-    expect(chef_run).to create_template(BackupAgentSpec::UNIT_PATH).with(owner: 'root', mode: '0644')
-    expect(chef_run).to render_file(BackupAgentSpec::UNIT_PATH).with_content { |content|
-      expect(content).to include('ExecStart=/opt/backup-agent/bin/backup-agent -c /etc/backup-agent/config.yaml daemon')
-      expect(content).to include('ExecReload=/bin/kill -HUP $MAINPID')
-      expect(content).to include('Restart=on-failure')
-      expect(content).to include('Nice=10', 'IOSchedulingClass=idle')
-      expect(content).to include('WantedBy=multi-user.target')
-    }
+  it 'writes the unit running the daemon, reloading on SIGHUP, with systemd_unit' do
+    expect(chef_run).to create_systemd_unit(BackupAgentSpec::UNIT_NAME)
+    expect(chef_run.find_resources(:template).map(&:path)).not_to include(BackupAgentSpec::UNIT_PATH)
+    content = unit.content
+    expect(content).to start_with('# Managed by Chef (cookbook backup_agent)')
+    expect(content).to include("[Service]\nType=simple\nExecStart=/opt/backup-agent/bin/backup-agent -c /etc/backup-agent/config.yaml daemon\n")
+    expect(content).to include("ExecReload=/bin/kill -HUP $MAINPID\nRestart=on-failure\nRestartSec=30\n")
+    expect(content).to include("Nice=10\nIOSchedulingClass=idle\n")
+    expect(content).to end_with("[Install]\nWantedBy=multi-user.target\n")
+    # The text is written as it is (not an ini hash that would drop the comments).
+    expect(unit.to_ini).to eq(content)
+  end
+
+  it 'checks the unit with systemd-analyze before it replaces the old one' do
+    expect(unit.verify).to be true
   end
 
   it "gives the daemon its stop_timeout on stop, signalling only the daemon (the agent's default: 60 s)" do
-    expect(chef_run).to render_file(BackupAgentSpec::UNIT_PATH).with_content { |content|
-      expect(content).to include('KillMode=mixed', 'TimeoutStopSec=90')
-    }
+    expect(unit.content).to include("KillMode=mixed\nTimeoutStopSec=90\n")
+  end
+
+  context 'without nice and io_scheduling_class' do
+    let(:service_attributes) { { 'nice' => nil, 'io_scheduling_class' => nil } }
+
+    it 'leaves them out of the unit' do
+      expect(unit.content).not_to include('Nice=')
+      expect(unit.content).not_to include('IOSchedulingClass=')
+    end
   end
 
   context 'with a stop_timeout longer than systemd waits by default' do
@@ -40,7 +54,7 @@ describe 'backup_agent::service' do
     end
 
     it 'waits that long plus the grace of aborted runs' do
-      expect(chef_run).to render_file(BackupAgentSpec::UNIT_PATH).with_content('TimeoutStopSec=330')
+      expect(chef_run.systemd_unit(BackupAgentSpec::UNIT_NAME).content).to include("TimeoutStopSec=330\n")
     end
   end
 
@@ -50,8 +64,13 @@ describe 'backup_agent::service' do
       expect(Chef::Log).to receive(:warn).with(/not managing service backup-agent: systemd is not PID 1/)
       expect(chef_run.find_resources(:service)).to be_empty
       expect(chef_run.find_resources(:log)).to be_empty
-      expect(chef_run.template(BackupAgentSpec::UNIT_PATH).delayed_notifications).to be_empty
-      expect(chef_run.template(BackupAgentSpec::UNIT_PATH).immediate_notifications).to be_empty
+      expect(unit.delayed_notifications).to be_empty
+      expect(unit.immediate_notifications).to be_empty
+    end
+
+    it 'writes the unit without a daemon-reload (systemctl cannot reach a systemd that is not running)' do
+      expect(unit.triggers_reload).to be false
+      expect(chef_run.find_resources(:execute).map(&:name)).not_to include('backup-agent systemctl daemon-reload')
     end
 
     it 'still applies a changed config: SIGHUP to the running daemon, once, at the end of the run' do
@@ -87,6 +106,15 @@ describe 'backup_agent::service' do
       end
     end
 
+    context 'with unit_when_unmanaged off' do
+      let(:service_attributes) { { 'unit_when_unmanaged' => false } }
+
+      it 'writes nothing under /etc/systemd' do
+        expect(chef_run.find_resources(:systemd_unit)).to be_empty
+        expect(chef_run.find_resources(:directory).map(&:path)).not_to include('/etc/systemd/system')
+      end
+    end
+
     context 'with reload_unmanaged off' do
       let(:service_attributes) { { 'reload_unmanaged' => false } }
 
@@ -107,16 +135,15 @@ describe 'backup_agent::service' do
       expect(delayed.index([BackupAgentSpec::CONFIG_TEMPLATE, :create])).to be < delayed.index(['service[backup-agent]', :start])
     end
 
-    it 'reloads the unit files right after the unit changes' do
-      expect(chef_run.template(BackupAgentSpec::UNIT_PATH))
-        .to notify('execute[backup-agent systemctl daemon-reload]').to(:run).immediately
-      expect(chef_run.execute('backup-agent systemctl daemon-reload')).to do_nothing
+    it 'reloads the unit files right when the unit changes (systemd_unit does it, no execute of our own)' do
+      expect(unit.triggers_reload).to be true
+      expect(chef_run.find_resources(:execute).map(&:name)).not_to include('backup-agent systemctl daemon-reload')
     end
 
     it 'reloads on a config change and restarts on a unit or agent change, all delayed' do
       service = chef_run.service('backup-agent')
       expect(service).to subscribe_to(BackupAgentSpec::CONFIG_TEMPLATE).on(:reload).delayed
-      expect(service).to subscribe_to("template[#{BackupAgentSpec::UNIT_PATH}]").on(:restart).delayed
+      expect(service).to subscribe_to("systemd_unit[#{BackupAgentSpec::UNIT_NAME}]").on(:restart).delayed
       expect(service).to subscribe_to('execute[install backup-agent]').on(:restart).delayed
       expect(config_template).not_to notify('service[backup-agent]').to(:restart)
       expect(config_template).not_to notify('service[backup-agent]').immediately
@@ -143,6 +170,14 @@ describe 'backup_agent::service' do
         expect(chef_run).to stop_service('backup-agent')
         expect(chef_run).to disable_service('backup-agent')
         expect(config_template.delayed_notifications).to be_empty
+      end
+    end
+
+    context 'with unit_when_unmanaged off' do
+      let(:service_attributes) { { 'unit_when_unmanaged' => false } }
+
+      it 'still writes the unit the service needs' do
+        expect(chef_run).to create_systemd_unit(BackupAgentSpec::UNIT_NAME)
       end
     end
 
