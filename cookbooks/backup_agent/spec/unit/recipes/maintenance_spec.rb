@@ -57,11 +57,10 @@ describe 'backup_agent::maintenance' do
   end
 
   it 'renders a timer that runs bucket setup and prune --all-nodes' do
-    service = chef_run.template('/etc/systemd/system/backup-agent-maintenance.service')
-    content = ChefSpec::Renderer.new(chef_run, service).content
+    content = chef_run.systemd_unit('backup-agent-maintenance.service').content
     expect(content).to include('ExecStart=/opt/backup-agent/bin/backup-agent -c /etc/backup-agent/maintenance.yaml prune --all-nodes')
     expect(content).to include('ExecStartPre=/opt/backup-agent/bin/backup-agent -c /etc/backup-agent/maintenance.yaml bucket setup')
-    timer = ChefSpec::Renderer.new(chef_run, chef_run.template('/etc/systemd/system/backup-agent-maintenance.timer')).content
+    timer = chef_run.systemd_unit('backup-agent-maintenance.timer').content
     expect(timer).to include('OnCalendar=daily').and include('Persistent=true')
   end
 
