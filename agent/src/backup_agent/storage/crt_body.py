@@ -118,7 +118,7 @@ class WindowedBody:
             return  # nothing asked for
         first = self._open(start)
         with self._cond:
-            while not first.status and not first.done:
+            while not 200 <= first.status < 300 and not first.done:
                 self._cond.wait()
         if first.done and first.error is not None:
             if first.status != 416:

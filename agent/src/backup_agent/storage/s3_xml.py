@@ -11,7 +11,7 @@ import email.utils
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 from xml.sax.saxutils import escape
 
 from backup_agent.storage.store import ObjectInfo
@@ -98,7 +98,7 @@ def parse_list(body: bytes) -> ListPage:
             continue
         key = _text(node, "Key")
         page.objects.append(ObjectInfo(
-            key=unquote(key) if url_encoded else key,
+            key=unquote_plus(key) if url_encoded else key,  # AWS writes a space as '+', botocore reads it so
             size=int(_text(node, "Size", "0") or 0),
             last_modified=parse_time(_text(node, "LastModified")),
             etag=_text(node, "ETag").strip('"'),
