@@ -45,7 +45,7 @@ from awscrt.s3 import (
 from backup_agent.config import Storage
 from backup_agent.storage import crt_credentials, s3_xml
 from backup_agent.storage.bodies import FileRange
-from backup_agent.storage.crt_body import UploadStream, WindowedBody, b64_sha256
+from backup_agent.storage.crt_body import WINDOW, UploadStream, WindowedBody, b64_sha256
 from backup_agent.storage.store import (
     Archived,
     Denied,
@@ -103,6 +103,7 @@ class CrtStore:
     """See the module docstring. Build with `CrtStore.from_storage`; thread-safe."""
 
     list_page_size = 1000  # S3's own maximum; tests lower it to see pagination
+    get_window = WINDOW  # bytes per ranged GET of a download (crt_body); tests lower it
 
     def __init__(self, *, bucket: str, region: str, endpoint_url: str | None,
                  credentials: AwsCredentialsProvider, settings: crt_credentials.Settings | None = None,
@@ -206,7 +207,25 @@ class CrtStore:
             return ""
         if exc.status_code == 400 and err.code not in REDIRECT:
             return ""
-        return hdrs.get("x-amz-bucket-region") or err.region
+        region = hdrs.get("x-amz-bucket-region") or err.region
+        if not region and exc.status_code == 301:
+            region = self._probe_region()
+        return region
+
+    def _probe_region(self) -> str:
+        """A HEAD's 301 has no body to name the region in, and not every server sends the
+        header: ask the bucket for an empty listing, whose error body does."""
+        try:
+            req = self.client.make_request(
+                type=S3RequestType.DEFAULT, operation_name="ListObjectsV2",
+                request=self._http("GET", None, {"list-type": "2", "max-keys": "0"}, ()))
+            req.finished_future.result()
+        except S3ResponseError as exc:
+            hdrs = {k.lower(): v for k, v in (exc.headers or [])}
+            return hdrs.get("x-amz-bucket-region") or s3_xml.parse_error(exc.body).region
+        except AwsCrtError:
+            pass
+        return ""
 
     def _default(self, op: str, method: str, key: str | None, *, query: dict[str, str] | None = None,
                  headers: Iterable[tuple[str, str]] = (), body: bytes | None = None,
@@ -350,7 +369,8 @@ class CrtStore:
             end = start
         for redirected in (False, True):
             try:
-                return WindowedBody(fetch, start, end, on_error=on_error, transient=self._transient)
+                return WindowedBody(fetch, start, end, on_error=on_error, transient=self._transient,
+                                    window=self.get_window)
             except StoreError:
                 region = self._redirect_region(raw[-1]) if raw and isinstance(raw[-1], S3ResponseError) else ""
                 if redirected or not region or region == self.region:
