@@ -2,17 +2,21 @@
 
 - SigMoto: moto server with signature checking on: an IAM user with an access key, a role it may
   assume, and `reset-auth`, so wrong keys get SignatureDoesNotMatch/InvalidAccessKeyId.
-- CredentialImds: fake_aws.ImdsServer that also serves an instance profile's role credentials
-  (from sts:AssumeRole, which moto accepts once auth is on), as EC2's IMDSv2 does.
+- CredentialImds: an IMDSv2 that serves an instance profile's role credentials (from
+  sts:AssumeRole, which moto accepts once auth is on), as EC2's does.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import boto3
@@ -87,36 +91,75 @@ def sig_moto() -> Iterator[SigMoto]:
 
 @dataclass
 class CredentialImds:
-    """IMDSv2 on loopback serving the role credentials `creds()` returns (called per request, so
-    a test can rotate them); counts how often credentials were fetched."""
+    """IMDSv2 on loopback serving an instance profile's role credentials (`creds()` is called
+    per request, so a test can rotate them); `fetches` counts credential documents served.
+
+    HTTP/1.1 with keep-alive, as EC2's service is: a server that closes every connection makes
+    awscrt's IMDS client retry each request on a new connection, with a backoff pause that is
+    an artefact of the fake, not of the agent (it cost ~0.4 s per process)."""
 
     role: str
     creds: Any  # () -> Keys
     fetches: list[float] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
 
     @contextmanager
     def serve(self) -> Iterator[str]:
-        from fake_aws import ImdsServer
+        imds = self
 
-        outer = self
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
-        class WithRole(ImdsServer):
-            def meta(self) -> dict[str, str]:
-                base = super().meta()
-                keys = outer.creds()
-                outer.fetches.append(datetime.now(UTC).timestamp())
-                now = datetime.now(UTC)
-                base["iam/security-credentials/"] = outer.role
-                base["iam/security-credentials"] = outer.role
-                base[f"iam/security-credentials/{outer.role}"] = json.dumps({
-                    "Code": "Success", "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "Type": "AWS-HMAC",
-                    "AccessKeyId": keys.access_key, "SecretAccessKey": keys.secret_key, "Token": keys.token,
-                    "Expiration": keys.expiration or (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                })
-                return base
+            def log_message(self, *args: Any) -> None:
+                pass
 
-        with WithRole("i-0123456789abcdef0", REGION, REGION + "a").serve() as url:
-            yield url
+            def _reply(self, status: int, text: str = "") -> None:
+                body = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self) -> None:
+                if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+                    self._reply(400)
+                    return
+                token = secrets.token_hex(16)
+                imds.tokens.add(token)
+                self._reply(200, token)
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-aws-ec2-metadata-token") not in imds.tokens:
+                    self._reply(401)
+                    return
+                path = self.path.removeprefix("/latest/meta-data/")
+                if path.rstrip("/") == "iam/security-credentials":
+                    self._reply(200, imds.role)
+                elif path == f"iam/security-credentials/{imds.role}":
+                    imds.fetches.append(time.time())
+                    self._reply(200, imds.document())
+                else:
+                    self._reply(404)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def document(self) -> str:
+        keys = self.creds()
+        now = datetime.now(UTC)
+        return json.dumps({
+            "Code": "Success", "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "Type": "AWS-HMAC",
+            "AccessKeyId": keys.access_key, "SecretAccessKey": keys.secret_key, "Token": keys.token,
+            "Expiration": keys.expiration or (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        })
 
 
 __all__ = ["CredentialImds", "Keys", "SigMoto", "free_port", "sig_moto"]
