@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,20 @@ def test_a_download_that_breaks_off_is_resumed_where_it_broke(seaweed: SeaweedFS
                 rest += chunk
         assert proxy.faulted() == 2
     assert first + rest == data
+
+
+# --- settings on every write -------------------------------------------------------------------------
+
+def test_object_lock_retention_is_put_on_every_write(moto_sig: SigMoto) -> None:
+    """Single PUTs (moto 5.2 drops retention given to CreateMultipartUpload, where awscrt does
+    send it: not checkable here)."""
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    moto_sig.s3().create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    store = CrtStore.from_storage(_storage(bucket, moto_sig.url, access_key_id=moto_sig.user.access_key,
+                                           secret_access_key=moto_sig.user.secret_key),
+                                  object_lock=("GOVERNANCE", 3))
+    store.put("locked", b"data", sha256=_sha(b"data"))
+    info = store.stat("locked")
+    assert info.lock_mode == "GOVERNANCE"
+    assert info.lock_until is not None
+    assert 2.9 < (info.lock_until - datetime.now(UTC)).total_seconds() / 86400 < 3.1

@@ -396,7 +396,9 @@ class CrtStore:
             # by the stream before its last byte leaves (crt_body.UploadStream).
             checksum = S3ChecksumConfig(algorithm=S3ChecksumAlgorithm.SHA256, location=S3ChecksumLocation.HEADER)
         else:
-            headers.append(("x-amz-checksum-sha256", b64_sha256(sha256)))
+            # The algorithm header too, as botocore sends it: S3 wants it (or Content-MD5) on
+            # writes under Object Lock retention.
+            headers += [("x-amz-checksum-sha256", b64_sha256(sha256)), ("x-amz-sdk-checksum-algorithm", "SHA256")]
 
         def run() -> None:
             if not isinstance(data, bytes | bytearray | memoryview):
