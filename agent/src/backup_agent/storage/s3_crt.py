@@ -158,7 +158,9 @@ class CrtStore:
             # The agent shares its node with the service it backs up: a few connections per
             # worker are plenty, and the runtime's default (sized for 10 Gbit/s) is not.
             max_active_connections_override=max(8, self.concurrency * 2),
-            memory_limit=max(1 << 30, self.part_size * (self.concurrency + 2)),
+            # The runtime's part buffers (its minimum is 256 MiB; its default, for 10 Gbit/s, is
+            # 2 GiB and more): a few parts in flight, not a share of the node's memory.
+            memory_limit=max(256 << 20, self.part_size * 4),
             retry_config=S3RetryConfig(max_retries=MAX_ATTEMPTS - 1),
             connect_timeout_ms=10_000,
         )
