@@ -21,12 +21,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import re
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from backup_agent.storage.bodies import FileRange, FileShrank
 from backup_agent.storage.store import Readable, StoreError
 
 WINDOW = 8 << 20
@@ -51,18 +53,38 @@ class UploadStream:
 
     def readinto(self, m: memoryview) -> int:
         try:
-            data = self.src.read(min(len(m), self.length - self.pos))
+            n = self._fill(m[: min(len(m), self.length - self.pos)])
             if self.hasher is not None:
-                self.hasher.update(data)
-                if self.pos + len(data) >= self.length and self.hasher.hexdigest() != self.want:
+                self.hasher.update(m[:n])
+                if self.pos + n >= self.length and self.hasher.hexdigest() != self.want:
                     raise ContentChanged(f"put {self.label}: the data changed while it was uploaded "
                                          "(SHA-256 differs from the one computed before)", code="BadDigest",
                                          key=self.label)
         except BaseException as exc:
             self.error = exc
             raise
+        self.pos += n
+        return n
+
+    def _fill(self, m: memoryview) -> int:
+        """Bytes straight into awscrt's buffer: a file range with preadv (no Python copies: with
+        one 200 MiB part, pread-then-copy took 3.5 s of a 7.7 s upload, faulting in fresh memory
+        twice), a BytesIO with readinto, anything else through read()."""
+        if not len(m):
+            return 0
+        src = self.src
+        if isinstance(src, FileRange):
+            got = 0
+            while got < len(m):
+                n = os.preadv(src.fd, [m[got:]], src.start + self.pos + got)
+                if n == 0:
+                    raise FileShrank(f"{src.path}: ended at {src.start + self.pos + got} bytes while being uploaded")
+                got += n
+            return got
+        if isinstance(src, io.BytesIO):
+            return src.readinto(m)
+        data = src.read(len(m))
         m[: len(data)] = data
-        self.pos += len(data)
         return len(data)
 
     def read(self, n: int = -1) -> bytes:
@@ -71,6 +93,8 @@ class UploadStream:
         return bytes(buf[: self.readinto(memoryview(buf))])
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        if isinstance(self.src, FileRange):
+            self.src.pos = self.pos  # _fill reads at self.pos and leaves the range's own untouched
         self.pos = self.src.seek(offset, whence)
         if self.hasher is not None:
             # Hashing restarts with a rewind (a retried single request); any other jump makes a
