@@ -25,7 +25,7 @@ from store_servers import REGION, CredentialImds, SigMoto, sig_moto
 from support.seaweedfs import SeaweedFS
 
 from backup_agent.config import Storage
-from backup_agent.storage.bodies import FileShrank
+from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.s3_crt import CrtStore
 from backup_agent.storage.store import Archived, NotFound, Store, StoreError
 
@@ -165,6 +165,13 @@ def test_large_put_goes_in_parts_and_reads_back_in_small_pieces(made: Made) -> N
         got += chunk
     assert got == data
     assert made.store.get("big", PART - 5, PART + 5).read() == data[PART - 5 : PART + 5]
+
+
+def test_put_of_a_pack_of_pieces(made: Made) -> None:
+    parts = [os.urandom(n) for n in (1, 5000, 0, 70000)]
+    whole = b"".join(parts)
+    made.store.put("pack", Pieces(parts), sha256=_sha(whole))
+    assert made.store.get("pack").read() == whole
 
 
 def test_put_file_reads_the_descriptor(made: Made, tmp_path: Path) -> None:

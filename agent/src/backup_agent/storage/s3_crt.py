@@ -279,7 +279,10 @@ class CrtStore:
     def _error(self, op: str, key: str, exc: BaseException) -> StoreError:
         where = f"{self.label}/{key}" if key else self.label
         if isinstance(exc, StoreError):
-            return exc
+            if exc.key:
+                return exc
+            # A body that kept breaking off (crt_body): name the operation and key.
+            return Incomplete(f"{op} {where}: {exc} (after retries)", code=exc.code, key=key)
         if isinstance(exc, S3ResponseError):
             err = s3_xml.parse_error(exc.body)
             status = exc.status_code or 0
