@@ -382,3 +382,4 @@ def test_object_lock_retention_is_put_on_every_write(moto_sig: SigMoto) -> None:
     assert info.lock_mode == "GOVERNANCE"
     assert info.lock_until is not None
     assert 2.9 < (info.lock_until - datetime.now(UTC)).total_seconds() / 86400 < 3.1
+

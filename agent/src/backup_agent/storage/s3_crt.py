@@ -303,7 +303,9 @@ class CrtStore:
             return StoreError(text, code=code, key=key)
         if isinstance(exc, AwsCrtError):
             if exc.name.startswith("AWS_AUTH_"):
-                return Denied(f"{op} {where}: no usable credentials ({exc.message})", code=exc.name, key=key)
+                return Denied(f"{op} {where}: no usable credentials from the config, the environment, the AWS "
+                              f"profile, web identity, the container or the instance profile ({exc.message})",
+                              code=exc.name, key=key)
             if exc.name in ("AWS_ERROR_S3_MISSING_ETAG", "AWS_ERROR_S3_MISSING_UPLOAD_ID",
                             "AWS_ERROR_S3_INVALID_RESPONSE_STATUS", "AWS_ERROR_S3_INCORRECT_CONTENT_LENGTH"):
                 return Incomplete(f"{op} {where}: {exc.message}", code=exc.name, key=key)
