@@ -13,7 +13,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -383,3 +384,22 @@ def test_object_lock_retention_is_put_on_every_write(moto_sig: SigMoto) -> None:
     assert info.lock_until is not None
     assert 2.9 < (info.lock_until - datetime.now(UTC)).total_seconds() / 86400 < 3.1
 
+
+
+def test_instance_profile_credentials_are_fetched_again_when_they_expire(
+        moto_sig: SigMoto, moto_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    role = moto_sig.assume_role()
+
+    def short_lived() -> Any:  # what the instance profile says: valid for 5 more seconds
+        expires = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return replace(role, expiration=expires)
+
+    imds = CredentialImds(moto_sig.role_name, short_lived)
+    with imds.serve() as url:
+        no_creds_but_imds(monkeypatch, url, tmp_path)
+        store = CrtStore.from_storage(_storage(moto_bucket, moto_sig.url))
+        store.put("k", b"v", sha256=_sha(b"v"))
+        first = len(imds.fetches)
+        time.sleep(6)
+        assert store.stat("k").size == 1
+    assert len(imds.fetches) > first
