@@ -75,6 +75,7 @@ class SeaweedFS:
         secret_key: str = DEFAULT_SECRET_KEY,
         workdir: str | None = None,
         volume_size_limit_mb: int = 256,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
         self.access_key = access_key
@@ -84,6 +85,7 @@ class SeaweedFS:
         self.proc: subprocess.Popen[bytes] | None = None
         # Small volumes keep test disks small; a benchmark wants few volume-growth pauses.
         self.volume_size_limit_mb = volume_size_limit_mb
+        self.extra_args = extra_args  # e.g. ("-s3.idleTimeout=2",) to test a client's connection pool
 
     @property
     def endpoint_url(self) -> str:
@@ -132,6 +134,7 @@ class SeaweedFS:
             "-s3.port.lance=0",
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             "-volume.max=3000",  # each bucket is a collection that grows ~7 volumes at once
+            *self.extra_args,
         ]
         # weed dies with the process that started it: a test run, benchmark or demo killed
         # without its cleanup (SIGKILL, a CI timeout) used to leave weed running, holding its
