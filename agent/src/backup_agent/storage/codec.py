@@ -1,0 +1,351 @@
+"""How one stored piece is encoded: optional zstd, optional AES-256-GCM, a small header to say which.
+
+Not wired into the jobs yet (issue #20; docs/PERFORMANCE.md, "Issue #20", has the plan and the
+figures). A piece is whatever the agent stores as one unit: a small file's bytes in a pack, a
+chunk of a big file, a manifest, a command job's dump.
+
+    header   magic b"BAP" | version (1) | flags (1) | key id (4, if encrypted) | salt (16, if encrypted)
+    body     the plaintext, zstd-compressed if flagged (one frame), then, if encrypted, sealed in
+             segments of SEGMENT bytes (each is AES-256-GCM ciphertext + 16-byte tag)
+
+Choices, and why:
+- Compression is decided per piece by compressing its first SAMPLE bytes at level 1: if that
+  saves less than MIN_GAIN the piece is stored raw, so incompressible data (media, .gz, random)
+  costs one 64 KiB trial and no decompression on restore. The trial is ~0.1 ms (PERFORMANCE.md).
+- Keys come from the data bag's `encryption_key` through HKDF-SHA256, one subkey per purpose
+  (data, manifests, content ids), so a manifest can never be decrypted as data or vice versa.
+- Each encrypted piece draws a random 128-bit salt and seals with its own key HKDF(purpose key,
+  salt); segment nonces are a counter (and a "last" flag) under that key, so a nonce never repeats
+  within a key by construction. Two pieces share a key only if their salts collide: after 2**40
+  pieces (a trillion) that chance is below 2**-48. (A random 96-bit nonce under one key, the
+  usual GCM use, is safe only to about 2**32 pieces for the same bound: NIST SP 800-38D, 8.3.)
+- Every segment's associated data is the header and the caller's content id: a piece copied over
+  another (same key, other content id), a flag flipped or segments reordered, dropped or cut
+  short all fail authentication. The "last" flag in the final nonce makes truncation at a segment
+  boundary detectable too.
+- The key id (4 bytes from HKDF) says which key sealed a piece, so a wrong key is told apart
+  from a damaged piece: WrongKeyError (the agent's exit 2) versus DamagedPieceError (a damaged
+  object, like a sha256 mismatch today).
+
+Key rotation: a Keyring holds the current secret (writes) and older ones (reads only); a reader
+picks the key named in the header. After rotation, new content ids (keyed by the new secret) differ
+from the old ones, so the first backup after it stores everything once more; old snapshots stay
+readable as long as their secret is kept, and age out with retention. Losing every copy of a
+secret makes what it sealed unreadable: there is no recovery path, by design.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"BAP"
+VERSION = 1
+FLAG_COMPRESSED = 0x01
+FLAG_ENCRYPTED = 0x02
+_KNOWN_FLAGS = FLAG_COMPRESSED | FLAG_ENCRYPTED
+KEY_ID_LEN = 4
+SALT_LEN = 16
+TAG_LEN = 16
+# Plaintext bytes per sealed segment: bounds memory on both sides (a few segments at a time) and
+# keeps the tag overhead at 16 bytes per MiB.
+SEGMENT = 1 << 20
+# The compression trial: the first SAMPLE bytes at level 1; below MIN_GAIN saved, store raw.
+SAMPLE = 64 << 10
+MIN_GAIN = 0.05
+DEFAULT_LEVEL = 3
+MIN_SECRET_LEN = 32
+# zstd frames are written with at most this window, and readers refuse larger ones: a reader's
+# memory stays bounded whatever a (damaged or hostile) piece says.
+WINDOW_LOG_MAX = 23
+_OUT = 1 << 20  # decompressed bytes handed out at a time
+
+PURPOSE_DATA = b"data"
+PURPOSE_MANIFEST = b"manifest"
+
+
+class CodecError(Exception):
+    """A piece cannot be decoded."""
+
+
+class WrongKeyError(CodecError):
+    """The piece is sealed with a key this node does not have (or none is configured): exit 2."""
+
+
+class DamagedPieceError(CodecError):
+    """The piece is truncated, altered, or not the one the caller asked for (a damaged object)."""
+
+
+def _hkdf(secret: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"backup-agent/" + info).derive(secret)
+
+
+@dataclass(frozen=True)
+class Key:
+    """The subkeys of one secret. repr() never shows them."""
+
+    key_id: bytes
+    data: bytes
+    manifest: bytes
+    content_id: bytes
+    gear_seed: bytes
+
+    @classmethod
+    def from_secret(cls, secret: str) -> Key:
+        if len(secret) < MIN_SECRET_LEN:
+            raise ValueError(f"encryption_key must be at least {MIN_SECRET_LEN} characters")
+        raw = secret.encode()
+        return cls(key_id=_hkdf(raw, b"key-id")[:KEY_ID_LEN], data=_hkdf(raw, PURPOSE_DATA),
+                   manifest=_hkdf(raw, PURPOSE_MANIFEST), content_id=_hkdf(raw, b"content-id"),
+                   gear_seed=_hkdf(raw, b"gear"))
+
+    def __repr__(self) -> str:
+        return f"Key(id={self.key_id.hex()})"
+
+    def purpose_key(self, purpose: bytes) -> bytes:
+        if purpose == PURPOSE_DATA:
+            return self.data
+        if purpose == PURPOSE_MANIFEST:
+            return self.manifest
+        raise ValueError(f"unknown purpose {purpose!r}")
+
+
+class Keyring:
+    """The current key (seals new pieces, keys content ids) and older ones (open old pieces)."""
+
+    def __init__(self, current: str, previous: Sequence[str] = ()) -> None:
+        self.current = Key.from_secret(current)
+        self._by_id = {self.current.key_id: self.current}
+        for old in previous:
+            k = Key.from_secret(old)
+            self._by_id.setdefault(k.key_id, k)
+
+    def get(self, key_id: bytes) -> Key:
+        try:
+            return self._by_id[key_id]
+        except KeyError:
+            raise WrongKeyError(f"sealed with key {key_id.hex()}, which is not configured "
+                                "(wrong or rotated-away encryption_key)") from None
+
+    def content_id(self, sha256_digest: bytes) -> str:
+        """The name a piece's content gets in the bucket: HMAC of its SHA-256 under a subkey, so the
+        bucket never holds a plaintext hash (which would tell anyone holding a file whether a node
+        has it). One pass over the data gives both the plain hash, for verifying, and this id."""
+        return hmac.new(self.current.content_id, sha256_digest, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class EncodeStats:
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    compressed: bool = False
+
+
+def worth_compressing(sample: bytes) -> bool:
+    """The per-piece decision: does level-1 zstd save at least MIN_GAIN on this sample?"""
+    if len(sample) < 64:  # a frame header costs more than it could save
+        return False
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) <= len(sample) * (1 - MIN_GAIN)
+
+
+def _nonce(index: int, last: bool) -> bytes:
+    return index.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+class _Buffer:
+    """Bytes arriving in pieces of any size, taken out in exact sizes."""
+
+    def __init__(self, source: Iterable[bytes]) -> None:
+        self._it = iter(source)
+        self._buf = bytearray()
+        self._done = False
+
+    def take(self, n: int) -> bytes:
+        """Up to n bytes; fewer only at the end of the source."""
+        while len(self._buf) < n and not self._done:
+            try:
+                self._buf += next(self._it)
+            except StopIteration:
+                self._done = True
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+
+class Codec:
+    """Encodes and decodes pieces for one purpose (data or manifests), with or without a keyring."""
+
+    def __init__(self, keyring: Keyring | None, purpose: bytes = PURPOSE_DATA, level: int = DEFAULT_LEVEL,
+                 compress: bool = True) -> None:
+        self.keyring = keyring
+        self.purpose = purpose
+        self.level = level
+        self.compress = compress
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def encode(self, data: bytes, content_id: bytes, stats: EncodeStats | None = None) -> bytes:
+        return b"".join(self.encode_iter([data], content_id, stats))
+
+    def encode_iter(self, chunks: Iterable[bytes], content_id: bytes,
+                    stats: EncodeStats | None = None) -> Iterator[bytes]:
+        """The encoded piece, a segment at a time: memory stays at a few SEGMENTs whatever the size."""
+        st = stats if stats is not None else EncodeStats()
+        src = _Buffer(chunks)
+        first = src.take(SAMPLE)
+        flags = 0
+        if self.compress and worth_compressing(first):
+            flags |= FLAG_COMPRESSED
+        header = MAGIC + bytes([VERSION])
+        aead: AESGCM | None = None
+        if self.keyring is not None:
+            flags |= FLAG_ENCRYPTED
+            key = self.keyring.current
+            salt = os.urandom(SALT_LEN)
+            aead = AESGCM(_hkdf(key.purpose_key(self.purpose), b"piece", salt))
+            header += bytes([flags]) + key.key_id + salt
+        else:
+            header += bytes([flags])
+        st.compressed = bool(flags & FLAG_COMPRESSED)
+        st.stored_bytes += len(header)
+        yield header
+        body = self._plain_body(first, src, flags, st)
+        if aead is None:
+            for part in body:
+                st.stored_bytes += len(part)
+                yield part
+            return
+        aad = header + content_id
+        segments = _Buffer(body)
+        index = 0
+        current = segments.take(SEGMENT)
+        while True:
+            following = segments.take(SEGMENT)
+            last = not following
+            sealed = aead.encrypt(_nonce(index, last), current, aad)
+            st.stored_bytes += len(sealed)
+            yield sealed
+            if last:
+                return
+            current, index = following, index + 1
+
+    def _plain_body(self, first: bytes, src: _Buffer, flags: int, st: EncodeStats) -> Iterator[bytes]:
+        cobj = (zstandard.ZstdCompressor(level=self.level,
+                                         write_content_size=False).compressobj()
+                if flags & FLAG_COMPRESSED else None)
+        data = first
+        while data:
+            st.raw_bytes += len(data)
+            if cobj is None:
+                yield data
+            else:
+                out = cobj.compress(data)
+                if out:
+                    yield out
+            data = src.take(SEGMENT)
+        if cobj is not None:
+            yield cobj.flush()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def decode(self, blob: bytes, content_id: bytes, size: int | None = None) -> bytes:
+        return b"".join(self.decode_iter([blob], content_id, size))
+
+    def decode_iter(self, chunks: Iterable[bytes], content_id: bytes, size: int | None = None) -> Iterator[bytes]:
+        """The plaintext, at most a MiB at a time. Raises WrongKeyError or DamagedPieceError; bytes
+        already handed out before a DamagedPieceError must be discarded by the caller (a restore
+        writes to a temporary file and renames only after the whole piece decoded).
+
+        `size` is the plaintext size the manifest records: an unencrypted piece cut short is only
+        caught by it (a sealed one always is, by its tags)."""
+        got = 0
+        for part in self._decode(chunks, content_id):
+            got += len(part)
+            if size is not None and got > size:
+                raise DamagedPieceError(f"piece holds more than the {size} bytes recorded")
+            yield part
+        if size is not None and got != size:
+            raise DamagedPieceError(f"piece holds {got} bytes, {size} recorded (truncated)")
+
+    def _decode(self, chunks: Iterable[bytes], content_id: bytes) -> Iterator[bytes]:
+        src = _Buffer(chunks)
+        head = src.take(len(MAGIC) + 2)
+        if len(head) < len(MAGIC) + 2 or head[:3] != MAGIC:
+            raise DamagedPieceError("not an encoded piece (bad or missing header)")
+        version, flags = head[3], head[4]
+        if version != VERSION or flags & ~_KNOWN_FLAGS:
+            raise DamagedPieceError(f"piece format version {version} flags {flags:#x} not readable by this agent")
+        body: Iterator[bytes]
+        if flags & FLAG_ENCRYPTED:
+            if self.keyring is None:
+                raise WrongKeyError("piece is encrypted and no encryption_key is configured")
+            rest = src.take(KEY_ID_LEN + SALT_LEN)
+            if len(rest) < KEY_ID_LEN + SALT_LEN:
+                raise DamagedPieceError("piece truncated in its header")
+            key = self.keyring.get(rest[:KEY_ID_LEN])
+            aead = AESGCM(_hkdf(key.purpose_key(self.purpose), b"piece", rest[KEY_ID_LEN:]))
+            body = self._open(src, aead, head + rest + content_id)
+        else:
+            if self.keyring is not None:
+                # An attacker with bucket access could otherwise replace an encrypted piece by a
+                # plaintext one of their choosing.
+                raise DamagedPieceError("piece is not encrypted but encryption is configured")
+            body = _drain(src)
+        if flags & FLAG_COMPRESSED:
+            yield from _decompress(body)
+        else:
+            yield from body
+
+    @staticmethod
+    def _open(src: _Buffer, aead: AESGCM, aad: bytes) -> Iterator[bytes]:
+        index = 0
+        current = src.take(SEGMENT + TAG_LEN)
+        while True:
+            following = src.take(SEGMENT + TAG_LEN)
+            last = not following
+            if len(current) < TAG_LEN:
+                raise DamagedPieceError("piece truncated")
+            try:
+                yield aead.decrypt(_nonce(index, last), current, aad)
+            except InvalidTag:
+                raise DamagedPieceError(f"piece fails authentication at segment {index} (truncated, altered, "
+                                        "or not the content asked for)") from None
+            if last:
+                return
+            current, index = following, index + 1
+
+
+def _drain(src: _Buffer) -> Iterator[bytes]:
+    while part := src.take(SEGMENT):
+        yield part
+
+
+class _Reader:
+    """A file-like view of an iterator of bytes, for zstandard's stream_reader."""
+
+    def __init__(self, parts: Iterator[bytes]) -> None:
+        self._buf = _Buffer(parts)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._buf.take(n if n >= 0 else 1 << 62)
+
+
+def _decompress(body: Iterator[bytes]) -> Iterator[bytes]:
+    # stream_reader hands out at most _OUT bytes per read, whatever the ratio (zeros expand
+    # 30,000x: decompressobj would return all of it from one call).
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG_MAX)
+    reader = dctx.stream_reader(_Reader(body), read_size=1 << 16, read_across_frames=False)
+    try:
+        while out := reader.read(_OUT):
+            yield out
+    except zstandard.ZstdError as e:
+        raise DamagedPieceError(f"compressed piece is damaged: {e}") from None
