@@ -41,6 +41,7 @@ import hmac
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO, cast
 
 import zstandard
 from cryptography.exceptions import InvalidTag
@@ -341,9 +342,9 @@ class _Reader:
 
 def _decompress(body: Iterator[bytes]) -> Iterator[bytes]:
     # stream_reader hands out at most _OUT bytes per read, whatever the ratio (zeros expand
-    # 30,000x: decompressobj would return all of it from one call).
+    # 30,000x: decompressobj would return all of it from one call). It only calls read().
     dctx = zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG_MAX)
-    reader = dctx.stream_reader(_Reader(body), read_size=1 << 16, read_across_frames=False)
+    reader = dctx.stream_reader(cast("IO[bytes]", _Reader(body)), read_size=1 << 16, read_across_frames=False)
     try:
         while out := reader.read(_OUT):
             yield out
