@@ -163,23 +163,33 @@ def _nonce(index: int, last: bool) -> bytes:
 
 
 class _Buffer:
-    """Bytes arriving in pieces of any size, taken out in exact sizes."""
+    """Bytes arriving in parts of any size, taken out in exact sizes. Parts are sliced, never
+    joined into one growing buffer (deleting from the front of a bytearray moves the rest)."""
 
     def __init__(self, source: Iterable[bytes]) -> None:
         self._it = iter(source)
-        self._buf = bytearray()
-        self._done = False
+        self._part = b""
+        self._off = 0
 
     def take(self, n: int) -> bytes:
         """Up to n bytes; fewer only at the end of the source."""
-        while len(self._buf) < n and not self._done:
-            try:
-                self._buf += next(self._it)
-            except StopIteration:
-                self._done = True
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        out: list[bytes] = []
+        want = n
+        while want > 0:
+            if self._off >= len(self._part):
+                nxt = next(self._it, None)
+                if nxt is None:
+                    break
+                self._part, self._off = nxt, 0
+                continue
+            if self._off == 0 and len(self._part) <= want:
+                piece = self._part  # a whole part: no copy
+            else:
+                piece = self._part[self._off:self._off + want]
+            self._off += len(piece)
+            want -= len(piece)
+            out.append(piece)
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 class Codec:
