@@ -35,7 +35,12 @@ def keyed() -> Codec:
 @pytest.mark.parametrize("data", [b"", b"x", TEXT, os.urandom(SEGMENT), os.urandom(2 * SEGMENT + 5)],
                          ids=["empty", "one", "text", "one-segment", "segments"])
 def test_round_trip(codec: Codec, data: bytes) -> None:
-    assert codec.decode(codec.encode(data, b"cid"), b"cid") == data
+    blob = codec.encode(data, b"cid")
+    assert codec.decode(blob, b"cid") == data
+    assert codec.decode(blob, b"cid", size=len(data)) == data  # in place, when the size is known
+    streamed = b"".join(codec.encode_iter(iter([data[:1000], data[1000:]]), b"cid"))
+    assert b"".join(codec.decode_iter([streamed[:7], streamed[7:]], b"cid")) == data
+    assert codec.decode(streamed, b"cid", size=len(data)) == data
 
 
 def test_text_is_compressed_and_random_bytes_are_stored_raw() -> None:
@@ -58,8 +63,9 @@ def test_plaintext_never_appears_in_a_sealed_piece() -> None:
 
 def test_a_wrong_or_missing_key_is_a_wrong_key_error() -> None:
     blob = keyed().encode(TEXT, b"cid")
-    with pytest.raises(WrongKeyError, match="not configured"):
-        Codec(Keyring(OTHER)).decode(blob, b"cid")
+    for size in (None, len(TEXT)):
+        with pytest.raises(WrongKeyError, match="not configured"):
+            Codec(Keyring(OTHER)).decode(blob, b"cid", size)
     with pytest.raises(WrongKeyError, match="no encryption_key"):
         Codec(None).decode(blob, b"cid")
 
@@ -82,8 +88,9 @@ def test_rotation_reads_old_pieces_and_writes_with_the_new_key() -> None:
 def test_any_flipped_byte_is_damage(where: int) -> None:
     blob = bytearray(keyed().encode(os.urandom(SEGMENT + 100), b"cid"))
     blob[where] ^= 0x40
-    with pytest.raises(DamagedPieceError):
-        keyed().decode(bytes(blob), b"cid")
+    for size in (None, SEGMENT + 100):
+        with pytest.raises(DamagedPieceError):
+            keyed().decode(bytes(blob), b"cid", size)
 
 
 def test_an_altered_key_id_reads_as_a_wrong_key() -> None:
@@ -98,8 +105,9 @@ def test_an_altered_key_id_reads_as_a_wrong_key() -> None:
 def test_a_piece_under_another_content_id_is_damage() -> None:
     """Swapping two objects in the bucket (same key, both authentic) is caught."""
     a = keyed().encode(b"content of a" * 100, b"id-a")
-    with pytest.raises(DamagedPieceError, match="authentication"):
-        keyed().decode(a, b"id-b")
+    for size in (None, 1200):
+        with pytest.raises(DamagedPieceError, match="authentication"):
+            keyed().decode(a, b"id-b", size)
 
 
 def test_a_manifest_cannot_be_opened_as_data() -> None:
@@ -111,16 +119,18 @@ def test_a_manifest_cannot_be_opened_as_data() -> None:
 @pytest.mark.parametrize("cut", [1, 4, 16, 17, SEGMENT + 16, SEGMENT + 17 + 20])
 def test_a_truncated_piece_is_damage(cut: int) -> None:
     blob = keyed().encode(os.urandom(2 * SEGMENT), b"cid")
-    with pytest.raises(DamagedPieceError):
-        keyed().decode(blob[:len(blob) - cut], b"cid")
+    for size in (None, 2 * SEGMENT):
+        with pytest.raises(DamagedPieceError):
+            keyed().decode(blob[:len(blob) - cut], b"cid", size)
 
 
 def test_a_piece_cut_at_a_segment_boundary_is_damage() -> None:
     """Dropping whole trailing segments leaves valid segments: the 'last' flag catches it."""
     blob = keyed().encode(os.urandom(3 * SEGMENT), b"cid")
     header = 3 + 2 + 4 + 16
-    with pytest.raises(DamagedPieceError):
-        keyed().decode(blob[:header + 2 * (SEGMENT + 16)], b"cid")
+    for size in (None, 3 * SEGMENT, 2 * SEGMENT):
+        with pytest.raises(DamagedPieceError):
+            keyed().decode(blob[:header + 2 * (SEGMENT + 16)], b"cid", size)
 
 
 def test_a_truncated_unencrypted_compressed_piece_is_damage() -> None:
@@ -129,6 +139,12 @@ def test_a_truncated_unencrypted_compressed_piece_is_damage() -> None:
         Codec(None).decode(blob[:-30], b"cid", size=len(TEXT))
     with pytest.raises(DamagedPieceError, match="damaged"):
         Codec(None).decode(blob + b"junk", b"cid", size=len(TEXT))
+
+
+def test_a_sealed_piece_of_another_size_is_damage() -> None:
+    blob = keyed().encode(TEXT, b"cid")
+    with pytest.raises(DamagedPieceError, match="recorded"):
+        keyed().decode(blob, b"cid", size=len(TEXT) - 1)
 
 
 def test_a_plaintext_piece_is_refused_when_encryption_is_on() -> None:
