@@ -9,11 +9,13 @@ chunk of a big file, a manifest, a command job's dump.
              segments of SEGMENT bytes (each is AES-256-GCM ciphertext + 16-byte tag)
 
 Choices, and why:
-- Compression is decided per piece by compressing its first SAMPLE bytes at level 1: if that
-  saves less than MIN_GAIN the piece is stored raw, so incompressible data (media, .gz, random)
-  costs one 64 KiB trial and no decompression on restore. The trial is ~0.1 ms (PERFORMANCE.md).
-- Keys come from the data bag's `encryption_key` through HKDF-SHA256, one subkey per purpose
-  (data, manifests, content ids), so a manifest can never be decrypted as data or vice versa.
+- Compression is decided per piece: a piece in memory (a chunk, a small file) is compressed once
+  and stored raw if that saved less than MIN_GAIN; a stream is decided on its first SAMPLE bytes
+  at level 1 (~80 µs). Incompressible data (media, .gz) is stored as it is, 5 bytes of header
+  more, and never decompressed on restore (PERFORMANCE.md, "Issue #20").
+- Keys come from the data bag's `encryption_key` through scrypt then HKDF-SHA256, one subkey per
+  purpose (data, manifests, content ids, the chunker's gear table), so a manifest can never be
+  decrypted as data or vice versa.
 - Each encrypted piece draws a random 128-bit salt and seals with its own key HKDF-Expand(purpose
   key, salt); segment nonces are a counter (and a "last" flag) under that key, so a nonce never repeats
   within a key by construction. Two pieces share a key only if their salts collide: after 2**40
@@ -36,6 +38,7 @@ secret makes what it sealed unreadable: there is no recovery path, by design.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -98,6 +101,16 @@ def _piece_aead(purpose_key: bytes, salt: bytes) -> AESGCM:
     return AESGCM(hmac.digest(purpose_key, b"backup-agent/piece" + salt + b"\x01", "sha256"))
 
 
+@functools.lru_cache(maxsize=8)
+def _stretch(secret: str) -> bytes:
+    """scrypt before HKDF: a secret a person chose (32 characters can still be a phrase) then costs
+    an attacker holding the bucket 0.2 CPU-s and 32 MiB per guess instead of a microsecond. The salt
+    is fixed because a node must derive its keys before it can read anything from the bucket.
+    Cached: once per secret and process."""
+    return hashlib.scrypt(secret.encode(), salt=b"backup-agent/encryption_key/v1", n=1 << 15, r=8, p=1,
+                          maxmem=64 << 20, dklen=32)
+
+
 @dataclass(frozen=True)
 class Key:
     """The subkeys of one secret. repr() never shows them."""
@@ -112,7 +125,7 @@ class Key:
     def from_secret(cls, secret: str) -> Key:
         if len(secret) < MIN_SECRET_LEN:
             raise ValueError(f"encryption_key must be at least {MIN_SECRET_LEN} characters")
-        raw = secret.encode()
+        raw = _stretch(secret)
         return cls(key_id=_hkdf(raw, b"key-id")[:KEY_ID_LEN], data=_hkdf(raw, PURPOSE_DATA),
                    manifest=_hkdf(raw, PURPOSE_MANIFEST), content_id=_hkdf(raw, b"content-id"),
                    gear_seed=_hkdf(raw, b"gear"))
@@ -337,7 +350,10 @@ class Codec:
                                     "asked for)") from None
         if blob[4] & FLAG_COMPRESSED:
             # The frame is authentic (we wrote it); a frame from a stream does not record its size.
-            content_size = zstandard.frame_content_size(body)
+            try:
+                content_size = zstandard.frame_content_size(body)
+            except zstandard.ZstdError as e:
+                raise DamagedPieceError(f"compressed piece is damaged: {e}") from None
             if content_size == -1:
                 return b"".join(_sized(_decompress(iter([body])), size))
             if content_size != size:
