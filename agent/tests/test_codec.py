@@ -141,6 +141,26 @@ def test_a_truncated_unencrypted_compressed_piece_is_damage() -> None:
         Codec(None).decode(blob + b"junk", b"cid", size=len(TEXT))
 
 
+def test_reordered_segments_are_damage() -> None:
+    blob = keyed().encode(os.urandom(3 * SEGMENT), b"cid")
+    header, step = 3 + 2 + 4 + 16, SEGMENT + 16
+    segs = [blob[header + i * step:header + (i + 1) * step] for i in range(3)]
+    swapped = blob[:header] + segs[1] + segs[0] + segs[2]
+    for size in (None, 3 * SEGMENT):
+        with pytest.raises(DamagedPieceError):
+            keyed().decode(swapped, b"cid", size)
+
+
+# Sealed by the first version of the format: later versions must still open it.
+GOLDEN = bytes.fromhex(
+    "4241500103bfc2b98015e24e2c1425eaee71ac9a98481e9b2fbc5becdf2fb6e300cafdf5ac5826d8114ca3afef702f6a02e71a1a"
+    "759da3e8d7fbb3d50ffa2d18f0d1303f0691acb7ba9bb0f1d271b299ae0a1d3428")
+
+
+def test_pieces_sealed_by_the_first_version_still_open() -> None:
+    assert keyed().decode(GOLDEN, b"golden") == b"backup-agent piece format 1\n" * 4
+
+
 def test_a_sealed_piece_of_another_size_is_damage() -> None:
     blob = keyed().encode(TEXT, b"cid")
     with pytest.raises(DamagedPieceError, match="recorded"):
