@@ -20,14 +20,15 @@ Choices, and why:
   key, salt); segment nonces are a counter (and a "last" flag) under that key, so a nonce never repeats
   within a key by construction. Two pieces share a key only if their salts collide: after 2**40
   pieces (a trillion) that chance is below 2**-48. (A random 96-bit nonce under one key, the
-  usual GCM use, is safe only to about 2**32 pieces for the same bound: NIST SP 800-38D, 8.3.)
+  usual GCM use, is safe only to about 2**32 pieces, for a 2**-32 chance: NIST SP 800-38D, 8.3.)
 - Every segment's associated data is the header and the caller's content id: a piece copied over
   another (same key, other content id), a flag flipped or segments reordered, dropped or cut
   short all fail authentication. The "last" flag in the final nonce makes truncation at a segment
   boundary detectable too.
 - The key id (4 bytes from HKDF) says which key sealed a piece, so a wrong key is told apart
   from a damaged piece: WrongKeyError (the agent's exit 2) versus DamagedPieceError (a damaged
-  object, like a sha256 mismatch today).
+  object, like a sha256 mismatch today). An altered key id reads as a wrong key: nothing is
+  restored either way.
 
 Key rotation: a Keyring holds the current secret (writes) and older ones (reads only); a reader
 picks the key named in the header. After rotation, new content ids (keyed by the new secret) differ
