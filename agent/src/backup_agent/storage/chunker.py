@@ -1,0 +1,182 @@
+"""Content-defined chunking of big files (FastCDC-style gear hash, normalised chunking).
+
+Not wired into the jobs yet (issue #20; docs/PERFORMANCE.md, "Issue #20", has the figures).
+A big file is cut where the content says so, not at fixed offsets, so bytes inserted in the
+middle move the later boundaries along with the data and only the chunks around the edit change.
+
+The hash at byte i is a gear hash over the 32 bytes ending there:
+
+    h(i) = sum over k in 0..31 of (GEAR[b(i-k)] << k)   (mod 2**32)
+
+which is what the usual rolling form `h = (h << 1) + GEAR[b]` holds after 32 bytes (older bytes
+are shifted out). A chunk ends after byte i when the top bits of h(i) are all zero: more bits
+(harder) while the chunk is shorter than the average, fewer (easier) after it, which is FastCDC's
+normalised chunking (level 2): chunk sizes bunch around the average instead of spreading
+exponentially. Boundaries depend on the 32 bytes before them only, never on where a read or a
+chunk started, so they are the same whatever the block size and after any edit elsewhere.
+
+Speed: a byte-at-a-time Python loop runs at about 10 MB/s here, too slow for a 1 GiB file (see
+PERFORMANCE.md). With numpy the hash of a whole block is five vectorised shift-and-add passes
+(window doubling: h_2w(i) = h_w(i) + h_w(i-w) << w) and the cut points come from searchsorted over
+the candidates; the Python loop only runs per chunk. numpy is optional: without it the same
+boundaries come from the slow loop (tests check both agree).
+
+The gear table comes from a seed; with encryption on it is seeded from the key (codec.Key.gear_seed),
+so chunk sizes, which an observer of the bucket could otherwise match against known files, depend
+on the secret too (restic randomises its polynomial per repository for the same reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+try:
+    # Any-typed on purpose: the agent does not require numpy, and mypy must pass without it.
+    _np: Any = importlib.import_module("numpy")
+except ImportError:  # pragma: no cover - depends on the install
+    _np = None
+
+KIB = 1024
+WINDOW = 32  # bytes the hash sees
+BLOCK = 2 << 20  # bytes read and hashed at a time (peak memory: about 14x this while hashing)
+DEFAULT_SEED = b"backup-agent gear v1"
+
+
+@dataclass(frozen=True)
+class Params:
+    min_size: int
+    avg_size: int
+    max_size: int
+
+    def __post_init__(self) -> None:
+        if not WINDOW * 2 <= self.min_size < self.avg_size < self.max_size:
+            raise ValueError("need 64 <= min_size < avg_size < max_size")
+        if self.avg_size & (self.avg_size - 1):
+            raise ValueError("avg_size must be a power of two")
+
+    @property
+    def bits(self) -> int:
+        return self.avg_size.bit_length() - 1
+
+
+# 1 % of a database file's 8 KiB pages rewritten at random touches 1-(0.99**(C/8K)) of the chunks:
+# 8 % at C = 64 KiB, 72 % at 1 MiB (restic's average). Small chunks cost index entries (32 bytes of
+# id per 64 KiB in the manifest: 0.05 %) but they are packed, never one object each.
+DEFAULT = Params(min_size=16 * KIB, avg_size=64 * KIB, max_size=256 * KIB)
+
+
+def gear_table(seed: bytes = DEFAULT_SEED) -> list[int]:
+    """256 pseudo-random 32-bit values, fixed forever for a seed (boundaries depend on them)."""
+    return [int.from_bytes(hashlib.sha256(seed + bytes([i])).digest()[:4], "little") for i in range(256)]
+
+
+class Chunker:
+    def __init__(self, params: Params = DEFAULT, seed: bytes = DEFAULT_SEED, use_numpy: bool = True) -> None:
+        self.params = params
+        self.table = gear_table(seed)
+        # A chunk may end at i when h(i) < limit: the top `bits` bits are zero.
+        self._limit_s = 1 << (32 - (params.bits + 2))
+        self._limit_l = 1 << (32 - (params.bits - 2))
+        self._np_table: Any = _np.array(self.table, dtype=_np.uint32) if use_numpy and _np is not None else None
+        self._tmp: Any = None
+
+    @property
+    def fast(self) -> bool:
+        return self._np_table is not None
+
+    def chunks(self, f: IO[bytes]) -> Iterator[bytes]:
+        """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks."""
+        buf = b""
+        eof = False
+        while not eof:
+            data = f.read(BLOCK)
+            eof = not data
+            buf = buf + data if buf else data
+            if not buf:
+                return
+            start = 0
+            for cut in self.cuts(buf, eof):
+                yield buf[start:cut]
+                start = cut
+            buf = buf[start:]
+
+    def cuts(self, buf: bytes, eof: bool) -> list[int]:
+        """Chunk ends within buf, which starts at a chunk boundary. Without eof, the bytes after
+        the last cut (fewer than max_size, or no boundary found yet) wait for more data."""
+        if self._np_table is not None:
+            return self._cuts_numpy(buf, eof)
+        return self._cuts_python(buf, eof)
+
+    def _cuts_numpy(self, buf: bytes, eof: bool) -> list[int]:
+        np = _np
+        p = self.params
+        n = len(buf)
+        h = self._np_table[np.frombuffer(buf, dtype=np.uint8)]
+        if self._tmp is None or len(self._tmp) < n:
+            self._tmp = np.empty(n, dtype=np.uint32)
+        tmp = self._tmp
+        w = 1
+        while w < WINDOW:  # window doubling: five passes give the 32-byte gear hash at every byte
+            # Into a kept buffer: `h[w:] += h[:-w] << w` allocates a temporary each pass (half the speed).
+            np.left_shift(h[:-w], np.uint32(w), out=tmp[:n - w])
+            np.add(h[w:], tmp[:n - w], out=h[w:])
+            w *= 2
+        cand_l = np.flatnonzero(h < np.uint32(self._limit_l))
+        cand_s = cand_l[h[cand_l] < np.uint32(self._limit_s)]
+        del h
+        out: list[int] = []
+        s = 0
+        while s < n:
+            # A chunk of length L ends at i = s + L - 1.
+            lo, mid, hi = s + p.min_size - 1, s + p.avg_size - 1, s + p.max_size - 1
+            j = int(np.searchsorted(cand_s, lo))
+            if j < len(cand_s) and cand_s[j] < mid:
+                cut = int(cand_s[j]) + 1
+            elif mid > n - 1 and not eof:
+                break  # the harder range runs past the data read so far
+            else:
+                j = int(np.searchsorted(cand_l, mid))
+                if j < len(cand_l) and cand_l[j] <= hi:
+                    cut = int(cand_l[j]) + 1
+                elif hi < n:
+                    cut = hi + 1
+                elif eof:
+                    cut = n
+                else:
+                    break
+            out.append(cut)
+            s = cut
+        return out
+
+    def _cuts_python(self, buf: bytes, eof: bool) -> list[int]:
+        p = self.params
+        table = self.table
+        n = len(buf)
+        out: list[int] = []
+        s = 0
+        while s < n:
+            lo, mid, hi = s + p.min_size - 1, s + p.avg_size - 1, s + p.max_size - 1
+            cut = 0
+            h = 0
+            i = lo - WINDOW + 1  # hash the window before the first place a chunk may end
+            end = min(hi, n - 1)
+            while i <= end:
+                h = ((h << 1) + table[buf[i]]) & 0xFFFFFFFF
+                if i >= lo and h < (self._limit_s if i < mid else self._limit_l):
+                    cut = i + 1
+                    break
+                i += 1
+            if not cut:
+                if hi < n:
+                    cut = hi + 1
+                elif eof:
+                    cut = n
+                else:
+                    break
+            out.append(cut)
+            s = cut
+        return out
