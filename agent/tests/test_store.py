@@ -1,0 +1,156 @@
+"""The Store interface as jobs see it, on both implementations: MemoryStore (unit tests' stand-in)
+and BotoStore against a real SeaweedFS. The same assertions hold for both, so a job test that
+passes on MemoryStore says something about S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_agent.config import Storage
+from backup_agent.storage.bodies import FileShrank
+from backup_agent.storage.memory import MemoryStore
+from backup_agent.storage.s3_boto import BotoStore
+from backup_agent.storage.store import Archived, Locked, NotFound, Store, StoreError
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(params=["memory", "seaweedfs"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    agent = request.getfixturevalue("agent")
+    st = agent.data["storage"]
+    return BotoStore(Storage(bucket=agent.bucket, prefix="p", region="us-east-1", endpoint_url=st["endpoint_url"],
+                             access_key_id=st["access_key_id"], secret_access_key=st["secret_access_key"],
+                             multipart_chunk_size=5 << 20))
+
+
+def test_put_get_ranges_stat_list(store: Store) -> None:
+    store.put("a/1", b"hello world", sha256=sha(b"hello world"))
+    store.put("a/2", b"x" * 10, sha256=sha(b"x" * 10))
+    store.put("b/1", b"", sha256=sha(b""))
+    assert store.get("a/1").read() == b"hello world"
+    assert store.get("a/1", 6).read() == b"world"
+    assert store.get("a/1", 0, 5).read() == b"hello"
+    info = store.stat("a/1")
+    assert info.size == 11 and info.last_modified.tzinfo is not None
+    assert [o.key for o in store.list("a/")] == ["a/1", "a/2"]
+    assert [o.key for o in store.list("a/", start_after="a/1")] == ["a/2"]
+    assert [o.size for o in store.list("")] == [11, 10, 0]
+
+
+def test_missing_keys_raise_not_found_and_delete_of_nothing_is_no_failure(store: Store) -> None:
+    with pytest.raises(NotFound):
+        store.stat("nope")
+    with pytest.raises(NotFound):
+        store.get("nope").read()
+    assert store.delete(["nope"]) == []
+
+
+def test_a_body_that_does_not_match_its_sha256_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError) as err:
+        store.put("k", b"abc", sha256=sha(b"abd"))
+    assert err.value.code == "BadDigest"
+    with pytest.raises(NotFound):
+        store.stat("k")
+
+
+def test_multipart_is_invisible_until_complete_and_gone_after_abort(store: Store) -> None:
+    part1, part2 = os.urandom(5 << 20), b"tail"
+    up = store.start_multipart("m")
+    up.upload_part(2, part2, sha(part2))
+    up.upload_part(1, part1, sha(part1))
+    with pytest.raises(NotFound):
+        store.stat("m")
+    up.complete()
+    assert store.get("m").read() == part1 + part2
+    up = store.start_multipart("n")
+    up.upload_part(1, b"x", sha(b"x"))
+    up.abort()
+    with pytest.raises(NotFound):
+        store.stat("n")
+
+
+def test_put_file_in_parts_and_a_file_that_shrinks(store: Store, tmp_path: Path) -> None:
+    data = os.urandom((11 << 20) + 3)  # three parts of 5 MiB at multipart_chunk_size 5 MiB
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        store.put_file("big", fd, len(data), sha256=sha(data), name=str(path))
+        assert store.get("big").read() == data
+        with pytest.raises(FileShrank):
+            store.put_file("bigger", fd, len(data) + 10, sha256=sha(data), name=str(path))
+    finally:
+        os.close(fd)
+
+
+def test_delete_many(store: Store) -> None:
+    for i in range(5):
+        store.put(f"d/{i}", b"x", sha256=sha(b"x"))
+    assert store.delete([f"d/{i}" for i in range(4)]) == []
+    assert [o.key for o in store.list("d/")] == ["d/4"]
+
+
+# --- MemoryStore's test controls --------------------------------------------------------------
+
+def test_memory_archived_objects_need_a_restore_then_time() -> None:
+    store = MemoryStore()
+    store.add("cold", b"frozen", storage_class="GLACIER")
+    with pytest.raises(Archived):
+        store.get("cold")
+    assert store.stat("cold").restore is None
+    assert store.request_restore("cold", days=1, tier="Bulk") is True
+    assert store.request_restore("cold", days=1, tier="Bulk") is False  # already under way
+    assert store.stat("cold").restore == 'ongoing-request="true"'
+    with pytest.raises(Archived):
+        store.get("cold")
+    store.finish_restore("cold")
+    assert 'ongoing-request="false"' in (store.stat("cold").restore or "")
+    assert store.get("cold").read() == b"frozen"
+
+
+def test_memory_locked_keys_refuse_delete_and_clock_sets_times() -> None:
+    now = [datetime(2026, 1, 1, tzinfo=UTC)]
+    store = MemoryStore(clock=lambda: now[0], versioning=None)
+    store.put("a", b"1", sha256=sha(b"1"))
+    now[0] += timedelta(days=3)
+    store.put("b", b"2", sha256=sha(b"2"), storage_class="STANDARD_IA")
+    store.locked.add("a")
+    failures = store.delete(["a", "b"])
+    assert [type(f) for f in failures] == [Locked] and failures[0].key == "a"
+    assert [(o.key, o.last_modified.day, o.storage_class) for o in store.list("")] == [("a", 1, "STANDARD")]
+    assert store.versioning() is None
+
+
+def test_boto_store_resumes_a_body_that_breaks(agent: Any) -> None:
+    st = agent.data["storage"]
+    store = BotoStore(Storage(bucket=agent.bucket, prefix="p", region="us-east-1", endpoint_url=st["endpoint_url"],
+                              access_key_id=st["access_key_id"], secret_access_key=st["secret_access_key"]))
+    data = os.urandom(3 << 20)
+    store.put("r", data, sha256=sha(data))
+    body = store.get("r", 10)
+    first = body.read(1 << 20)
+
+    class Broken:
+        def read(self, n: int | None = None) -> bytes:
+            raise ConnectionResetError("reset by peer")
+
+        def close(self) -> None:
+            pass
+
+    body.stream = Broken()  # type: ignore[attr-defined]
+    rest = body.read()
+    while chunk := body.read():
+        rest += chunk
+    assert first + rest == data[10:]
+    assert store.versioning() in (None, "Enabled", "Suspended")
