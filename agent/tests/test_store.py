@@ -154,3 +154,13 @@ def test_boto_store_resumes_a_body_that_breaks(agent: Any) -> None:
         rest += chunk
     assert first + rest == data[10:]
     assert store.versioning() in (None, "Enabled", "Suspended")
+
+
+def test_keys_that_need_escaping_round_trip(store: Store) -> None:
+    keys = ["sp ace/a+b=c&d", "ünï/cödé?x#y", "p%20q/~tilde*'()"]
+    for k in keys:
+        store.put(k, k.encode(), sha256=sha(k.encode()))
+    assert sorted(o.key for o in store.list("")) == sorted(keys)
+    for k in keys:
+        assert store.get(k).read() == k.encode() and store.stat(k).size == len(k.encode())
+    assert store.delete(keys) == [] and list(store.list("")) == []

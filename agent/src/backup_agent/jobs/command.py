@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from backup_agent.config import Config, Job
 from backup_agent.config_schema import DEFAULT_COMMAND_TIMEOUT
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
@@ -46,16 +44,13 @@ from backup_agent.jobs.restore_files import commit, discard, open_new
 from backup_agent.state import JobLock, ensure_dir
 from backup_agent.storage import layout
 from backup_agent.storage.manifest import Entry, ManifestWriter
-from backup_agent.storage.s3 import describe, error_code, put_args
-from backup_agent.storage.upload import upload_part
+from backup_agent.storage.store import Archived, MultipartUpload, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 PART_SIZE = 8 << 20
 IN_FLIGHT = 2  # parts uploading while the next one fills: memory is about IN_FLIGHT + 1 parts
 READ_SIZE = 1 << 20
-RANGE_SIZE = 64 << 20  # restore reads in ranges so a dropped connection resumes, not restarts
-READ_RETRIES = 5
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 STDERR_TAIL = 5
 STDERR_BURST = 20  # stderr lines logged at once; then one per STDERR_REFILL seconds
@@ -388,12 +383,12 @@ class StreamUpload:
     buffer is busy, which in turn blocks the command on its pipe: back-pressure, not buffering.
     """
 
-    def __init__(self, s3: Any, bucket: str, key: str, extra: dict[str, str]) -> None:
-        self.s3, self.bucket, self.key, self.extra = s3, bucket, key, extra
+    def __init__(self, store: Store, key: str, storage_class: str | None) -> None:
+        self.store, self.key, self.storage_class = store, key, storage_class
         self.sha = hashlib.sha256()
         self.size = 0
-        self.upload_id: str | None = None
-        self.parts: list[Future[dict[str, Any]]] = []
+        self.upload: MultipartUpload | None = None
+        self.parts: list[Future[None]] = []
         self.failed: BaseException | None = None
         self.free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         for _ in range(IN_FLIGHT):
@@ -427,20 +422,17 @@ class StreamUpload:
     def _send(self, body: bytearray) -> None:
         if self.failed is not None:
             raise self.failed
-        if self.upload_id is None:
-            # SHA-256 per part, computed by botocore and verified by the server: payloads are
-            # not signed (storage/s3.py), so this is what guards the bytes in transit.
-            resp = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key, ChecksumAlgorithm="SHA256",
-                                                   **self.extra)
-            self.upload_id = resp["UploadId"]
+        if self.upload is None:
+            self.upload = self.store.start_multipart(self.key, storage_class=self.storage_class)
         number = len(self.parts) + 1
         self.parts.append(self.pool.submit(self._part, number, body))
 
-    def _part(self, number: int, body: bytearray) -> dict[str, Any]:
+    def _part(self, number: int, body: bytearray) -> None:
+        assert self.upload is not None
         try:
-            # botocore sends a bytearray as it is: no copy of the part.
-            return upload_part(self.s3, Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                               PartNumber=number, Body=body)
+            # SHA-256 per part, verified by the store: payloads are not signed, so this is what
+            # guards the bytes in transit. A bytearray is sent as it is: no copy of the part.
+            self.upload.upload_part(number, body, hashlib.sha256(body).hexdigest())  # type: ignore[arg-type]
         except BaseException as exc:
             self.failed = exc
             raise
@@ -451,37 +443,37 @@ class StreamUpload:
         """Complete the object; returns the number of parts (0 = single PUT)."""
         tail = self.cur[: self.fill]
         self.cur, self.fill = bytearray(), 0
-        if self.upload_id is None:
+        if self.upload is None:
             self.pool.shutdown()
-            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=tail, ChecksumAlgorithm="SHA256", **self.extra)
+            self.store.put(self.key, bytes(tail), sha256=hashlib.sha256(tail).hexdigest(),
+                           storage_class=self.storage_class)
             return 0
         if tail:
             self._send(tail)  # the last part may be smaller than the minimum
-        parts = [f.result() for f in self.parts]
+        for f in self.parts:
+            f.result()
         self.pool.shutdown()
-        self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                          MultipartUpload={"Parts": parts})
-        return len(parts)
+        self.upload.complete()
+        return len(self.parts)
 
     def abort(self) -> None:
         """Drop everything sent so far; safe to call in any state."""
         for f in self.parts:
             f.cancel()
         self.pool.shutdown(wait=True)
-        if self.upload_id is None:
+        if self.upload is None:
             return
         try:
-            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
-        except (ClientError, BotoCoreError) as exc:
-            log.warning("cannot abort the upload of %s (the bucket's lifecycle rule will): %s",
-                        self.key, describe(exc))
+            self.upload.abort()
+        except StoreError as exc:
+            log.warning("cannot abort the upload of %s (the bucket's lifecycle rule will): %s", self.key, exc)
 
 
 # --- the job -------------------------------------------------------------------------------------
 
 class CommandJob(S3Job):
-    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
-        super().__init__(cfg, job, clock, s3)
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, store: Store | None = None) -> None:
+        super().__init__(cfg, job, clock, store)
         self.opts = job.options
         self.where = f"{cfg.path}: jobs.{job.name}"
         self.compression = self.opts["compression"]
@@ -518,8 +510,7 @@ class CommandJob(S3Job):
         name = f"{self.job.name}.dump{SUFFIX[self.compression]}"
         obj = f"dumps/{sid}.dump{SUFFIX[self.compression]}"
         key = self.root + obj
-        upload = StreamUpload(self.s3, self.bucket, key,
-                              put_args(self.cfg.storage, self.opts["storage_class"]))
+        upload = StreamUpload(self.store, key, self.opts["storage_class"])
         owner = (run_as.uid, run_as.gid) if run_as else None
         with presets.secret_file(self.opts, owner) as secret:
             prepared = self._argv(secret)
@@ -557,10 +548,9 @@ class CommandJob(S3Job):
             writer.close(summary)
             try:
                 self.upload_manifest(sid, spool)
-            except (ClientError, BotoCoreError) as exc:
+            except StoreError as exc:
                 self._discard(key)
-                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: "
-                                f"{describe(exc)}") from None
+                raise JobFailed(f"job {self.job.name}: cannot store the manifest, no snapshot made: {exc}") from None
         result.snapshot = sid
         result.files_new = 1
         result.bytes_uploaded = upload.size
@@ -598,12 +588,11 @@ class CommandJob(S3Job):
                     break
             upload.write(codec.flush())
             code = child.wait()
-        except (ClientError, BotoCoreError) as exc:
+        except StoreError as exc:
             child.kill()
             child.wait()
             upload.abort()
-            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: "
-                            f"{describe(exc)}") from None
+            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
         except BaseException:
             child.kill()
             child.wait()
@@ -619,29 +608,27 @@ class CommandJob(S3Job):
     def _finish(self, upload: StreamUpload) -> int:
         try:
             parts = upload.finish()
-        except (ClientError, BotoCoreError) as exc:
+        except StoreError as exc:
             upload.abort()
-            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: "
-                            f"{describe(exc)}") from None
+            raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
         except BaseException:
             upload.abort()
             raise
         try:
-            head = self.s3.head_object(Bucket=self.bucket, Key=upload.key)
-        except (ClientError, BotoCoreError) as exc:
+            head = self.store.stat(upload.key)
+        except StoreError as exc:
             self._discard(upload.key)
-            raise JobFailed(f"job {self.job.name}: cannot verify the stored dump, no snapshot made: "
-                            f"{describe(exc)}") from None
-        if int(head.get("ContentLength", -1)) != upload.size:
+            raise JobFailed(f"job {self.job.name}: cannot verify the stored dump, no snapshot made: {exc}") from None
+        if head.size != upload.size:
             self._discard(upload.key)
-            raise JobFailed(f"job {self.job.name}: the store holds {head.get('ContentLength')} bytes of "
+            raise JobFailed(f"job {self.job.name}: the store holds {head.size} bytes of "
                             f"{upload.size} sent; no snapshot made")
         return parts
 
     def _discard(self, key: str) -> None:
         # Without a manifest nothing references the object; prune would delete it later anyway.
-        with contextlib.suppress(ClientError, BotoCoreError):
-            self.s3.delete_object(Bucket=self.bucket, Key=key)
+        with contextlib.suppress(StoreError):
+            self.store.delete([key])
 
     # --- restore -------------------------------------------------------------------------------
 
@@ -799,30 +786,27 @@ class CommandJob(S3Job):
 
         sha = hashlib.sha256()
         pos = raw = 0
-        failures = 0
-        while pos < entry.size:
-            end = min(pos + RANGE_SIZE, entry.size) - 1
-            try:
-                resp = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={pos}-{end}")
-                for chunk in _chunks(resp["Body"]):
-                    sha.update(chunk)
-                    pos += len(chunk)
-                    out = _decode(decoder, chunk, sid)
-                    raw += len(out)
-                    deliver(out)
-                if pos <= end:
-                    raise OSError(f"{key}: the store returned fewer bytes than asked")
-                failures = 0
-            except (ClientError, BotoCoreError, OSError) as exc:
-                if isinstance(exc, ClientError) and error_code(exc) == "InvalidObjectState":
-                    raise NotReady(f"{key} is archived and not restored yet") from None
-                if isinstance(exc, ClientError) and error_code(exc) in ("NoSuchKey", "404", "AccessDenied"):
-                    raise JobFailed(f"snapshot {sid}: cannot read {key}: {describe(exc)}") from None
-                failures += 1
-                if failures > READ_RETRIES:
-                    raise JobFailed(f"snapshot {sid}: cannot read {key}: {describe(exc)}") from None
-                log.warning("reading %s at byte %d failed (%s): resuming", key, pos, describe(exc))
-                time.sleep(min(2**failures, 30))
+        try:
+            # A connection that breaks mid-body is resumed inside the store from where it broke.
+            body = self.store.get(key, 0, entry.size)
+        except Archived:
+            raise NotReady(f"{key} is archived and not restored yet") from None
+        except StoreError as exc:
+            raise JobFailed(f"snapshot {sid}: cannot read {key}: {exc}") from None
+        try:
+            while pos < entry.size:
+                chunk = body.read(min(READ_SIZE, entry.size - pos))
+                if not chunk:
+                    break
+                sha.update(chunk)
+                pos += len(chunk)
+                out = _decode(decoder, chunk, sid)
+                raw += len(out)
+                deliver(out)
+        except StoreError as exc:
+            raise JobFailed(f"snapshot {sid}: cannot read {key}: {exc}") from None
+        finally:
+            body.close()
         if sha.hexdigest() != entry.sha256:
             raise IntegrityError(f"snapshot {sid}: {key} does not match its sha256; "
                                  "the restored dump is unusable")
@@ -846,13 +830,6 @@ class CommandJob(S3Job):
                                thaw.pending_details(survey))
             survey = thaw.wait_for_more(survey, started)
         return thaw
-
-
-def _chunks(body: Any) -> Iterator[bytes]:
-    try:
-        yield from body.iter_chunks(READ_SIZE)
-    finally:
-        body.close()
 
 
 def _decode(decoder: Decoder, chunk: bytes, sid: str) -> bytes:

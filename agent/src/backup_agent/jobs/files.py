@@ -22,8 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs import fsmeta
@@ -35,8 +33,7 @@ from backup_agent.state import FileCache, JobLock, atomic_write, clear_damage, e
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
-from backup_agent.storage.s3 import checksum_args, describe, is_content_mismatch, put_args
-from backup_agent.storage.upload import upload_file, upload_open_file
+from backup_agent.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -99,8 +96,8 @@ class PackUploader:
             digest = hashlib.sha256()
             for part in body.parts:
                 digest.update(part)
-            self.job.store.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
-                                      **self.job.data_put_args, **checksum_args(digest.hexdigest()))
+            self.job.store.put(self.job.root + key, body, sha256=digest.hexdigest(),
+                               storage_class=self.job.storage_class)
             self.job.cache.add_blobs(blobs)
             for sha, *_ in blobs:  # the cache answers for them now; keeps `known` small on huge trees
                 self.known.pop(sha, None)
@@ -110,10 +107,10 @@ class PackUploader:
 
 
 class FilesJob(S3Job):
-    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
-        super().__init__(cfg, job, clock, s3)
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, store: Store | None = None) -> None:
+        super().__init__(cfg, job, clock, store)
         self.opts = job.options
-        self.data_put_args = put_args(cfg.storage, self.opts["storage_class"])
+        self.storage_class: str = self.opts["storage_class"]
         self._cache: FileCache | None = None
         self.one_upload = threading.Lock()
         # Per run: the first path of each multiply linked inode, and its entry once stored.
@@ -195,8 +192,8 @@ class FilesJob(S3Job):
             try:
                 last = self._seed_cache_from_bucket(damaged)
                 self.warn_if_unversioned(result)
-            except (ClientError, BotoCoreError) as exc:
-                raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
+            except StoreError as exc:
+                raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {exc}") from None
         sid = layout.new_snapshot_id(now, after=last)
 
         tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
@@ -238,15 +235,15 @@ class FilesJob(S3Job):
                     self.cache.stage_files(staged)
                     if preflight is not None and not preflight.result():
                         raise _LastSnapshotGone(str(last))
-                except (ClientError, BotoCoreError) as exc:
+                except StoreError as exc:
                     for f in packer.futures:
                         f.cancel()
                     for lf, _ in large:
                         lf.cancel()
                     if preflight is not None and preflight.done() and preflight.exception() is not None:
                         raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
-                                        f"{describe(preflight.exception())}") from None  # type: ignore[arg-type]
-                    raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {describe(exc)}") from None
+                                        f"{preflight.exception()}") from None
+                    raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
             result.files_failed = len(result.failed)
             result.duration_s = time.monotonic() - started
             summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
@@ -254,15 +251,15 @@ class FilesJob(S3Job):
             writer.close(summary)
             try:
                 self.upload_manifest(sid, spool)
-            except (ClientError, BotoCoreError) as exc:
+            except StoreError as exc:
                 # The answer can be lost after S3 stored it: exit code and status must say
                 # whether the snapshot exists, so ask.
                 exists = self._manifest_stored(sid)
                 if exists is not True:
                     made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
                     raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
-                                    f"{describe(exc)}") from None
-                result.warnings.append(f"storing the manifest reported {describe(exc)}, but snapshot {sid} "
+                                    f"{exc}") from None
+                result.warnings.append(f"storing the manifest reported {exc}, but snapshot {sid} "
                                        "is stored and complete")
         result.snapshot = sid
         try:
@@ -287,8 +284,8 @@ class FilesJob(S3Job):
         """Is the manifest in the bucket? None when S3 does not say."""
         try:
             return self.manifest_exists(sid)
-        except (ClientError, BotoCoreError) as exc:
-            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, describe(exc))
+        except StoreError as exc:
+            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, exc)
             return None
 
     def _preflight(self, last: str, result: RunResult) -> bool:
@@ -550,7 +547,6 @@ class FilesJob(S3Job):
                        ranges: list[tuple[int, int]], extents: list[tuple[int, int]] | None) -> LargeResult:
         """Store `ranges` of the file from a private copy (sparse data regions, or the prefix of
         a file that keeps changing); `extents`: where the regions go (sparse files)."""
-        st_cfg = self.cfg.storage
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -572,9 +568,8 @@ class FilesJob(S3Job):
                         obj, offset = found
                     else:
                         obj, offset = layout.large_file_key(path, sha, self.root), 0
-                        upload_open_file(self.store, self.bucket, self.root + obj, spool.fileno(), path, size=size,
-                                         sha256=sha, extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                                         concurrency=st_cfg.concurrency)
+                        self.store.put_file(self.root + obj, spool.fileno(), size, sha256=sha, name=path,
+                                            storage_class=self.storage_class)
                         self.cache.add_blobs([(sha, obj, 0, size)])
                         uploaded = size
         except OSError as exc:
@@ -599,18 +594,15 @@ class FilesJob(S3Job):
                 obj, offset = found
             else:
                 obj, offset = layout.large_file_key(path, sha, self.root), 0
-                st_cfg = self.cfg.storage
-                upload_file(self.store, self.bucket, self.root + obj, path, size=size, sha256=sha,
-                            extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                            concurrency=st_cfg.concurrency)
+                self._upload_file(path, obj, size, sha)
                 uploaded = size
             after = os.stat(path)
         except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
             return None
-        except (FileShrank, ClientError) as exc:
+        except (FileShrank, StoreError) as exc:
             # A single PUT carries the SHA-256 of the bytes we hashed; S3 refuses a body that no
             # longer matches it (a file rewritten in place after hashing, same size).
-            if isinstance(exc, ClientError) and not is_content_mismatch(exc):
+            if isinstance(exc, StoreError) and exc.code != "BadDigest":
                 raise
             log.info("%s changed while uploaded: reading it again", path)
             try:
@@ -634,6 +626,13 @@ class FilesJob(S3Job):
         row = (_cache_key(path), size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
         return entry, row, uploaded
 
+    def _upload_file(self, path: str, obj: str, size: int, sha: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.store.put_file(self.root + obj, fd, size, sha256=sha, name=path, storage_class=self.storage_class)
+        finally:
+            os.close(fd)
+
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
         """A new disk or node has no cache: learn what content the newest snapshot already stores,
         so losing state_dir costs a rescan and re-hash, not a second upload of everything.
@@ -647,7 +646,7 @@ class FilesJob(S3Job):
         if not snaps:
             return None
         newest = snaps[-1].id
-        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in self.list_keys("")}
+        sizes = {o.key[len(self.root) :]: o.size for o in self.list_keys("")}
         batch: list[tuple[str, str, int, int]] = []
         reused = skipped = 0
         try:

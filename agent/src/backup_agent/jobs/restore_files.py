@@ -359,7 +359,7 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
             raise target.named(dests[0].path, exc) from None
 
     try:
-        errors += read_all(job.store, job.bucket, job.root, content(), job.cfg.storage, sink)
+        errors += read_all(job.store, job.root, content(), job.cfg.storage, sink)
         progress.close()
         for e in late:
             try:

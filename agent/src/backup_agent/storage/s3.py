@@ -1,5 +1,6 @@
 """The one place boto3 S3 clients are made (endpoints, credentials, retries, encryption settings),
-and the helpers both S3 clients share; the direct client of backup runs is in s3_direct.py."""
+and the helpers that read botocore's errors: for the BotoStore (s3_boto.py) and the control plane
+(bucket setup)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,8 @@ from backup_agent.config import Storage
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
 
 
-class IncompleteAnswer(BotoCoreError):
-    """S3 answered 2xx without what the operation needs (an ETag, an UploadId)."""
-
-    fmt = "{operation}: {detail}"
-
-
 def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
-    # Imported here: runs, restores and checks with static keys do without boto3 (s3_direct.py).
+    # Imported here: boto3's import is the slow part of a start, and only S3 work needs it.
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -85,7 +80,3 @@ def describe(exc: BaseException) -> str:
 def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
-
-def is_content_mismatch(exc: BaseException) -> bool:
-    """S3 refused a body that does not match the checksum sent with it."""
-    return error_code(exc) in ("BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch")

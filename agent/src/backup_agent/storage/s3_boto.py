@@ -30,7 +30,7 @@ from botocore.exceptions import (
 
 from backup_agent.config import Storage
 from backup_agent.storage.bodies import FileRange
-from backup_agent.storage.s3 import checksum_args, make_client, put_args
+from backup_agent.storage.s3 import checksum_args, describe, make_client, put_args
 from backup_agent.storage.store import (
     Archived,
     Body,
@@ -60,17 +60,6 @@ MISMATCH = ("BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismat
 BAD_DIGEST = "BadDigest"
 
 T = TypeVar("T")
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line description of a botocore failure without request ids or credentials."""
-    if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        op = getattr(exc, "operation_name", "request")
-        return f"{op}: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
-    if isinstance(exc, BotoCoreError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _is_lock_refusal(code: str, message: str) -> bool:
