@@ -164,3 +164,15 @@ def test_keys_that_need_escaping_round_trip(store: Store) -> None:
     for k in keys:
         assert store.get(k).read() == k.encode() and store.stat(k).size == len(k.encode())
     assert store.delete(keys) == [] and list(store.list("")) == []
+
+
+def test_job_modules_load_without_an_s3_client_library() -> None:
+    """Jobs know the Store only: loading them costs no botocore import (the slow part of a start);
+    the store implementation is imported when a job first opens its store."""
+    import subprocess
+    import sys
+
+    code = ("import sys, backup_agent.jobs.files, backup_agent.jobs.command, backup_agent.jobs.browse; "
+            "print(sorted(m for m in ('botocore', 'boto3') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
@@ -170,6 +170,31 @@ class FilesJob(S3Job):
     def _run(self, started: float) -> RunResult:
         now = self.clock()
         result = RunResult(job=self.job.name, snapshot=None)
+        damaged, last, preflight = self._begin(result)
+        sid = layout.new_snapshot_id(now, after=last)
+        tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
+        with tempfile.TemporaryFile(dir=tmp_dir) as spool:
+            header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
+                      "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
+                      "storage_class": self.opts["storage_class"]}
+            writer = ManifestWriter(spool, header)
+            self.cache.begin_files()
+            self._scan(writer, result, preflight, last)
+            result.files_failed = len(result.failed)
+            result.duration_s = time.monotonic() - started
+            summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
+                                                       "files_failed", "bytes_uploaded", "bytes_total")}
+            writer.close(summary)
+            self._store_manifest(sid, spool, result)
+        result.snapshot = sid
+        self._record(sid, writer, damaged, result)
+        result.status = "partial" if result.failed else "success"
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _begin(self, result: RunResult) -> tuple[set[str], str | None, Future[bool] | None]:
+        """Damage to store again, the newest snapshot, and (on a rerun) the check that it is
+        still in the bucket, running beside the scan."""
         damaged = read_damage(self.cfg.state_dir, self.job.name)
         if damaged:
             # `check` found these objects missing or corrupt: the files stored there are read
@@ -194,74 +219,69 @@ class FilesJob(S3Job):
                 self.warn_if_unversioned(result)
             except StoreError as exc:
                 raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {exc}") from None
-        sid = layout.new_snapshot_id(now, after=last)
+        return damaged, last, preflight
 
-        tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
+    def _scan(self, writer: ManifestWriter, result: RunResult, preflight: Future[bool] | None,
+              last: str | None) -> None:
+        """Walk the paths, store new content and write every entry."""
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
-        with tempfile.TemporaryFile(dir=tmp_dir) as spool:
-            header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
-                      "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
-                      "storage_class": self.opts["storage_class"]}
-            writer = ManifestWriter(spool, header)
-            self.cache.begin_files()
-            conc = self.cfg.storage.concurrency
-            # Large files go up one at a time (`one_upload`), each in parallel parts: measured on
-            # SeaweedFS, two concurrent multipart uploads took longer than the same two in a row.
-            # Two workers so the next large file is hashed while one uploads, and no further ahead.
-            with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
-                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
-                packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
-                large: list[tuple[Future[LargeResult], str]] = []
-                staged: list[tuple[Any, ...]] = []
-                try:
-                    for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
-                                      self.opts["follow_symlinks"]):
-                        self._one(found, writer, packer, big_pool, large, staged, result)
-                        if len(staged) >= STAGE_BATCH:
-                            self.cache.stage_files(staged)
-                            staged = []
-                    packer.seal()
-                    for fut in packer.futures:
-                        result.bytes_uploaded += fut.result()
-                    for lf, counter in large:
-                        done = lf.result()
-                        if done is not None:
-                            entry, row, uploaded = done
-                            setattr(result, counter, getattr(result, counter) + 1)
-                            result.bytes_total += entry.size
-                            writer.add(entry)
-                            staged.append(row)
-                            result.bytes_uploaded += uploaded
-                    self.cache.stage_files(staged)
-                    if preflight is not None and not preflight.result():
-                        raise _LastSnapshotGone(str(last))
-                except StoreError as exc:
-                    for f in packer.futures:
-                        f.cancel()
-                    for lf, _ in large:
-                        lf.cancel()
-                    if preflight is not None and preflight.done() and preflight.exception() is not None:
-                        raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
-                                        f"{preflight.exception()}") from None
-                    raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
-            result.files_failed = len(result.failed)
-            result.duration_s = time.monotonic() - started
-            summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
-                                                       "files_failed", "bytes_uploaded", "bytes_total")}
-            writer.close(summary)
+        conc = self.cfg.storage.concurrency
+        # Large files go up one at a time (`one_upload`), each in parallel parts: measured on
+        # SeaweedFS, two concurrent multipart uploads took longer than the same two in a row.
+        # Two workers so the next large file is hashed while one uploads, and no further ahead.
+        with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
+            packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
+            large: list[tuple[Future[LargeResult], str]] = []
+            staged: list[tuple[Any, ...]] = []
             try:
-                self.upload_manifest(sid, spool)
+                for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
+                                  self.opts["follow_symlinks"]):
+                    self._one(found, writer, packer, big_pool, large, staged, result)
+                    if len(staged) >= STAGE_BATCH:
+                        self.cache.stage_files(staged)
+                        staged = []
+                packer.seal()
+                for fut in packer.futures:
+                    result.bytes_uploaded += fut.result()
+                for lf, counter in large:
+                    done = lf.result()
+                    if done is not None:
+                        entry, row, uploaded = done
+                        setattr(result, counter, getattr(result, counter) + 1)
+                        result.bytes_total += entry.size
+                        writer.add(entry)
+                        staged.append(row)
+                        result.bytes_uploaded += uploaded
+                self.cache.stage_files(staged)
+                if preflight is not None and not preflight.result():
+                    raise _LastSnapshotGone(str(last))
             except StoreError as exc:
-                # The answer can be lost after S3 stored it: exit code and status must say
-                # whether the snapshot exists, so ask.
-                exists = self._manifest_stored(sid)
-                if exists is not True:
-                    made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
-                    raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
-                                    f"{exc}") from None
-                result.warnings.append(f"storing the manifest reported {exc}, but snapshot {sid} "
-                                       "is stored and complete")
-        result.snapshot = sid
+                for f in packer.futures:
+                    f.cancel()
+                for lf, _ in large:
+                    lf.cancel()
+                if preflight is not None and preflight.done() and preflight.exception() is not None:
+                    raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
+                                    f"{preflight.exception()}") from None
+                raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
+
+    def _store_manifest(self, sid: str, spool: IO[bytes], result: RunResult) -> None:
+        try:
+            self.upload_manifest(sid, spool)
+        except StoreError as exc:
+            # The answer can be lost after S3 stored it: exit code and status must say
+            # whether the snapshot exists, so ask.
+            exists = self._manifest_stored(sid)
+            if exists is not True:
+                made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
+                raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
+                                f"{exc}") from None
+            result.warnings.append(f"storing the manifest reported {exc}, but snapshot {sid} "
+                                   "is stored and complete")
+
+    def _record(self, sid: str, writer: ManifestWriter, damaged: set[str], result: RunResult) -> None:
+        """The snapshot is complete: the local cache and the damage record learn of it."""
         try:
             self.cache.commit_files(sid, writer.objects)
             self._save_xattr_memo(sid)
@@ -276,9 +296,6 @@ class FilesJob(S3Job):
             clear_damage(self.cfg.state_dir, self.job.name, damaged)
         except OSError as exc:  # the record only makes a later run forget objects already forgotten
             log.warning("job %s: cannot update %s: %s", self.job.name, self.cfg.state_dir, exc.strerror or exc)
-        result.status = "partial" if result.failed else "success"
-        result.duration_s = time.monotonic() - started
-        return result
 
     def _manifest_stored(self, sid: str) -> bool | None:
         """Is the manifest in the bucket? None when S3 does not say."""
@@ -694,6 +711,28 @@ class FilesJob(S3Job):
 
             return self._restore_selected(snap.id, selected, paths, Path(target), wait=wait, tier=tier, days=days)
 
+    def _first_pass(self, entries: Iterator[Entry], resumed: Callable[[Entry], bool]
+                    ) -> tuple[int, int, int, dict[str, int], list[Entry] | None]:
+        """Entries, files with content, files an earlier run restored, bytes left to fetch by
+        object key, and the entries themselves unless there are more than HOLD_ENTRIES."""
+        count = content = skipped = 0
+        object_bytes: dict[str, int] = {}
+        held: list[Entry] | None = []
+        for e in entries:
+            count += 1
+            if held is not None:
+                held.append(e)
+                if len(held) > HOLD_ENTRIES:
+                    held = None
+            if e.type == "file" and e.size > 0:
+                content += 1
+                if resumed(e):
+                    skipped += 1
+                else:
+                    key = self.root + str(e.object)
+                    object_bytes[key] = object_bytes.get(key, 0) + e.size
+        return count, content, skipped, object_bytes, held
+
     def _restore_selected(self, sid: str, selected: Callable[[], Iterator[Entry]], paths: list[str], target: Path,
                           *, wait: bool, tier: str | None, days: int | None) -> dict[str, Any]:
         """Readable content is restored at once; archived objects are requested from Glacier and
@@ -712,22 +751,7 @@ class FilesJob(S3Job):
         def resumed(e: Entry) -> bool:
             return e.object in done and _already_restored(root, e)
 
-        count = content = skipped = 0
-        object_bytes: dict[str, int] = {}  # what is left to fetch, by object key
-        held: list[Entry] | None = []
-        for e in selected():
-            count += 1
-            if held is not None:
-                held.append(e)
-                if len(held) > HOLD_ENTRIES:
-                    held = None
-            if e.type == "file" and e.size > 0:
-                content += 1
-                if resumed(e):
-                    skipped += 1
-                else:
-                    key = self.root + str(e.object)
-                    object_bytes[key] = object_bytes.get(key, 0) + e.size
+        count, content, skipped, object_bytes, held = self._first_pass(selected(), resumed)
         if paths and not count:
             raise JobFailed(f"snapshot {sid}: no entry matches {', '.join(paths)}")
         kept = held
