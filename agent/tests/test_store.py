@@ -16,7 +16,7 @@ from backup_agent.config import Storage
 from backup_agent.storage.bodies import FileShrank
 from backup_agent.storage.memory import MemoryStore
 from backup_agent.storage.s3_boto import BotoStore
-from backup_agent.storage.store import Archived, Locked, NotFound, Store, StoreError
+from backup_agent.storage.store import Archived, Denied, Incomplete, Locked, NotFound, Store, StoreError, Unreachable
 
 
 def sha(data: bytes) -> str:
@@ -176,3 +176,55 @@ def test_job_modules_load_without_an_s3_client_library() -> None:
             "print(sorted(m for m in ('botocore', 'boto3') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- BotoStore's translation of S3's answers (botocore's Stubber: no network) ---------------------
+
+def stubbed() -> tuple[BotoStore, Any]:
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+    storage = Storage(bucket="b", prefix="p", region="us-east-1")
+    return BotoStore(storage, client=client), Stubber(client)
+
+
+@pytest.mark.parametrize(("code", "status", "kind"), [
+    ("NoSuchKey", 404, NotFound), ("InvalidObjectState", 403, Archived), ("AccessDenied", 403, Denied),
+    ("SignatureDoesNotMatch", 403, Denied), ("ExpiredToken", 400, Denied), ("InvalidAccessKeyId", 403, Denied),
+    ("SlowDown", 503, Unreachable), ("XAmzContentChecksumMismatch", 400, StoreError)])
+def test_s3_error_codes_become_store_errors(code: str, status: int, kind: type[StoreError]) -> None:
+    store, stub = stubbed()
+    stub.add_client_error("get_object", service_error_code=code, http_status_code=status, service_message="no")
+    with stub, pytest.raises(kind) as err:
+        store.get("k")
+    assert type(err.value) is kind and code in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_put_answered_without_an_etag_is_sent_again_then_incomplete() -> None:
+    store, stub = stubbed()
+    stub.add_response("put_object", {})
+    stub.add_response("put_object", {"ETag": '"e"'})
+    for _ in range(3):
+        stub.add_response("put_object", {})
+    with stub:
+        store.put("k", b"x", sha256=sha(b"x"))  # the second answer names the object
+        with pytest.raises(Incomplete):
+            store.put("k", b"x", sha256=sha(b"x"))
+
+
+def test_object_lock_refusals_are_locked_and_every_write_carries_retention() -> None:
+    store, stub = stubbed()
+    store.object_lock = ("COMPLIANCE", 30)
+    stub.add_response("delete_objects", {"Errors": [
+        {"Key": "a", "Code": "AccessDenied", "Message": "Access Denied because object protected by object lock."},
+        {"Key": "b", "Code": "NoSuchKey", "Message": "gone"}]})
+    seen: list[dict[str, Any]] = []
+    store.client.meta.events.register("provide-client-params.s3.PutObject", lambda params, **_: seen.append(params))
+    stub.add_response("put_object", {"ETag": '"e"'})
+    with stub:
+        failures = store.delete(["a", "b"])
+        store.put("k", b"x", sha256=sha(b"x"))
+    assert [(type(f), f.key) for f in failures] == [(Locked, "a")]
+    until = seen[0]["ObjectLockRetainUntilDate"]
+    assert seen[0]["ObjectLockMode"] == "COMPLIANCE" and until - datetime.now(UTC) > timedelta(days=29)
