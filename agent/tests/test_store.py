@@ -228,3 +228,10 @@ def test_object_lock_refusals_are_locked_and_every_write_carries_retention() -> 
     assert [(type(f), f.key) for f in failures] == [(Locked, "a")]
     until = seen[0]["ObjectLockRetainUntilDate"]
     assert seen[0]["ObjectLockMode"] == "COMPLIANCE" and until - datetime.now(UTC) > timedelta(days=29)
+
+
+def test_a_range_past_the_end_gives_what_there_is(store: Store) -> None:
+    store.put("short", b"hello", sha256=sha(b"hello"))
+    assert store.get("short", 0, 100).read() == b"hello"
+    body = store.get("short", 2, 100)
+    assert body.read(2) == b"ll" and body.read(10) == b"o" and body.read(10) == b""

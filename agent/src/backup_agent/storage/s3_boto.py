@@ -128,9 +128,14 @@ class _ResumingBody:
         if rng:
             args["Range"] = rng
         try:
-            return self.store.client.get_object(**args)["Body"]
+            resp = self.store.client.get_object(**args)
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, self.key) from None
+        if resp.get("ContentLength") is not None:
+            # S3 clips a range that runs past the object's end: what it sends is all there is, and
+            # only a stream that ends before its own length is broken.
+            self.end = self.pos + int(resp["ContentLength"])
+        return resp["Body"]
 
     def read(self, n: int = -1) -> bytes:
         if self.end is not None and self.pos >= self.end:
