@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from backup_agent import config
 from backup_agent.errors import ConfigError
 from backup_agent.jobs import command, presets
+from backup_agent.storage.memory import MemoryStore
+from backup_agent.storage.store import Unreachable
 
 IS_ROOT = os.geteuid() == 0
 AGENT = str(Path(sys.executable).parent / "backup-agent")
@@ -137,38 +138,43 @@ def test_bad_config_through_the_cli_is_one_line_exit_2(agent: Any) -> None:
                                    "(the preset builds the command); remove one of them")
 
 
-class FakeS3:
-    """Just enough of a client to watch StreamUpload: part 3 fails."""
+class PartThreeFails(MemoryStore):
+    """A store whose multipart uploads refuse part 3, to watch StreamUpload."""
 
     def __init__(self) -> None:
-        self.calls: list[str] = []
+        super().__init__()
         self.bodies: list[int] = []
+        self.aborted = 0
 
-    def create_multipart_upload(self, **kw: Any) -> dict[str, str]:
-        self.calls.append("create")
-        return {"UploadId": "u1"}
+    def start_multipart(self, key: str, *, storage_class: str | None = None) -> Any:
+        upload = super().start_multipart(key, storage_class=storage_class)
+        send, abort = upload.upload_part, upload.abort
 
-    def upload_part(self, **kw: Any) -> dict[str, str]:
-        self.bodies.append(id(kw["Body"]))
-        if kw["PartNumber"] == 3:
-            raise ClientError({"Error": {"Code": "SlowDown", "Message": "no"}}, "UploadPart")
-        return {"ETag": f"e{kw['PartNumber']}", "ChecksumSHA256": "c"}
+        def part(number: int, data: Any, sha256: str) -> None:
+            self.bodies.append(id(data))
+            if number == 3:
+                raise Unreachable("UploadPart: SlowDown: no", code="SlowDown", key=key)
+            send(number, data, sha256)
 
-    def abort_multipart_upload(self, **kw: Any) -> None:
-        self.calls.append("abort")
+        def aborted() -> None:
+            self.aborted += 1
+            abort()
+
+        upload.upload_part, upload.abort = part, aborted  # type: ignore[method-assign]
+        return upload
 
 
 def test_stream_upload_failure_surfaces_and_aborts() -> None:
-    s3 = FakeS3()
-    up = command.StreamUpload(s3, "b", "k", {})
+    store = PartThreeFails()
+    up = command.StreamUpload(store, "k", None)
     chunk = b"x" * (3 << 20)
-    with pytest.raises(ClientError):
+    with pytest.raises(Unreachable):
         for _ in range(40):
             up.write(chunk)
     up.abort()
-    assert s3.calls == ["create", "abort"]
+    assert store.calls == [("start_multipart", "k")] and store.aborted == 1 and not store.uploads
     # Parts reuse the same few buffers instead of allocating one per part.
-    assert len(set(s3.bodies)) <= command.IN_FLIGHT + 1
+    assert len(set(store.bodies)) <= command.IN_FLIGHT + 1
 
 
 # --- against SeaweedFS ---------------------------------------------------------------------------
@@ -335,7 +341,7 @@ def test_background_child_holding_stdout_does_not_hold_the_job(agent: Any) -> No
 def test_command_jobs_have_a_default_timeout(tmp_path: Path) -> None:
     cfg = config.from_dict({"state_dir": str(tmp_path), "storage": {"bucket": "bkt"},
                             "jobs": {"d": {"type": "command", "command": ["true"]}}})
-    job = command.CommandJob(cfg, cfg.jobs["d"], s3=object())
+    job = command.CommandJob(cfg, cfg.jobs["d"], store=MemoryStore())
     assert job.timeout == command.DEFAULT_TIMEOUT == 6 * 3600
     # The typed job carries it too: the daemon's own deadline (timeout + 60 s) applies as well.
     assert cfg.jobs["d"].timeout == 6 * 3600

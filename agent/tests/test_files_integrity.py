@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from botocore.exceptions import ClientError
 from conftest import AGENT
 from support.treeutil import capture
 
@@ -23,13 +22,14 @@ from backup_agent.jobs import files
 from backup_agent.jobs.files import FilesJob
 from backup_agent.retention import apply
 from backup_agent.storage import reader
-from backup_agent.storage.s3 import make_client
+from backup_agent.storage.s3_boto import BotoStore
+from backup_agent.storage.store import Unreachable
 
 
 def in_process(agent, name: str, clock=None) -> FilesJob:
     cfg = config.load(str(agent.path))
-    s3 = make_client(cfg.storage)
-    return FilesJob(cfg, cfg.job(name), clock=clock or (lambda: datetime.now(UTC)), s3=s3)
+    store = BotoStore(cfg.storage)
+    return FilesJob(cfg, cfg.job(name), clock=clock or (lambda: datetime.now(UTC)), store=store)
 
 
 def test_unchanged_rerun_makes_no_list_call(agent, tmp_path: Path) -> None:
@@ -41,7 +41,7 @@ def test_unchanged_rerun_makes_no_list_call(agent, tmp_path: Path) -> None:
     assert agent.run("run", "data").returncode == 0
     job = in_process(agent, "data")
     calls: list[str] = []
-    job.s3.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    job.store.client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
     result = job.run()
     assert result.bytes_uploaded == 0
     assert not [c for c in calls if c.startswith("List")], calls
@@ -283,7 +283,7 @@ def test_content_of_a_failed_run_is_not_reused_once_a_later_snapshot_left_it_out
     doc.write_text("content of the failed run\n" * 100)
 
     def manifest_refused(*_a, **_k):  # type: ignore[no-untyped-def]
-        raise ClientError({"Error": {"Code": "InternalError", "Message": "try again"}}, "PutObject")
+        raise Unreachable("PutObject: InternalError: try again", code="InternalError")
 
     monkeypatch.setattr(files.FilesJob, "upload_manifest", manifest_refused)
     with pytest.raises(JobFailed):

@@ -24,14 +24,14 @@ from backup_agent import config
 from backup_agent.jobs.files import FilesJob
 from backup_agent.state import FileCache
 from backup_agent.storage import layout
-from backup_agent.storage.s3 import make_client
+from backup_agent.storage.s3_boto import BotoStore
 
 ROOT = "test-node/data/"
 
 
 def in_process(agent, clock=None) -> FilesJob:  # type: ignore[no-untyped-def]
     cfg = config.load(str(agent.path))
-    return FilesJob(cfg, cfg.job("data"), clock=clock or (lambda: datetime.now(UTC)), s3=make_client(cfg.storage))
+    return FilesJob(cfg, cfg.job("data"), clock=clock or (lambda: datetime.now(UTC)), store=BotoStore(cfg.storage))
 
 
 def make_tree(src: Path) -> None:
@@ -248,7 +248,7 @@ def test_a_file_from_before_1970_round_trips(agent, tmp_path: Path) -> None:
 
 def test_a_lost_answer_to_the_manifest_upload_still_reports_the_snapshot(
         agent, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from botocore.exceptions import ClientError
+    from backup_agent.storage.store import Unreachable
 
     src = tmp_path / "src"
     src.mkdir()
@@ -258,7 +258,7 @@ def test_a_lost_answer_to_the_manifest_upload_still_reports_the_snapshot(
 
     def answer_lost(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         stored(self, *args, **kwargs)
-        raise ClientError({"Error": {"Code": "InternalError", "Message": "connection reset"}}, "PutObject")
+        raise Unreachable("PutObject: InternalError: connection reset", code="InternalError")
 
     monkeypatch.setattr(FilesJob, "upload_manifest", answer_lost)
     result = in_process(agent).run()
@@ -299,7 +299,7 @@ def test_command_job_snapshots_keep_the_order_they_were_made_in(agent, tmp_path:
     for text, at in (("first\n", now), ("second\n", now - timedelta(hours=1))):
         marker.write_text(text)
         cfg = config.load(str(agent.path))
-        made.append(CommandJob(cfg, cfg.job("db"), clock=lambda at=at: at, s3=make_client(cfg.storage)).run().snapshot)
+        made.append(CommandJob(cfg, cfg.job("db"), clock=lambda at=at: at, store=BotoStore(cfg.storage)).run().snapshot)
     assert [s["id"] for s in agent.json("snapshots", "db")] == made
     proc = agent.run("restore", "db", "--target", "-")
     assert proc.returncode == 0 and proc.stdout == "second\n", proc.stderr

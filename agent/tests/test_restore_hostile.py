@@ -15,7 +15,7 @@ from support.treeutil import Tree, capture
 from backup_agent import config
 from backup_agent.errors import JobFailed
 from backup_agent.jobs.files import FilesJob
-from backup_agent.storage.s3 import make_client
+from backup_agent.storage.s3_boto import BotoStore
 
 OLD_TEMP = ".restore-tmp"  # the name restore used to write DEST's content under
 
@@ -55,7 +55,7 @@ def source(base: Path, agent) -> Path:
 
 def in_process(agent, name: str) -> FilesJob:
     cfg = config.load(str(agent.path))
-    return FilesJob(cfg, cfg.job(name), s3=make_client(cfg.storage))
+    return FilesJob(cfg, cfg.job(name), store=BotoStore(cfg.storage))
 
 
 def no_temps(root: Path) -> list[str]:
@@ -201,7 +201,7 @@ def test_a_restore_that_fails_on_an_object_deleted_mid_way_leaves_no_temp_and_no
         if params.get("Key") in big:
             agent.s3.delete_object(Bucket=agent.bucket, Key=params["Key"])
 
-    job.store.meta.events.register("provide-client-params.s3.GetObject", delete_first)
+    job.store.client.meta.events.register("provide-client-params.s3.GetObject", delete_first)
     target = tmp_path / "target"
     with pytest.raises(JobFailed, match="cannot read"):
         job.restore(snapshot=None, at=None, target=str(target), paths=[])

@@ -146,12 +146,12 @@ class Lab:
         """The files job in this process, straight to SeaweedFS, with a state_dir of its own."""
         from backup_agent import config
         from backup_agent.jobs.files import FilesJob
-        from backup_agent.storage.s3 import make_client
+        from backup_agent.storage.s3_boto import BotoStore
 
         cfg = config.load(str(config_path or self.path))
         storage = dataclasses.replace(cfg.storage, endpoint_url=self.seaweed.endpoint_url)
         cfg = dataclasses.replace(cfg, storage=storage, state_dir=self.tmp / "verifier-state")
-        return FilesJob(cfg, cfg.job(job), s3=make_client(storage))
+        return FilesJob(cfg, cfg.job(job), store=BotoStore(storage))
 
     def check(self, job: str, config_path: Path | None = None) -> int:
         """`check --read-data` of every listed snapshot; returns how many were verified."""

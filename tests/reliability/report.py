@@ -153,8 +153,8 @@ and the bad-input converges added there); they run where `CI=true` or `BACKUP_AG
 
 ## Bounds and limits found
 
-- **S3 down**: botocore's adaptive retry mode with `max_attempts: 10` (storage/s3.py), and the
-  same policy in the direct client that sends a backup run's uploads (storage/s3_direct.py), back
+- **S3 down**: botocore's adaptive retry mode with `max_attempts: 10` (storage/s3.py), under
+  every request of the storage layer (storage/s3_boto.py), backs
   off `rand(0, 1) * min(scale * 2^i, 20 s)` between attempts, with `scale` 1 s for throttling
   (SlowDown) and 0.05 s for other errors (5xx, resets, refused connections). One request
   therefore gives up after at most 111 s of backoff (about 55 s on average) when S3 throttles,

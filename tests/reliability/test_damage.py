@@ -176,7 +176,7 @@ def test_two_runs_in_one_instant(lab: Lab, tmp_path: Path) -> None:
     """A stopped clock: every run gets the same time. Creation order still decides."""
     from backup_agent import config
     from backup_agent.jobs.files import FilesJob
-    from backup_agent.storage.s3 import make_client
+    from backup_agent.storage.s3_boto import BotoStore
 
     src = tmp_path / "src"
     write_files(src, 20, random.Random(173))
@@ -187,7 +187,7 @@ def test_two_runs_in_one_instant(lab: Lab, tmp_path: Path) -> None:
     made, states = [], {}
     for step in range(5):
         (src / "step.txt").write_text(f"run {step}\n")
-        result = FilesJob(cfg, cfg.job("data"), clock=lambda: frozen, s3=make_client(cfg.storage)).run()
+        result = FilesJob(cfg, cfg.job("data"), clock=lambda: frozen, store=BotoStore(cfg.storage)).run()
         made.append(result.snapshot)
         states[result.snapshot] = capture(src)
     assert [s["id"] for s in lab.json("snapshots", "data")] == made

@@ -314,7 +314,7 @@ def test_permission_denied_as_nobody(lab: Lab, tmp_path: Path) -> None:
 def test_clock_jumping_back(lab: Lab, tmp_path: Path) -> None:
     from backup_agent import config
     from backup_agent.jobs.files import FilesJob
-    from backup_agent.storage.s3 import make_client
+    from backup_agent.storage.s3_boto import BotoStore
 
     src = tmp_path / "src"
     write_files(src, 100, random.Random(34))
@@ -326,7 +326,7 @@ def test_clock_jumping_back(lab: Lab, tmp_path: Path) -> None:
     made = []
     for step, when in enumerate((now, now - timedelta(days=1), now - timedelta(days=1, seconds=-1), now)):
         (src / f"step-{step}.txt").write_text(f"written before run {step}\n")
-        result = FilesJob(cfg, cfg.job("data"), clock=lambda when=when: when, s3=make_client(cfg.storage)).run()
+        result = FilesJob(cfg, cfg.job("data"), clock=lambda when=when: when, store=BotoStore(cfg.storage)).run()
         assert result.status == "success"
         states[result.snapshot] = capture(src)
         made.append(result.snapshot)

@@ -44,10 +44,9 @@ def price_table(cfg: Config) -> dict[str, Any]:
 
 
 def _objects(runner: Any) -> Iterator[tuple[str, int]]:
-    """(storage class, size) of every object of the job: one LIST. The lead switches this to
-    Store.list's ObjectInfo (`o.storage_class`, `o.size`) at merge."""
+    """(storage class, size) of every object of the job: one LIST."""
     for o in runner.list_keys(""):
-        yield str(o.get("StorageClass") or "STANDARD"), int(o.get("Size", 0))
+        yield o.storage_class or "STANDARD", o.size
 
 
 def _ebs_volumes_gib(runner: Any) -> tuple[int, int]:

@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from backup_agent import retention
 from backup_agent.config import Config, Job
 from backup_agent.errors import AgentError, ConfigError, IntegrityError, JobFailed, NotReady
-from backup_agent.immutability import DeleteDenied, classify_delete_failure
+from backup_agent.immutability import DeleteDenied
 from backup_agent.storage import cold, layout
 from backup_agent.storage.manifest import Entry, ManifestError, read, read_header
-from backup_agent.storage.s3 import describe, error_code, is_not_found, make_client
+from backup_agent.storage.store import Denied, Locked, NotFound, ObjectInfo, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +56,16 @@ def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems:
             damaged.add(e.object)
         else:
             yield e
+
+
+def download(store: Store, key: str, out: IO[bytes]) -> None:
+    """A whole object into a file (a manifest into its spool)."""
+    body = store.get(key)
+    try:
+        while chunk := body.read(1 << 20):
+            out.write(chunk)
+    finally:
+        body.close()
 
 
 def utcnow() -> datetime:
@@ -173,54 +181,41 @@ class JobRunner:
 class S3Job(JobRunner):
     """Jobs whose snapshots are manifests under `<prefix>/<job>/snapshots/` in the bucket."""
 
-    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, store: Store | None = None) -> None:
         super().__init__(cfg, job, clock)
-        self._s3 = s3
-        self._store = s3  # a client given by the caller serves every request
-        self._making = threading.RLock()  # `store` may make `s3`
+        self._store = store  # a store given by the caller (tests) serves every request
+        self._making = threading.Lock()
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
         self.foreign_snapshot_keys: list[str] = []  # seen under snapshots/, not ours: reported, skipped
 
     @property
-    def s3(self) -> Any:
-        """boto3's client, built on first use: deletes, Glacier restores, command jobs' uploads."""
-        with self._making:
-            if self._s3 is None:
-                self._s3 = make_client(self.cfg.storage)
-            return self._s3
-
-    @property
-    def store(self) -> Any:
-        """The client for listing, reading and writing (HEAD, GET, LIST, PUT, multipart): the
-        direct one when it can serve this storage, which spares the boto3 import, else boto3's."""
+    def store(self) -> Store:
+        """Where this job's snapshots live, opened on first use."""
         with self._making:
             if self._store is None:
-                from backup_agent.storage.s3_direct import direct_client
+                from backup_agent.storage.open import open_store
 
-                direct = direct_client(self.cfg.storage)
-                self._store = direct if direct is not None else self.s3
+                self._store = open_store(self.cfg.storage)
             return self._store
 
     # --- listing and selecting -----------------------------------------------------------------
 
-    def list_keys(self, sub: str) -> Iterator[dict[str, Any]]:
-        paginator = self.store.get_paginator("list_objects_v2")
+    def list_keys(self, sub: str) -> Iterator[ObjectInfo]:
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.root + sub):
-                yield from page.get("Contents", [])
-        except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"cannot list s3://{self.bucket}/{self.root}{sub}: {describe(exc)}") from None
+            yield from self.store.list(self.root + sub)
+        except StoreError as exc:
+            raise JobFailed(f"cannot list s3://{self.bucket}/{self.root}{sub}: {exc}") from None
 
     def snapshots(self) -> list[Snapshot]:
         """Complete snapshots, oldest first by creation. An object under snapshots/ whose name is
         not a snapshot id of ours is reported (once per process) and skipped, never fatal."""
         out = []
         for obj in self.list_keys("snapshots/"):
-            rel = obj["Key"][len(self.root) :]
+            rel = obj.key[len(self.root) :]
             sid = layout.snapshot_id_from_key(rel)
             if sid:
-                out.append(Snapshot(sid, layout.snapshot_time(sid), int(obj.get("Size", 0))))
+                out.append(Snapshot(sid, layout.snapshot_time(sid), obj.size))
             elif rel not in self.foreign_snapshot_keys:
                 self.foreign_snapshot_keys.append(rel)
                 log.warning("s3://%s/%s%s is not a snapshot manifest of this agent: skipped", self.bucket,
@@ -234,9 +229,9 @@ class S3Job(JobRunner):
         snaps = self.snapshots()
         archived = {}
         for obj in self.list_keys(""):
-            rel = obj["Key"][len(self.root) :]
-            if layout.is_owned(rel) and cold.is_archived(obj.get("StorageClass")):
-                archived[rel] = int(obj.get("Size", 0))
+            rel = obj.key[len(self.root) :]
+            if layout.is_owned(rel) and cold.is_archived(obj.storage_class):
+                archived[rel] = obj.size
         infos = self._snapshot_infos([s.id for s in snaps], with_objects=bool(archived))
         refs: dict[str, set[str] | None] = {}
         for sid, info in infos.items():
@@ -265,7 +260,7 @@ class S3Job(JobRunner):
                         objs = sorted({e.object for e in entries if e.type == "file" and e.object})
                     return {"storage_class": header.get("storage_class", "STANDARD"), "objects": objs}
                 return {"storage_class": self._manifest_header(sid).get("storage_class", "STANDARD")}
-            except (AgentError, ClientError, BotoCoreError, ManifestError) as exc:
+            except (AgentError, StoreError, ManifestError) as exc:
                 log.warning("snapshot %s: cannot read its manifest: %s", sid, exc)
                 return {"storage_class": None, "unreadable": True}
 
@@ -284,7 +279,11 @@ class S3Job(JobRunner):
     def _manifest_header(self, sid: str) -> dict[str, Any]:
         # The header is the first line: a ranged GET spares reading a manifest of millions of entries.
         key = self.root + layout.manifest_key(sid)
-        head = self.store.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-65535")["Body"].read()
+        body = self.store.get(key, 0, 65536)
+        try:
+            head = body.read()
+        finally:
+            body.close()
         try:
             return read_header(io.BytesIO(head), f"snapshot {sid}")
         except (EOFError, OSError):
@@ -308,9 +307,9 @@ class S3Job(JobRunner):
         key = self.root + layout.manifest_key(sid)
         with tempfile.TemporaryFile() as spool:
             try:
-                self.store.download_fileobj(self.bucket, key, spool)
-            except (ClientError, BotoCoreError) as exc:
-                raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
+                download(self.store, key, spool)
+            except StoreError as exc:
+                raise JobFailed(f"snapshot {sid}: cannot read manifest: {exc}") from None
 
             def again() -> tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]:
                 spool.seek(0)
@@ -323,43 +322,32 @@ class S3Job(JobRunner):
             yield again
 
     def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
-        from backup_agent.storage.upload import upload_open_file
-
         spool.flush()
         spool.seek(0)
         sha256 = hashlib.file_digest(spool, "sha256").hexdigest()  # type: ignore[arg-type]
-        # Manifests stay in an instantly readable class whatever the data's class is.
-        extra = {"ContentType": "application/gzip", **self._sse_args()}
-        upload_open_file(self.store, self.bucket, self.root + layout.manifest_key(sid), spool.fileno(),
-                         f"manifest of {sid}", size=os.fstat(spool.fileno()).st_size, sha256=sha256, extra=extra,
-                         part_size=self.cfg.storage.multipart_chunk_size, concurrency=self.cfg.storage.concurrency)
-
-    def _sse_args(self) -> dict[str, str]:
-        from backup_agent.storage.s3 import put_args
-
-        return put_args(self.cfg.storage)
+        # Manifests stay in an instantly readable class (no storage_class) whatever the data's is.
+        self.store.put_file(self.root + layout.manifest_key(sid), spool.fileno(), os.fstat(spool.fileno()).st_size,
+                            sha256=sha256, name=f"manifest of {sid}")
 
     def thaw(self, tier: str | None = None, days: int | None = None) -> cold.Thaw:
         """Glacier restores for this job, with its restore_tier/restore_days unless overridden."""
-        return cold.Thaw(self.store, lambda: self.s3, self.bucket, self.root, self.cfg.state_dir, self.job.name,
+        return cold.Thaw(self.store, self.root, self.cfg.state_dir, self.job.name,
                          tier=tier or self.job.options.get("restore_tier", "Standard"),
                          days=days or self.job.options.get("restore_days", 7),
                          concurrency=self.cfg.storage.concurrency, clock=self.clock)
 
     def manifest_exists(self, sid: str) -> bool:
         try:
-            self.store.head_object(Bucket=self.bucket, Key=self.root + layout.manifest_key(sid))
+            self.store.stat(self.root + layout.manifest_key(sid))
             return True
-        except ClientError as exc:
-            if is_not_found(exc):
-                return False
-            raise
+        except NotFound:
+            return False
 
     def warn_if_unversioned(self, result: RunResult) -> None:
         try:
-            status = self.store.get_bucket_versioning(Bucket=self.bucket).get("Status")
-        except (ClientError, BotoCoreError) as exc:
-            log.debug("cannot read bucket versioning: %s", describe(exc))
+            status = self.store.versioning()
+        except StoreError as exc:
+            log.debug("cannot read bucket versioning: %s", exc)
             return
         if status != "Enabled":
             msg = (f"bucket {self.bucket} has versioning off: a deleted or overwritten object cannot be "
@@ -441,11 +429,11 @@ class S3Job(JobRunner):
         # (from another machine pruning this job, our lock does not keep it out) or to a failed
         # run whose uploads the next run reuses: it is left for a prune after a later snapshot.
         # Compared with the store's own times, not this machine's clock.
-        newest = max((o["LastModified"] for o in listing if o.get("LastModified")
-                      and layout.snapshot_id_from_key(o["Key"][len(self.root) :])), default=None)
+        newest = max((o.last_modified for o in listing
+                      if layout.snapshot_id_from_key(o.key[len(self.root) :])), default=None)
         result["objects_newer_than_snapshots"] = 0
         for obj in listing:
-            rel = obj["Key"][len(self.root) :]
+            rel = obj.key[len(self.root) :]
             if rel.startswith("snapshots/"):
                 continue
             if not layout.is_owned(rel):
@@ -453,18 +441,18 @@ class S3Job(JobRunner):
                 continue
             if rel in referenced:
                 continue
-            if newest is not None and obj.get("LastModified") and obj["LastModified"] > newest:
+            if newest is not None and obj.last_modified > newest:
                 result["objects_newer_than_snapshots"] += 1
             else:
-                garbage.append(obj["Key"])
-                freed += int(obj.get("Size", 0))
-                early += cold.early_deletion(obj.get("StorageClass"), obj.get("LastModified"), now)
+                garbage.append(obj.key)
+                freed += obj.size
+                early += cold.early_deletion(obj.storage_class, obj.last_modified, now)
         # Forget first: a prune killed between the two must not leave the cache pointing at
         # deleted content (the next run would reuse it instead of uploading it again).
         self.forget_cached({k[len(self.root) :] for k in garbage})
         locked_data = self._delete(garbage)
         if locked_data:
-            sizes = {o["Key"]: int(o.get("Size", 0)) for o in listing}
+            sizes = {o.key: o.size for o in listing}
             freed -= sum(sizes.get(k, 0) for k in locked_data)
         result["locked_skipped"] += len(locked_data)
         # S3 bills cold objects deleted before their class's minimum duration for the rest of it.
@@ -476,56 +464,26 @@ class S3Job(JobRunner):
         return result
 
     def _delete(self, keys: list[str]) -> set[str]:
-        """Delete keys; returns those Object Lock kept (skipped, never an error).
-
-        With `storage.object_lock` every version of a key is deleted by its id: a plain DELETE in
-        a versioned bucket only adds a delete marker, which a lock never refuses, and the locked
-        version would live on unseen. Deleting versions makes S3 refuse what is still locked, and
-        the key stays listed, so the next prune tries again."""
-        entries: list[dict[str, str]] = (self._versions_of(keys) if self.cfg.storage.object_lock
-                                         else [{"Key": k} for k in keys])
-        locked: set[str] = set()
-        for i in range(0, len(entries), 1000):
-            batch = entries[i : i + 1000]
-            try:
-                resp = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-            except (ClientError, BotoCoreError) as exc:
-                if classify_delete_failure(error_code(exc)) == "denied":
-                    raise DeleteDenied(f"prune: these credentials may not delete ({describe(exc)}); if this node is "
-                                       "write-only, set storage.pruned_by: maintenance") from None
-                raise JobFailed(f"prune: delete failed: {describe(exc)}") from None
-            for err in resp.get("Errors") or []:
-                kind = classify_delete_failure(str(err.get("Code", "")), str(err.get("Message", "")))
-                if kind == "locked":
-                    locked.add(str(err.get("Key")))
-                    continue
-                detail = f"cannot delete {err.get('Key')}: {err.get('Code')} {err.get('Message')}"
-                if kind == "denied":
-                    raise DeleteDenied(f"prune: {detail}; if this node is write-only, set storage.pruned_by: "
-                                       "maintenance")
-                raise JobFailed(f"prune: {detail}")
-        return locked
-
-    def _versions_of(self, keys: list[str]) -> list[dict[str, str]]:
-        """Every version (and delete marker) of `keys`: one listing under their common prefix."""
-        if not keys:
-            return []
-        wanted = set(keys)
-        common = os.path.commonprefix(keys)  # noqa: RUF071 -- characters, cut at the last "/" below
-        prefix = common[: common.rfind("/") + 1]
-        out: list[dict[str, str]] = []
+        """Delete keys; returns those Object Lock kept (skipped, never an error: a later prune
+        deletes them after their date). With `storage.object_lock` the store deletes every
+        version of a key by its id (a plain DELETE would only add a delete marker, which no lock
+        refuses, and the locked version would live on unseen)."""
+        hint = "if this node is write-only, set storage.pruned_by: maintenance"
         try:
-            for page in self.s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=prefix):
-                for v in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
-                    if v["Key"] in wanted:
-                        out.append({"Key": v["Key"], "VersionId": v["VersionId"]})
-        except (ClientError, BotoCoreError) as exc:
-            where = f"prune: cannot list versions under s3://{self.bucket}/{prefix}: {describe(exc)}"
-            if classify_delete_failure(error_code(exc)) == "denied":
-                raise DeleteDenied(f"{where}; if this node is write-only, set storage.pruned_by: maintenance") \
-                    from None
-            raise JobFailed(where) from None
-        return out
+            failures = self.store.delete(keys)
+        except Denied as exc:
+            raise DeleteDenied(f"prune: these credentials may not delete ({exc}); {hint}") from None
+        except StoreError as exc:
+            raise JobFailed(f"prune: delete failed: {exc}") from None
+        locked: set[str] = set()
+        for failure in failures:
+            if isinstance(failure, Locked):
+                locked.add(failure.key)
+            elif isinstance(failure, Denied):
+                raise DeleteDenied(f"prune: cannot delete {failure.key}: {failure}; {hint}")
+            else:
+                raise JobFailed(f"prune: cannot delete {failure.key}: {failure}")
+        return locked
 
     # --- check ---------------------------------------------------------------------------------
 
@@ -558,13 +516,13 @@ class S3Job(JobRunner):
                 damaged.add(piece.object)
             return problem
 
-        listing = [o for o in self.list_keys("") if layout.is_owned(o["Key"][len(self.root) :])]
-        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in listing}
+        listing = [o for o in self.list_keys("") if layout.is_owned(o.key[len(self.root) :])]
+        sizes = {o.key[len(self.root) :]: o.size for o in listing}
         problems: list[str] = []
         checked = 0
         snaps = self.snapshots()
         if read_data:
-            self._thaw_for_reading(snaps, {o["Key"] for o in listing if cold.is_archived(o.get("StorageClass"))})
+            self._thaw_for_reading(snaps, {o.key for o in listing if cold.is_archived(o.storage_class)})
         for snap in snaps:
             found: list[str] = []
             with contextlib.ExitStack() as stack:
@@ -576,7 +534,7 @@ class S3Job(JobRunner):
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    bad = read_all(self.store, self.bucket, self.root,
+                    bad = read_all(self.store, self.root,
                                    _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify)
                     found += [f"snapshot {snap.id}: {p}" for p in bad]
             problems += found

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
-from backup_agent.jobs.base import JobRunner, S3Job, Snapshot, pick_snapshot, rfc3339
+from backup_agent.jobs.base import JobRunner, S3Job, Snapshot, download, pick_snapshot, rfc3339
 from backup_agent.storage import layout
 from backup_agent.storage.manifest import Entry, ManifestError, parse_entry, read, read_matching
 from backup_agent.storage.reader import Piece, hashing, read_all
+from backup_agent.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +100,11 @@ def ls(job: S3Job, snapshot: str | None, at: str | None,
 @contextmanager
 def _spool(job: S3Job, sid: str) -> Iterator[IO[bytes]]:
     """The manifest in a temp file (never in memory), positioned at the start."""
-    from backup_agent.storage.s3 import describe
-
     with tempfile.TemporaryFile() as spool:
         try:
-            job.store.download_fileobj(job.bucket, job.root + layout.manifest_key(sid), spool)
-        except (ClientError, BotoCoreError) as exc:
-            raise JobFailed(f"snapshot {sid}: cannot read manifest: {describe(exc)}") from None
+            download(job.store, job.root + layout.manifest_key(sid), spool)
+        except StoreError as exc:
+            raise JobFailed(f"snapshot {sid}: cannot read manifest: {exc}") from None
         spool.seek(0)
         yield spool
 
@@ -367,7 +364,7 @@ def dump(job: S3Job, path: str, snapshot: str | None, at: str | None) -> Iterato
         def write(chunk: bytes) -> None:
             spool.write(chunk)
 
-        problems = read_all(job.store, job.bucket, job.root, [entry], job.cfg.storage, sink, concurrency=1)
+        problems = read_all(job.store, job.root, [entry], job.cfg.storage, sink, concurrency=1)
         if problems:
             raise IntegrityError(f"snapshot {snap.id}: {problems[0]}")
         spool.seek(0)

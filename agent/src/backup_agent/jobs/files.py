@@ -20,9 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import IO, Any
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
@@ -35,8 +33,7 @@ from backup_agent.state import FileCache, JobLock, atomic_write, clear_damage, e
 from backup_agent.storage import cold, layout
 from backup_agent.storage.bodies import FileShrank, Pieces
 from backup_agent.storage.manifest import Entry, ManifestWriter
-from backup_agent.storage.s3 import checksum_args, describe, is_content_mismatch, put_args
-from backup_agent.storage.upload import upload_file, upload_open_file
+from backup_agent.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -98,8 +95,8 @@ class PackUploader:
             digest = hashlib.sha256()
             for part in body.parts:
                 digest.update(part)
-            self.job.store.put_object(Bucket=self.job.bucket, Key=self.job.root + key, Body=body,
-                                      **self.job.data_put_args, **checksum_args(digest.hexdigest()))
+            self.job.store.put(self.job.root + key, body, sha256=digest.hexdigest(),
+                               storage_class=self.job.storage_class)
             self.job.cache.add_blobs(blobs)
             for sha, *_ in blobs:  # the cache answers for them now; keeps `known` small on huge trees
                 self.known.pop(sha, None)
@@ -109,10 +106,10 @@ class PackUploader:
 
 
 class FilesJob(S3Job):
-    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, s3: Any = None) -> None:
-        super().__init__(cfg, job, clock, s3)
+    def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, store: Store | None = None) -> None:
+        super().__init__(cfg, job, clock, store)
         self.opts = job.options
-        self.data_put_args = put_args(cfg.storage, self.opts["storage_class"])
+        self.storage_class: str = self.opts["storage_class"]
         self._cache: FileCache | None = None
         self.one_upload = threading.Lock()
         # Per run: the first path of each multiply linked inode, and its entry once stored.
@@ -172,6 +169,31 @@ class FilesJob(S3Job):
     def _run(self, started: float) -> RunResult:
         now = self.clock()
         result = RunResult(job=self.job.name, snapshot=None)
+        damaged, last, preflight = self._begin(result)
+        sid = layout.new_snapshot_id(now, after=last)
+        tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
+        with tempfile.TemporaryFile(dir=tmp_dir) as spool:
+            header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
+                      "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
+                      "storage_class": self.opts["storage_class"]}
+            writer = ManifestWriter(spool, header)
+            self.cache.begin_files()
+            self._scan(writer, result, preflight, last)
+            result.files_failed = len(result.failed)
+            result.duration_s = time.monotonic() - started
+            summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
+                                                       "files_failed", "bytes_uploaded", "bytes_total")}
+            writer.close(summary)
+            self._store_manifest(sid, spool, result)
+        result.snapshot = sid
+        self._record(sid, writer, damaged, result)
+        result.status = "partial" if result.failed else "success"
+        result.duration_s = time.monotonic() - started
+        return result
+
+    def _begin(self, result: RunResult) -> tuple[set[str], str | None, Future[bool] | None]:
+        """Damage to store again, the newest snapshot, and (on a rerun) the check that it is
+        still in the bucket, running beside the scan."""
         damaged = read_damage(self.cfg.state_dir, self.job.name)
         if damaged:
             # `check` found these objects missing or corrupt: the files stored there are read
@@ -194,76 +216,71 @@ class FilesJob(S3Job):
             try:
                 last = self._seed_cache_from_bucket(damaged)
                 self.warn_if_unversioned(result)
-            except (ClientError, BotoCoreError) as exc:
-                raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {describe(exc)}") from None
-        sid = layout.new_snapshot_id(now, after=last)
+            except StoreError as exc:
+                raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: {exc}") from None
+        return damaged, last, preflight
 
-        tmp_dir = ensure_dir(self.cfg.state_dir / "tmp")
+    def _scan(self, writer: ManifestWriter, result: RunResult, preflight: Future[bool] | None,
+              last: str | None) -> None:
+        """Walk the paths, store new content and write every entry."""
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
-        with tempfile.TemporaryFile(dir=tmp_dir) as spool:
-            header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
-                      "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
-                      "storage_class": self.opts["storage_class"]}
-            writer = ManifestWriter(spool, header)
-            self.cache.begin_files()
-            conc = self.cfg.storage.concurrency
-            # Large files go up one at a time (`one_upload`), each in parallel parts: two at once
-            # were slower than in a row (docs/PERFORMANCE.md, "Large files: one upload at a time").
-            # Two workers so the next large file is hashed while one uploads, and no further ahead.
-            with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
-                    ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
-                packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
-                large: list[tuple[Future[LargeResult], str]] = []
-                staged: list[tuple[Any, ...]] = []
-                try:
-                    for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
-                                      self.opts["follow_symlinks"]):
-                        self._one(found, writer, packer, big_pool, large, staged, result)
-                        if len(staged) >= STAGE_BATCH:
-                            self.cache.stage_files(staged)
-                            staged = []
-                    packer.seal()
-                    for fut in packer.futures:
-                        result.bytes_uploaded += fut.result()
-                    for lf, counter in large:
-                        done = lf.result()
-                        if done is not None:
-                            entry, row, uploaded = done
-                            setattr(result, counter, getattr(result, counter) + 1)
-                            result.bytes_total += entry.size
-                            writer.add(entry)
-                            staged.append(row)
-                            result.bytes_uploaded += uploaded
-                    self.cache.stage_files(staged)
-                    if preflight is not None and not preflight.result():
-                        raise _LastSnapshotGone(str(last))
-                except (ClientError, BotoCoreError) as exc:
-                    for f in packer.futures:
-                        f.cancel()
-                    for lf, _ in large:
-                        lf.cancel()
-                    if preflight is not None and preflight.done() and preflight.exception() is not None:
-                        raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
-                                        f"{describe(preflight.exception())}") from None  # type: ignore[arg-type]
-                    raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {describe(exc)}") from None
-            result.files_failed = len(result.failed)
-            result.duration_s = time.monotonic() - started
-            summary = {k: getattr(result, k) for k in ("files_new", "files_changed", "files_unchanged",
-                                                       "files_failed", "bytes_uploaded", "bytes_total")}
-            writer.close(summary)
+        conc = self.cfg.storage.concurrency
+        # Large files go up one at a time (`one_upload`), each in parallel parts: two at once
+        # were slower than in a row (docs/PERFORMANCE.md, "Large files: one upload at a time").
+        # Two workers so the next large file is hashed while one uploads, and no further ahead.
+        with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
+            packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
+            large: list[tuple[Future[LargeResult], str]] = []
+            staged: list[tuple[Any, ...]] = []
             try:
-                self.upload_manifest(sid, spool)
-            except (ClientError, BotoCoreError) as exc:
-                # The answer can be lost after S3 stored it: exit code and status must say
-                # whether the snapshot exists, so ask.
-                exists = self._manifest_stored(sid)
-                if exists is not True:
-                    made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
-                    raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
-                                    f"{describe(exc)}") from None
-                result.warnings.append(f"storing the manifest reported {describe(exc)}, but snapshot {sid} "
-                                       "is stored and complete")
-        result.snapshot = sid
+                for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
+                                  self.opts["follow_symlinks"]):
+                    self._one(found, writer, packer, big_pool, large, staged, result)
+                    if len(staged) >= STAGE_BATCH:
+                        self.cache.stage_files(staged)
+                        staged = []
+                packer.seal()
+                for fut in packer.futures:
+                    result.bytes_uploaded += fut.result()
+                for lf, counter in large:
+                    done = lf.result()
+                    if done is not None:
+                        entry, row, uploaded = done
+                        setattr(result, counter, getattr(result, counter) + 1)
+                        result.bytes_total += entry.size
+                        writer.add(entry)
+                        staged.append(row)
+                        result.bytes_uploaded += uploaded
+                self.cache.stage_files(staged)
+                if preflight is not None and not preflight.result():
+                    raise _LastSnapshotGone(str(last))
+            except StoreError as exc:
+                for f in packer.futures:
+                    f.cancel()
+                for lf, _ in large:
+                    lf.cancel()
+                if preflight is not None and preflight.done() and preflight.exception() is not None:
+                    raise JobFailed(f"job {self.job.name}: cannot reach s3://{self.bucket}: "
+                                    f"{preflight.exception()}") from None
+                raise JobFailed(f"job {self.job.name}: upload failed, no snapshot made: {exc}") from None
+
+    def _store_manifest(self, sid: str, spool: IO[bytes], result: RunResult) -> None:
+        try:
+            self.upload_manifest(sid, spool)
+        except StoreError as exc:
+            # The answer can be lost after S3 stored it: exit code and status must say
+            # whether the snapshot exists, so ask.
+            exists = self._manifest_stored(sid)
+            if exists is not True:
+                made = "no snapshot made" if exists is False else f"snapshot {sid} may or may not exist"
+                raise JobFailed(f"job {self.job.name}: cannot store the manifest, {made}: "
+                                f"{exc}") from None
+            result.warnings.append(f"storing the manifest reported {exc}, but snapshot {sid} "
+                                   "is stored and complete")
+
+    def _record(self, sid: str, writer: ManifestWriter, damaged: set[str], result: RunResult) -> None:
+        """The snapshot is complete: the local cache and the damage record learn of it."""
         try:
             self.cache.commit_files(sid, writer.objects)
             self._save_xattr_memo(sid)
@@ -278,16 +295,13 @@ class FilesJob(S3Job):
             clear_damage(self.cfg.state_dir, self.job.name, damaged)
         except OSError as exc:  # the record only makes a later run forget objects already forgotten
             log.warning("job %s: cannot update %s: %s", self.job.name, self.cfg.state_dir, exc.strerror or exc)
-        result.status = "partial" if result.failed else "success"
-        result.duration_s = time.monotonic() - started
-        return result
 
     def _manifest_stored(self, sid: str) -> bool | None:
         """Is the manifest in the bucket? None when S3 does not say."""
         try:
             return self.manifest_exists(sid)
-        except (ClientError, BotoCoreError) as exc:
-            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, describe(exc))
+        except StoreError as exc:
+            log.warning("job %s: cannot tell whether snapshot %s was stored: %s", self.job.name, sid, exc)
             return None
 
     def _preflight(self, last: str, result: RunResult) -> bool:
@@ -549,7 +563,6 @@ class FilesJob(S3Job):
                        ranges: list[tuple[int, int]], extents: list[tuple[int, int]] | None) -> LargeResult:
         """Store `ranges` of the file from a private copy (sparse data regions, or the prefix of
         a file that keeps changing); `extents`: where the regions go (sparse files)."""
-        st_cfg = self.cfg.storage
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -571,9 +584,8 @@ class FilesJob(S3Job):
                         obj, offset = found
                     else:
                         obj, offset = layout.large_file_key(path, sha, self.root), 0
-                        upload_open_file(self.store, self.bucket, self.root + obj, spool.fileno(), path, size=size,
-                                         sha256=sha, extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                                         concurrency=st_cfg.concurrency)
+                        self.store.put_file(self.root + obj, spool.fileno(), size, sha256=sha, name=path,
+                                            storage_class=self.storage_class)
                         self.cache.add_blobs([(sha, obj, 0, size)])
                         uploaded = size
         except OSError as exc:
@@ -598,18 +610,15 @@ class FilesJob(S3Job):
                 obj, offset = found
             else:
                 obj, offset = layout.large_file_key(path, sha, self.root), 0
-                st_cfg = self.cfg.storage
-                upload_file(self.store, self.bucket, self.root + obj, path, size=size, sha256=sha,
-                            extra=self.data_put_args, part_size=st_cfg.multipart_chunk_size,
-                            concurrency=st_cfg.concurrency)
+                self._upload_file(path, obj, size, sha)
                 uploaded = size
             after = os.stat(path)
         except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
             return None
-        except (FileShrank, ClientError) as exc:
+        except (FileShrank, StoreError) as exc:
             # A single PUT carries the SHA-256 of the bytes we hashed; S3 refuses a body that no
             # longer matches it (a file rewritten in place after hashing, same size).
-            if isinstance(exc, ClientError) and not is_content_mismatch(exc):
+            if isinstance(exc, StoreError) and exc.code != "BadDigest":
                 raise
             log.info("%s changed while uploaded: reading it again", path)
             try:
@@ -633,6 +642,13 @@ class FilesJob(S3Job):
         row = (_cache_key(path), size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
         return entry, row, uploaded
 
+    def _upload_file(self, path: str, obj: str, size: int, sha: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.store.put_file(self.root + obj, fd, size, sha256=sha, name=path, storage_class=self.storage_class)
+        finally:
+            os.close(fd)
+
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
         """A new disk or node has no cache: learn what content the newest snapshot already stores,
         so losing state_dir costs a rescan and re-hash, not a second upload of everything.
@@ -646,7 +662,7 @@ class FilesJob(S3Job):
         if not snaps:
             return None
         newest = snaps[-1].id
-        sizes = {o["Key"][len(self.root) :]: int(o.get("Size", 0)) for o in self.list_keys("")}
+        sizes = {o.key[len(self.root) :]: o.size for o in self.list_keys("")}
         batch: list[tuple[str, str, int, int]] = []
         reused = skipped = 0
         try:
@@ -694,6 +710,28 @@ class FilesJob(S3Job):
 
             return self._restore_selected(snap.id, selected, paths, Path(target), wait=wait, tier=tier, days=days)
 
+    def _first_pass(self, entries: Iterator[Entry], resumed: Callable[[Entry], bool]
+                    ) -> tuple[int, int, int, dict[str, int], list[Entry] | None]:
+        """Entries, files with content, files an earlier run restored, bytes left to fetch by
+        object key, and the entries themselves unless there are more than HOLD_ENTRIES."""
+        count = content = skipped = 0
+        object_bytes: dict[str, int] = {}
+        held: list[Entry] | None = []
+        for e in entries:
+            count += 1
+            if held is not None:
+                held.append(e)
+                if len(held) > HOLD_ENTRIES:
+                    held = None
+            if e.type == "file" and e.size > 0:
+                content += 1
+                if resumed(e):
+                    skipped += 1
+                else:
+                    key = self.root + str(e.object)
+                    object_bytes[key] = object_bytes.get(key, 0) + e.size
+        return count, content, skipped, object_bytes, held
+
     def _restore_selected(self, sid: str, selected: Callable[[], Iterator[Entry]], paths: list[str], target: Path,
                           *, wait: bool, tier: str | None, days: int | None) -> dict[str, Any]:
         """Readable content is restored at once; archived objects are requested from Glacier and
@@ -712,22 +750,7 @@ class FilesJob(S3Job):
         def resumed(e: Entry) -> bool:
             return e.object in done and _already_restored(root, e)
 
-        count = content = skipped = 0
-        object_bytes: dict[str, int] = {}  # what is left to fetch, by object key
-        held: list[Entry] | None = []
-        for e in selected():
-            count += 1
-            if held is not None:
-                held.append(e)
-                if len(held) > HOLD_ENTRIES:
-                    held = None
-            if e.type == "file" and e.size > 0:
-                content += 1
-                if resumed(e):
-                    skipped += 1
-                else:
-                    key = self.root + str(e.object)
-                    object_bytes[key] = object_bytes.get(key, 0) + e.size
+        count, content, skipped, object_bytes, held = self._first_pass(selected(), resumed)
         if paths and not count:
             raise JobFailed(f"snapshot {sid}: no entry matches {', '.join(paths)}")
         kept = held

@@ -284,6 +284,53 @@ def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, cont
         target.close()
 
 
+def _empty_file(target: Target, e: Entry, errors: list[str]) -> bool:
+    """An entry without bytes to fetch (empty, or a sparse file that is all hole); False when the
+    manifest's entry is refused (in `errors`)."""
+    try:
+        with target.parent(e.path) as (dfd, name):
+            tmp, fd = open_new(dfd)
+            try:
+                special.finish_size(fd, e)  # a sparse file that is all hole: a length
+                apply_meta(fd, e)
+            except BaseException:
+                discard(dfd, tmp)
+                raise
+            finally:
+                os.close(fd)
+            commit(dfd, tmp, name)
+    except ManifestError as exc:
+        errors.append(str(exc))
+        return False
+    except OSError as exc:
+        raise target.named(e.path, exc) from None
+    return True
+
+
+def _place_late(target: Target, late: list[Entry], hard: list[tuple[Entry, str]], counts: dict[str, int],
+                errors: list[str]) -> None:
+    """Symlinks, the other KINDS and hard links, once all content is in place."""
+    for e in late:
+        try:
+            with target.parent(e.path) as (dfd, name):
+                place(dfd, name, e, partial(KINDS[e.type], target, dfd, e=e))
+        except ManifestError as exc:
+            errors.append(str(exc))
+            continue
+        except OSError as exc:
+            raise target.named(e.path, exc) from None
+        counts[_COUNTED_AS[e.type]] += 1
+    for e, first in hard:
+        try:
+            _link(target, e, first)
+        except ManifestError as exc:
+            errors.append(str(exc))
+            continue
+        except OSError as exc:
+            raise target.named(e.path, exc) from None
+        counts["hardlinks"] += 1
+
+
 def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes: int) -> dict[str, Any]:
     errors: list[str] = []
     counts = {"files": 0, "dirs": 0, "symlinks": 0, "specials": 0, "hardlinks": 0, "bytes": 0}
@@ -318,24 +365,7 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
                     late.append(e)
                 else:
                     errors.append(f"{e.path}: entries of type {e.type!r} cannot be restored")
-            else:
-                try:
-                    with target.parent(e.path) as (dfd, name):
-                        tmp, fd = open_new(dfd)
-                        try:
-                            special.finish_size(fd, e)  # a sparse file that is all hole: a length
-                            apply_meta(fd, e)
-                        except BaseException:
-                            discard(dfd, tmp)
-                            raise
-                        finally:
-                            os.close(fd)
-                        commit(dfd, tmp, name)
-                except ManifestError as exc:
-                    errors.append(str(exc))
-                    continue
-                except OSError as exc:
-                    raise target.named(e.path, exc) from None
+            elif _empty_file(target, e, errors):
                 with lock:
                     counts["files"] += 1
 
@@ -359,27 +389,9 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
             raise target.named(dests[0].path, exc) from None
 
     try:
-        errors += read_all(job.store, job.bucket, job.root, content(), job.cfg.storage, sink)
+        errors += read_all(job.store, job.root, content(), job.cfg.storage, sink)
         progress.close()
-        for e in late:
-            try:
-                with target.parent(e.path) as (dfd, name):
-                    place(dfd, name, e, partial(KINDS[e.type], target, dfd, e=e))
-            except ManifestError as exc:
-                errors.append(str(exc))
-                continue
-            except OSError as exc:
-                raise target.named(e.path, exc) from None
-            counts[_COUNTED_AS[e.type]] += 1
-        for e, first in hard:
-            try:
-                _link(target, e, first)
-            except ManifestError as exc:
-                errors.append(str(exc))
-                continue
-            except OSError as exc:
-                raise target.named(e.path, exc) from None
-            counts["hardlinks"] += 1
+        _place_late(target, late, hard, counts, errors)
     except BaseException:
         # Also after a failure: the directories made so far get their modes (none stays at 0700).
         _dir_meta(target, dirs, quiet=True)

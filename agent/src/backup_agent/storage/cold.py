@@ -20,12 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from backup_agent.errors import ConfigError, JobFailed, NotReady
 from backup_agent.storage.classes import ARCHIVED, IT_ARCHIVE, MIN_STORAGE_DAYS
 from backup_agent.storage.classes import is_archived as is_archived  # jobs ask cold.is_archived
-from backup_agent.storage.s3 import describe, error_code, is_not_found
+from backup_agent.storage.store import NotFound, ObjectInfo, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +155,13 @@ class Survey:
 _ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
 
 
-def classify(head: dict[str, Any]) -> tuple[str, str]:
-    """(state, class) from a HeadObject answer; Intelligent-Tiering archives map to their twin."""
-    cls = head.get("StorageClass") or "STANDARD"
-    archive = IT_ARCHIVE.get(head.get("ArchiveStatus") or "") or (cls if cls in ARCHIVED else None)
+def classify(head: ObjectInfo) -> tuple[str, str]:
+    """(state, class) from a HEAD; Intelligent-Tiering archives map to their twin."""
+    cls = head.storage_class or "STANDARD"
+    archive = IT_ARCHIVE.get(head.archive_status or "") or (cls if cls in ARCHIVED else None)
     if archive is None:
         return READY, cls
-    m = _ONGOING.search(head.get("Restore") or "")
+    m = _ONGOING.search(head.restore or "")
     if m and m.group(1) == "false":
         return READY, archive
     return (PENDING if m else ARCHIVED_STATE), archive
@@ -172,11 +170,9 @@ def classify(head: dict[str, Any]) -> tuple[str, str]:
 class Thaw:
     """Makes a set of objects readable: the restore and `check --read-data` share it."""
 
-    def __init__(self, s3: Any, restorer: Callable[[], Any], bucket: str, root: str, state_dir: Path, job: str, *,
+    def __init__(self, store: Store, root: str, state_dir: Path, job: str, *,
                  tier: str, days: int, concurrency: int, clock: Callable[[], datetime] | None = None) -> None:
-        self.s3 = s3
-        self.restorer = restorer  # the client for RestoreObject (boto3's), made when one is needed
-        self.bucket = bucket
+        self.store = store
         self.root = root
         self.tier = tier
         self.days = days
@@ -186,14 +182,14 @@ class Thaw:
         self.dirty = False
         self.job = job
 
-    def _head(self, key: str) -> dict[str, Any]:
+    def _head(self, key: str) -> ObjectInfo:
         try:
-            return dict(self.s3.head_object(Bucket=self.bucket, Key=key))
-        except (ClientError, BotoCoreError) as exc:
-            if is_not_found(exc):
-                raise JobFailed(f"s3://{self.bucket}/{key} is missing; `backup-agent check` lists what "
-                                "else is") from None
-            raise JobFailed(f"cannot look at {key}: {describe(exc)}") from None
+            return self.store.stat(key)
+        except NotFound:
+            raise JobFailed(f"{self.store.label}/{key} is missing; `backup-agent check` lists what "
+                            "else is") from None
+        except StoreError as exc:
+            raise JobFailed(f"cannot look at {key}: {exc}") from None
 
     def look(self, keys: Iterable[str], survey: Survey | None = None) -> Survey:
         """HEAD the keys (in parallel) and note each one's state; no request is made."""
@@ -203,9 +199,9 @@ class Thaw:
             for key, head in zip(keys, pool.map(self._head, keys), strict=True):
                 state, cls = classify(head)
                 survey.state[key] = state
-                survey.size[key] = int(head.get("ContentLength") or 0)
+                survey.size[key] = head.size
                 survey.storage_class[key] = cls
-                if head.get("ArchiveStatus") in IT_ARCHIVE:
+                if head.archive_status in IT_ARCHIVE:
                     survey.intelligent.add(key)
                 if state == READY and key in self.record.requests:
                     del self.record.requests[key]
@@ -255,15 +251,11 @@ class Thaw:
         return self.clock() - when < timedelta(hours=window)
 
     def _request(self, key: str, intelligent: bool) -> str:
-        body: dict[str, Any] = {"GlacierJobParameters": {"Tier": self.tier}}
-        if not intelligent:
-            body["Days"] = self.days
         try:
-            resp = self.restorer().restore_object(Bucket=self.bucket, Key=key, RestoreRequest=body)
-        except (ClientError, BotoCoreError) as exc:
-            code = error_code(exc)
-            if code == "RestoreAlreadyInProgress":
-                return PENDING
+            # True: accepted; False: a restore is already under way. Either way: wait.
+            self.store.request_restore(key, days=None if intelligent else self.days, tier=self.tier)
+        except StoreError as exc:
+            code = exc.code
             if code == "ObjectAlreadyInActiveTierError":
                 return READY
             if code in NO_ARCHIVE_API:
@@ -272,9 +264,10 @@ class Thaw:
                 log.debug("%s: %s has no RestoreObject (%s); reading it directly", self.job, key, code)
                 return READY
             hint = "; try --tier Standard" if code == "GlacierExpeditedRetrievalNotAvailable" else ""
-            raise JobFailed(f"cannot request the restore of {key}: {describe(exc)}{hint}") from None
-        # 200: a restored copy already exists (S3 only extended its days); 202: accepted.
-        return READY if resp.get("ResponseMetadata", {}).get("HTTPStatusCode") == 200 else PENDING
+            raise JobFailed(f"cannot request the restore of {key}: {exc}{hint}") from None
+        # A copy restored meanwhile (S3 answered 200 and only extended its days) shows as ready at
+        # the next look.
+        return PENDING
 
     def wait_for_more(self, survey: Survey, started: float) -> Survey:
         """Poll the waiting objects with backoff until at least one more is ready (--wait)."""

@@ -10,26 +10,20 @@ keeps a pack's files together in the manifest, so windows rarely split a pack's 
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_agent.config import Storage
 from backup_agent.errors import JobFailed, NotReady
 from backup_agent.storage.manifest import Entry
-from backup_agent.storage.s3 import describe, error_code
+from backup_agent.storage.store import Archived, Body, Store, StoreError
 
 CHUNK = 1 << 20
 # Entries in one object closer than this are fetched with one GET (reading the gap is cheaper
 # than another request).
 MAX_GAP = 1 << 20
-# Ranged GETs whose body breaks off are retried this many times in all.
-STREAM_ATTEMPTS = 5
 # Entries grouped into GETs at a time (a few MB of entries and pieces). Content shared by entries
 # in different windows is fetched once per window.
 WINDOW = 20_000
@@ -82,7 +76,7 @@ def _runs(pieces: list[Piece]) -> Iterator[list[Piece]]:
         yield run
 
 
-def read_all(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage: Storage, sink: Sink,
+def read_all(store: Store, root: str, entries: Iterable[Entry], storage: Storage, sink: Sink,
              concurrency: int | None = None) -> list[str]:
     """Fetch every piece once and feed it to `sink`; return the problems found."""
     workers = concurrency or storage.concurrency
@@ -96,7 +90,7 @@ def read_all(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage:
                         # Bounded queue: the manifest is read only as far ahead as the GETs need.
                         while len(pending) >= 2 * workers:
                             problems += pending.popleft().result()
-                        pending.append(pool.submit(_fetch_run, s3, bucket, root + obj, run, sink))
+                        pending.append(pool.submit(_fetch_run, store, root + obj, run, sink))
             while pending:
                 problems += pending.popleft().result()
         finally:
@@ -116,29 +110,27 @@ def _windows(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
         yield window
 
 
-def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, attempt: int = 1) -> list[str]:
+def _fetch_run(store: Store, key: str, run: list[Piece], sink: Sink) -> list[str]:
     start = run[0].offset
     end = max(p.offset + p.size for p in run)
     try:
-        resp = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-    except (ClientError, BotoCoreError) as exc:
-        if error_code(exc) == "InvalidObjectState":
-            raise NotReady(f"{key} is archived and not restored yet") from None
-        raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
-    body = resp["Body"]
+        # A body that breaks while it streams is resumed inside the store: one read to the end.
+        body: Body = store.get(key, start, end)
+    except Archived:
+        raise NotReady(f"{key} is archived and not restored yet") from None
+    except StoreError as exc:
+        raise JobFailed(f"cannot read {key}: {exc}") from None
     if len(run) > 1:
         # Packed small files: a few large reads cut into pieces in memory instead of one read per
         # file, which spares the threads a GIL hand-off per tiny read.
         body = _Buffered(body)
     problems: list[str] = []
     pos = start
-    done = 0  # pieces the sink has had in full
     try:
         for p in run:
             if p.offset < pos:
                 # Overlapping pieces (only from a crafted manifest) are fetched on their own.
-                problems += _fetch_run(s3, bucket, key, [p], sink)
-                done += 1
+                problems += _fetch_run(store, key, [p], sink)
                 continue
             while pos < p.offset:  # skip the gap
                 chunk = body.read(min(CHUNK, p.offset - pos))
@@ -160,16 +152,8 @@ def _fetch_run(s3: Any, bucket: str, key: str, run: list[Piece], sink: Sink, att
             problem = sink(p, chunks())
             if problem:
                 problems.append(problem)
-            done += 1
-    except BotoCoreError as exc:
-        # botocore retries a request until its response headers arrive; a connection that breaks
-        # while the body streams in (reset, truncated, read timeout) is retried here, from the
-        # piece it broke in. Sinks start each piece afresh (restore rewrites its temp file).
-        if attempt >= STREAM_ATTEMPTS:
-            raise JobFailed(f"cannot read {key}: {describe(exc)}") from None
-        body.close()
-        time.sleep(min(0.2 * 2**attempt, 5.0))
-        return problems + _fetch_run(s3, bucket, key, run[done:], sink, attempt + 1)
+    except StoreError as exc:
+        raise JobFailed(f"cannot read {key}: {exc}") from None
     finally:
         body.close()
     return problems
@@ -180,12 +164,15 @@ class _Buffered:
 
     BLOCK = 4 << 20
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Body) -> None:
         self.body = body
         self.buf = b""
         self.pos = 0
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            rest, self.buf, self.pos = self.buf[self.pos :], b"", 0
+            return rest + self.body.read()
         if self.pos + n > len(self.buf):
             rest = self.buf[self.pos :]
             self.buf, self.pos = rest + self.body.read(max(n - len(rest), self.BLOCK)), 0
@@ -212,6 +199,6 @@ def hashing(chunks: Iterator[bytes], piece: Piece, each: Callable[[bytes], None]
     return None
 
 
-def verify_entries(s3: Any, bucket: str, root: str, entries: Iterable[Entry], storage: Storage) -> list[str]:
-    return read_all(s3, bucket, root, entries, storage,
+def verify_entries(store: Store, root: str, entries: Iterable[Entry], storage: Storage) -> list[str]:
+    return read_all(store, root, entries, storage,
                     lambda piece, chunks: hashing(chunks, piece, lambda _c: None))

@@ -1,5 +1,6 @@
 """The one place boto3 S3 clients are made (endpoints, credentials, retries, encryption settings),
-and the helpers both S3 clients share; the direct client of backup runs is in s3_direct.py."""
+and the helpers that read botocore's errors: for the BotoStore (s3_boto.py) and the control plane
+(bucket setup)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,8 @@ from backup_agent.config import Storage
 RETRIES = {"mode": "adaptive", "max_attempts": 10}
 
 
-class IncompleteAnswer(BotoCoreError):
-    """S3 answered 2xx without what the operation needs (an ETag, an UploadId)."""
-
-    fmt = "{operation}: {detail}"
-
-
 def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
-    # Imported here: runs, restores and checks with static keys do without boto3 (s3_direct.py).
+    # Imported here: boto3's import is the slow part of a start, and only S3 work needs it.
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -46,26 +41,7 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
         response_checksum_validation="when_required",
     )
     client = session.client("s3", endpoint_url=storage.endpoint_url, config=cfg)
-    if storage.object_lock:
-        _add_object_lock(client, storage.object_lock)
     return client
-
-
-def _add_object_lock(client: Any, object_lock: tuple[str, int]) -> None:
-    """Every PutObject / CreateMultipartUpload this client sends carries the Object Lock retention,
-    dated from the moment of the request (not from when the job started)."""
-    from backup_agent.immutability import lock_params
-
-    def add(params: dict[str, Any], **_: Any) -> None:
-        params.update(lock_params(object_lock))
-
-    def add_to_put(params: dict[str, Any], **_: Any) -> None:
-        add(params)
-        # S3 wants Content-MD5 or a named checksum algorithm on a locked PutObject.
-        params.setdefault("ChecksumAlgorithm", "SHA256")
-
-    client.meta.events.register("provide-client-params.s3.PutObject", add_to_put)
-    client.meta.events.register("provide-client-params.s3.CreateMultipartUpload", add)
 
 
 def put_args(storage: Storage, storage_class: str | None = None) -> dict[str, str]:
@@ -105,7 +81,3 @@ def describe(exc: BaseException) -> str:
 def is_not_found(exc: BaseException) -> bool:
     return error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 
-
-def is_content_mismatch(exc: BaseException) -> bool:
-    """S3 refused a body that does not match the checksum sent with it."""
-    return error_code(exc) in ("BadDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch")

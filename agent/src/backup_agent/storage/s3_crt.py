@@ -22,7 +22,6 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -43,6 +42,7 @@ from awscrt.s3 import (
 )
 
 from backup_agent.config import Storage
+from backup_agent.immutability import lock_headers
 from backup_agent.storage import crt_credentials, s3_xml
 from backup_agent.storage.bodies import FileRange
 from backup_agent.storage.crt_body import WINDOW, UploadStream, WindowedBody, b64_sha256
@@ -117,6 +117,7 @@ class CrtStore:
         self.part_size = max(MIN_PART, part_size)
         self.concurrency = max(1, concurrency)
         self.object_lock = object_lock
+        self.storage: Storage | None = None  # set by from_storage: what a version-wise delete needs
         self._credentials = credentials
         self._bootstrap = ClientBootstrap.get_or_create_static_default()
         self._lock = threading.Lock()
@@ -131,10 +132,12 @@ class CrtStore:
         bootstrap = ClientBootstrap.get_or_create_static_default()
         settings = crt_credentials.settings(storage)
         creds, _ = crt_credentials.provider(storage, bootstrap)
-        return cls(bucket=storage.bucket, region=storage.region, endpoint_url=storage.endpoint_url,
-                   credentials=creds, settings=settings, sse=storage.sse, kms_key_id=storage.kms_key_id,
-                   part_size=storage.multipart_chunk_size, concurrency=concurrency or storage.concurrency,
-                   object_lock=object_lock)
+        store = cls(bucket=storage.bucket, region=storage.region, endpoint_url=storage.endpoint_url,
+                    credentials=creds, settings=settings, sse=storage.sse, kms_key_id=storage.kms_key_id,
+                    part_size=storage.multipart_chunk_size, concurrency=concurrency or storage.concurrency,
+                    object_lock=object_lock)
+        store.storage = storage
+        return store
 
     def _open(self, region: str) -> None:
         """(Re)build the runtime's client for `region` (at start, and after a region redirect)."""
@@ -268,10 +271,12 @@ class CrtStore:
                 out.append(("x-amz-server-side-encryption-aws-kms-key-id", self.kms_key_id))
         if storage_class and storage_class != "STANDARD":
             out.append(("x-amz-storage-class", storage_class))
-        if self.object_lock:
-            mode, days = self.object_lock
-            until = (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
-            out += [("x-amz-object-lock-mode", mode), ("x-amz-object-lock-retain-until-date", until)]
+        # The lock's date is taken per request: from the write, not from the job's start. S3 wants
+        # a named checksum algorithm (or Content-MD5) on a locked write.
+        lock = lock_headers(self.object_lock)
+        out += lock.items()
+        if lock:
+            out.append(("x-amz-sdk-checksum-algorithm", "SHA256"))
         return out
 
     # --- errors ------------------------------------------------------------------------------
@@ -432,6 +437,13 @@ class CrtStore:
         return CrtMultipart(self, key, upload_id)
 
     def delete(self, keys: Iterable[str]) -> builtins.list[StoreError]:
+        if self.object_lock and self.storage is not None:
+            # Every version by its id (see BotoStore.delete): a prune under Object Lock is
+            # maintenance work, where boto3's version listing and import cost do not matter.
+            from backup_agent.storage.s3_boto import BotoStore
+
+            return BotoStore(self.storage, concurrency=self.concurrency,
+                             object_lock=self.object_lock).delete(keys)
         failures: list[StoreError] = []
         batch: list[str] = []
         for key in keys:

@@ -67,6 +67,9 @@ class ObjectInfo:
     # HEAD only: the x-amz-restore state of an archived object, e.g. 'ongoing-request="true"' or
     # 'ongoing-request="false", expiry-date="..."'; None when no restore was asked for.
     restore: str | None = None
+    # HEAD only: Intelligent-Tiering's archive tier ("ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS") when
+    # the object sits in one: it then needs a restore like GLACIER, but one without `days`.
+    archive_status: str | None = None
     # HEAD only: Object Lock retention of this version, when the store reports one.
     lock_mode: str | None = None
     lock_until: datetime | None = None
