@@ -12,16 +12,23 @@ from backup_agent.config import Config, from_dict
 from backup_agent.errors import ConfigError
 from backup_agent.storage import cold
 from backup_agent.storage.bucket import desired_rules, is_ours, lifecycle_diff, manifest_warnings, merge_rules
+from backup_agent.storage.memory import MemoryStore
+from backup_agent.storage.store import ObjectInfo
 
 
 def test_classify_reads_storage_class_and_restore_header() -> None:
-    assert cold.classify({}) == (cold.READY, "STANDARD")
-    assert cold.classify({"StorageClass": "GLACIER_IR"}) == (cold.READY, "GLACIER_IR")
-    assert cold.classify({"StorageClass": "DEEP_ARCHIVE"}) == (cold.ARCHIVED_STATE, "DEEP_ARCHIVE")
-    assert cold.classify({"StorageClass": "GLACIER", "Restore": 'ongoing-request="true"'}) == (cold.PENDING, "GLACIER")
+    def head(storage_class: str = "STANDARD", restore: str | None = None,
+             archive_status: str | None = None) -> ObjectInfo:
+        return ObjectInfo("k", 1, datetime(2026, 1, 1, tzinfo=UTC), storage_class=storage_class, restore=restore,
+                          archive_status=archive_status)
+
+    assert cold.classify(head()) == (cold.READY, "STANDARD")
+    assert cold.classify(head("GLACIER_IR")) == (cold.READY, "GLACIER_IR")
+    assert cold.classify(head("DEEP_ARCHIVE")) == (cold.ARCHIVED_STATE, "DEEP_ARCHIVE")
+    assert cold.classify(head("GLACIER", 'ongoing-request="true"')) == (cold.PENDING, "GLACIER")
     restored = 'ongoing-request="false", expiry-date="Fri, 23 Dec 2026 00:00:00 GMT"'
-    assert cold.classify({"StorageClass": "GLACIER", "Restore": restored}) == (cold.READY, "GLACIER")
-    it = {"StorageClass": "INTELLIGENT_TIERING", "ArchiveStatus": "DEEP_ARCHIVE_ACCESS"}
+    assert cold.classify(head("GLACIER", restored)) == (cold.READY, "GLACIER")
+    it = head("INTELLIGENT_TIERING", archive_status="DEEP_ARCHIVE_ACCESS")
     assert cold.classify(it) == (cold.ARCHIVED_STATE, "DEEP_ARCHIVE")
 
 
@@ -51,7 +58,7 @@ def test_early_deletion() -> None:
 
 def test_a_request_not_visible_on_head_is_not_repeated_until_its_window_passed(tmp_path: Path) -> None:
     now = datetime(2026, 6, 1, 12, tzinfo=UTC)
-    thaw = cold.Thaw(None, lambda: None, "b", "n/j/", tmp_path, "j", tier="Standard", days=3, concurrency=2,
+    thaw = cold.Thaw(MemoryStore(), "n/j/", tmp_path, "j", tier="Standard", days=3, concurrency=2,
                      clock=lambda: now)
     thaw.record.requests["n/j/packs/aa/1"] = {"requested_at": "2026-06-01T02:00:00Z", "tier": "Standard",
                                               "storage_class": "DEEP_ARCHIVE"}

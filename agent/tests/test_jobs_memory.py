@@ -12,7 +12,7 @@ import pytest
 from support.treeutil import capture
 
 from backup_agent import config
-from backup_agent.errors import IntegrityError, JobFailed, NotReady
+from backup_agent.errors import IntegrityError, NotReady
 from backup_agent.jobs.command import CommandJob
 from backup_agent.jobs.files import FilesJob
 from backup_agent.storage import cold
@@ -69,7 +69,7 @@ def test_check_names_a_damaged_object(tmp_path: Path) -> None:
         job.check(read_data=True)
 
 
-def test_prune_names_an_object_object_lock_keeps(tmp_path: Path) -> None:
+def test_prune_skips_and_counts_what_object_lock_keeps(tmp_path: Path) -> None:
     store, clock = MemoryStore(clock=Clock()), Clock()
     store.clock = clock
     src = make_src(tmp_path)
@@ -80,8 +80,14 @@ def test_prune_names_an_object_object_lock_keeps(tmp_path: Path) -> None:
     job.run()
     old_manifest = next(k for k in store.objects if first and first in k)
     store.locked.add(old_manifest)
-    with pytest.raises(JobFailed, match=f"cannot delete {old_manifest}"):
-        job.prune(dry_run=False)
+    out = job.prune(dry_run=False)
+    # The snapshot stays whole (its manifest and the data it references) until a later prune.
+    assert out["locked_skipped"] == 1 and out["locked_snapshots"] == [first], out
+    assert old_manifest in store.objects and "Object Lock" in out["note"]
+    assert job.snapshots()[0].id == first
+    store.locked.clear()  # the lock's date has passed
+    out = job.prune(dry_run=False)
+    assert out["locked_skipped"] == 0 and old_manifest not in store.objects
 
 
 def test_archived_dump_is_restored_after_a_restore_request(tmp_path: Path) -> None:

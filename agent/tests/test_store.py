@@ -216,9 +216,15 @@ def test_a_put_answered_without_an_etag_is_sent_again_then_incomplete() -> None:
 def test_object_lock_refusals_are_locked_and_every_write_carries_retention() -> None:
     store, stub = stubbed()
     store.object_lock = ("COMPLIANCE", 30)
+    # Under a lock every version is deleted by its id (a plain DELETE would only hide it).
+    stub.add_response("list_object_versions", {"Versions": [
+        {"Key": "a", "VersionId": "va"}, {"Key": "b", "VersionId": "vb"}, {"Key": "ab", "VersionId": "other"}]},
+        {"Bucket": store.bucket, "Prefix": ""})
     stub.add_response("delete_objects", {"Errors": [
         {"Key": "a", "Code": "AccessDenied", "Message": "Access Denied because object protected by object lock."},
-        {"Key": "b", "Code": "NoSuchKey", "Message": "gone"}]})
+        {"Key": "b", "Code": "NoSuchKey", "Message": "gone"}]},
+        {"Bucket": store.bucket, "Delete": {"Objects": [{"Key": "a", "VersionId": "va"},
+                                                        {"Key": "b", "VersionId": "vb"}], "Quiet": True}})
     seen: list[dict[str, Any]] = []
     store.client.meta.events.register("provide-client-params.s3.PutObject", lambda params, **_: seen.append(params))
     stub.add_response("put_object", {"ETag": '"e"'})

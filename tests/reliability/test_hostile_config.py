@@ -397,6 +397,9 @@ def fits(schema: dict[str, Any], value: Any) -> bool:
 def wrong_config(lab: Lab, state_dir: Path, key: str, value: Any) -> dict[str, Any]:
     doc = base(lab, state_dir)
     doc["jobs"].update({t: copy.deepcopy(b) for t, b in JOB_BASES.items()})
+    if key.startswith("storage.object_lock."):
+        # A map whose keys are all required: the others present, so only the wrong value is wrong.
+        doc["storage"]["object_lock"] = {"mode": "GOVERNANCE", "days": 1}
     if key.endswith("[]"):
         key, value = key[:-2], [value]
     elif key.endswith("{}"):
