@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 from support.seaweedfs import SeaweedFS
@@ -121,3 +123,32 @@ def test_bad_endpoint_lists_are_one_clear_line(storage: dict[str, object], messa
         config.from_dict({"storage": {"bucket": "acme-backups", **storage}}, "config.yaml")
     text = str(err.value)
     assert text.startswith("config.yaml: ") and message in text and "\n" not in text
+
+
+def test_a_run_and_restore_go_through_the_gateway_that_answers(agent: Any, dead: str, tmp_path: Path) -> None:
+    """The CLI with a dead gateway listed first: the backup lands and restores exactly, and the
+    log names the skipped one; with only dead gateways the run fails with the one line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha\n")
+    (src / "b.bin").write_bytes(bytes(range(256)) * 100)
+    live = agent.data["storage"].pop("endpoint_url")
+    agent.data["storage"]["endpoints"] = [dead, live]
+    agent.job("data", type="files", paths=[str(src)])
+    proc = agent.run("run", "data", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped: {dead}" in proc.stderr
+    target = tmp_path / "restored"
+    proc = agent.run("restore", "data", "--target", str(target))
+    assert proc.returncode == 0, proc.stderr
+    restored = target / str(src).lstrip("/")
+    assert (restored / "a.txt").read_text() == "alpha\n"
+    assert (restored / "b.bin").read_bytes() == bytes(range(256)) * 100
+    assert agent.object_keys("test-node/data/snapshots/")
+
+    agent.data["storage"]["endpoints"] = [dead]
+    agent.write()
+    proc = agent.run("run", "data")
+    assert proc.returncode == 1
+    assert f"storage.endpoints: none of the 1 endpoints answers ({dead}: " in proc.stderr
+    assert "Traceback" not in proc.stderr

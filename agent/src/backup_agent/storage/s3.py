@@ -26,6 +26,10 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
+    from backup_agent.storage import endpoints
+
+    # Interim wiring of storage.endpoints until the storage factory (storage/open.py) calls it once.
+    storage = endpoints.resolve(storage)
     session = boto3.session.Session(
         aws_access_key_id=storage.access_key_id,
         aws_secret_access_key=storage.secret_access_key,

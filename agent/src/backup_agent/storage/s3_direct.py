@@ -130,6 +130,10 @@ def direct_client(storage: Storage) -> DirectS3 | None:
         raise ConfigError(f"BACKUP_AGENT_S3_CLIENT={choice}: expected auto or boto3")
     if choice == "boto3":
         return None
+    from backup_agent.storage import endpoints
+
+    # Interim wiring of storage.endpoints until the storage factory (storage/open.py) calls it once.
+    storage = endpoints.resolve(storage)
     if any(os.environ.get(name) for name in BOTO_ONLY_ENV) or storage.region.startswith("cn-"):
         return None
     if storage.access_key_id and storage.secret_access_key:
