@@ -27,6 +27,9 @@ default['backup_agent']['storage_node']['data_center'] = nil
 default['backup_agent']['storage_node']['rack'] = nil
 default['backup_agent']['storage_node']['volume_size_limit_mb'] = 1024
 default['backup_agent']['storage_node']['volume_max'] = 0
+# Minutes between the master leader's repair runs (volume.fix.replication: a volume short of
+# copies, after a node was lost or came back, is replicated again; extra copies are dropped).
+default['backup_agent']['storage_node']['maintenance_minutes'] = 17
 default['backup_agent']['storage_node']['data_dir'] = '/srv/seaweedfs'
 default['backup_agent']['storage_node']['install_dir'] = '/opt/seaweedfs'
 # What the agents' key pair may do on the data bag item's bucket (SeaweedFS actions). Admin

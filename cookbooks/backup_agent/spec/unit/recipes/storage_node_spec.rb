@@ -50,6 +50,13 @@ describe 'backup_agent::storage_node' do
                                         '-port.iceberg=0', '-port.lance=0')
   end
 
+  it 'has the master leader repair replication on its own, without erasure coding' do
+    expect(chef_run).to render_file('/etc/seaweedfs/master.toml').with_content { |content|
+      expect(content).to include('volume.fix.replication -apply', 'sleep_minutes = 17')
+      expect(content).not_to include('ec.encode')
+    }
+  end
+
   it 'runs every role as the seaweedfs system user' do
     expect(chef_run).to create_user('seaweedfs').with(system: true, shell: '/usr/sbin/nologin')
     expect(chef_run).to render_file(unit('volume')).with_content('User=seaweedfs')
