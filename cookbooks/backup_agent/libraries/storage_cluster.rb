@@ -9,6 +9,7 @@
 # A member is a Hash with 'name' and the 'advertise' map each storage node publishes in its
 # attributes (ip and the four ports; nothing secret): node['backup_agent']['storage_node']['advertise'].
 
+require 'etc'
 require 'json'
 require 'zlib'
 
@@ -68,6 +69,12 @@ module BackupAgentCookbook
         'actions' => Array(actions).map { |action| "#{action}:#{secrets['bucket']}" },
       }
       JSON.pretty_generate('identities' => [identity]) + "\n"
+    end
+
+    def user?(name)
+      !Etc.getpwnam(name).nil?
+    rescue ArgumentError
+      false
     end
 
     def plain(value)

@@ -94,16 +94,12 @@ action :create do
 
   package %w(python3 python3-venv)
 
-  group r.user do
-    system true
-  end
-
-  user r.user do
-    gid r.user
-    system true
-    shell '/usr/sbin/nologin'
-    home r.data_dir
-    manage_home false
+  # useradd rather than Chef's `user`: on a second run that resource reads the existing account
+  # through the ruby-shadow gem, which a gem-installed Chef (not the omnibus one) may lack.
+  execute "create system user #{r.user}" do
+    command ['useradd', '--system', '--user-group', '--home-dir', r.data_dir, '--no-create-home',
+             '--shell', '/usr/sbin/nologin', r.user]
+    not_if { BackupAgentCookbook::StorageCluster.user?(r.user) }
   end
 
   execute "create #{r.install_dir} venv" do

@@ -58,7 +58,10 @@ describe 'backup_agent::storage_node' do
   end
 
   it 'runs every role as the seaweedfs system user' do
-    expect(chef_run).to create_user('seaweedfs').with(system: true, shell: '/usr/sbin/nologin')
+    allow(BackupAgentCookbook::StorageCluster).to receive(:user?).with('seaweedfs').and_return(false)
+    expect(chef_run).to run_execute('create system user seaweedfs').with(
+      command: %w(useradd --system --user-group --home-dir /srv/seaweedfs --no-create-home --shell /usr/sbin/nologin seaweedfs)
+    )
     expect(chef_run).to render_file(unit('volume')).with_content('User=seaweedfs')
     expect(chef_run).to create_directory('/srv/seaweedfs/volume').with(owner: 'seaweedfs', mode: '0700')
   end
