@@ -227,8 +227,10 @@ def cluster(fleet: Fleet) -> Fleet:
             state = member.container.run("systemctl", "is-active", f"seaweedfs-{role}").stdout.strip()
             journal = member.container.run("journalctl", "-u", f"seaweedfs-{role}", "--no-pager").stdout
             assert state == "active", f"{member.name} seaweedfs-{role} is {state}:\n{journal[-3000:]}"
-    wait_for("three volume servers registered", lambda: fleet.shell("volume.list").count("DataNode ") >= 6, 120,
-             lambda: fleet.shell("volume.list", "cluster.ps"))
+    def registered() -> bool:
+        return len(re.findall(r"rack: store-\d", fleet.shell("cluster.ps"))) == 3
+
+    wait_for("three volume servers registered", registered, 120, lambda: fleet.shell("cluster.ps"))
     return fleet
 
 
