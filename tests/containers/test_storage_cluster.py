@@ -269,7 +269,7 @@ def test_storage_nodes_converge_to_one_cluster_and_a_converge_changes_nothing(cl
     config = cluster.members["store-3"].container.path("/etc/seaweedfs/s3.json")
     assert oct(config.stat().st_mode & 0o777) == "0o600"
     again = cluster.converge(cluster.members["store-3"].container, "store-3 again")
-    assert re.search(r"Chef Infra Client finished, 0/\d+ resources updated", again), again[-3000:]
+    assert re.search(r"Infra Phase complete, 0/\d+ resources updated", again), again[-3000:]
 
 
 def test_the_agent_gets_every_gateway_and_its_backup_lands_in_the_cluster(client: Container, cluster: Fleet) -> None:
