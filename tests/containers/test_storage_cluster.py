@@ -291,11 +291,11 @@ def test_one_node_off_restore_exact_and_new_backups_work_then_it_repairs(client:
     started = time.monotonic()
     power_off(down.container)
 
-    restored = agent(client, "restore", "data", "--target", "/tmp/restored")
+    restored = agent(client, "restore", "data", "--target", "/srv/restored")  # /tmp is a tmpfs the host does not see
     assert restored.returncode == 0, restored.stderr[-3000:]
     assert f"skipped: {first}" in restored.stderr
-    assert client.path("/tmp/restored/srv/data/hello.txt").read_text() == "hello from the client\n"
-    assert client.path("/tmp/restored/srv/data/sub/random.bin").read_bytes() == bytes(range(256)) * 4096
+    assert client.path("/srv/restored/srv/data/hello.txt").read_text() == "hello from the client\n"
+    assert client.path("/srv/restored/srv/data/sub/random.bin").read_bytes() == bytes(range(256)) * 4096
 
     client.path("/srv/data/while-down.txt").write_text("written while a storage node was off\n")
     ran = agent(client, "run", "data", "--json")
@@ -321,7 +321,7 @@ def test_one_node_off_restore_exact_and_new_backups_work_then_it_repairs(client:
     (cluster.ws.workdir / "after-repair.txt").write_text(checked)
     assert "under replicated" not in checked, checked[-3000:]
 
-    restored = agent(client, "restore", "data", "--target", "/tmp/restored-after")
+    restored = agent(client, "restore", "data", "--target", "/srv/restored-after")
     assert restored.returncode == 0, restored.stderr[-3000:]
-    assert client.path("/tmp/restored-after/srv/data/while-down.txt").read_text().startswith("written while")
-    assert client.path("/tmp/restored-after/srv/data/sub/random.bin").read_bytes() == bytes(range(256)) * 4096
+    assert client.path("/srv/restored-after/srv/data/while-down.txt").read_text().startswith("written while")
+    assert client.path("/srv/restored-after/srv/data/sub/random.bin").read_bytes() == bytes(range(256)) * 4096
