@@ -19,7 +19,7 @@ AGENT_WHEEL := backup_agent-$(AGENT_VERSION)-py3-none-any.whl
 # environment: the same agent/ gives the same wheel bytes wherever it is built.
 WHEEL_EPOCH := 1580601600
 
-.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e test-containers images bench bench-datasets clean
+.PHONY: demo test deps venv bundle wheel cookbook-wheel cookbook-lock check-cookbook lint lint-python lint-ruby chefspec pytest test-converge test-e2e test-containers test-storage-cluster images bench bench-datasets clean
 
 demo: venv
 	$(BIN)/python tests/support/demo.py
@@ -89,6 +89,11 @@ test-e2e: deps venv bundle
 # (debootstrap, cached in /var/cache/backup-agent-test; `make images` builds them alone).
 test-containers: deps venv wheel bundle
 	BACKUP_AGENT_CONTAINERS=1 $(MACHINE_LOCK) $(BIN)/pytest tests/containers -v
+
+# The backup storage cluster alone (part of test-containers): three storage-node containers and a
+# client, knife bootstrap from chef-zero, one node powered off and back (docs/STORAGE_CLUSTER.md).
+test-storage-cluster: deps venv wheel bundle
+	BACKUP_AGENT_CONTAINERS=1 BACKUP_AGENT_CONTAINER_SUITES=bookworm $(MACHINE_LOCK) $(BIN)/pytest tests/containers/test_storage_cluster.py -v
 
 images: deps venv
 	cd tests && ../$(BIN)/python -m support.containers build bookworm trixie

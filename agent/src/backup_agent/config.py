@@ -45,6 +45,8 @@ class Storage:
     prefix: str
     region: str
     endpoint_url: str | None = None
+    # Gateways of a storage cluster, in order of preference: storage/endpoints.py picks one per run.
+    endpoints: tuple[str, ...] = ()
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
@@ -275,6 +277,7 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         prefix=st.get("prefix") or node,
         region=st["region"],
         endpoint_url=st.get("endpoint_url"),
+        endpoints=tuple(st.get("endpoints") or ()),
         access_key_id=st.get("access_key_id"),
         secret_access_key=st.get("secret_access_key"),
         session_token=st.get("session_token"),
@@ -294,6 +297,8 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         sslmode=st.get("sslmode"),
         sslrootcert=st.get("sslrootcert"),
     )
+    if storage.endpoints and storage.endpoint_url:
+        raise ConfigError(f"{name}: storage.endpoints: give endpoint_url or endpoints, not both")
     if bool(storage.access_key_id) != bool(storage.secret_access_key):
         missing = "secret_access_key" if storage.access_key_id else "access_key_id"
         raise ConfigError(f"{name}: storage.{missing}: required when the other key is set")
@@ -461,6 +466,15 @@ def _check_urls(data: dict[str, Any], name: str) -> None:
             shown = "" if _SECRET_KEY.search(f"{section}.{key}") else f", not {_show(url)}"
             raise ConfigError(f"{name}: {section}.{key}: must be an http(s) URL with a host name and, if any, a "
                               f"port of 1-65535{shown}")
+    for i, url in enumerate((data.get("storage") or {}).get("endpoints") or []):
+        try:
+            parts = urlsplit(url)
+            ok = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name}: storage.endpoints[{i}]: must be an http(s) URL with a host name and, if "
+                              f"any, a port of 1-65535, not {_show(url)}")
 
 
 # --- schema plumbing -------------------------------------------------------------------------

@@ -200,6 +200,9 @@ TOP_LEVEL: dict[str, Any] = {
                                            "with a job name at most 949 bytes"},
                 "region": {**_region, "default": "us-east-1"},
                 "endpoint_url": _url,
+                "endpoints": {"type": "array", "items": _url, "minItems": 1, "uniqueItems": True,
+                              "description": "S3 gateways of a storage cluster, preferred first: each run uses "
+                                             "the first that answers (instead of endpoint_url)"},
                 "access_key_id": _str,
                 "secret_access_key": _str,
                 "session_token": _str,

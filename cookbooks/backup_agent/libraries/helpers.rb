@@ -286,7 +286,7 @@ module BackupAgentCookbook
 
     def backup_agent_config
       config = BackupAgentCookbook::ConfigBuilder.build(
-        settings: node['backup_agent']['config'],
+        settings: backup_agent_config_settings, # libraries/storage_cluster.rb: + storage.endpoints
         jobs: node['backup_agent']['jobs'],
         resource_jobs: backup_agent_resource_jobs,
         secrets: node.run_state[BackupAgentCookbook::RUN_STATE_KEY],

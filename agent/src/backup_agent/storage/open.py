@@ -20,6 +20,10 @@ def open_store(storage: Storage, *, concurrency: int | None = None,
                object_lock: tuple[str, int] | None = None) -> Store:
     """The Store for `storage`. `object_lock` defaults to the config's `storage.object_lock`."""
     lock = object_lock if object_lock is not None else storage.object_lock
+    if storage.type == "s3":
+        from backup_agent.storage import endpoints
+
+        storage = endpoints.resolve(storage)  # a storage cluster's gateways: the first that answers
     if storage.type == "postgresql":
         # Imported here: psycopg is an optional dependency (backup-agent[postgresql]).
         from backup_agent.storage.postgres import from_config

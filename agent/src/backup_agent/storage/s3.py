@@ -21,6 +21,11 @@ def make_client(storage: Storage, *, concurrency: int | None = None) -> Any:
     import boto3
     from botocore.config import Config as BotoConfig
 
+    from backup_agent.storage import endpoints
+
+    # Bucket setup and maintenance make their clients here directly; open_store has resolved
+    # the list already for the stores (then this is a no-op).
+    storage = endpoints.resolve(storage)
     session = boto3.session.Session(
         aws_access_key_id=storage.access_key_id,
         aws_secret_access_key=storage.secret_access_key,
