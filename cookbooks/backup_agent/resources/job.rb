@@ -54,6 +54,8 @@ property :paths, Array, callbacks: checks[:absolute_paths], description: 'absolu
 property :exclude, Array, callbacks: checks[:strings], description: 'glob patterns to leave out; a leading / anchors at the root (files)'
 property :one_file_system, [true, false], description: 'stay on the file system of each path (files)'
 property :follow_symlinks, [true, false], description: 'back up what symlinks point to instead of the links (files)'
+property :settle, [Integer, Float], description: 'schedule continuous: seconds after a change under paths that the snapshot starts (agent default: 10)'
+property :min_interval, [Integer, Float], description: 'schedule continuous: at least this many seconds between two runs (agent default: 60)'
 
 # command jobs.
 property :command, Array, callbacks: checks[:argv], description: 'argv whose stdout is the backup (command)'
