@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from backup_agent.config import Storage
+from backup_agent.errors import ConfigError
 from backup_agent.storage.store import Store
 
 PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -26,7 +27,11 @@ def open_store(storage: Storage, *, concurrency: int | None = None,
         storage = endpoints.resolve(storage)  # a storage cluster's gateways: the first that answers
     if storage.type == "postgresql":
         # Imported here: psycopg is an optional dependency (backup-agent[postgresql]).
-        from backup_agent.storage.postgres import from_config
+        try:
+            from backup_agent.storage.postgres import from_config
+        except ImportError as exc:
+            raise ConfigError(f"storage.type: postgresql needs psycopg, which is not installed ({exc}); "
+                              "install backup-agent[postgresql]") from None
 
         return from_config(storage)
     if storage.type != "s3":
