@@ -145,9 +145,12 @@ class WindowedBody:
             while not 200 <= first.status < 300 and not first.done:
                 self._cond.wait()
         if first.done and first.error is not None:
-            if first.status != 416:
+            # 416 at 0 is an empty object, at the object's end no bytes: both an empty body. Past
+            # the end it is an error, as with any GET that starts there.
+            m = re.fullmatch(r"bytes \*/(\d+)", first.headers.get("content-range", ""))
+            if first.status != 416 or (start and not (m and int(m.group(1)) == start)):
                 raise self._on_error(first.error)
-            self._windows.clear()  # 416: start at or past the end (or an empty object): no bytes
+            self._windows.clear()
             self._end = self._next = start
 
     # --- requests (window bookkeeping runs under the condition's lock or before sharing) ---------
@@ -188,14 +191,29 @@ class WindowedBody:
     def _learn(self, w: _Window, status: int, hdrs: dict[str, str]) -> None:
         if self._etag is None:
             self._etag = hdrs.get("etag")
+        m = _CONTENT_RANGE.match(hdrs.get("content-range", ""))
+        # 206 names the total; a 200 (a server ignoring Range) is the whole object from 0.
+        ranged = m is not None and m.group(3) != "*"
         if self._end is None:
-            m = _CONTENT_RANGE.match(hdrs.get("content-range", ""))
-            # 206 names the total; a 200 (a server ignoring Range) is the whole object from 0.
-            ranged = m is not None and m.group(3) != "*"
             total = int(m.group(3)) if m and ranged else w.start + int(hdrs.get("content-length", "0"))
             self._end = total
             w.end = min(w.start + self._window, total)
             self._next = w.end
+        elif m and ranged and int(m.group(3)) < self._end:
+            # S3 clips a range that runs past the object's end: the body ends where the object
+            # does (the caller sees the short read), not in a resume asking past it (416).
+            self._clip(int(m.group(3)))
+
+    def _clip(self, total: int) -> None:
+        self._end = total
+        self._next = min(self._next, total)
+        for other in list(self._windows):
+            if other.start >= total:
+                # Dropped unanswered (its answer, a 416, goes nowhere): cancelling from the
+                # runtime's own callback thread is not safe.
+                self._windows.remove(other)
+            elif other.end is not None and other.end > total:
+                other.end = total
 
     def _top_up(self) -> None:
         while (not self._closed and self._end is not None and self._next < self._end
@@ -231,6 +249,11 @@ class WindowedBody:
                 if not w.done:
                     self._top_up()
                     self._cond.wait()
+                    continue
+                if w.status == 416 and w.received == 0:
+                    # A window starting at or past the object's end (it is shorter than the range
+                    # asked for): the body ends there.
+                    self._clip(w.start)
                     continue
                 expected = (w.end - w.start) if w.end is not None else None
                 if w.error is None and (expected is None or w.received >= expected):

@@ -271,12 +271,8 @@ class CrtStore:
                 out.append(("x-amz-server-side-encryption-aws-kms-key-id", self.kms_key_id))
         if storage_class and storage_class != "STANDARD":
             out.append(("x-amz-storage-class", storage_class))
-        # The lock's date is taken per request: from the write, not from the job's start. S3 wants
-        # a named checksum algorithm (or Content-MD5) on a locked write.
-        lock = lock_headers(self.object_lock)
-        out += lock.items()
-        if lock:
-            out.append(("x-amz-sdk-checksum-algorithm", "SHA256"))
+        # The lock's date is taken per request: from the write, not from the job's start.
+        out += lock_headers(self.object_lock).items()
         return out
 
     # --- errors ------------------------------------------------------------------------------
