@@ -157,7 +157,8 @@ class CrtStore:
             tls_connection_options=tls_options,
             signing_config=create_default_s3_signing_config(region=region, credential_provider=self._credentials),
             part_size=self.part_size,
-            multipart_upload_threshold=self.part_size,
+            # As the config says (and BotoStore does): one PUT below two parts.
+            multipart_upload_threshold=2 * self.part_size,
             # The agent shares its node with the service it backs up: a few connections per
             # worker are plenty, and the runtime's default (sized for 10 Gbit/s) is not.
             max_active_connections_override=max(8, self.concurrency * 2),
@@ -396,7 +397,9 @@ class CrtStore:
         self._put(key, FileRange(fd, 0, size, name), size, sha256, storage_class)
 
     def _put(self, key: str, data: bytes | Readable, size: int, sha256: str, storage_class: str | None) -> None:
-        multipart = size > self.part_size
+        # One PUT below two parts, parts of `multipart_chunk_size` from there (the runtime makes
+        # them larger only where 10,000 would not hold the object).
+        multipart = size >= 2 * self.part_size
         headers = self._write_headers(storage_class)
         checksum = None
         if multipart:
@@ -414,7 +417,10 @@ class CrtStore:
             stream = UploadStream(data, verify_sha256=sha256 if multipart else None, label=f"{self.label}/{key}")
             req = self.client.make_request(
                 type=S3RequestType.PUT_OBJECT, operation_name="PutObject",
-                request=self._http("PUT", key, None, headers, stream, size), checksum_config=checksum)
+                request=self._http("PUT", key, None, headers, stream, size), checksum_config=checksum,
+                # Thresholds either side of `size`, whichever way the runtime compares it.
+                part_size=self.part_size,
+                multipart_upload_threshold=self.part_size if multipart else 2 * self.part_size)
             try:
                 req.finished_future.result()
             except BaseException:
