@@ -380,7 +380,11 @@ class CrtStore:
             try:
                 return WindowedBody(fetch, start, end, on_error=on_error, transient=self._transient,
                                     window=self.get_window)
-            except StoreError:
+            except StoreError as exc:
+                if exc.code == "InvalidRange" and start and self.stat(key).size == start:
+                    # Starting at the object's end: no bytes, not an error (the 416 said no more,
+                    # and not every server names the size in it).
+                    return WindowedBody(fetch, start, start, on_error=on_error, transient=self._transient)
                 region = self._redirect_region(raw[-1]) if raw and isinstance(raw[-1], S3ResponseError) else ""
                 if redirected or not region or region == self.region:
                     raise
