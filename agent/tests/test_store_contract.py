@@ -175,7 +175,7 @@ def test_put_of_a_pack_of_pieces(made: Made) -> None:
 
 
 def test_put_file_reads_the_descriptor(made: Made, tmp_path: Path) -> None:
-    data = os.urandom(PART + 100)
+    data = os.urandom(2 * PART + 100)
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
@@ -188,7 +188,7 @@ def test_put_file_reads_the_descriptor(made: Made, tmp_path: Path) -> None:
     assert made.store.get("small").read() == data[:100]
 
 
-@pytest.mark.parametrize("size", [100, PART + 100], ids=["single", "multipart"])
+@pytest.mark.parametrize("size", [100, 2 * PART + 100], ids=["single", "multipart"])
 def test_put_file_of_a_shrinking_file_raises_file_shrank(made: Made, tmp_path: Path, size: int) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"x" * (size // 2))
@@ -203,7 +203,7 @@ def test_put_file_of_a_shrinking_file_raises_file_shrank(made: Made, tmp_path: P
 
 
 def test_a_multipart_body_that_changed_since_hashing_is_not_completed(made: Made) -> None:
-    data = os.urandom(PART + 100)
+    data = os.urandom(2 * PART + 100)  # multipart: one PUT below two parts
     with pytest.raises(StoreError):
         made.store.put("changed", data, sha256=_sha(b"what it was"))
     with pytest.raises(NotFound):
