@@ -89,12 +89,18 @@ def status_path(state_dir: Path, job: str) -> Path:
     return state_dir / "status" / f"{job}.json"
 
 
-def read_status(state_dir: Path, job: str) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON record the agent keeps per job (status, prune, drill, cost); {} when it is missing
+    or unreadable: a lost record is a fresh start, never a failure."""
     try:
-        data = json.loads(status_path(state_dir, job).read_text())
-        return data if isinstance(data, dict) else {}
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_status(state_dir: Path, job: str) -> dict[str, Any]:
+    return read_record(status_path(state_dir, job))
 
 
 def write_status(state_dir: Path, job: str, status: dict[str, Any]) -> None:
@@ -119,11 +125,7 @@ def prune_path(state_dir: Path, job: str) -> Path:
 
 def read_prune(state_dir: Path, job: str) -> dict[str, Any]:
     """The job's last prune record (prune.py writes it); {} when there is none."""
-    try:
-        data = json.loads(prune_path(state_dir, job).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_record(prune_path(state_dir, job))
 
 
 def damage_path(state_dir: Path, job: str) -> Path:
@@ -365,11 +367,7 @@ def drill_path(state_dir: Path, job: str) -> Path:
 
 
 def read_drill(state_dir: Path, job: str) -> dict[str, Any]:
-    try:
-        data = json.loads(drill_path(state_dir, job).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_record(drill_path(state_dir, job))
 
 
 def cost_path(state_dir: Path, job: str) -> Path:
@@ -377,9 +375,5 @@ def cost_path(state_dir: Path, job: str) -> Path:
 
 
 def read_cost(state_dir: Path, job: str) -> dict[str, Any]:
-    try:
-        data = json.loads(cost_path(state_dir, job).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_record(cost_path(state_dir, job))
 
