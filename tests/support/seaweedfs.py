@@ -160,7 +160,9 @@ class SeaweedFS:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited early; log:\n{self.log_path.read_text()[-3000:]}")
             try:
-                client.create_bucket(Bucket=probe)
+                # A try before may have made it, then failed at a later step: go on from there.
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket=probe)
                 client.put_object(Bucket=probe, Key="k", Body=b"x")
                 client.delete_object(Bucket=probe, Key="k")
                 client.delete_bucket(Bucket=probe)
