@@ -115,6 +115,11 @@ def test_files_job(cli: Cli, tmp_path: Path) -> None:
     assert first["files_new"] >= 5 and first["bytes_uploaded"] >= BIG
     assert cli.snapshot_ids("data") == [first["snapshot"]]
     assert sum(cli.objects("data").values()) >= BIG  # the bytes are in the database
+    # A database has no multipart threshold for a file: big.bin is one object in one transaction,
+    # held as rows of the store's 4 MiB chunks (nothing holds more than one chunk in memory).
+    rows = cli.server.sql("SELECT count(*) FROM backup_agent.chunks c JOIN backup_agent.objects o ON o.id = c.id "
+                          "WHERE o.key LIKE '%/big.bin@%'", cli.db)
+    assert int(rows) == 3, rows
 
     target = tmp_path / "restored"
     cli.ok("restore", "data", "--target", str(target))
@@ -171,6 +176,9 @@ def test_command_job(cli: Cli, tmp_path: Path) -> None:
         text = Path(f).read_bytes()
         assert text and PASSWORD.encode() not in text, f
     assert b"backup-agent" in Path(f"{seen}.ps").read_bytes()
+    # The dump is streamed: it went up as a multipart upload of multipart_chunk_mb parts.
+    parts = cli.server.sql("SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'parts'", cli.db)
+    assert int(parts) >= 2, parts
     assert cli.snapshot_ids("dump") == [first["snapshot"]]
     assert cli.ok("restore", "dump", "--target", "-").stdout == expected
     cli.ok("check", "dump", "--read-data")
