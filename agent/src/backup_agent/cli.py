@@ -199,6 +199,14 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         return EXIT_OK
     cfg = config_mod.load(config_mod.config_path(args.config))
     setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))
+    code = _config_verb(cfg, args, as_json)
+    if code is not None:
+        return code
+    return _job_verb(cfg, args, as_json)
+
+
+def _config_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -> int | None:
+    """The verbs that need the config but no one job's runner; None when args.verb is not one of them."""
     if args.verb == "validate":
         from backup_agent.immutability import validate_notes
 
@@ -232,7 +240,11 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         path = write_report(cfg, args.html)
         print(f"wrote {path}")
         return EXIT_OK
+    return None
 
+
+def _job_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -> int:
+    """The verbs on one job: run, drill, the browse verbs, snapshots, restore, prune and check."""
     from backup_agent.jobs import runner_for
     from backup_agent.state import record_snapshot_count
 
@@ -242,34 +254,10 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
 
         limit_malloc_arenas()  # before their download threads exist
     if args.verb == "run":
-        from backup_agent.execute import run_job
-
-        result = run_job(cfg, job, prune=args.prune)
-        code = EXIT_PARTIAL if result.status == "partial" else EXIT_OK
-        for f in result.failed:
-            print(f"backup-agent: could not read {f['path']}: {f['error']}", file=sys.stderr)
-        text = (f"snapshot {result.snapshot} ({result.status}): {result.files_new} new, "
-                f"{result.files_changed} changed, {result.files_unchanged} unchanged, "
-                f"{result.files_failed} failed, {result.bytes_uploaded} bytes uploaded in {result.duration_s:.1f}s")
-        pruned = result.extra.get("prune")
-        if pruned:  # a failed prune is reported, and the backup's exit code stands
-            if pruned["result"] in ("failed", "aborted"):
-                print(f"backup-agent: prune {pruned['result']}: {pruned['error']}", file=sys.stderr)
-            text += "\n" + _prune_line(pruned)
-        _emit(result.to_json(), as_json, text)
-        return code
+        return _run(cfg, job, args, as_json)
     runner = runner_for(cfg, job)
     if args.verb == "drill":
-        from backup_agent.drill import run_drill
-
-        out = run_drill(cfg, job, runner)
-        for e in out["errors"]:
-            print(f"backup-agent: drill {job.name}: {e}", file=sys.stderr)
-        rto = out["rto_estimate_s"]
-        _emit(out, as_json, f"drill {out['status']}: snapshot {out['snapshot']}, {out['files_checked']} file(s), "
-              f"{out['bytes_checked']} bytes verified in {out['duration_s']:.1f}s"
-              + (f"; full restore estimate {rto:.0f}s at {out['throughput_bytes_per_s']:.0f} B/s" if rto else ""))
-        return EXIT_OK if out["status"] == "ok" else EXIT_FAILED
+        return _drill(cfg, job, runner, as_json)
     if args.verb in ("ls", "find", "diff", "dump"):
         return _browse(args, runner, as_json)
     if args.verb == "snapshots":
@@ -277,57 +265,104 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         record_snapshot_count(cfg.state_dir, job.name, len(snaps))
         return _emit(snaps, as_json, "\n".join(f"{s['id']}  {s['time']}" for s in snaps) or "no snapshots")
     if args.verb == "restore":
-        if args.days is not None and args.days < 1:
-            raise ConfigError("--days: must be at least 1")
-        if args.at:
-            from backup_agent.jobs.base import parse_time
-
-            parse_time(args.at)  # a typo is a usage error now, not after listing the bucket
-        kwargs: dict[str, Any] = {}
-        if args.tier or args.days:
-            kwargs.update(tier=args.tier, days=args.days)
-        if args.into:
-            from backup_agent.jobs.registry import JOB_TYPES
-
-            if not JOB_TYPES[job.type].restores_into:
-                into = " and ".join(t.name for t in JOB_TYPES.values() if t.restores_into)
-                raise ConfigError(f"--into: only {into} jobs restore into a database; use --target DIR")
-            kwargs["into"] = args.into
-            kwargs["clean"] = args.clean
-        elif args.clean:
-            raise ConfigError("--clean: only with --into DATABASE")
-        out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
-                             wait=args.wait, **kwargs)
-        if "instructions" in out:  # ebs_snapshot jobs write nothing: they say how to get the volumes back
-            return _emit(out, as_json, out["instructions"])
-        if args.target == "-":
-            return EXIT_OK
-        return _emit(out, as_json, f"restored snapshot {out.get('snapshot')}: {out.get('files', 0)} files, "
-                     f"{out.get('bytes', 0)} bytes into {out.get('target')}")
+        return _restore(job, runner, args, as_json)
     if args.verb == "prune":
-        from backup_agent.errors import Locked
-        from backup_agent.prune import record_prune
-
-        try:
-            out = runner.prune(dry_run=args.dry_run)
-        except AgentError as exc:
-            if not args.dry_run and not isinstance(exc, Locked):
-                record_prune(cfg, job.name, result="failed", error=str(exc))
-            raise
-        if not args.dry_run:
-            record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
-            record_prune(cfg, job.name, result="success", out=out)
-        verb = "would forget" if args.dry_run else "forgot"
-        text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
-                f"deleted {out.get('objects_deleted', 0)} object(s), {out.get('bytes_freed', 0)} bytes")
-        if out.get("note"):
-            text += f"\nnote: {out['note']}"
-        return _emit(out, as_json, text)
+        return _prune_job(cfg, job, runner, args, as_json)
     if args.verb == "check":
         out = runner.check(read_data=args.read_data)
         return _emit(out, as_json, f"ok: {out['snapshots_checked']} snapshot(s) verified"
                      + (" with data" if args.read_data else ""))
     raise AssertionError(args.verb)
+
+
+def _run(cfg: config_mod.Config, job: Any, args: argparse.Namespace, as_json: bool) -> int:
+    from backup_agent.execute import run_job
+
+    result = run_job(cfg, job, prune=args.prune)
+    code = EXIT_PARTIAL if result.status == "partial" else EXIT_OK
+    for f in result.failed:
+        print(f"backup-agent: could not read {f['path']}: {f['error']}", file=sys.stderr)
+    text = (f"snapshot {result.snapshot} ({result.status}): {result.files_new} new, "
+            f"{result.files_changed} changed, {result.files_unchanged} unchanged, "
+            f"{result.files_failed} failed, {result.bytes_uploaded} bytes uploaded in {result.duration_s:.1f}s")
+    pruned = result.extra.get("prune")
+    if pruned:  # a failed prune is reported, and the backup's exit code stands
+        if pruned["result"] in ("failed", "aborted"):
+            print(f"backup-agent: prune {pruned['result']}: {pruned['error']}", file=sys.stderr)
+        text += "\n" + _prune_line(pruned)
+    _emit(result.to_json(), as_json, text)
+    return code
+
+
+def _drill(cfg: config_mod.Config, job: Any, runner: Any, as_json: bool) -> int:
+    from backup_agent.drill import run_drill
+
+    out = run_drill(cfg, job, runner)
+    for e in out["errors"]:
+        print(f"backup-agent: drill {job.name}: {e}", file=sys.stderr)
+    rto = out["rto_estimate_s"]
+    _emit(out, as_json, f"drill {out['status']}: snapshot {out['snapshot']}, {out['files_checked']} file(s), "
+          f"{out['bytes_checked']} bytes verified in {out['duration_s']:.1f}s"
+          + (f"; full restore estimate {rto:.0f}s at {out['throughput_bytes_per_s']:.0f} B/s" if rto else ""))
+    return EXIT_OK if out["status"] == "ok" else EXIT_FAILED
+
+
+def _restore_kwargs(job: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Checks the restore options before anything is listed, and gives the extra arguments of runner.restore."""
+    if args.days is not None and args.days < 1:
+        raise ConfigError("--days: must be at least 1")
+    if args.at:
+        from backup_agent.jobs.base import parse_time
+
+        parse_time(args.at)  # a typo is a usage error now, not after listing the bucket
+    kwargs: dict[str, Any] = {}
+    if args.tier or args.days:
+        kwargs.update(tier=args.tier, days=args.days)
+    if args.into:
+        from backup_agent.jobs.registry import JOB_TYPES
+
+        if not JOB_TYPES[job.type].restores_into:
+            into = " and ".join(t.name for t in JOB_TYPES.values() if t.restores_into)
+            raise ConfigError(f"--into: only {into} jobs restore into a database; use --target DIR")
+        kwargs["into"] = args.into
+        kwargs["clean"] = args.clean
+    elif args.clean:
+        raise ConfigError("--clean: only with --into DATABASE")
+    return kwargs
+
+
+def _restore(job: Any, runner: Any, args: argparse.Namespace, as_json: bool) -> int:
+    kwargs = _restore_kwargs(job, args)
+    out = runner.restore(snapshot=args.snapshot, at=args.at, target=args.target, paths=args.path,
+                         wait=args.wait, **kwargs)
+    if "instructions" in out:  # ebs_snapshot jobs write nothing: they say how to get the volumes back
+        return _emit(out, as_json, out["instructions"])
+    if args.target == "-":
+        return EXIT_OK
+    return _emit(out, as_json, f"restored snapshot {out.get('snapshot')}: {out.get('files', 0)} files, "
+                 f"{out.get('bytes', 0)} bytes into {out.get('target')}")
+
+
+def _prune_job(cfg: config_mod.Config, job: Any, runner: Any, args: argparse.Namespace, as_json: bool) -> int:
+    from backup_agent.errors import Locked
+    from backup_agent.prune import record_prune
+    from backup_agent.state import record_snapshot_count
+
+    try:
+        out = runner.prune(dry_run=args.dry_run)
+    except AgentError as exc:
+        if not args.dry_run and not isinstance(exc, Locked):
+            record_prune(cfg, job.name, result="failed", error=str(exc))
+        raise
+    if not args.dry_run:
+        record_snapshot_count(cfg.state_dir, job.name, len(out["keep"]) + len(out.get("locked_snapshots", [])))
+        record_prune(cfg, job.name, result="success", out=out)
+    verb = "would forget" if args.dry_run else "forgot"
+    text = (f"{verb} {len(out['forget'])} snapshot(s), kept {len(out['keep'])}; "
+            f"deleted {out.get('objects_deleted', 0)} object(s), {out.get('bytes_freed', 0)} bytes")
+    if out.get("note"):
+        text += f"\nnote: {out['note']}"
+    return _emit(out, as_json, text)
 
 
 def _prune_all_nodes(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -> int:

@@ -135,16 +135,39 @@ def merge_rules(current: list[dict[str, Any]], ours: list[dict[str, Any]], prefi
 
 
 def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
-    s3 = make_client(cfg.storage)
-    bucket = cfg.storage.bucket
-    steps: list[dict[str, Any]] = []
+    return _BucketSetup(cfg, dry_run=dry_run).run()
 
-    def step(name: str, check: Any, apply: Any) -> None:
+
+class _BucketSetup:
+    """The steps of setup_bucket, in order; each one checks first and changes only what differs."""
+
+    def __init__(self, cfg: Config, *, dry_run: bool) -> None:
+        self.cfg = cfg
+        self.dry_run = dry_run
+        self.s3 = make_client(cfg.storage)
+        self.bucket = cfg.storage.bucket
+        self.steps: list[dict[str, Any]] = []
+
+    def run(self) -> dict[str, Any]:
+        self.step("bucket exists", self._bucket_exists, self._create)
+        if self.dry_run and self.steps[-1]["result"] == "would change":
+            return {"bucket": self.bucket, "dry_run": True,
+                    "steps": [*self.steps, {"step": "rest", "result": "after creation"}]}
+        self._versioning()
+        if self.cfg.storage.object_lock:
+            _object_lock_step(self.s3, self.bucket, self.steps, dry_run=self.dry_run)
+        self._public_access_block()
+        self._encryption()
+        self._lifecycle()
+        return {"bucket": self.bucket, "dry_run": self.dry_run, "steps": self.steps}
+
+    def step(self, name: str, check: Any, apply: Any) -> None:
+        steps = self.steps
         try:
             if check():
                 steps.append({"step": name, "result": "already set"})
                 return
-            if dry_run:
+            if self.dry_run:
                 steps.append({"step": name, "result": "would change"})
                 return
             apply()
@@ -155,97 +178,99 @@ def setup_bucket(cfg: Config, *, dry_run: bool) -> dict[str, Any]:
             else:
                 raise JobFailed(f"bucket setup: {name}: {describe(exc)}") from None
 
-    def bucket_exists() -> bool:
+    def _bucket_exists(self) -> bool:
         try:
-            s3.head_bucket(Bucket=bucket)
+            self.s3.head_bucket(Bucket=self.bucket)
             return True
         except ClientError as exc:
             if is_not_found(exc):
                 return False
             raise
 
-    def create() -> None:
-        args: dict[str, Any] = {"Bucket": bucket}
-        if cfg.storage.region != "us-east-1":
-            args["CreateBucketConfiguration"] = {"LocationConstraint": cfg.storage.region}
-        if cfg.storage.object_lock:
+    def _create(self) -> None:
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        if self.cfg.storage.region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.cfg.storage.region}
+        if self.cfg.storage.object_lock:
             args["ObjectLockEnabledForBucket"] = True  # also turns versioning on
-        s3.create_bucket(**args)
+        self.s3.create_bucket(**args)
 
-    step("bucket exists", bucket_exists, create)
-    if dry_run and steps[-1]["result"] == "would change":
-        return {"bucket": bucket, "dry_run": True, "steps": [*steps, {"step": "rest", "result": "after creation"}]}
+    def _versioning(self) -> None:
+        s3, bucket = self.s3, self.bucket
+        self.step("versioning", lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled",
+                  lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
 
-    step("versioning", lambda: s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled",
-         lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
+    def _public_access_block(self) -> None:
+        s3, bucket = self.s3, self.bucket
+        pab = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+               "RestrictPublicBuckets": True}
 
-    if cfg.storage.object_lock:
-        _object_lock_step(s3, bucket, steps, dry_run=dry_run)
+        def pab_set() -> bool:
+            try:
+                return bool(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == pab)
+            except ClientError as exc:
+                if error_code(exc) == "NoSuchPublicAccessBlockConfiguration":
+                    return False
+                raise
 
-    pab = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-           "RestrictPublicBuckets": True}
+        self.step("public access block", pab_set,
+                  lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=pab))
 
-    def pab_set() -> bool:
+    def _encryption(self) -> None:
+        s3, bucket = self.s3, self.bucket
+        algo = self.cfg.storage.sse or "AES256"
+        default_rule: dict[str, Any] = {"SSEAlgorithm": algo}
+        if algo == "aws:kms" and self.cfg.storage.kms_key_id:
+            default_rule["KMSMasterKeyID"] = self.cfg.storage.kms_key_id
+
+        def enc_set() -> bool:
+            try:
+                rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+            except ClientError as exc:
+                if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
+                    return False
+                raise
+            return any(r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") == algo for r in rules)
+
+        self.step("default encryption", enc_set, lambda: s3.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": default_rule}]}))
+
+    def _current_rules(self) -> list[dict[str, Any]]:
         try:
-            return bool(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"] == pab)
-        except ClientError as exc:
-            if error_code(exc) == "NoSuchPublicAccessBlockConfiguration":
-                return False
-            raise
-
-    step("public access block", pab_set,
-         lambda: s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=pab))
-
-    algo = cfg.storage.sse or "AES256"
-    default_rule: dict[str, Any] = {"SSEAlgorithm": algo}
-    if algo == "aws:kms" and cfg.storage.kms_key_id:
-        default_rule["KMSMasterKeyID"] = cfg.storage.kms_key_id
-
-    def enc_set() -> bool:
-        try:
-            rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-        except ClientError as exc:
-            if error_code(exc) == "ServerSideEncryptionConfigurationNotFoundError":
-                return False
-            raise
-        return any(r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") == algo for r in rules)
-
-    step("default encryption", enc_set, lambda: s3.put_bucket_encryption(
-        Bucket=bucket,
-        ServerSideEncryptionConfiguration={"Rules": [{"ApplyServerSideEncryptionByDefault": default_rule}]}))
-
-    ours = desired_rules(cfg)
-
-    def current_rules() -> list[dict[str, Any]]:
-        try:
-            return list(s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", []))
+            return list(self.s3.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", []))
         except ClientError as exc:
             if error_code(exc) == "NoSuchLifecycleConfiguration":
                 return []
             raise
 
-    prefix = cfg.storage.prefix
-    seen: dict[str, Any] = {}
+    def _lifecycle(self) -> None:
+        ours = desired_rules(self.cfg)
+        prefix = self.cfg.storage.prefix
+        seen: dict[str, Any] = {}
 
-    def lifecycle_set() -> bool:
-        seen["current"] = current_rules()
-        seen["diff"] = lifecycle_diff(seen["current"], ours, prefix)
-        return not seen["diff"]
+        def lifecycle_set() -> bool:
+            seen["current"] = self._current_rules()
+            seen["diff"] = lifecycle_diff(seen["current"], ours, prefix)
+            return not seen["diff"]
 
-    step("lifecycle rules", lifecycle_set, lambda: s3.put_bucket_lifecycle_configuration(
-        Bucket=bucket, LifecycleConfiguration={"Rules": merge_rules(seen["current"], ours, prefix)}))
-    if "current" in seen:
-        last = steps[-1]
+        self.step("lifecycle rules", lifecycle_set, lambda: self.s3.put_bucket_lifecycle_configuration(
+            Bucket=self.bucket, LifecycleConfiguration={"Rules": merge_rules(seen["current"], ours, prefix)}))
+        if "current" in seen:
+            self._describe_lifecycle(seen["current"], seen["diff"], prefix)
+
+    def _describe_lifecycle(self, current: list[dict[str, Any]], diff: list[dict[str, str]], prefix: str) -> None:
+        """Appends the rule-by-rule diff, the rules kept as not ours and the warnings to the lifecycle step."""
+        last = self.steps[-1]
         marks = {"add": "+", "update": "~", "remove": "-"}
-        lines = [f"  {marks[d['change']]} {d['rule']}: {d['what']}" for d in seen["diff"]]
-        kept = [str(r.get("ID", "(no id)")) for r in seen["current"] if not is_ours(str(r.get("ID", "")), prefix)]
+        lines = [f"  {marks[d['change']]} {d['rule']}: {d['what']}" for d in diff]
+        kept = [str(r.get("ID", "(no id)")) for r in current if not is_ours(str(r.get("ID", "")), prefix)]
         lines += [f"  = {rid}: kept (not ours)" for rid in kept]
-        warnings = manifest_warnings(seen["current"], cfg)
+        warnings = manifest_warnings(current, self.cfg)
         lines += [f"  warning: {w}" for w in warnings]
-        last.update(diff=seen["diff"], kept=kept, warnings=warnings)
+        last.update(diff=diff, kept=kept, warnings=warnings)
         if lines:
             last["result"] += "\n" + "\n".join(lines)
-    return {"bucket": bucket, "dry_run": dry_run, "steps": steps}
 
 
 def _object_lock_step(s3: Any, bucket: str, steps: list[dict[str, Any]], *, dry_run: bool) -> None:
