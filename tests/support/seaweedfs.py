@@ -165,7 +165,11 @@ class SeaweedFS:
                     client.create_bucket(Bucket=probe)
                 client.put_object(Bucket=probe, Key="k", Body=b"x")
                 client.delete_object(Bucket=probe, Key="k")
-                client.delete_bucket(Bucket=probe)
+                # Cleanup only: the server answered a write and a delete, so it is up. With
+                # -s3.idleTimeout=2 SeaweedFS 4.48 can answer DeleteBucket with InternalError
+                # for a while (seen twice in CI); that must not fail the start.
+                with contextlib.suppress(Exception):
+                    client.delete_bucket(Bucket=probe)
                 return
             except Exception as exc:  # not up yet: any connection or 5xx error
                 last = exc
