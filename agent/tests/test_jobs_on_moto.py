@@ -216,7 +216,7 @@ def test_a_small_command_job(cli: Cli) -> None:
 @pytest.mark.parametrize(("wrong", "named"), [("secret", "SignatureDoesNotMatch"), ("key-id", "InvalidAccessKeyId")])
 def test_wrong_static_keys_fail_in_one_line_without_the_secret(moto: SigMoto, tmp_path: Path, wrong: str,
                                                                named: str) -> None:
-    key_id = moto.user.access_key if wrong == "secret" else "AKIAWRONGWRONGWRONG0"
+    key_id = moto.user.access_key if wrong == "secret" else "NOSUCHKEYIDFORTESTS0"
     cli = _cli(moto, tmp_path, _env(tmp_path, AWS_EC2_METADATA_DISABLED="true"),
                access_key_id=key_id, secret_access_key=WRONG_SECRET if wrong == "secret" else moto.user.secret_key)
     cli.data["log_level"] = "WARNING"  # INFO adds a "job ...: starting" log line

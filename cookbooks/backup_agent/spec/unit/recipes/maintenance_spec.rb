@@ -3,7 +3,7 @@ require_relative '../../spec_helper'
 describe 'backup_agent::maintenance' do
   let(:item) do
     { 'id' => 'maintenance', 'bucket' => 'acme-staging-backups', 'region' => 'eu-west-1',
-      'access_key_id' => 'AKIAMAINTENANCE00001', 'secret_access_key' => 'maintenance-secret-never-in-attributes' }
+      'access_key_id' => 'test-maintenance-key-id', 'secret_access_key' => 'maintenance-secret-never-in-attributes' }
   end
   let(:managed) { false }
   let(:chef_run) do
@@ -34,7 +34,7 @@ describe 'backup_agent::maintenance' do
     expect(template.mode).to eq('0600')
     expect(template.sensitive).to be(true)
     expect(template.backup).to be(false)
-    expect(config['storage']).to include('bucket' => 'acme-staging-backups', 'access_key_id' => 'AKIAMAINTENANCE00001',
+    expect(config['storage']).to include('bucket' => 'acme-staging-backups', 'access_key_id' => 'test-maintenance-key-id',
                                          'object_lock' => { 'mode' => 'COMPLIANCE', 'days' => 14 })
     expect(config['maintenance']).to eq('under' => '', 'retention' => { 'keep_daily' => 7 },
                                         'jobs' => { 'pg' => { 'keep_daily' => 30 } })
@@ -53,7 +53,7 @@ describe 'backup_agent::maintenance' do
   it 'keeps the secrets out of node attributes' do
     attributes = chef_run.node.to_hash.to_json
     expect(attributes).not_to include('maintenance-secret-never-in-attributes')
-    expect(attributes).not_to include('AKIAMAINTENANCE00001')
+    expect(attributes).not_to include('test-maintenance-key-id')
   end
 
   it 'renders a timer that runs bucket setup and prune --all-nodes' do
