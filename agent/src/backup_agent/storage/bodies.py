@@ -1,17 +1,13 @@
 """Request bodies that are not one bytes object: a range of an open file, a pack's pieces.
 
-Both are re-readable (`read`/`seek`, what botocore and a retry need) and can `send_to` a
-plain-text socket without copying their bytes through Python: sendfile(2) for a file range,
-sendmsg(2) over the pieces for a pack. On a full backup that is most of the agent's CPU:
-reading a file into Python and sending it copies every byte twice, and joining 16 MiB packs
-faulted in fresh memory for every pack.
+Both are re-readable (`read`/`seek`, what the S3 stores and a retry need): a file range reads
+through the one descriptor with pread, and a pack keeps the files' bytes as read until a store
+reads it, instead of growing one buffer (docs/PERFORMANCE.md, "Packs are a list").
 """
 
 from __future__ import annotations
 
 import os
-import select
-import socket
 
 
 class FileShrank(Exception):
@@ -69,34 +65,10 @@ class FileRange(_Body):
         self.pos += len(data)
         return data
 
-    def send_to(self, sock: socket.socket) -> None:
-        """The whole range with sendfile(2): the kernel hands the page cache to the socket.
-        Plain-text sockets only (the caller checks)."""
-        sent = 0
-        poll = None
-        while sent < self.length:
-            try:
-                n = os.sendfile(sock.fileno(), self.fd, self.start + sent, min(self.length - sent, 1 << 30))
-            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-                if poll is None:
-                    poll = select.poll()
-                    poll.register(sock.fileno(), select.POLLOUT)
-                timeout = sock.gettimeout()
-                if not poll.poll(None if timeout is None else timeout * 1000):
-                    raise TimeoutError("timed out sending the request body") from None
-                continue
-            if n == 0:
-                raise FileShrank(f"{self.path}: ended at {self.start + sent} bytes while being uploaded")
-            sent += n
-        self.pos = self.length
-
 
 class Pieces(_Body):
-    """A pack: small files' bytes back to back, sent as they were read, never joined.
-
-    `read` (botocore, or a TLS connection) joins them once, on first use."""
-
-    IOV_MAX = 1024  # buffers per sendmsg(2) on Linux
+    """A pack: small files' bytes back to back, kept as they were read; `read` joins them once,
+    on first use."""
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
@@ -111,16 +83,3 @@ class Pieces(_Body):
         data = bytes(self._joined[self.pos : end])
         self.pos = end
         return data
-
-    def send_to(self, sock: socket.socket) -> None:
-        """All pieces with sendmsg(2), up to IOV_MAX at a time. Plain-text sockets only."""
-        queue = [memoryview(p) for p in self.parts if p]
-        i = 0
-        while i < len(queue):
-            sent = sock.sendmsg(queue[i : i + self.IOV_MAX])
-            while sent and sent >= len(queue[i]):  # whole buffers sent
-                sent -= len(queue[i])
-                i += 1
-            if sent:  # part of one: the rest of it goes first next time
-                queue[i] = queue[i][sent:]
-        self.pos = self.length

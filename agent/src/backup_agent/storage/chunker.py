@@ -142,10 +142,8 @@ class Chunker:
                 j = int(np.searchsorted(cand_l, mid))
                 if j < len(cand_l) and cand_l[j] <= hi:
                     cut = int(cand_l[j]) + 1
-                elif hi < n:
-                    cut = hi + 1
-                elif eof:
-                    cut = n
+                elif (forced := _forced_cut(hi, n, eof)) is not None:
+                    cut = forced
                 else:
                     break
             out.append(cut)
@@ -171,12 +169,20 @@ class Chunker:
                     break
                 i += 1
             if not cut:
-                if hi < n:
-                    cut = hi + 1
-                elif eof:
-                    cut = n
-                else:
+                forced = _forced_cut(hi, n, eof)
+                if forced is None:
                     break
+                cut = forced
             out.append(cut)
             s = cut
         return out
+
+
+def _forced_cut(hi: int, n: int, eof: bool) -> int | None:
+    """Where a chunk ends that found no content-defined boundary: at its maximum size when the
+    data reaches that far, at the end of the data when it is the last; None: read more first."""
+    if hi < n:
+        return hi + 1
+    if eof:
+        return n
+    return None
