@@ -68,6 +68,15 @@ class Storage:
     password: str | None = field(default=None, repr=False)
     sslmode: str | None = None
     sslrootcert: str | None = None
+    # Client-side encryption (storage/encoding.py): the data bag's `encryption_key`, and older
+    # secrets kept to read what they sealed (key rotation). Never shown by repr().
+    encryption_key: str | None = field(default=None, repr=False)
+    previous_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    # zstd level for what the agent stores; 0: nothing is compressed.
+    compression_level: int = 3
+    # With a key set, snapshots whose manifest is not sealed (taken before encryption was turned
+    # on) are refused unless this says they may be read: one forged in the bucket is refused too.
+    read_unencrypted_snapshots: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,10 @@ def from_dict(data: Any, name: str = "config", *, trusted: bool = False) -> Conf
         password=st.get("password"),
         sslmode=st.get("sslmode"),
         sslrootcert=st.get("sslrootcert"),
+        encryption_key=st.get("encryption_key"),
+        previous_encryption_keys=tuple(st.get("previous_encryption_keys") or ()),
+        compression_level=st["compression_level"],
+        read_unencrypted_snapshots=st["read_unencrypted_snapshots"],
     )
     if storage.endpoints and storage.endpoint_url:
         raise ConfigError(f"{name}: storage.endpoints: give endpoint_url or endpoints, not both")
@@ -568,7 +581,7 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
 # Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
 # ...}]` must not be echoed as "not [...]" either).
 _SECRET_KEY = re.compile(
-    rf"(^|\.)(secret_access_key|session_token|password|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
+    rf"(^|\.)(secret_access_key|session_token|password|encryption_key|previous_encryption_keys(\.\d+)?|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
     r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 

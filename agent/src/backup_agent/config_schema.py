@@ -228,6 +228,25 @@ TOP_LEVEL: dict[str, Any] = {
                         "days": {"type": "integer", "minimum": 1, "maximum": 36500},
                     },
                 },
+                "encryption_key": {
+                    "type": "string", "minLength": 32,
+                    "description": "client-side encryption (AES-256-GCM) of everything files and command jobs store; "
+                                   "from the data bag item key encryption_key; losing it loses the data",
+                },
+                "previous_encryption_keys": {
+                    "type": "array", "items": {"type": "string", "minLength": 32}, "uniqueItems": True,
+                    "description": "older encryption keys, only to read snapshots sealed with them (key rotation)",
+                },
+                "compression_level": {
+                    "type": "integer", "minimum": 0, "maximum": 19, "default": 3,
+                    "description": "zstd level of what files and command jobs store (0: no compression); "
+                                   "incompressible pieces are stored as they are whatever the level",
+                },
+                "read_unencrypted_snapshots": {
+                    "type": "boolean", "default": False,
+                    "description": "with encryption_key set, still read snapshots whose manifest is not encrypted "
+                                   "(taken before encryption was turned on); off, they are refused as possibly forged",
+                },
                 "pruned_by": {
                     "enum": ["node", "maintenance"],
                     "default": "node",

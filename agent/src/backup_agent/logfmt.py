@@ -45,7 +45,8 @@ _mask = MASK
 
 def secret_values(cfg: Config) -> list[str]:
     """The config values that must never appear in logs, status, metrics or notifications."""
-    out = [cfg.storage.secret_access_key, cfg.storage.session_token]
+    out = [cfg.storage.secret_access_key, cfg.storage.session_token, cfg.storage.encryption_key,
+           *cfg.storage.previous_encryption_keys]
     # Ping and webhook URLs carry their credential in the path (a check's uuid, a hook token).
     for url in (cfg.notify.get(key) for key in CHANNEL_KEYS):
         if url:

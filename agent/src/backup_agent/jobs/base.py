@@ -22,7 +22,9 @@ from backup_agent import retention
 from backup_agent.config import Config, Job
 from backup_agent.errors import AgentError, ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.immutability import DeleteDenied
-from backup_agent.storage import cold, layout
+from backup_agent.storage import codec, cold, encoding, layout
+from backup_agent.storage.codec import CodecError
+from backup_agent.storage.encoding import Encoding, WrongKey
 from backup_agent.storage.manifest import Entry, ManifestError, read, read_header
 from backup_agent.storage.store import Denied, Locked, NotFound, ObjectInfo, Store, StoreError
 
@@ -66,6 +68,12 @@ def download(store: Store, key: str, out: IO[bytes]) -> None:
             out.write(chunk)
     finally:
         body.close()
+
+
+def spool_dir(cfg: Config) -> str | None:
+    """Where temporary copies go: state_dir/tmp when it exists (the run made it), else the default."""
+    tmp = cfg.state_dir / "tmp"
+    return str(tmp) if tmp.is_dir() else None
 
 
 def utcnow() -> datetime:
@@ -188,6 +196,15 @@ class S3Job(JobRunner):
         self.bucket = cfg.storage.bucket
         self.root = layout.job_root(cfg.storage.prefix, job.name)
         self.foreign_snapshot_keys: list[str] = []  # seen under snapshots/, not ours: reported, skipped
+        self._encoding: Encoding | None = None
+
+    @property
+    def encoding(self) -> Encoding:
+        """Codecs for what this job stores (compression, encryption), made on first use: deriving
+        the keys costs 0.2 s, which verbs that never read data do not pay."""
+        if self._encoding is None:
+            self._encoding = encoding.for_storage(self.cfg.storage)
+        return self._encoding
 
     @property
     def store(self) -> Store:
@@ -284,6 +301,9 @@ class S3Job(JobRunner):
             head = body.read()
         finally:
             body.close()
+        if head.startswith(encoding.MAGIC):  # sealed: opened only whole (its tags cover all of it)
+            with self.open_manifest(sid) as (header, _, _):
+                return header
         try:
             return read_header(io.BytesIO(head), f"snapshot {sid}")
         except (EOFError, OSError):
@@ -304,12 +324,8 @@ class S3Job(JobRunner):
                                                                          dict[str, Any]]]]:
         """Spool the manifest once; each call of what this yields reads it again from the start
         (a restore reads it in passes instead of holding millions of entries)."""
-        key = self.root + layout.manifest_key(sid)
         with tempfile.TemporaryFile() as spool:
-            try:
-                download(self.store, key, spool)
-            except StoreError as exc:
-                raise JobFailed(f"snapshot {sid}: cannot read manifest: {exc}") from None
+            self.spool_manifest(sid, spool)
 
             def again() -> tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]:
                 spool.seek(0)
@@ -321,13 +337,64 @@ class S3Job(JobRunner):
 
             yield again
 
+    def spool_manifest(self, sid: str, out: IO[bytes]) -> None:
+        """The manifest of `sid` into `out` as gzip'd JSON lines (opened first when sealed).
+
+        With an encryption key set, a manifest that is not sealed is refused unless
+        `storage.read_unencrypted_snapshots` allows it: anyone who can write to the bucket could
+        otherwise add a snapshot of their own making."""
+        key = self.root + layout.manifest_key(sid)
+        start = out.tell()
+        try:
+            download(self.store, key, out)
+        except StoreError as exc:
+            raise JobFailed(f"snapshot {sid}: cannot read manifest: {exc}") from None
+        out.flush()
+        out.seek(start)
+        first = out.read(len(encoding.MAGIC))
+        enc = self.encoding
+        if not first.startswith(encoding.MAGIC):
+            if enc.sealed and not enc.read_unencrypted:
+                raise WrongKey(f"snapshot {sid}: its manifest is not encrypted but storage.encryption_key is set "
+                               "(taken before encryption was turned on, or not made by this agent); set "
+                               "storage.read_unencrypted_snapshots: true to read such snapshots")
+            out.seek(0, os.SEEK_END)
+            return
+        # Sealed: opened from a copy into `out` (only sealed manifests cost the second file).
+        with tempfile.TemporaryFile() as raw:
+            out.seek(start)
+            while chunk := out.read(1 << 20):
+                raw.write(chunk)
+            out.seek(start)
+            out.truncate()
+            raw.seek(0)
+            parts = iter(lambda: raw.read(1 << 20), b"")
+            try:
+                for part in enc.manifest.decode_iter(parts, enc.manifest_aad(self.root, sid)):
+                    out.write(part)
+            except codec.WrongKeyError as exc:
+                raise WrongKey(f"snapshot {sid}: storage.encryption_key does not open its manifest: {exc}") from None
+            except CodecError as exc:
+                raise IntegrityError(f"snapshot {sid}: manifest is damaged: {exc}") from None
+        out.flush()
+
     def upload_manifest(self, sid: str, spool: IO[bytes]) -> None:
         spool.flush()
-        spool.seek(0)
-        sha256 = hashlib.file_digest(spool, "sha256").hexdigest()  # type: ignore[arg-type]
-        # Manifests stay in an instantly readable class (no storage_class) whatever the data's is.
-        self.store.put_file(self.root + layout.manifest_key(sid), spool.fileno(), os.fstat(spool.fileno()).st_size,
-                            sha256=sha256, name=f"manifest of {sid}")
+        enc = self.encoding
+        with contextlib.ExitStack() as stack:
+            if enc.sealed:
+                spool.seek(0)
+                sealed = stack.enter_context(tempfile.TemporaryFile(dir=spool_dir(self.cfg)))
+                for part in enc.manifest.encode_iter(iter(lambda: spool.read(1 << 20), b""),
+                                                     enc.manifest_aad(self.root, sid)):
+                    sealed.write(part)
+                sealed.flush()
+                spool = sealed
+            spool.seek(0)
+            sha256 = hashlib.file_digest(spool, "sha256").hexdigest()  # type: ignore[arg-type]
+            # Manifests stay in an instantly readable class (no storage_class) whatever the data's is.
+            self.store.put_file(self.root + layout.manifest_key(sid), spool.fileno(),
+                                os.fstat(spool.fileno()).st_size, sha256=sha256, name=f"manifest of {sid}")
 
     def thaw(self, tier: str | None = None, days: int | None = None) -> cold.Thaw:
         """Glacier restores for this job, with its restore_tier/restore_days unless overridden."""

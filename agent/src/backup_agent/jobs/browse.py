@@ -22,11 +22,9 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
-from backup_agent.jobs.base import JobRunner, S3Job, Snapshot, download, pick_snapshot, rfc3339
-from backup_agent.storage import layout
+from backup_agent.jobs.base import JobRunner, S3Job, Snapshot, pick_snapshot, rfc3339
 from backup_agent.storage.manifest import Entry, ManifestError, parse_entry, read, read_matching
 from backup_agent.storage.reader import Piece, hashing, read_all
-from backup_agent.storage.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +99,7 @@ def ls(job: S3Job, snapshot: str | None, at: str | None,
 def _spool(job: S3Job, sid: str) -> Iterator[IO[bytes]]:
     """The manifest in a temp file (never in memory), positioned at the start."""
     with tempfile.TemporaryFile() as spool:
-        try:
-            download(job.store, job.root + layout.manifest_key(sid), spool)
-        except StoreError as exc:
-            raise JobFailed(f"snapshot {sid}: cannot read manifest: {exc}") from None
+        job.spool_manifest(sid, spool)
         spool.seek(0)
         yield spool
 

@@ -14,6 +14,14 @@ drop extended attributes, all without a word.
 - sparse files: `size`/`sha256`/`object`/`offset` describe the stored bytes, which are only the
   data regions back to back; `extents` ([[offset, length], ...]) say where each region goes and
   `length` is the file's size, holes included.
+
+Version 3 (issue #20) stores content encoded (storage/codec.py: zstd when it pays, AES-256-GCM
+with a key) and big files in content-defined chunks. Version 1 and 2 entries still read:
+- `stored` on a file: its bytes at `object`/`offset` are one encoded piece of that many bytes
+  (absent: the raw bytes, `size` of them, as before);
+- `chunks` instead of `object`/`offset`: [[object, offset, stored, size, sha256], ...], encoded
+  pieces whose plaintexts, in order, are the file's `size` stored bytes.
+The manifest itself is sealed as a whole when a key is set (jobs/base.py, spool_manifest).
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 FORMAT = "backup-agent-manifest"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 ENTRY_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev")
 DEVICE_TYPES = ("chardev", "blockdev")
 _TYPES = {t: t for t in ENTRY_TYPES}
@@ -43,6 +51,10 @@ ID_MAX = 2**32 - 2
 
 class ManifestError(ValueError):
     pass
+
+
+# One chunk of a big file: (object, offset, stored, size, sha256 of its plaintext).
+Chunk = tuple[str, int, int, int, str]
 
 
 @dataclass(slots=True)
@@ -64,6 +76,23 @@ class Entry:
     length: int = 0  # sparse files only: the size with holes
     major: int = 0
     minor: int = 0
+    stored: int | None = None  # encoded length at object/offset; None: raw bytes (versions 1, 2)
+    chunks: list[Chunk] | None = None  # a big file in encoded chunks, instead of object/offset
+
+    def ranges(self) -> list[tuple[str, int, int]]:
+        """The stored byte ranges this file's content needs: (object, offset, length)."""
+        if self.type != "file" or self.size == 0:
+            return []
+        if self.chunks is not None:
+            return [(c[0], c[1], c[2]) for c in self.chunks]
+        assert self.object is not None
+        return [(self.object, self.offset, self.size if self.stored is None else self.stored)]
+
+    def objects(self) -> list[str]:
+        """The objects this file's content lives in."""
+        if self.chunks is not None:
+            return list(dict.fromkeys(c[0] for c in self.chunks))
+        return [self.object] if self.type == "file" and self.object else []
 
     @property
     def apparent_size(self) -> int:
@@ -73,8 +102,13 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid,
                              "gid": self.gid, "mtime_ns": self.mtime_ns}
-        if self.type == "file":
+        if self.type == "file" and self.chunks is not None:
+            d.update(size=self.size, sha256=self.sha256, chunks=[list(c) for c in self.chunks])
+        elif self.type == "file":
             d.update(size=self.size, sha256=self.sha256, object=self.object, offset=self.offset)
+            if self.stored is not None:
+                d["stored"] = self.stored
+        if self.type == "file":
             if self.hardlink is not None:
                 d["hardlink"] = self.hardlink
             if self.extents is not None:
@@ -116,18 +150,20 @@ class ManifestWriter:
     def add(self, entry: Entry) -> None:
         # Hand-assembled around json-encoded strings: the same bytes json.dumps would give for
         # to_json(), at a fraction of the cost on the per-file hot path.
-        if entry.type == "file" and entry.xattrs is None and entry.hardlink is None and entry.extents is None:
+        if entry.type == "file" and entry.xattrs is None and entry.hardlink is None and entry.extents is None \
+                and entry.chunks is None:
             if entry.object:
                 self.objects.add(entry.object)
+            stored = "" if entry.stored is None else f',"stored":{entry.stored}'
             line = (f'{{"path":{_encode(entry.path)},"type":"file","mode":{entry.mode},"uid":{entry.uid},'
                     f'"gid":{entry.gid},"mtime_ns":{entry.mtime_ns},"size":{entry.size},'
-                    f'"sha256":{_encode(entry.sha256)},"object":{_encode(entry.object)},"offset":{entry.offset}}}')
+                    f'"sha256":{_encode(entry.sha256)},"object":{_encode(entry.object)},"offset":{entry.offset}'
+                    f'{stored}}}')
             self._pending.append(line)
             if len(self._pending) >= 1000:
                 self._flush()
         else:
-            if entry.type == "file" and entry.object:
-                self.objects.add(entry.object)
+            self.objects.update(entry.objects())
             self._line(entry.to_json())
         self.count += 1
 
@@ -222,12 +258,18 @@ def parse_entry(obj: Any, where: str) -> Entry:
         entry.size, entry.offset = num("size"), num("offset")
         if entry.size + entry.offset > INT64_MAX:
             raise ManifestError(f"{where}: offset + size is out of range")
-        sha, objkey = obj.get("sha256"), obj.get("object")
+        sha = obj.get("sha256")
         if not isinstance(sha, str) or len(sha) != 64:
             raise ManifestError(f"{where}: sha256 missing or malformed")
-        if not isinstance(objkey, str) or ".." in objkey.split("/") or objkey.startswith("/"):
-            raise ManifestError(f"{where}: object key missing or malformed")
-        entry.sha256, entry.object = sha, sys.intern(objkey)
+        entry.sha256 = sha
+        if "chunks" in obj:
+            entry.chunks = _chunks(obj["chunks"], entry.size, where)
+        else:
+            entry.object = _object_key(obj.get("object"), where)
+            if "stored" in obj:
+                entry.stored = num("stored")
+                if entry.stored + entry.offset > INT64_MAX or (entry.size > 0 and entry.stored == 0):
+                    raise ManifestError(f"{where}: stored is out of range")
         if "hardlink" in obj:
             safe_relative(obj["hardlink"], f"{where}: hardlink")
             entry.hardlink = obj["hardlink"]
@@ -244,6 +286,31 @@ def parse_entry(obj: Any, where: str) -> Entry:
     if "xattrs" in obj:
         entry.xattrs = _xattrs(obj["xattrs"], where)
     return entry
+
+
+def _object_key(key: Any, where: str) -> str:
+    if not isinstance(key, str) or ".." in key.split("/") or key.startswith("/"):
+        raise ManifestError(f"{where}: object key missing or malformed")
+    return sys.intern(key)
+
+
+def _chunks(raw: Any, size: int, where: str) -> list[Chunk]:
+    """Each chunk well-formed, and their sizes exactly the file's: a restore writes them in order."""
+    if not isinstance(raw, list) or not raw:
+        raise ManifestError(f"{where}: chunks must be a non-empty list")
+    out: list[Chunk] = []
+    total = 0
+    for c in raw:
+        if (not isinstance(c, list) or len(c) != 5
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in c[1:4])
+                or c[1] < 0 or c[2] <= 0 or c[3] <= 0 or c[1] + c[2] > INT64_MAX
+                or not isinstance(c[4], str) or len(c[4]) != 64):
+            raise ManifestError(f"{where}: chunks must be [object, offset, stored, size, sha256] lists")
+        out.append((_object_key(c[0], where), c[1], c[2], c[3], c[4]))
+        total += c[3]
+    if total != size:
+        raise ManifestError(f"{where}: chunks hold {total} bytes, size says {size}")
+    return out
 
 
 def _extents(raw: Any, stored: int, length: int, where: str) -> list[tuple[int, int]]:
