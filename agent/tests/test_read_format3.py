@@ -65,18 +65,25 @@ class Builder:
         self.packs[pack] += blob
         return offset, len(blob)
 
+    def raw(self, path: str, data: bytes, pack: str) -> None:
+        """A version 1/2 entry: the plain bytes at object/offset."""
+        offset = len(self.packs[pack])
+        self.packs[pack] += data
+        self.entries.append(Entry(path=path, type="file", mode=0o640, mtime_ns=2_000_000_000, size=len(data),
+                                  sha256=sha(data), object=pack, offset=offset))
+
     def small(self, path: str, data: bytes, pack: str) -> None:
         offset, stored = self._put(pack, data)
         self.entries.append(Entry(path=path, type="file", mode=0o640, mtime_ns=2_000_000_000, size=len(data),
                                   sha256=sha(data), object=pack, offset=offset, stored=stored))
 
     def big(self, path: str, data: bytes, packs: list[str], chunk: int = 64 << 10,
-            extents: list[tuple[int, int]] | None = None, length: int = 0) -> None:
-        """`data` cut into chunks of `chunk` bytes, the packs taking turns in runs of 3 chunks."""
+            extents: list[tuple[int, int]] | None = None, length: int = 0, run: int = 3) -> None:
+        """`data` cut into chunks of `chunk` bytes, the packs taking turns in runs of `run` chunks."""
         chunks: list[Chunk] = []
         for n, i in enumerate(range(0, len(data), chunk)):
             part = data[i:i + chunk]
-            pack = packs[(n // 3) % len(packs)]
+            pack = packs[(n // run) % len(packs)]
             offset, stored = self._put(pack, part)
             chunks.append((pack, offset, stored, len(part), sha(part)))
         self.placed[path] = chunks
