@@ -1,6 +1,6 @@
 """Content-defined chunking of big files (FastCDC-style gear hash, normalised chunking).
 
-Not wired into the jobs yet (issue #20; docs/PERFORMANCE.md, "Issue #20", has the figures).
+Used by files jobs for big files (jobs/files.py; docs/PERFORMANCE.md, "Issue #20", has the figures).
 A big file is cut where the content says so, not at fixed offsets, so bytes inserted in the
 middle move the later boundaries along with the data and only the chunks around the edit change.
 
@@ -32,7 +32,7 @@ import hashlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Protocol
 
 try:
     # Any-typed on purpose: the agent does not require numpy, and mypy must pass without it.
@@ -44,6 +44,12 @@ KIB = 1024
 WINDOW = 32  # bytes the hash sees
 BLOCK = 2 << 20  # bytes read and hashed at a time (peak memory: about 14x this while hashing)
 DEFAULT_SEED = b"backup-agent gear v1"
+
+
+class Readable(Protocol):
+    """What the chunker reads from: a file, or regions of one (a sparse file's data)."""
+
+    def read(self, n: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Chunker:
     def fast(self) -> bool:
         return self._np_table is not None
 
-    def chunks(self, f: IO[bytes]) -> Iterator[bytes]:
+    def chunks(self, f: Readable) -> Iterator[bytes]:
         """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks."""
         buf = b""
         eof = False
