@@ -21,6 +21,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +46,8 @@ STAGE_BATCH = 2000
 # A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
 # snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
 HOLD_ENTRIES = 50_000
+# Bytes of a big file's chunks cut but not yet encoded and packed (memory: about twice this).
+CHUNKS_AHEAD = 16 << 20
 # Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
 XATTR_MEMO_LIMIT = 200_000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
@@ -65,9 +68,11 @@ class PackUploader:
     (in_flight + 1) * pack_size.
     """
 
-    def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int) -> None:
+    def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int,
+                 encoders: ThreadPoolExecutor | None = None) -> None:
         self.job = job
         self.pool = pool
+        self.encoders = encoders
         self.slots = threading.Semaphore(in_flight)
         # The files' bytes as read, never copied into one buffer (bodies.Pieces): a growing
         # bytearray is copied over and over (docs/PERFORMANCE.md, "Packs are a list").
@@ -102,6 +107,15 @@ class PackUploader:
                 self._seal()
         return loc, len(piece)
 
+    def submit(self, data: bytes, sha256: str) -> Future[tuple[Loc, int]]:
+        """store() on an encoder thread: the scan reads the next files while zstd works."""
+        loc = self.find(sha256)
+        if loc is not None or self.encoders is None:
+            done: Future[tuple[Loc, int]] = Future()
+            done.set_result((loc, 0) if loc is not None else self.store(data, sha256))
+            return done
+        return self.encoders.submit(self.store, data, sha256)
+
     def seal(self) -> None:
         with self.lock:
             self._seal()
@@ -127,6 +141,52 @@ class PackUploader:
             return len(body)
         finally:
             self.slots.release()
+
+
+class InOrder:
+    """Manifest entries in scan order while some wait for their piece to be encoded and packed.
+
+    An entry whose content is being encoded waits in a queue with everything after it; the
+    queue is written as far as its head is ready. Memory: the small files queued (at most
+    QUEUED_BYTES; then the scan waits for the oldest)."""
+
+    QUEUED_BYTES = 32 << 20
+
+    def __init__(self, writer: ManifestWriter) -> None:
+        self.writer = writer
+        self.queue: deque[tuple[Future[tuple[Loc, int]] | None, Entry | Callable[[Loc], Entry], int]] = deque()
+        self.queued = 0
+
+    def add(self, entry: Entry) -> None:
+        if self.queue:
+            self.queue.append((None, entry, 0))
+        else:
+            self.writer.add(entry)
+
+    def later(self, fut: Future[tuple[Loc, int]], make: Callable[[Loc], Entry], size: int) -> None:
+        self.queue.append((fut, make, size))
+        self.queued += size
+        self.pump(wait=self.queued > self.QUEUED_BYTES)
+
+    def pump(self, wait: bool = False) -> None:
+        """Write the queue's ready head; with `wait`, wait for the oldest piece first."""
+        while self.queue:
+            fut, item, size = self.queue[0]
+            if fut is not None and not fut.done() and not wait:
+                return
+            self.queue.popleft()
+            if fut is None:
+                assert isinstance(item, Entry)
+                self.writer.add(item)
+                continue
+            wait = False
+            self.queued -= size
+            assert callable(item)
+            self.writer.add(item(fut.result()[0]))
+
+    def flush(self) -> None:
+        while self.queue:
+            self.pump(wait=True)
 
 
 class FilesJob(S3Job):
@@ -252,17 +312,21 @@ class FilesJob(S3Job):
         # Two workers cut big files into chunks (numpy, SHA-256, zstd and AES release the GIL)
         # while the scan packs small files; the packs go up on `conc` threads.
         with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
-            packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as encoders:
+            packer = PackUploader(self, pool, in_flight=max(2, conc // 2), encoders=encoders)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
+            order = InOrder(writer)
             try:
                 for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
                                   self.opts["follow_symlinks"]):
-                    self._one(found, writer, packer, big_pool, large, staged, result)
+                    self._one(found, order, packer, big_pool, large, staged, result)
                     if len(staged) >= STAGE_BATCH:
-                        self.cache.stage_files(staged)
-                        staged = []
+                        # Cleared, not replaced: entries still being encoded append to this list.
+                        self.cache.stage_files(list(staged))
+                        staged.clear()
+                order.flush()
                 # Big files' chunks go into the same packs: they are all cut before the last
                 # pack is sealed. bytes_uploaded counts packs as sent (encoded).
                 for lf, counter in large:
@@ -334,7 +398,7 @@ class FilesJob(S3Job):
         self.warn_if_unversioned(result)
         return found
 
-    def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+    def _one(self, found: Found, writer: InOrder, packer: PackUploader, pool: ThreadPoolExecutor,
              large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]],
              result: RunResult) -> None:
         if found.st is None:
@@ -401,7 +465,7 @@ class FilesJob(S3Job):
         result.bytes_total += len(data)
         base["mtime_ns"] = st.st_mtime_ns
         sha = hashlib.sha256(data).hexdigest()
-        self._add_file(writer, staged, base, st, sha, len(data), packer.store(data, sha)[0])
+        self._add_file(writer, staged, base, st, sha, len(data), packer.submit(data, sha))
 
     def _xattrs(self, base: dict[str, Any], unchanged: str | None, result: RunResult) -> None:
         """Attributes into `base`. An unchanged file (cache key `unchanged`) that had none in the
@@ -450,7 +514,7 @@ class FilesJob(S3Job):
     def _xattr_memo_path(self) -> Path:
         return self.cfg.state_dir / "cache" / f"{self.job.name}.xattr-paths"
 
-    def _special(self, writer: ManifestWriter, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
+    def _special(self, writer: InOrder, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
         """FIFOs and device nodes are entries of their own; sockets cannot be made by anyone but
         the program that listens on them, so they are skipped, and counted and listed as such."""
         kind = _SPECIAL.get(stat.S_IFMT(st.st_mode))
@@ -464,7 +528,7 @@ class FilesJob(S3Job):
             base.update(major=os.major(st.st_rdev), minor=os.minor(st.st_rdev))
         writer.add(Entry(type=kind, **base))
 
-    def _hard_link(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], st: os.stat_result,
+    def _hard_link(self, writer: InOrder, staged: list[tuple[Any, ...]], st: os.stat_result,
                    base: dict[str, Any], counter: str, result: RunResult) -> bool:
         """Every path of one inode carries the first path's name as its `hardlink` key, so a
         restore links them again. A later path reuses the first one's stored content without
@@ -483,7 +547,7 @@ class FilesJob(S3Job):
                        known.sha256, known.object or "", known.offset, _ref(known)))
         return True
 
-    def _sparse(self, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+    def _sparse(self, writer: InOrder, packer: PackUploader, pool: ThreadPoolExecutor,
                 large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]], st: os.stat_result,
                 base: dict[str, Any], counter: str, result: RunResult) -> bool:
         """A file with holes stores only its data regions; True when it was handled so (False:
@@ -520,21 +584,30 @@ class FilesJob(S3Job):
         self._add_file(writer, staged, base, st, sha, len(data), packer.store(data, sha)[0] if data else None)
         return True
 
-    def _add_file(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], base: dict[str, Any],
-                  st: os.stat_result, sha: str, size: int, loc: Loc | None = None,
+    def _add_file(self, writer: InOrder, staged: list[tuple[Any, ...]], base: dict[str, Any],
+                  st: os.stat_result, sha: str, size: int, loc: Loc | Future[tuple[Loc, int]] | None = None,
                   chunks: list[Chunk] | None = None) -> None:
-        """A file's entry: its content in one piece at `loc`, in `chunks`, or none (empty)."""
-        if chunks is not None:
-            entry = Entry(type="file", size=size, sha256=sha, chunks=chunks, **base)
-        elif loc is not None:
-            entry = Entry(type="file", size=size, sha256=sha, object=loc[0], offset=loc[1], stored=loc[2], **base)
+        """A file's entry: its content in one piece at `loc` (or where a pending store puts it),
+        in `chunks`, or none (empty)."""
+
+        def made(loc: Loc | None) -> Entry:
+            if chunks is not None:
+                entry = Entry(type="file", size=size, sha256=sha, chunks=chunks, **base)
+            elif loc is not None:
+                entry = Entry(type="file", size=size, sha256=sha, object=loc[0], offset=loc[1], stored=loc[2],
+                              **base)
+            else:
+                entry = Entry(type="file", size=size, sha256=sha, object="", offset=0, **base)
+            staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha,
+                           entry.object or "", entry.offset, _ref(entry)))
+            if entry.hardlink is not None:
+                self._linked[(st.st_dev, st.st_ino)] = entry
+            return entry
+
+        if isinstance(loc, Future):
+            writer.later(loc, made, size)
         else:
-            entry = Entry(type="file", size=size, sha256=sha, object="", offset=0, **base)
-        writer.add(entry)
-        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha,
-                       entry.object or "", entry.offset, _ref(entry)))
-        if entry.hardlink is not None:
-            self._linked[(st.st_dev, st.st_ino)] = entry
+            writer.add(made(loc))
 
     @staticmethod
     def _note_changed(path: str, st: os.stat_result, after: os.stat_result, stored: int, result: RunResult) -> None:
@@ -612,17 +685,31 @@ class FilesJob(S3Job):
 
     def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
                ) -> tuple[list[Chunk], str, int, int]:
-        """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes, bytes added to packs)."""
+        """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes, bytes added
+        to packs). Chunks are encoded on the encoder threads while this one cuts the next ones;
+        at most CHUNKS_AHEAD bytes wait."""
         whole = hashlib.sha256()
+        pending: deque[tuple[Future[tuple[Loc, int]], int, str]] = deque()
         chunks: list[Chunk] = []
-        size = new = 0
+        size = new = ahead = 0
+
+        def settle(until: int) -> None:
+            nonlocal new, ahead
+            while pending and ahead > until:
+                fut, n, sha = pending.popleft()
+                loc, added = fut.result()
+                chunks.append((loc[0], loc[1], loc[2], n, sha))
+                new += added
+                ahead -= n
+
         for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
             whole.update(data)
             sha = hashlib.sha256(data).hexdigest()
-            loc, added = packer.store(data, sha)
-            chunks.append((loc[0], loc[1], loc[2], len(data), sha))
+            pending.append((packer.submit(data, sha), len(data), sha))
             size += len(data)
-            new += added
+            ahead += len(data)
+            settle(CHUNKS_AHEAD)
+        settle(-1)
         return chunks, whole.hexdigest(), size, new
 
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
