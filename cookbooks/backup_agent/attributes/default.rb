@@ -44,7 +44,7 @@ default['backup_agent']['install']['bin_link'] = '/usr/local/bin/backup-agent'
 
 # --- config: the non-secret settings of config.yaml, under the file's own keys ---------------
 # Anything `backup-agent schema` documents can be set here (except storage's bucket, region,
-# endpoint_url, credentials and kms_key_id: the data bag item's). nil means "not rendered": the
+# endpoint_url, credentials, kms_key_id and encryption keys: the data bag item's). nil means "not rendered": the
 # agent's own default applies.
 default['backup_agent']['config_path'] = '/etc/backup-agent/config.yaml'
 default['backup_agent']['config']['node'] = nil # default: the Chef node name
@@ -54,6 +54,12 @@ default['backup_agent']['config']['splay'] = nil
 default['backup_agent']['config']['max_parallel_jobs'] = nil
 default['backup_agent']['config']['storage']['prefix'] = nil # S3 key prefix; agent default: the node name
 default['backup_agent']['config']['storage']['sse'] = nil # AES256 | aws:kms (kms_key_id from the data bag)
+# zstd level (0-19) of what files and command jobs store; 0: no compression. Agent default: 3.
+default['backup_agent']['config']['storage']['compression_level'] = nil
+# Client-side encryption is on when the data bag item has `encryption_key` (never an attribute).
+# true: still read snapshots taken before it was turned on (their manifests are not sealed, so
+# anyone who can write to the bucket could have forged one); agent default: false.
+default['backup_agent']['config']['storage']['read_unencrypted_snapshots'] = nil
 default['backup_agent']['config']['notify']['healthchecks_url'] = nil
 default['backup_agent']['config']['notify']['webhook_url'] = nil
 default['backup_agent']['config']['metrics']['textfile'] = nil
