@@ -246,7 +246,7 @@ def test_other_entry_kinds_are_made_new_and_renamed_over_what_was_there(tmp_path
     job = SimpleNamespace(store=None, bucket="unused", root="unused/",
                           cfg=SimpleNamespace(storage=SimpleNamespace(concurrency=2)))
 
-    got = restore_files.restore_entries(job, entries, target, 0)  # type: ignore[arg-type]
+    got = restore_files.restore_entries(job, entries, target, 0, None)  # type: ignore[arg-type]
 
     assert got["specials"] == 1 and got["errors"] == []
     st = os.lstat(target / "x" / "pipe")

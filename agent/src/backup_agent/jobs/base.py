@@ -4,6 +4,7 @@ listing, selection, retention and verification over manifests."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -43,21 +44,25 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
 
 def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
             damaged: set[str]) -> Iterator[Entry]:
-    """The files with bytes whose object the listing shows whole; the others go to `problems`,
-    their objects to `damaged`."""
+    """The files with bytes whose objects the listing shows whole (every range a file's content
+    needs, chunks included); the others go to `problems` (one line per file), their missing or
+    short objects to `damaged`."""
     for e in entries:
         if e.type != "file" or e.size == 0:
             continue
-        assert e.object is not None
-        have = sizes.get(e.object)
-        if have is None:
-            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
-            damaged.add(e.object)
-        elif have < e.offset + e.size:
-            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, needs {e.offset + e.size}")
-            damaged.add(e.object)
-        else:
+        first: str | None = None
+        for obj, offset, length in e.ranges():
+            have = sizes.get(obj)
+            if have is not None and have >= offset + length:
+                continue
+            if first is None:
+                first = (f"object {obj} is missing" if have is None
+                         else f"object {obj} is {have} bytes, needs {offset + length}")
+            damaged.add(obj)
+        if first is None:
             yield e
+        else:
+            problems.append(f"snapshot {sid}: {e.path}: {first}")
 
 
 def download(store: Store, key: str, out: IO[bytes]) -> None:
@@ -197,6 +202,7 @@ class S3Job(JobRunner):
         self.root = layout.job_root(cfg.storage.prefix, job.name)
         self.foreign_snapshot_keys: list[str] = []  # seen under snapshots/, not ours: reported, skipped
         self._encoding: Encoding | None = None
+        self._plain_manifests: set[str] = set()  # snapshots read with storage.read_unencrypted_snapshots
 
     @property
     def encoding(self) -> Encoding:
@@ -205,6 +211,17 @@ class S3Job(JobRunner):
         if self._encoding is None:
             self._encoding = encoding.for_storage(self.cfg.storage)
         return self._encoding
+
+    def data_encoding(self, sid: str) -> Encoding:
+        """What opens the data of snapshot `sid` (once its manifest was read): the job's encoding,
+        or, for a snapshot taken before encryption was turned on (its manifest not sealed, read
+        because storage.read_unencrypted_snapshots allows it), the same without keys: its pieces
+        were never sealed, and such a manifest vouches for them by their sha256 alone."""
+        enc = self.encoding
+        if sid not in self._plain_manifests or not enc.sealed:
+            return enc
+        data = codec.Codec(None, codec.PURPOSE_DATA, level=enc.data.level, compress=enc.data.compress)
+        return dataclasses.replace(enc, data=data, key_id=None)
 
     @property
     def store(self) -> Store:
@@ -274,7 +291,7 @@ class S3Job(JobRunner):
             try:
                 if with_objects:
                     with self.open_manifest(sid) as (header, entries, _):
-                        objs = sorted({e.object for e in entries if e.type == "file" and e.object})
+                        objs = sorted({o for e in entries if e.type == "file" for o in e.objects()})
                     return {"storage_class": header.get("storage_class", "STANDARD"), "objects": objs}
                 return {"storage_class": self._manifest_header(sid).get("storage_class", "STANDARD")}
             except (AgentError, StoreError, ManifestError) as exc:
@@ -358,6 +375,8 @@ class S3Job(JobRunner):
                 raise WrongKey(f"snapshot {sid}: its manifest is not encrypted but storage.encryption_key is set "
                                "(taken before encryption was turned on, or not made by this agent); set "
                                "storage.read_unencrypted_snapshots: true to read such snapshots")
+            if enc.sealed:
+                self._plain_manifests.add(sid)
             out.seek(0, os.SEEK_END)
             return
         # Sealed: opened from a copy into `out` (only sealed manifests cost the second file).
@@ -426,7 +445,7 @@ class S3Job(JobRunner):
 
     def referenced_objects(self, sid: str) -> set[str]:
         with self.open_manifest(sid) as (_, entries, _):
-            return {e.object for e in entries if e.type == "file" and e.object}
+            return {o for e in entries if e.type == "file" for o in e.objects()}
 
     def forget_cached(self, objects: set[str]) -> None:
         """Hook for jobs with a local cache of stored content."""
@@ -580,7 +599,8 @@ class S3Job(JobRunner):
         def verify(piece: Piece, chunks: Iterator[bytes]) -> str | None:
             problem = hashing(chunks, piece, lambda _c: None)
             if problem:
-                damaged.add(piece.object)
+                # The object a piece failed to decode in, else all the content's objects.
+                damaged.update(piece.damaged or piece.objects())
             return problem
 
         listing = [o for o in self.list_keys("") if layout.is_owned(o.key[len(self.root) :])]
@@ -602,7 +622,8 @@ class S3Job(JobRunner):
                     continue
                 if read_data:
                     bad = read_all(self.store, self.root,
-                                   _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify)
+                                   _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify,
+                                   self.data_encoding(snap.id))
                     found += [f"snapshot {snap.id}: {p}" for p in bad]
             problems += found
             checked += 1

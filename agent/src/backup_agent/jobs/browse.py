@@ -359,7 +359,8 @@ def dump(job: S3Job, path: str, snapshot: str | None, at: str | None) -> Iterato
         def write(chunk: bytes) -> None:
             spool.write(chunk)
 
-        problems = read_all(job.store, job.root, [entry], job.cfg.storage, sink, concurrency=1)
+        problems = read_all(job.store, job.root, [entry], job.cfg.storage, sink, job.data_encoding(snap.id),
+                            concurrency=1)
         if problems:
             raise IntegrityError(f"snapshot {snap.id}: {problems[0]}")
         spool.seek(0)
@@ -384,10 +385,10 @@ def _with_holes(entry: Entry, stored: IO[bytes]) -> Iterator[IO[bytes]]:
 
 
 def _ready(job: S3Job, entry: Entry) -> None:
-    """An archived (Glacier) object is asked for as a restore does it; exit 75 until it is readable."""
-    key = job.root + str(entry.object)
+    """Archived (Glacier) objects are asked for as a restore does it (a chunked file's may be
+    several packs); exit 75 until all are readable."""
     thaw = job.thaw()
-    survey = thaw.prepare([key])
+    survey = thaw.prepare([job.root + o for o in entry.objects()])
     if survey.waiting:
         raise NotReady(thaw.pending_message(survey, f"dump {job.job.name} {entry.path}"),
                        {"job": job.job.name, "path": entry.path, **thaw.pending_details(survey)})

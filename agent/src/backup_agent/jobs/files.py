@@ -790,7 +790,8 @@ class FilesJob(S3Job):
     def _first_pass(self, entries: Iterator[Entry], resumed: Callable[[Entry], bool]
                     ) -> tuple[int, int, int, dict[str, int], list[Entry] | None]:
         """Entries, files with content, files an earlier run restored, bytes left to fetch by
-        object key, and the entries themselves unless there are more than HOLD_ENTRIES."""
+        object key (plaintext: what the progress bar counts), and the entries themselves unless
+        there are more than HOLD_ENTRIES."""
         count = content = skipped = 0
         object_bytes: dict[str, int] = {}
         held: list[Entry] | None = []
@@ -804,6 +805,10 @@ class FilesJob(S3Job):
                 content += 1
                 if resumed(e):
                     skipped += 1
+                elif e.chunks is not None:  # a big file: its chunks may live in several packs
+                    for c in e.chunks:
+                        key = self.root + c[0]
+                        object_bytes[key] = object_bytes.get(key, 0) + c[3]
                 else:
                     key = self.root + str(e.object)
                     object_bytes[key] = object_bytes.get(key, 0) + e.size
@@ -825,7 +830,7 @@ class FilesJob(S3Job):
         done = set(thaw.record.progress.get(progress_key, []))
 
         def resumed(e: Entry) -> bool:
-            return e.object in done and _already_restored(root, e)
+            return all(o in done for o in e.objects()) and _already_restored(root, e)
 
         count, content, skipped, object_bytes, held = self._first_pass(selected(), resumed)
         if paths and not count:
@@ -838,18 +843,24 @@ class FilesJob(S3Job):
         finished: set[str] = set()  # object keys whose files this run restored
         while True:
             final = not survey.waiting
-            ready = survey.ready - finished
+            readable = set(survey.ready)
+            ready = readable - finished
 
-            def batch(ready: set[str] = ready, final: bool = final) -> Iterator[Entry]:
+            def batch(ready: set[str] = ready, readable: set[str] = readable, final: bool = final) -> Iterator[Entry]:
+                # A file is restored in the first batch that finds all its objects readable
+                # (a chunked file's may be several packs, arriving from Glacier one by one).
                 for e in entries():
                     if e.type != "file" or e.size == 0:
                         if final:
                             yield e
-                    elif self.root + str(e.object) in ready and not resumed(e):
+                        continue
+                    keys = [self.root + o for o in e.objects()]
+                    if all(k in readable for k in keys) and any(k in ready for k in keys) and not resumed(e):
                         yield e
 
             try:
-                part = restore_entries(self, batch(), target, sum(object_bytes.get(k, 0) for k in ready))
+                part = restore_entries(self, batch(), target, sum(object_bytes.get(k, 0) for k in ready),
+                                       self.data_encoding(sid))
             except OSError as exc:  # the target's file system: full, read-only, permissions
                 name = exc.filename2 or exc.filename  # os.symlink/os.replace: the second is ours
                 where = f" {name}" if name else ""

@@ -39,6 +39,7 @@ from backup_agent.storage.reader import Piece, hashing, read_all
 
 if TYPE_CHECKING:
     from backup_agent.jobs.base import S3Job
+    from backup_agent.storage.encoding import Encoding
 
 IS_ROOT = os.geteuid() == 0
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -274,12 +275,14 @@ def lstat_inside(root: str, path: str) -> os.stat_result | None:
         os.close(fd)
 
 
-def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, content_bytes: int) -> dict[str, Any]:
+def restore_entries(job: S3Job, entries: Iterable[Entry], target_dir: Path, content_bytes: int,
+                    encoding: Encoding) -> dict[str, Any]:
     """Restore a stream of entries in one pass (the manifest's scan order puts each directory
-    before what it holds); only directories, symlinks and the other KINDS are held until the end."""
+    before what it holds); only directories, symlinks and the other KINDS are held until the end.
+    `encoding` opens the snapshot's data (job.data_encoding)."""
     target = Target(target_dir)
     try:
-        return _restore(job, entries, target, content_bytes)
+        return _restore(job, entries, target, content_bytes, encoding)
     finally:
         target.close()
 
@@ -331,7 +334,8 @@ def _place_late(target: Target, late: list[Entry], hard: list[tuple[Entry, str]]
         counts["hardlinks"] += 1
 
 
-def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes: int) -> dict[str, Any]:
+def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes: int,
+             encoding: Encoding) -> dict[str, Any]:
     errors: list[str] = []
     counts = {"files": 0, "dirs": 0, "symlinks": 0, "specials": 0, "hardlinks": 0, "bytes": 0}
     lock = threading.Lock()
@@ -389,7 +393,7 @@ def _restore(job: S3Job, entries: Iterable[Entry], target: Target, content_bytes
             raise target.named(dests[0].path, exc) from None
 
     try:
-        errors += read_all(job.store, job.root, content(), job.cfg.storage, sink)
+        errors += read_all(job.store, job.root, content(), job.cfg.storage, sink, encoding)
         progress.close()
         _place_late(target, late, hard, counts, errors)
     except BaseException:

@@ -1,23 +1,33 @@
 """Reading content back: group manifest entries by object, fetch each object once with ranged
-GETs, and hand each piece of content (hashed on the way) to a sink. Restore and
-`check --read-data` share it.
+GETs, and hand each piece of content (hashed on the way) to a sink. Restore, `check --read-data`
+and `dump` share it.
 
 Entries arrive as a stream and are grouped a window at a time, so memory follows the window and
 not the snapshot (a million-file restore held every entry and its pieces: about 1 GB). Scan order
 keeps a pack's files together in the manifest, so windows rarely split a pack's reads.
+
+Manifest format 3 (issue #20) stores content encoded (storage/codec.py): a small file is one
+encoded piece in a pack (`stored` bytes at `object`/`offset`), a big file a list of encoded
+chunks. Either way the sink sees the plaintext, and `hashing` checks the whole file's size and
+sha256 as for raw content. A piece that does not decode is a problem for its file, and its object
+counts as damaged (Piece.damaged), as a sha256 mismatch does; a piece sealed with a key this node
+lacks raises WrongKey (exit 2) and stops everything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backup_agent.config import Storage
-from backup_agent.errors import JobFailed, NotReady
-from backup_agent.storage.manifest import Entry
+from backup_agent.errors import IntegrityError, JobFailed, NotReady
+from backup_agent.storage.encoding import Encoding, damaged
+from backup_agent.storage.manifest import Chunk, Entry
 from backup_agent.storage.store import Archived, Body, Store, StoreError
 
 CHUNK = 1 << 20
@@ -27,38 +37,75 @@ MAX_GAP = 1 << 20
 # Entries grouped into GETs at a time (a few MB of entries and pieces). Content shared by entries
 # in different windows is fetched once per window.
 WINDOW = 20_000
+# An encoded piece up to this size is read whole and opened in place (Codec.decode: one call per
+# piece); a bigger one (a small file only by `storage.large_file_mb`) is opened as a stream.
+IN_MEMORY = 16 << 20
+# A big file's chunks in one object this close together are read with one GET (a file written
+# in one run has its chunks back to back; reused ones from earlier runs sit elsewhere).
+CHUNK_GAP = 256 << 10
+# Decoded bytes of one big file held ahead of its sink: the GETs and decoding of the next chunks
+# run while the sink hashes and writes the current ones.
+READ_AHEAD = 8 << 20
 
 
 @dataclass(slots=True)
 class Piece:
-    """One stored byte range and every manifest entry whose content it is."""
+    """One stored byte range, or a big file's chunks, and every manifest entry whose content it is.
+    `size` and `sha256` are of the plaintext; `stored` is the encoded length (None: raw bytes)."""
 
     object: str
     offset: int
     size: int
     sha256: str
     entries: list[Entry]
+    stored: int | None = None
+    chunks: list[Chunk] | None = None
+    # Objects found damaged while reading (a piece that does not decode); filled by the reader.
+    damaged: set[str] = field(default_factory=set)
+
+    @property
+    def length(self) -> int:
+        """Bytes at object/offset (not for chunked pieces)."""
+        return self.size if self.stored is None else self.stored
+
+    def objects(self) -> list[str]:
+        if self.chunks is not None:
+            return list(dict.fromkeys(c[0] for c in self.chunks))
+        return [self.object]
 
 
-# A sink receives a piece and an iterator of its bytes; it returns a problem text or None.
+# A sink receives a piece and an iterator of its bytes; it returns a problem text or None. The
+# iterator may raise IntegrityError (a damaged piece) or WrongKey: `hashing` turns the first into
+# a problem.
 Sink = Callable[[Piece, Iterator[bytes]], "str | None"]
 
 
-def group(entries: Iterable[Entry]) -> dict[str, list[Piece]]:
-    pieces: dict[tuple[str, int, int], Piece] = {}
+def group(entries: Iterable[Entry]) -> tuple[dict[str, list[Piece]], list[Piece]]:
+    """Pieces in objects (by object, in offset order) and chunked files' pieces (one per content)."""
+    pieces: dict[tuple[str, int, int, bool], Piece] = {}
+    chunked: dict[tuple[str, int, tuple[Chunk, ...]], Piece] = {}
     for e in entries:
-        assert e.object is not None and e.sha256 is not None
-        key = (e.object, e.offset, e.size)
+        assert e.sha256 is not None
+        if e.chunks is not None:
+            ckey = (e.sha256, e.size, tuple(e.chunks))
+            if ckey in chunked:
+                chunked[ckey].entries.append(e)
+            else:
+                first = e.chunks[0]
+                chunked[ckey] = Piece(first[0], first[1], e.size, e.sha256, [e], chunks=e.chunks)
+            continue
+        assert e.object is not None
+        key = (e.object, e.offset, e.size if e.stored is None else e.stored, e.stored is not None)
         if key in pieces:
             pieces[key].entries.append(e)
         else:
-            pieces[key] = Piece(e.object, e.offset, e.size, e.sha256, [e])
+            pieces[key] = Piece(e.object, e.offset, e.size, e.sha256, [e], stored=e.stored)
     by_object: dict[str, list[Piece]] = defaultdict(list)
     for p in pieces.values():
         by_object[p.object].append(p)
     for plist in by_object.values():
         plist.sort(key=lambda p: p.offset)
-    return by_object
+    return by_object, list(chunked.values())
 
 
 def _runs(pieces: list[Piece]) -> Iterator[list[Piece]]:
@@ -71,26 +118,35 @@ def _runs(pieces: list[Piece]) -> Iterator[list[Piece]]:
         if not run:
             end = p.offset
         run.append(p)
-        end = max(end, p.offset + p.size)
+        end = max(end, p.offset + p.length)
     if run:
         yield run
 
 
 def read_all(store: Store, root: str, entries: Iterable[Entry], storage: Storage, sink: Sink,
-             concurrency: int | None = None) -> list[str]:
-    """Fetch every piece once and feed it to `sink`; return the problems found."""
+             encoding: Encoding, concurrency: int | None = None) -> list[str]:
+    """Fetch every piece once and feed it to `sink`; return the problems found. `encoding` opens
+    format 3 pieces (the job's: its keys)."""
     workers = concurrency or storage.concurrency
     problems: list[str] = []
     pending: deque[Future[list[str]]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def submit(fn: Callable[..., list[str]], *args: object) -> None:
+            # Bounded queue: the manifest is read only as far ahead as the GETs need.
+            nonlocal problems
+            while len(pending) >= 2 * workers:
+                problems += pending.popleft().result()
+            pending.append(pool.submit(fn, *args))
+
         try:
             for window in _windows(entries):
-                for obj, plist in group(window).items():
+                by_object, chunked = group(window)
+                for obj, plist in by_object.items():
                     for run in _runs(plist):
-                        # Bounded queue: the manifest is read only as far ahead as the GETs need.
-                        while len(pending) >= 2 * workers:
-                            problems += pending.popleft().result()
-                        pending.append(pool.submit(_fetch_run, store, root + obj, run, sink))
+                        submit(_fetch_run, store, root + obj, run, sink, encoding)
+                for piece in chunked:
+                    submit(_fetch_chunked, store, root, piece, sink, encoding)
             while pending:
                 problems += pending.popleft().result()
         finally:
@@ -102,6 +158,8 @@ def read_all(store: Store, root: str, entries: Iterable[Entry], storage: Storage
 def _windows(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
     window: list[Entry] = []
     for e in entries:
+        if e.type != "file" or e.size == 0:
+            continue  # no content to read (a caller may pass whole manifests)
         window.append(e)
         if len(window) >= WINDOW:
             yield window
@@ -110,16 +168,20 @@ def _windows(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
         yield window
 
 
-def _fetch_run(store: Store, key: str, run: list[Piece], sink: Sink) -> list[str]:
-    start = run[0].offset
-    end = max(p.offset + p.size for p in run)
+def _get(store: Store, key: str, start: int, end: int) -> Body:
     try:
         # A body that breaks while it streams is resumed inside the store: one read to the end.
-        body: Body = store.get(key, start, end)
+        return store.get(key, start, end)
     except Archived:
         raise NotReady(f"{key} is archived and not restored yet") from None
     except StoreError as exc:
         raise JobFailed(f"cannot read {key}: {exc}") from None
+
+
+def _fetch_run(store: Store, key: str, run: list[Piece], sink: Sink, encoding: Encoding) -> list[str]:
+    start = run[0].offset
+    end = max(p.offset + p.length for p in run)
+    body = _get(store, key, start, end)
     if len(run) > 1:
         # Packed small files: a few large reads cut into pieces in memory instead of one read per
         # file, which spares the threads a GIL hand-off per tiny read.
@@ -130,17 +192,13 @@ def _fetch_run(store: Store, key: str, run: list[Piece], sink: Sink) -> list[str
         for p in run:
             if p.offset < pos:
                 # Overlapping pieces (only from a crafted manifest) are fetched on their own.
-                problems += _fetch_run(store, key, [p], sink)
+                problems += _fetch_run(store, key, [p], sink, encoding)
                 continue
-            while pos < p.offset:  # skip the gap
-                chunk = body.read(min(CHUNK, p.offset - pos))
-                if not chunk:
-                    break
-                pos += len(chunk)
+            pos += _skip(body, p.offset - pos)
 
-            def chunks(piece: Piece = p) -> Iterator[bytes]:
+            def raw(piece: Piece = p) -> Iterator[bytes]:
                 nonlocal pos
-                left = piece.size
+                left = piece.length
                 while left > 0:
                     chunk = body.read(min(CHUNK, left))
                     if not chunk:
@@ -149,14 +207,151 @@ def _fetch_run(store: Store, key: str, run: list[Piece], sink: Sink) -> list[str
                     left -= len(chunk)
                     yield chunk
 
-            problem = sink(p, chunks())
+            problem = sink(p, raw() if p.stored is None else _opened(raw(), p, key, encoding))
             if problem:
                 problems.append(problem)
+            # A sink that stopped early (a damaged piece) leaves the rest of it unread.
+            pos += _skip(body, p.offset + p.length - pos)
     except StoreError as exc:
         raise JobFailed(f"cannot read {key}: {exc}") from None
     finally:
         body.close()
     return problems
+
+
+def _skip(body: Body, n: int) -> int:
+    done = 0
+    while done < n:
+        chunk = body.read(min(CHUNK, n - done))
+        if not chunk:
+            break
+        done += len(chunk)
+    return done
+
+
+def _exact(parts: Iterator[bytes], n: int, what: str) -> bytes:
+    got = b"".join(parts)
+    if len(got) != n:
+        raise IntegrityError(f"{what}: object ended after {len(got)} of {n} stored bytes")
+    return got
+
+
+def _opened(raw: Iterator[bytes], p: Piece, key: str, encoding: Encoding) -> Iterator[bytes]:
+    """A small file's encoded piece as plaintext; a damaged piece marks its object."""
+    what = f"{key} at {p.offset}"
+    try:
+        if p.length <= IN_MEMORY:
+            yield encoding.open_data(_exact(raw, p.length, what), aad=p.sha256, size=p.size, what=what)
+        else:
+            yield from encoding.open_data_iter(raw, aad=p.sha256, size=p.size, what=what)
+    except Exception as exc:
+        if damaged(exc):
+            p.damaged.add(p.object)
+        raise
+
+
+def _chunk_runs(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
+    """Consecutive chunks in one object, each starting at most CHUNK_GAP after the one before."""
+    run: list[Chunk] = []
+    for c in chunks:
+        if run:
+            prev = run[-1]
+            if c[0] != prev[0] or not 0 <= c[1] - (prev[1] + prev[2]) <= CHUNK_GAP:
+                yield run
+                run = []
+        run.append(c)
+    if run:
+        yield run
+
+
+_DONE = object()
+
+
+def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: Encoding) -> list[str]:
+    """A big file's chunks, in order, as one piece: a thread of its own GETs and decodes up to
+    READ_AHEAD bytes ahead while the sink hashes and writes (with restore's threads all busy on
+    big files this keeps both halves moving: the decoding and hashing release the GIL)."""
+    ahead: queue.Queue[object] = queue.Queue(maxsize=max(2, READ_AHEAD // (256 << 10)))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        parts = _decoded_chunks(store, root, piece, encoding, stop)
+        try:
+            for part in parts:
+                if not put(part):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the sink's thread, which raises it
+            put(exc)
+        finally:
+            parts.close()
+
+    def consume() -> Iterator[bytes]:
+        while True:
+            item = ahead.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+
+    producer = threading.Thread(target=produce, name="chunks", daemon=True)
+    producer.start()
+    try:
+        problem = sink(piece, consume())
+    finally:
+        stop.set()
+        producer.join()
+    return [problem] if problem else []
+
+
+def _decoded_chunks(store: Store, root: str, piece: Piece, encoding: Encoding,
+                    stop: threading.Event) -> Generator[bytes, None, None]:
+    assert piece.chunks is not None
+    for run in _chunk_runs(piece.chunks):
+        key = root + run[0][0]
+        body = _get(store, key, run[0][1], run[-1][1] + run[-1][2])
+        pos = run[0][1]
+        try:
+            for obj, offset, stored, size, sha in run:
+                if stop.is_set():
+                    return
+                pos += _skip(body, offset - pos)
+                what = f"{key} at {offset}"
+                if stored > IN_MEMORY or size > IN_MEMORY:
+                    # Only a crafted manifest: the agent's chunks are at most 256 KiB.
+                    raise IntegrityError(f"{what}: a chunk of {size} bytes is larger than any this agent writes")
+                blob = body.read(stored)
+                while len(blob) < stored and (more := body.read(stored - len(blob))):
+                    blob += more
+                pos += len(blob)
+                try:
+                    if len(blob) != stored:
+                        raise IntegrityError(f"{what}: object ended after {len(blob)} of {stored} stored bytes")
+                    plain = encoding.open_data(blob, aad=sha, size=size, what=what)
+                    # A sealed piece is authenticated for its content id (the chunk's sha256); a
+                    # plain one is hashed, so damage is pinned on the chunk's own object.
+                    if not encoding.sealed and hashlib.sha256(plain).hexdigest() != sha:
+                        raise IntegrityError(f"{what}: chunk does not match its sha256")
+                except Exception as exc:
+                    if damaged(exc):
+                        piece.damaged.add(obj)
+                    raise
+                yield plain
+        except StoreError as exc:
+            raise JobFailed(f"cannot read {key}: {exc}") from None
+        finally:
+            body.close()
 
 
 class _Buffered:
@@ -185,20 +380,28 @@ class _Buffered:
 
 
 def hashing(chunks: Iterator[bytes], piece: Piece, each: Callable[[bytes], None]) -> str | None:
-    """Pass chunks to `each`, then compare size and sha256 with what the manifest says."""
+    """Pass chunks to `each`, then compare size and sha256 with what the manifest says. A piece
+    that does not decode is a problem too (its object is in piece.damaged); a wrong key raises."""
     h = hashlib.sha256()
     n = 0
-    for c in chunks:
-        h.update(c)
-        each(c)
-        n += len(c)
+    try:
+        for c in chunks:
+            h.update(c)
+            each(c)
+            n += len(c)
+    except Exception as exc:
+        if not damaged(exc):
+            raise
+        return f"{piece.entries[0].path}: {exc}"
+    where = piece.object if piece.chunks is None else f"its {len(piece.chunks)} chunks"
     if n != piece.size:
-        return f"{piece.entries[0].path}: {piece.object} ended after {n} of {piece.size} bytes"
+        return f"{piece.entries[0].path}: {where} ended after {n} of {piece.size} bytes"
     if h.hexdigest() != piece.sha256:
-        return f"{piece.entries[0].path}: content of {piece.object} does not match its sha256"
+        return f"{piece.entries[0].path}: content of {where} does not match its sha256"
     return None
 
 
-def verify_entries(store: Store, root: str, entries: Iterable[Entry], storage: Storage) -> list[str]:
+def verify_entries(store: Store, root: str, entries: Iterable[Entry], storage: Storage,
+                   encoding: Encoding) -> list[str]:
     return read_all(store, root, entries, storage,
-                    lambda piece, chunks: hashing(chunks, piece, lambda _c: None))
+                    lambda piece, chunks: hashing(chunks, piece, lambda _c: None), encoding)

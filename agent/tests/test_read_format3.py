@@ -1,0 +1,364 @@
+"""Reading manifest format 3 (issue #20): small files as encoded pieces in packs, big files as
+encoded chunks, sparse ones too. Snapshots are built by hand here (packs sealed with the job's
+own Encoding, manifests through the job's upload_manifest), so the reader is tested apart from
+the writer: a restore is byte-exact, `check --read-data` and `dump` find a damaged chunk and name
+the file, a chunk copied over another is refused, a wrong key stops with exit 2 before a byte is
+written, and a Glacier restore asks for every pack a chunked file lives in."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backup_agent import config
+from backup_agent.errors import ConfigError, IntegrityError, NotReady
+from backup_agent.jobs import browse
+from backup_agent.jobs.files import FilesJob
+from backup_agent.storage import layout
+from backup_agent.storage.encoding import Encoding, WrongKey, for_storage
+from backup_agent.storage.manifest import Chunk, Entry, ManifestWriter
+from backup_agent.storage.memory import MemoryStore
+
+KEY = "correct horse battery staple, 32+ characters"
+OTHER_KEY = "another secret of at least thirty-two chars"
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def job_for(tmp_path: Path, store: MemoryStore, key: str | None = KEY, **storage: Any) -> FilesJob:
+    st: dict[str, Any] = {"bucket": "mem", "prefix": "n", **storage}
+    if key is not None:
+        st["encryption_key"] = key
+    cfg = config.from_dict({"state_dir": str(tmp_path / "state"), "storage": st,
+                            "jobs": {"data": {"type": "files", "paths": ["/src"]}}})
+    return FilesJob(cfg, cfg.job("data"), store=store)
+
+
+class Builder:
+    """A snapshot made by hand: packs of encoded pieces and a manifest listing them."""
+
+    def __init__(self, job: FilesJob, enc: Encoding | None = None) -> None:
+        self.job, self.store = job, job.store
+        self.enc = enc or job.encoding
+        self.entries: list[Entry] = [Entry(path="/src", type="dir", mode=0o755, mtime_ns=1)]
+        self.packs: dict[str, bytearray] = {}
+        # where each chunk went: (pack, offset, stored), by file path, in file order
+        self.placed: dict[str, list[Chunk]] = {}
+
+    def pack(self) -> str:
+        key = layout.new_pack_key()
+        self.packs[key] = bytearray()
+        return key
+
+    def _put(self, pack: str, data: bytes) -> tuple[int, int]:
+        blob = self.enc.seal_data(data, sha(data))
+        offset = len(self.packs[pack])
+        self.packs[pack] += blob
+        return offset, len(blob)
+
+    def small(self, path: str, data: bytes, pack: str) -> None:
+        offset, stored = self._put(pack, data)
+        self.entries.append(Entry(path=path, type="file", mode=0o640, mtime_ns=2_000_000_000, size=len(data),
+                                  sha256=sha(data), object=pack, offset=offset, stored=stored))
+
+    def big(self, path: str, data: bytes, packs: list[str], chunk: int = 64 << 10,
+            extents: list[tuple[int, int]] | None = None, length: int = 0) -> None:
+        """`data` cut into chunks of `chunk` bytes, the packs taking turns in runs of 3 chunks."""
+        chunks: list[Chunk] = []
+        for n, i in enumerate(range(0, len(data), chunk)):
+            part = data[i:i + chunk]
+            pack = packs[(n // 3) % len(packs)]
+            offset, stored = self._put(pack, part)
+            chunks.append((pack, offset, stored, len(part), sha(part)))
+        self.placed[path] = chunks
+        self.entries.append(Entry(path=path, type="file", mode=0o600, mtime_ns=3_000_000_000, size=len(data),
+                                  sha256=sha(data), chunks=chunks, extents=extents, length=length))
+
+    def commit(self, when: datetime = T0, storage_class: str | None = None) -> str:
+        for key, data in self.packs.items():
+            self.store.put(self.job.root + key, bytes(data), sha256=sha(bytes(data)), storage_class=storage_class)
+        sid = layout.new_snapshot_id(when)
+        with tempfile.TemporaryFile() as spool:
+            writer = ManifestWriter(spool, {"snapshot": sid, "job": "data", "type": "files", "paths": ["/src"],
+                                            "storage_class": storage_class or "STANDARD"})
+            for e in self.entries:
+                writer.add(e)
+            writer.close({})
+            self.job.upload_manifest(sid, spool)
+        return sid
+
+
+def incompressible(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def text(n: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    words = [b"backup", b"agent", b"chunk", b"pack", b"restore", b"glacier", b"\n"]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+def restored(target: Path, path: str) -> bytes:
+    return (target / path.lstrip("/")).read_bytes()
+
+
+@pytest.fixture(params=["sealed", "compressed only"])
+def key(request: pytest.FixtureRequest) -> str | None:
+    return KEY if request.param == "sealed" else None
+
+
+def test_restore_check_and_dump_of_encoded_files_are_byte_exact(tmp_path: Path, key: str | None) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store, key)
+    b = Builder(job)
+    p1, p2, p3 = b.pack(), b.pack(), b.pack()
+    smalls = {"/src/notes.txt": text(20_000, 1), "/src/random.bin": incompressible(5_000, 2),
+              "/src/tiny": b"x"}
+    for path, data in smalls.items():
+        b.small(path, data, p1)
+    big = text(3 << 20, 3) + incompressible(1 << 20, 4)
+    b.big("/src/big.log", big, [p2, p3])
+    b.big("/src/copy.log", big, [p2, p3])  # same content stored again: one more chunked piece
+    # Sparse: 300 KiB of data regions in a 3 MiB file, holes between and after them.
+    regions = incompressible(300 << 10, 5)
+    b.big("/src/disk.img", regions, [p3], extents=[(0, 100 << 10), (1 << 20, 200 << 10)], length=3 << 20)
+    b.commit()
+
+    target = tmp_path / "target"
+    out = job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert out["errors"] == [] and out["files"] == 6
+    for path, data in smalls.items():
+        assert restored(target, path) == data
+    assert restored(target, "/src/big.log") == big and restored(target, "/src/copy.log") == big
+    img = target / "src/disk.img"
+    expect = bytearray(3 << 20)
+    expect[0:100 << 10] = regions[:100 << 10]
+    expect[1 << 20:(1 << 20) + (200 << 10)] = regions[100 << 10:]
+    assert img.read_bytes() == bytes(expect)
+    assert img.stat().st_blocks * 512 < 1 << 20  # the holes stayed holes
+
+    assert job.check(read_data=True)["status"] == "ok"
+    with browse.dump(job, "/src/big.log", None, None) as (_, fh):
+        assert fh.read() == big
+    with browse.dump(job, "/src/disk.img", None, None) as (_, fh):
+        assert fh.read() == bytes(expect)
+    with browse.dump(job, "/src/notes.txt", None, None) as (_, fh):
+        assert fh.read() == smalls["/src/notes.txt"]
+
+
+def test_a_big_file_is_read_with_one_get_per_run_of_adjacent_chunks(tmp_path: Path) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    p1, p2 = b.pack(), b.pack()
+    big = incompressible(40 * (64 << 10), 6)  # 40 chunks: runs of 3 alternating between 2 packs
+    b.big("/src/big", big, [p1, p2])
+    b.commit()
+    store.calls.clear()
+    job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    gets = [k for op, k in store.calls if op == "get" and "/packs/" in k]
+    assert len(gets) == 14  # ceil(40 / 3) runs, not 40 GETs
+    assert restored(tmp_path / "t", "/src/big") == big
+
+
+def flip(store: MemoryStore, key: str, at: int) -> None:
+    data = bytearray(store.objects[key].data)
+    data[at] ^= 0x01
+    store.objects[key].data = bytes(data)
+
+
+def test_check_read_data_names_the_file_of_a_flipped_byte_in_a_chunk(tmp_path: Path, key: str | None) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store, key, compression_level=0)
+    b = Builder(job)
+    p1, p2 = b.pack(), b.pack()
+    b.small("/src/fine", b"fine\n" * 100, p1)
+    big = incompressible(10 * (64 << 10), 7)
+    b.big("/src/big", big, [p1, p2])
+    b.commit()
+    pack, offset, stored, _, _ = b.placed["/src/big"][4]  # in p2
+    assert pack == p2
+    flip(store, job.root + p2, offset + stored // 2)
+
+    assert job.check(read_data=False)["status"] == "ok"  # the listing cannot see it
+    with pytest.raises(IntegrityError) as err:
+        job.check(read_data=True)
+    assert err.value.exit_code == 1
+    assert "/src/big" in str(err.value) and "/src/fine" not in str(err.value)
+    # Only the pack holding the damaged chunk: the next run stores what it held again.
+    assert err.value.details["damaged_objects"] == [p2]
+
+    target = tmp_path / "target"
+    with pytest.raises(IntegrityError, match="/src/big"):
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert not (target / "src/big").exists()  # never a file with wrong content under its name
+    with pytest.raises(IntegrityError, match="/src/big"), browse.dump(job, "/src/big", None, None):
+        pass
+
+
+def test_a_chunk_copied_over_another_is_refused(tmp_path: Path, key: str | None) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store, key)
+    b = Builder(job)
+    p1 = b.pack()
+    big = incompressible(6 * (64 << 10), 8)
+    b.big("/src/big", big, [p1])
+    b.commit()
+    chunks = b.placed["/src/big"]
+    (_, off_a, len_a, _, _), (_, off_b, len_b, _, _) = chunks[1], chunks[3]
+    assert len_a == len_b
+    data = bytearray(store.objects[job.root + p1].data)
+    data[off_b:off_b + len_b] = data[off_a:off_a + len_a]  # well-formed, just not this chunk
+    store.objects[job.root + p1].data = bytes(data)
+    target = tmp_path / "target"
+    with pytest.raises(IntegrityError, match="/src/big"):
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert not (target / "src/big").exists()
+    with pytest.raises(IntegrityError) as err:
+        job.check(read_data=True)
+    assert err.value.details["damaged_objects"] == [p1]
+
+
+def test_a_wrong_key_stops_with_exit_2_and_one_line_before_anything_is_written(tmp_path: Path) -> None:
+    store = MemoryStore()
+    b = Builder(job_for(tmp_path, store, KEY))
+    p1 = b.pack()
+    b.small("/src/a", b"secret\n", p1)
+    b.big("/src/big", incompressible(200_000, 9), [p1])
+    b.commit()
+    wrong = job_for(tmp_path, store, OTHER_KEY)
+    target = tmp_path / "target"
+    for call in (lambda: wrong.restore(snapshot=None, at=None, target=str(target), paths=[]),
+                 lambda: wrong.check(read_data=True)):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert err.value.exit_code == 2
+        assert "storage.encryption_key" in str(err.value) and "\n" not in str(err.value)
+    assert not target.exists() or not any(target.iterdir())
+
+
+def test_data_sealed_with_another_key_stops_the_restore_with_exit_2(tmp_path: Path) -> None:
+    """A manifest this node opens whose pieces it cannot (a key rotated away too early): exit 2,
+    naming the setting, and no file written."""
+    store = MemoryStore()
+    job = job_for(tmp_path, store, KEY)
+    other = for_storage(job_for(tmp_path, store, OTHER_KEY).cfg.storage)
+    b = Builder(job, enc=other)
+    p1 = b.pack()
+    b.small("/src/a", b"secret\n", p1)
+    b.big("/src/big", incompressible(200_000, 10), [p1])
+    b.commit()
+    target = tmp_path / "target"
+    with pytest.raises(WrongKey) as err:
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert err.value.exit_code == 2 and "storage.encryption_key" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not [p for p in target.rglob("*") if p.is_file()]
+    with pytest.raises(WrongKey):  # not "damaged": nothing for the next run to heal
+        job.check(read_data=True)
+    with pytest.raises(WrongKey), browse.dump(job, "/src/big", None, None):
+        pass
+
+
+def test_chunks_whose_sizes_do_not_add_up_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    p1 = b.pack()
+    b.small("/src/a", b"first file\n", p1)
+    big = incompressible(4 * (64 << 10), 11)
+    b.big("/src/big", big, [p1])
+    b.entries[-1].size += 1  # the manifest claims a byte the chunks do not hold
+    b.commit()
+    target = tmp_path / "target"
+    with pytest.raises(IntegrityError, match="chunks hold"):
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert not target.exists() or not any(target.iterdir())
+
+
+def test_glacier_restore_asks_for_every_pack_of_a_chunked_file_and_waits_for_all(tmp_path: Path) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    p1, p2, p3 = b.pack(), b.pack(), b.pack()
+    b.small("/src/small", b"in the first pack\n", p1)
+    big = incompressible(12 * (64 << 10), 12)
+    b.big("/src/big", big, [p2, p3])
+    b.commit(storage_class="GLACIER")
+    keys = [job.root + p for p in (p1, p2, p3)]
+
+    described = job.describe_snapshots()[0].extra
+    assert described["instant_restore"] is False and described["archived_objects"] == 3
+
+    target = tmp_path / "target"
+    with pytest.raises(NotReady):
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert sorted(k for op, k in store.calls if op == "request_restore") == sorted(keys)
+
+    store.finish_restore(keys[0])
+    store.finish_restore(keys[1])  # one of the big file's two packs
+    with pytest.raises(NotReady):
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert restored(target, "/src/small") == b"in the first pack\n"
+    assert not (target / "src/big").exists()  # not before all its chunks are readable
+
+    with pytest.raises(NotReady), browse.dump(job, "/src/big", None, None):  # asks for both of its packs
+        pass
+    store.finish_restore(keys[2])
+    out = job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert restored(target, "/src/big") == big
+    assert out["files_already_restored"] == 1
+    with browse.dump(job, "/src/big", None, None) as (_, fh):
+        assert fh.read() == big
+
+
+def test_check_and_prune_see_every_pack_a_chunked_file_uses(tmp_path: Path) -> None:
+    now = [T0]
+    store = MemoryStore(clock=lambda: now[0])
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    p1, p2 = b.pack(), b.pack()
+    b.big("/src/big", incompressible(9 * (64 << 10), 13), [p1, p2])
+    garbage = layout.new_pack_key()
+    store.put(job.root + garbage, b"unreferenced", sha256=sha(b"unreferenced"))
+    now[0] = T0 + timedelta(minutes=1)
+    b.commit(when=now[0])
+
+    assert job.referenced_objects(job.snapshots()[0].id) == {p1, p2}
+    out = job.prune(dry_run=False)
+    assert out["objects_deleted"] == 1
+    assert job.root + garbage not in store.objects and job.root + p2 in store.objects
+
+    del store.objects[job.root + p2]
+    with pytest.raises(IntegrityError, match=f"/src/big: object {p2} is missing") as err:
+        job.check(read_data=False)
+    assert err.value.details["damaged_objects"] == [p2]
+    assert str(err.value).count("/src/big") == 1  # one line per file, not one per chunk
+
+
+def test_a_plain_manifest_is_refused_when_a_key_is_set(tmp_path: Path) -> None:
+    store = MemoryStore()
+    plain = job_for(tmp_path, store, None)
+    b = Builder(plain)
+    b.small("/src/a", b"a\n", b.pack())
+    b.commit()
+    with pytest.raises(ConfigError, match="read_unencrypted_snapshots"):
+        job_for(tmp_path, store, KEY).restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    # Allowed: its pieces were never sealed either, and they read (verified by their sha256).
+    reader = job_for(tmp_path, store, KEY, read_unencrypted_snapshots=True)
+    target = tmp_path / "t"
+    reader.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert restored(target, "/src/a") == b"a\n"
+    assert reader.check(read_data=True)["status"] == "ok"
