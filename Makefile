@@ -13,6 +13,9 @@ export BACKUP_AGENT_WHEELS := $(abspath build/wheels)
 # The agent the cookbook carries (a node asks no index for it), and the hash lock of its
 # dependencies, which nodes install from the mirror their attributes name.
 COOKBOOK_AGENT := cookbooks/backup_agent/files/agent
+# The agent's extras the cookbook can install (node['backup_agent']['install']['extras']): each has
+# a lock of its own beside requirements.lock (requirements-EXTRA.lock) with what it adds.
+COOKBOOK_EXTRAS := chunking
 AGENT_VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' agent/pyproject.toml)
 AGENT_WHEEL := backup_agent-$(AGENT_VERSION)-py3-none-any.whl
 # hatchling's reproducible build, with the timestamp fixed here rather than by the caller's
@@ -48,15 +51,15 @@ wheel: venv
 	SOURCE_DATE_EPOCH=$(WHEEL_EPOCH) $(PIP_ENV) $(BIN)/pip wheel --quiet --no-deps -w build/wheels ./agent
 
 # After changing agent/: put its wheel into the cookbook (commit it); after changing the agent's
-# dependencies: regenerate the lock (commit it). check-cookbook (in `make test`) fails until both are.
+# dependencies: regenerate the locks (commit them). check-cookbook (in `make test`) fails until both are.
 cookbook-wheel: wheel
 	rm -f $(COOKBOOK_AGENT)/backup_agent-*.whl
 	cp build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/
 # LOCK_WHEELS: more folders whose files of the pinned versions are hashed too (another Python's builds).
 cookbook-lock: wheel
-	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py lock build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE) $(LOCK_WHEELS))
+	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py lock build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --extra ,$(COOKBOOK_EXTRAS)) $(addprefix --wheels ,$(WHEELHOUSE) $(LOCK_WHEELS))
 check-cookbook: wheel
-	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py check build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --wheels ,$(WHEELHOUSE))
+	$(PIP_ENV) $(BIN)/python .ci/cookbook_agent.py check build/wheels/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/$(AGENT_WHEEL) $(COOKBOOK_AGENT)/requirements.lock $(addprefix --extra ,$(COOKBOOK_EXTRAS)) $(addprefix --wheels ,$(WHEELHOUSE))
 
 lint: lint-python lint-ruby
 lint-python: venv

@@ -15,7 +15,8 @@ from backup_agent.state import FileCache
 
 
 def _row(path: str, size: int, sha: str = "a" * 64) -> tuple[Any, ...]:
-    return (path, size, 1_700_000_000_000_000_000 + size, 1000 + size, 1_700_000_000_000_000_001, sha, "pack/1", size)
+    return (path, size, 1_700_000_000_000_000_000 + size, 1000 + size, 1_700_000_000_000_000_001, sha, "pack/1", size,
+            f'{{"stored":{size + 5}}}')
 
 
 def _snapshot(cache: FileCache, sid: str, rows: list[tuple[Any, ...]], batch: int = 2) -> None:

@@ -491,6 +491,11 @@ def test_environment_schedules_and_retention(repo: ChefRepo, daemon: Daemon, env
     rendered = config()
     assert rendered["environment"] == environment
     assert rendered["storage"]["bucket"] == plain_item(environment)["bucket"]
+    # production's item turns client-side encryption on (a key and a previous one): they reach
+    # the file the agent validated; development's has none, and its file names none.
+    for key in ("encryption_key", "previous_encryption_keys"):
+        assert rendered["storage"].get(key) == plain_item(environment).get(key), key
+    assert ("encryption_key" in rendered["storage"]) == (environment == "production")
     env_jobs = repo.environment_jobs(environment)
     assert_jobs_match(env_jobs, rendered["jobs"])
     # The wrapper's resources are not in this run: their jobs are gone from the config.

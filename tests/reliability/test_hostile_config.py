@@ -297,6 +297,7 @@ def test_generated_malformed_configs(lab: Lab, tmp_path: Path) -> None:
 
 SECRET = "Zq8-s3cr3t-V4lue-9f2k"
 SECRET_NUMBER = 918273645546372819
+PREVIOUS_KEYS = "storage.previous_encryption_keys"
 
 
 def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
@@ -319,6 +320,13 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
         "webhook_url without a host": _set(base(lab, state_dir), "notify.webhook_url", f"https://:1/{SECRET}"),
         "webhook_url malformed": _set(base(lab, state_dir), "notify.webhook_url", f"hxxps://hooks.example/{SECRET}"),
         "healthchecks_url malformed": _set(base(lab, state_dir), "notify.healthchecks_url", f"ping/{SECRET}"),
+        # Client-side encryption keys (issue #20): a short one is the likeliest mistake.
+        "storage.encryption_key too short": _set(base(lab, state_dir), "storage.encryption_key", SECRET),
+        "storage.encryption_key as a number": _set(base(lab, state_dir), "storage.encryption_key", SECRET_NUMBER),
+        "storage.previous_encryption_keys with a short key": _set(base(lab, state_dir), PREVIOUS_KEYS, [SECRET]),
+        "storage.previous_encryption_keys twice the same": _set(base(lab, state_dir), PREVIOUS_KEYS,
+                                                                [SECRET * 2, SECRET * 2]),
+        "storage.previous_encryption_keys as a string": _set(base(lab, state_dir), PREVIOUS_KEYS, SECRET * 2),
     }
     for i, (what, doc) in enumerate(cases.items()):
         path = tmp_path / f"secret-{i}.yaml"
@@ -331,7 +339,8 @@ def test_config_errors_do_not_echo_secrets(lab: Lab, tmp_path: Path) -> None:
     record("hostile.config_secrets", cases=len(cases),
            result="wrong-typed or malformed secret_access_key, session_token, password, env and secret_env values, "
                   "env as a string, storage and notify of the wrong type, webhook and healthchecks URLs (also "
-                  "without a host): exit 2, one line naming the key, the value not shown")
+                  "without a host), encryption keys that are too short, numbers, a string for the list or the same "
+                  "previous key twice: exit 2, one line naming the key, the value not shown")
 
 
 # --- every key of the schema, with a value of every wrong type --------------------------------

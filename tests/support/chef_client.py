@@ -49,6 +49,9 @@ def secret_values(name: str = "staging") -> list[str]:
         if isinstance(value, dict):
             for item in value.values():
                 walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
         elif isinstance(value, str):
             found.append(value)
 

@@ -40,8 +40,10 @@ def cookbook_wheel() -> Path:
 
 
 def locked_pins() -> dict[str, str]:
-    """name -> version of every dependency in the cookbook's requirements.lock."""
-    return {name.lower(): version for name, version in PIN.findall(LOCK.read_text())}
+    """name -> version of every dependency in the cookbook's requirements.lock and its extras'
+    locks (requirements-chunking.lock: numpy), which nodes install by default."""
+    return {name.lower(): version for lock in [LOCK, *sorted(COOKBOOK_AGENT.glob("requirements-*.lock"))]
+            for name, version in PIN.findall(lock.read_text())}
 
 
 def wheelhouse() -> Path | None:

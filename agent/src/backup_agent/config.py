@@ -575,13 +575,17 @@ def _validate(schema: dict[str, Any], data: Any, name: str, base: str) -> None:
     # variables are no secrets: those messages show the name).
     if _SECRET_KEY.search(key) and "propertyNames" not in err.relative_schema_path:
         message = message.replace(_show(err.instance), "(value not shown)")
+        # A message that still quotes a value of the secret (jsonschema's own wording of a rule
+        # _message has no words for) is cut down to the key and the rule.
+        if any(leaf in message for leaf in _string_leaves(err.instance)):
+            message = f"is not valid (rule: {err.validator}; value not shown)"
     raise ConfigError(f"{name}: {key or '(top level)'}: {message}")
 
 
 # Keys whose values are secrets, and the mappings that hold them (`storage: [{secret_access_key:
 # ...}]` must not be echoed as "not [...]" either).
 _SECRET_KEY = re.compile(
-    rf"(^|\.)(secret_access_key|session_token|password|encryption_key|previous_encryption_keys(\.\d+)?|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
+    rf"(^|\.)(secret_access_key|session_token|password|encryption_key|previous_encryption_keys(\.\d+|\[\d+\])?|{'|'.join(CHANNEL_KEYS)})$|\.(secret_)?env(\.|$)"
     r"|^(storage|notify|jobs|jobs\.[^.]+)$")
 
 
@@ -609,7 +613,11 @@ def _message(err: Any) -> str:
     if v == "minItems":
         return "must not be empty"
     if v == "minLength":
-        return "must not be empty"
+        # storage.encryption_key: at least 32 characters (the value is never shown, see _validate).
+        return "must not be empty" if s <= 1 else f"must be at least {s} characters"
+    if v == "uniqueItems":
+        # jsonschema's own message lists the whole array: previous encryption keys, endpoints.
+        return "must not hold the same value twice"
     if v == "pattern":
         hints = {
             "^/": "must be an absolute path",
@@ -632,6 +640,17 @@ def _message(err: Any) -> str:
     if v == "oneOf" and isinstance(inst, str):
         return f"must be 'all' or a list of volume ids or device paths, not {_show(inst)}"
     return str(err.message)
+
+
+def _string_leaves(value: Any) -> list[str]:
+    """Every string inside a config value (map keys are names, not secrets)."""
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _string_leaves(item)]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _string_leaves(item)]
+    return []
 
 
 def _show(value: Any) -> str:

@@ -187,6 +187,13 @@ def _db_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(_db_path(r[0]), *r[1:]) for r in rows]
 
 
+# A file's row: its stat keys, its content's sha256 and where that lives: `object`/`offset` for
+# one piece, `ref` the manifest fields format 3 adds as JSON ({"stored": n} or {"chunks": [...]};
+# chunked files have object '').
+_FILES_COLUMNS = ("path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT, object TEXT, "
+                  "offset INT, ref TEXT")
+
+
 def _locked(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: FileCache, *args: Any, **kwargs: Any) -> T:
@@ -218,12 +225,18 @@ class FileCache:
             self.db.execute("PRAGMA journal_mode=WAL")
             # A cache: losing the last writes to a crash costs a re-hash, so skip the fsyncs.
             self.db.execute("PRAGMA synchronous=OFF")
+            # A cache from before format 3 has no `ref`/`stored` columns: it is rebuilt (a rescan
+            # and re-hash; what it described is raw content format 3 does not reuse anyway).
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+            if cols and "ref" not in cols:
+                self.db.executescript("DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS blobs; "
+                                      "DROP TABLE IF EXISTS files_next; DELETE FROM meta;")
             self.db.executescript(
-                """
+                f"""
                 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
-                CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,
-                    ctime_ns INT, sha256 TEXT, object TEXT, offset INT);
-                CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, object TEXT, offset INT, size INT);
+                CREATE TABLE IF NOT EXISTS files ({_FILES_COLUMNS});
+                CREATE TABLE IF NOT EXISTS blobs (sha256 TEXT PRIMARY KEY, object TEXT, offset INT, size INT,
+                    stored INT);
                 DROP TABLE IF EXISTS unconfirmed;
                 CREATE INDEX IF NOT EXISTS blobs_object ON blobs (object);
                 """
@@ -266,7 +279,7 @@ class FileCache:
             return self._files.get(path)
         with self.lock:
             return self.db.execute(  # type: ignore[no-any-return]
-                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files WHERE path=?",
+                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref FROM files WHERE path=?",
                 (_db_path(path),)
             ).fetchone()
 
@@ -277,19 +290,22 @@ class FileCache:
         (count,) = self.db.execute("SELECT COUNT(*) FROM files").fetchone()
         if count > PRELOAD_LIMIT:
             return None
-        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset FROM files")
+        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref FROM files")
         return {_py_path(r[0]): r[1:] for r in rows}
 
     @_locked
-    def lookup_blob(self, sha256: str) -> tuple[str, int] | None:
-        row = self.db.execute("SELECT object, offset FROM blobs WHERE sha256=?", (sha256,)).fetchone()
-        return None if row is None else (str(row[0]), int(row[1]))
+    def lookup_blob(self, sha256: str) -> tuple[str, int, int] | None:
+        """Where content with this sha256 is stored: (object, offset, encoded length)."""
+        row = self.db.execute("SELECT object, offset, stored FROM blobs WHERE sha256=? AND stored IS NOT NULL",
+                              (sha256,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
 
     @_locked
-    def add_blobs(self, rows: list[tuple[str, str, int, int]]) -> None:
+    def add_blobs(self, rows: list[tuple[str, str, int, int, int]]) -> None:
         """Record content that is durably stored, even if the run later fails (reused next time,
-        until a complete snapshot leaves its object out: see commit_files)."""
-        self._tx([("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", rows)])
+        until a complete snapshot leaves its object out: see commit_files).
+        Rows: (sha256, object, offset, size, stored)."""
+        self._tx([("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?, ?)", rows)])
 
     @_locked
     def begin_files(self) -> None:
@@ -307,12 +323,11 @@ class FileCache:
 
     def _create_next(self) -> None:
         self._tx([("DROP TABLE IF EXISTS files_next", ()),
-                  ("CREATE TABLE files_next (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT,"
-                   " ctime_ns INT, sha256 TEXT, object TEXT, offset INT)", ())])
+                  (f"CREATE TABLE files_next ({_FILES_COLUMNS})", ())])
 
     @_locked
     def stage_files(self, rows: list[tuple[Any, ...]]) -> None:
-        """Rows (path, size, mtime_ns, ino, ctime_ns, sha256, object, offset) of this snapshot."""
+        """Rows (path, size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref) of this snapshot."""
         if self._files is not None:
             old = self._files
             for row in rows:
@@ -327,7 +342,7 @@ class FileCache:
             rows = self._changed + [(p, *old[p]) for p in self._seen - changed]
             self._files, self._changed, self._seen = None, [], set()
             self._create_next()
-        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
+        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
 
     @_locked
     def commit_files(self, snapshot_id: str, referenced: set[str]) -> None:
@@ -343,7 +358,7 @@ class FileCache:
         confirm = [("DELETE FROM blobs WHERE object=?", stale), mark]
         if self._files is not None:
             gone = [(_db_path(p),) for p in self._files.keys() - self._seen]
-            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
+            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
                       ("DELETE FROM files WHERE path=?", gone), *confirm])
         else:
             self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), *confirm])
@@ -355,7 +370,10 @@ class FileCache:
         be uploaded again, and files stored there are read again."""
         self._files, self._preload_tried = None, False
         params = [(o,) for o in objects]
-        self._tx([("DELETE FROM blobs WHERE object=?", params), ("DELETE FROM files WHERE object=?", params)])
+        # A chunked file's objects are in its `ref` (pack keys are 32 random hex digits: a
+        # substring match names exactly that pack).
+        self._tx([("DELETE FROM blobs WHERE object=?", params),
+                  ("DELETE FROM files WHERE object=?1 OR (object='' AND instr(ref, ?1) > 0)", params)])
 
     def close(self) -> None:
         self.db.close()

@@ -30,14 +30,21 @@ default['backup_agent']['install']['no_index'] = false
 default['backup_agent']['install']['pip_extra_args'] = []
 # nil: the cookbook's files/agent/requirements.lock. Else the absolute path, on the node, of a lock
 # of your own in the same format (`make cookbook-lock` writes one), e.g. with the hashes of the
-# wheels your mirror builds for another Python; a wrapper cookbook puts it there.
+# wheels your mirror builds for another Python; a wrapper cookbook puts it there, and the lock of
+# each of `extras` beside it (/etc/x/requirements.lock -> /etc/x/requirements-chunking.lock).
 default['backup_agent']['install']['lock_file'] = nil
+# The agent's extras to install with it, each from the lock the cookbook carries for it
+# (files/agent/requirements-EXTRA.lock, pinned and hashed like requirements.lock). chunking:
+# numpy, which makes the content-defined chunking of big files ~35x faster (same chunks without
+# it; ~73 MB installed). [] installs none; an existing venv keeps what it has until it is made
+# again (a new install.python, or remove install.dir).
+default['backup_agent']['install']['extras'] = %w(chunking)
 # Where `backup-agent` lands on root's PATH.
 default['backup_agent']['install']['bin_link'] = '/usr/local/bin/backup-agent'
 
 # --- config: the non-secret settings of config.yaml, under the file's own keys ---------------
 # Anything `backup-agent schema` documents can be set here (except storage's bucket, region,
-# endpoint_url, credentials and kms_key_id: the data bag item's). nil means "not rendered": the
+# endpoint_url, credentials, kms_key_id and encryption keys: the data bag item's). nil means "not rendered": the
 # agent's own default applies.
 default['backup_agent']['config_path'] = '/etc/backup-agent/config.yaml'
 default['backup_agent']['config']['node'] = nil # default: the Chef node name
@@ -47,6 +54,12 @@ default['backup_agent']['config']['splay'] = nil
 default['backup_agent']['config']['max_parallel_jobs'] = nil
 default['backup_agent']['config']['storage']['prefix'] = nil # S3 key prefix; agent default: the node name
 default['backup_agent']['config']['storage']['sse'] = nil # AES256 | aws:kms (kms_key_id from the data bag)
+# zstd level (0-19) of what files and command jobs store; 0: no compression. Agent default: 3.
+default['backup_agent']['config']['storage']['compression_level'] = nil
+# Client-side encryption is on when the data bag item has `encryption_key` (never an attribute).
+# true: still read snapshots taken before it was turned on (their manifests are not sealed, so
+# anyone who can write to the bucket could have forged one); agent default: false.
+default['backup_agent']['config']['storage']['read_unencrypted_snapshots'] = nil
 default['backup_agent']['config']['notify']['healthchecks_url'] = nil
 default['backup_agent']['config']['notify']['webhook_url'] = nil
 default['backup_agent']['config']['metrics']['textfile'] = nil

@@ -21,7 +21,8 @@ module BackupAgentCookbook
     TOP_ORDER = %w(node environment state_dir log_level log_format splay max_parallel_jobs stop_timeout
                    storage aws jobs notify metrics).freeze
     STORAGE_ORDER = %w(type bucket dsn password sslmode sslrootcert prefix region endpoint_url access_key_id
-                       secret_access_key session_token sse kms_key_id).freeze
+                       secret_access_key session_token sse kms_key_id encryption_key previous_encryption_keys
+                       compression_level read_unencrypted_snapshots).freeze
     # What a data bag item may add to a job under job_secrets.<job>: only command jobs take them.
     JOB_SECRET_KEYS = SecretKeys::JOB.keys.freeze
     NOTIFY_SECRET_KEYS = SecretKeys::NOTIFY_KEYS

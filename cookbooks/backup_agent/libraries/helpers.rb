@@ -145,6 +145,33 @@ module BackupAgentCookbook
       node['backup_agent']['install']['lock_file'] || ::File.join(backup_agent_dist_dir, 'requirements.lock')
     end
 
+    # The agent's extras to install (install.extras), each with a lock of what it adds.
+    def backup_agent_extras
+      Array(node['backup_agent']['install']['extras']).uniq
+    end
+
+    # An extra's lock, beside the main one: requirements.lock -> requirements-EXTRA.lock (as
+    # `make cookbook-lock` names it), in dist/ or beside the operator's own lock_file.
+    def backup_agent_extra_lock_path(extra)
+      lock = backup_agent_lock_path
+      ext = ::File.extname(lock)
+      ::File.join(::File.dirname(lock), "#{::File.basename(lock, ext)}-#{extra}#{ext}")
+    end
+
+    # Compile time: an extra the cookbook carries no lock for stops the run before anything
+    # changes (with an operator's lock_file, its extras' locks are theirs to provide).
+    def backup_agent_check_extras!
+      return if node['backup_agent']['install']['lock_file']
+      carried = run_context.cookbook_collection['backup_agent'].files_for(:files)
+                           .filter_map { |file| ::File.basename(file[:name])[/\Arequirements-(.+)\.lock\z/, 1] }.sort
+      missing = backup_agent_extras - carried
+      return if missing.empty?
+      raise BackupAgentCookbook::ConfigError,
+            "backup_agent: node['backup_agent']['install']['extras'] names #{missing.map(&:inspect).join(', ')}, but the " \
+            "cookbook carries no files/agent/requirements-#{missing.first}.lock (extras it carries: " \
+            "#{carried.empty? ? 'none' : carried.join(', ')})"
+    end
+
     # sha256 of a file the cookbook carries (files/<name>), read from Chef's copy of the cookbook.
     def backup_agent_cookbook_file_sha256(name)
       cache = (node.run_state['backup_agent_cookbook_sha256'] ||= {})
@@ -173,6 +200,11 @@ module BackupAgentCookbook
       Digest::SHA256.hexdigest(BackupAgentCookbook.read_file(lock_file).to_s)
     end
 
+    def backup_agent_extra_lock_sha256(extra)
+      return backup_agent_cookbook_file_sha256("agent/requirements-#{extra}.lock") unless node['backup_agent']['install']['lock_file']
+      Digest::SHA256.hexdigest(BackupAgentCookbook.read_file(backup_agent_extra_lock_path(extra)).to_s)
+    end
+
     # True when the venv was made with the Python install['python'] is now (by real path: a
     # python3 that an upgrade moved to another minor version leaves a venv that cannot work).
     def backup_agent_venv_current?
@@ -186,6 +218,7 @@ module BackupAgentCookbook
     def backup_agent_deps_command
       [::File.join(backup_agent_install_dir, 'bin', 'pip'), 'install', '--disable-pip-version-check', '--no-input',
        '--require-hashes', '--only-binary', ':all:', '-r', backup_agent_lock_path] +
+        backup_agent_extras.flat_map { |extra| ['-r', backup_agent_extra_lock_path(extra)] } +
         Array(node['backup_agent']['install']['pip_extra_args'])
     end
 
@@ -222,9 +255,11 @@ module BackupAgentCookbook
       install = node['backup_agent']['install']
       settings = [install['python'], install['index_url'], Array(install['find_links']),
                   install['no_index'], Array(install['pip_extra_args'])]
+      extras = backup_agent_extras.map { |extra| "extra=#{extra} lock-sha256=#{backup_agent_extra_lock_sha256(extra)}\n" }
       "backup-agent==#{install['version']}\n" \
         "wheel-sha256=#{backup_agent_wheel_sha256}\n" \
         "lock-sha256=#{backup_agent_lock_sha256}\n" \
+        "#{extras.join}" \
         "pip-settings-sha256=#{Digest::SHA256.hexdigest(JSON.generate(settings))}\n"
     end
 

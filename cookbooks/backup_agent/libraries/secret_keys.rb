@@ -12,7 +12,13 @@ module BackupAgentCookbook
   module SecretKeys
     # Top-level keys of the item that become storage.* keys of the config, under the same names.
     STORAGE = %w(bucket region endpoint_url access_key_id secret_access_key session_token kms_key_id
-                 db_password).freeze
+                 db_password encryption_key previous_encryption_keys).freeze
+    # The storage keys whose value is a list of strings (every other one is a string).
+    STORAGE_LISTS = %w(previous_encryption_keys).freeze
+    # Client-side encryption keys (the agent's storage.encryption_key and the previous keys it
+    # still reads with): the agent refuses shorter ones, so the converge does first.
+    ENCRYPTION_KEYS = %w(encryption_key previous_encryption_keys).freeze
+    MIN_ENCRYPTION_KEY_LENGTH = 32
     # The item keys whose config key has another name: db_password is the database destination's
     # (storage.type: postgresql) storage.password.
     STORAGE_CONFIG_KEY = { 'db_password' => 'password' }.freeze

@@ -173,12 +173,35 @@ module BackupAgentCookbook
     def read_values(item, where, secret_file)
       KEYS.each_with_object({}) do |key, values|
         value = read_value(item, key, where, secret_file)
-        next if value.nil? || value.to_s.strip.empty?
-        unless value.is_a?(String)
-          raise SecretsError, "backup_agent: key '#{key}' of #{where} must be a string, got #{value.class}"
+        if SecretKeys::STORAGE_LISTS.include?(key)
+          next if value.nil? || value == []
+          unless value.is_a?(Array) && value.all?(String)
+            raise SecretsError, "backup_agent: key '#{key}' of #{where} must be a list of strings, got #{value.class}"
+          end
+        else
+          next if value.nil? || value.to_s.strip.empty?
+          unless value.is_a?(String)
+            raise SecretsError, "backup_agent: key '#{key}' of #{where} must be a string, got #{value.class}"
+          end
         end
         values[key] = value
       end
+    end
+
+    # The agent derives its encryption keys from these secrets and refuses short ones; so does
+    # the converge, before anything changes. Never echoes a value, not even its length.
+    def check_encryption_keys(values, where)
+      min = SecretKeys::MIN_ENCRYPTION_KEY_LENGTH
+      named = { 'encryption_key' => values['encryption_key'] }
+      Array(values['previous_encryption_keys']).each_with_index { |key, index| named["previous_encryption_keys.#{index}"] = key }
+      named.each do |name, key|
+        next if key.nil? || key.length >= min
+        raise SecretsError, "backup_agent: key '#{name}' of #{where} must be at least #{min} characters " \
+                            '(a random one: `openssl rand -base64 33`)'
+      end
+      return unless values.key?('previous_encryption_keys') && !values.key?('encryption_key')
+      raise SecretsError, "backup_agent: #{where} has 'previous_encryption_keys' but no 'encryption_key' " \
+                          '(previous keys only read old snapshots: new ones are sealed with encryption_key)'
     end
 
     # An encrypted item decrypts value by value on access, so a wrong secret shows up here.
@@ -228,6 +251,7 @@ module BackupAgentCookbook
     end
 
     def check(values, where)
+      check_encryption_keys(values, where)
       REQUIRED.each do |key|
         next if key == 'bucket' && values.key?('db_password') # a database destination has no bucket
         raise SecretsError, "backup_agent: #{where} has no key '#{key}'" unless values.key?(key)

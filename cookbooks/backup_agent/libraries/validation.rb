@@ -51,6 +51,8 @@ module BackupAgentCookbook
     # values belong in job_secrets.<job>.env of the data bag item.
     SECRET_ENV_NAME = /PASS|PWD|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|PRIVATE|SESSION/i.freeze
 
+    # An extra of the agent (pyproject's optional-dependencies), also part of a lock's file name.
+    EXTRA_NAME = /\A[a-z0-9][a-z0-9_-]*\z/.freeze
     SERVICE_MANAGERS = %w(auto systemd none).freeze
     # Where the secrets come from: an encrypted data bag item, a chef-vault item, or a secret
     # service through Chef's `secret` helper.
@@ -162,6 +164,10 @@ module BackupAgentCookbook
         string_list(install, 'install', 'find_links', add)
         string_list(install, 'install', 'pip_extra_args', add)
         string_list(install, 'install', 'packages', add)
+        extras = install['extras']
+        unless extras.nil? || (extras.is_a?(Array) && extras.all? { |extra| extra.is_a?(String) && EXTRA_NAME.match?(extra) })
+          add.call(%w(install extras), "must be a list of the agent's extra names (e.g. [\"chunking\"], or []), got #{describe(extras)}")
+        end
         boolean(install, 'install', 'no_index', add)
       end
 

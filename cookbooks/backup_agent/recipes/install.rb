@@ -6,7 +6,8 @@
 # wheel is the cookbook's own file (files/agent), installed with --no-index --no-deps. Its
 # dependencies come from the operator's index or wheel mirror (install.index_url / find_links),
 # exactly the versions and sha256 of files/agent/requirements.lock (--require-hashes), so
-# nodes neither drift nor take whatever someone published under a name.
+# nodes neither drift nor take whatever someone published under a name; the agent's extras
+# (install.extras) likewise from files/agent/requirements-EXTRA.lock.
 #
 # pip runs only when the wheel, the lock or the pip settings differ from the last successful
 # install (recorded in a marker file), so a converge with nothing new calls no pip. A venv made
@@ -19,6 +20,7 @@ helpers = self
 install = node['backup_agent']['install']
 # At compile time: a version the cookbook does not carry stops the run before anything changes.
 wheel_sha256 = backup_agent_wheel_sha256
+backup_agent_check_extras!
 # Chef prints a failed resource's properties (the environment with the URLs) and pip's output.
 sensitive_install = backup_agent_pip_credentials?
 
@@ -55,6 +57,18 @@ unless install['lock_file']
     group 'root'
     mode '0644'
     backup false
+  end
+
+  # What each extra (install.extras, e.g. chunking: numpy) adds, installed with the lock above.
+  backup_agent_extras.each do |extra|
+    cookbook_file backup_agent_extra_lock_path(extra) do
+      source "agent/requirements-#{extra}.lock"
+      checksum helpers.backup_agent_extra_lock_sha256(extra)
+      owner 'root'
+      group 'root'
+      mode '0644'
+      backup false
+    end
   end
 end
 

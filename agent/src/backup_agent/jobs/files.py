@@ -1,8 +1,11 @@
 """`files` jobs: incremental, deduplicated, point-in-time backups of directories.
 
 Small files are packed into larger objects (fewer requests, cheaper cold storage); large files
-get their own readable key. Change detection uses the local cache, so an unchanged rerun reads
-no file contents and makes no LIST call; the manifest is uploaded last.
+are cut into content-defined chunks (storage/chunker.py) packed the same way, so a big file that
+grows or changes in place uploads about what changed. Every piece is encoded (storage/codec.py:
+zstd when it pays, AES-256-GCM with a key) and stored once per job and node. Change detection uses
+the local cache, so an unchanged rerun reads no file contents and makes no LIST call; the
+manifest is uploaded last.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import sqlite3
@@ -17,6 +21,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,8 +36,8 @@ from backup_agent.jobs.restore_files import lstat_inside, restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, atomic_write, clear_damage, ensure_dir, read_damage, save_damage
 from backup_agent.storage import cold, layout
-from backup_agent.storage.bodies import FileShrank, Pieces
-from backup_agent.storage.manifest import Entry, ManifestWriter
+from backup_agent.storage.bodies import Pieces
+from backup_agent.storage.manifest import Chunk, Entry, ManifestWriter
 from backup_agent.storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -41,10 +46,14 @@ STAGE_BATCH = 2000
 # A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
 # snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
 HOLD_ENTRIES = 50_000
+# Bytes of a big file's chunks cut but not yet encoded and packed (memory: about twice this).
+CHUNKS_AHEAD = 16 << 20
 # Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
 XATTR_MEMO_LIMIT = 200_000
 # A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
 LargeResult = tuple[Entry, tuple[Any, ...], int] | None
+# Where a piece of content is stored: (object, offset, encoded length).
+Loc = tuple[str, int, int]
 
 
 class _LastSnapshotGone(Exception):
@@ -52,37 +61,66 @@ class _LastSnapshotGone(Exception):
 
 
 class PackUploader:
-    """Collects small files into a pack and uploads full packs in the background.
+    """Collects encoded pieces (small files, chunks of big files) into a pack and uploads full
+    packs in the background. The scan thread and the big-file workers add to it at once.
 
     At most `in_flight` packs wait for upload at once, which bounds memory to about
     (in_flight + 1) * pack_size.
     """
 
-    def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int) -> None:
+    def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int,
+                 encoders: ThreadPoolExecutor | None = None) -> None:
         self.job = job
         self.pool = pool
+        self.encoders = encoders
         self.slots = threading.Semaphore(in_flight)
         # The files' bytes as read, never copied into one buffer (bodies.Pieces): a growing
         # bytearray is copied over and over (docs/PERFORMANCE.md, "Packs are a list").
         self.pieces: list[bytes] = []
         self.size = 0
         self.key = layout.new_pack_key()
-        self.blobs: list[tuple[str, str, int, int]] = []
-        self.known: dict[str, tuple[str, int]] = {}  # content packed in this run, not yet in the cache
+        self.blobs: list[tuple[str, str, int, int, int]] = []
+        self.known: dict[str, Loc] = {}  # content packed in this run, not yet in the cache
         self.futures: list[Future[int]] = []
+        self.lock = threading.Lock()
 
-    def add(self, data: bytes, sha256: str) -> tuple[str, int]:
-        offset = self.size
-        self.pieces.append(data)
-        self.size += len(data)
-        self.blobs.append((sha256, self.key, offset, len(data)))
-        loc = (self.key, offset)
-        self.known[sha256] = loc
-        if self.size >= self.job.cfg.storage.pack_size:
-            self.seal()
-        return loc
+    def find(self, sha256: str) -> Loc | None:
+        """Where this content is stored already: by an earlier run (the cache) or this one."""
+        return self.job.cache.lookup_blob(sha256) or self.known.get(sha256)
+
+    def store(self, data: bytes, sha256: str) -> tuple[Loc, int]:
+        """Where the content is, and the bytes this call added to a pack (0: it was there)."""
+        loc = self.find(sha256)
+        if loc is not None:
+            return loc, 0
+        # Encoded outside the lock: zstd and AES release the GIL, so both cores work.
+        piece = self.job.encoding.seal_data(data, sha256)
+        with self.lock:
+            if (loc := self.known.get(sha256)) is not None:
+                return loc, 0
+            loc = (self.key, self.size, len(piece))
+            self.pieces.append(piece)
+            self.size += len(piece)
+            self.blobs.append((sha256, self.key, loc[1], len(data), len(piece)))
+            self.known[sha256] = loc
+            if self.size >= self.job.cfg.storage.pack_size:
+                self._seal()
+        return loc, len(piece)
+
+    def submit(self, data: bytes, sha256: str) -> Future[tuple[Loc, int]]:
+        """store() on an encoder thread: the scan reads the next files while zstd works."""
+        loc = self.find(sha256)
+        if loc is not None or self.encoders is None:
+            done: Future[tuple[Loc, int]] = Future()
+            done.set_result((loc, 0) if loc is not None else self.store(data, sha256))
+            return done
+        return self.encoders.submit(self.store, data, sha256)
 
     def seal(self) -> None:
+        with self.lock:
+            self._seal()
+
+    def _seal(self) -> None:
         if not self.pieces:
             return
         self.slots.acquire()
@@ -90,7 +128,7 @@ class PackUploader:
         self.pieces, self.size, self.key, self.blobs = [], 0, layout.new_pack_key(), []
         self.futures.append(self.pool.submit(self._upload, key, body, blobs))
 
-    def _upload(self, key: str, body: Pieces, blobs: list[tuple[str, str, int, int]]) -> int:
+    def _upload(self, key: str, body: Pieces, blobs: list[tuple[str, str, int, int, int]]) -> int:
         try:
             digest = hashlib.sha256()
             for part in body.parts:
@@ -105,13 +143,58 @@ class PackUploader:
             self.slots.release()
 
 
+class InOrder:
+    """Manifest entries in scan order while some wait for their piece to be encoded and packed.
+
+    An entry whose content is being encoded waits in a queue with everything after it; the
+    queue is written as far as its head is ready. Memory: the small files queued (at most
+    QUEUED_BYTES; then the scan waits for the oldest)."""
+
+    QUEUED_BYTES = 32 << 20
+
+    def __init__(self, writer: ManifestWriter) -> None:
+        self.writer = writer
+        self.queue: deque[tuple[Future[tuple[Loc, int]] | None, Entry | Callable[[Loc], Entry], int]] = deque()
+        self.queued = 0
+
+    def add(self, entry: Entry) -> None:
+        if self.queue:
+            self.queue.append((None, entry, 0))
+        else:
+            self.writer.add(entry)
+
+    def later(self, fut: Future[tuple[Loc, int]], make: Callable[[Loc], Entry], size: int) -> None:
+        self.queue.append((fut, make, size))
+        self.queued += size
+        self.pump(wait=self.queued > self.QUEUED_BYTES)
+
+    def pump(self, wait: bool = False) -> None:
+        """Write the queue's ready head; with `wait`, wait for the oldest piece first."""
+        while self.queue:
+            fut, item, size = self.queue[0]
+            if fut is not None and not fut.done() and not wait:
+                return
+            self.queue.popleft()
+            if fut is None:
+                assert isinstance(item, Entry)
+                self.writer.add(item)
+                continue
+            wait = False
+            self.queued -= size
+            assert callable(item)
+            self.writer.add(item(fut.result()[0]))
+
+    def flush(self) -> None:
+        while self.queue:
+            self.pump(wait=True)
+
+
 class FilesJob(S3Job):
     def __init__(self, cfg: Config, job: Job, clock: Clock = utcnow, store: Store | None = None) -> None:
         super().__init__(cfg, job, clock, store)
         self.opts = job.options
         self.storage_class: str = self.opts["storage_class"]
         self._cache: FileCache | None = None
-        self.one_upload = threading.Lock()
         # Per run: the first path of each multiply linked inode, and its entry once stored.
         self._inodes: dict[tuple[int, int], str] = {}
         self._linked: dict[tuple[int, int], Entry] = {}
@@ -122,7 +205,8 @@ class FilesJob(S3Job):
     def cache(self) -> FileCache:
         if self._cache is None:
             st = self.cfg.storage
-            target = f"{st.endpoint_url or 'aws'}|{self.bucket}|{self.root}"
+            # Content is reused only as it was encoded: format 3, under the same key (or none).
+            target = f"{st.endpoint_url or 'aws'}|{self.bucket}|{self.root}|v3|{self.encoding.key_id or 'plain'}"
             self._cache = FileCache(self.cfg.state_dir, self.job.name, target)
         return self._cache
 
@@ -175,7 +259,7 @@ class FilesJob(S3Job):
         with tempfile.TemporaryFile(dir=tmp_dir) as spool:
             header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "files",
                       "environment": self.cfg.environment, "time": rfc3339(now), "paths": self.opts["paths"],
-                      "storage_class": self.opts["storage_class"]}
+                      "storage_class": self.opts["storage_class"], "encoding": self.encoding.header()}
             writer = ManifestWriter(spool, header)
             self.cache.begin_files()
             self._scan(writer, result, preflight, last)
@@ -225,33 +309,37 @@ class FilesJob(S3Job):
         """Walk the paths, store new content and write every entry."""
         excluded = Excluder(self.opts["exclude"], [str(self.cfg.state_dir)])
         conc = self.cfg.storage.concurrency
-        # Large files go up one at a time (`one_upload`), each in parallel parts: two at once
-        # were slower than in a row (docs/PERFORMANCE.md, "Large files: one upload at a time").
-        # Two workers so the next large file is hashed while one uploads, and no further ahead.
+        # Two workers cut big files into chunks (numpy, SHA-256, zstd and AES release the GIL)
+        # while the scan packs small files; the packs go up on `conc` threads.
         with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool:
-            packer = PackUploader(self, pool, in_flight=max(2, conc // 2))
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as encoders:
+            packer = PackUploader(self, pool, in_flight=max(2, conc // 2), encoders=encoders)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
+            order = InOrder(writer)
             try:
                 for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
                                   self.opts["follow_symlinks"]):
-                    self._one(found, writer, packer, big_pool, large, staged, result)
+                    self._one(found, order, packer, big_pool, large, staged, result)
                     if len(staged) >= STAGE_BATCH:
-                        self.cache.stage_files(staged)
-                        staged = []
-                packer.seal()
-                for fut in packer.futures:
-                    result.bytes_uploaded += fut.result()
+                        # Cleared, not replaced: entries still being encoded append to this list.
+                        self.cache.stage_files(list(staged))
+                        staged.clear()
+                order.flush()
+                # Big files' chunks go into the same packs: they are all cut before the last
+                # pack is sealed. bytes_uploaded counts packs as sent (encoded).
                 for lf, counter in large:
                     done = lf.result()
                     if done is not None:
-                        entry, row, uploaded = done
+                        entry, row, _new = done
                         setattr(result, counter, getattr(result, counter) + 1)
                         result.bytes_total += entry.size
                         writer.add(entry)
                         staged.append(row)
-                        result.bytes_uploaded += uploaded
+                packer.seal()
+                for fut in packer.futures:
+                    result.bytes_uploaded += fut.result()
                 self.cache.stage_files(staged)
                 if preflight is not None and not preflight.result():
                     raise _LastSnapshotGone(str(last))
@@ -310,7 +398,7 @@ class FilesJob(S3Job):
         self.warn_if_unversioned(result)
         return found
 
-    def _one(self, found: Found, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+    def _one(self, found: Found, writer: InOrder, packer: PackUploader, pool: ThreadPoolExecutor,
              large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]],
              result: RunResult) -> None:
         if found.st is None:
@@ -351,14 +439,15 @@ class FilesJob(S3Job):
         if same and row is not None:
             result.files_unchanged += 1
             result.bytes_total += st.st_size
-            self._add_file(writer, staged, base, st, row[4], row[5], row[6], st.st_size)
+            loc, chunks = _cached_location(row)
+            self._add_file(writer, staged, base, st, row[4], st.st_size, loc, chunks)
             return
         if st.st_size == 0:
             setattr(result, counter, getattr(result, counter) + 1)
-            self._add_file(writer, staged, base, st, EMPTY_SHA256, "", 0, 0)
+            self._add_file(writer, staged, base, st, EMPTY_SHA256, 0)
             return
         if st.st_size >= self.cfg.storage.large_file_size:
-            large.append((pool.submit(self._store_large, path, st, base, result), counter))
+            large.append((pool.submit(self._store_large, path, st, base, result, packer), counter))
             return
         try:
             data, st = self._read_small(path, st, result)
@@ -370,14 +459,13 @@ class FilesJob(S3Job):
             log.warning("cannot read %s: %s", path, exc.strerror)
             return
         if data is None:  # grew past the large-file threshold while we looked
-            large.append((pool.submit(self._store_large, path, st, base, result), counter))
+            large.append((pool.submit(self._store_large, path, st, base, result, packer), counter))
             return
         setattr(result, counter, getattr(result, counter) + 1)
         result.bytes_total += len(data)
         base["mtime_ns"] = st.st_mtime_ns
         sha = hashlib.sha256(data).hexdigest()
-        loc = self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)
-        self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
+        self._add_file(writer, staged, base, st, sha, len(data), packer.submit(data, sha))
 
     def _xattrs(self, base: dict[str, Any], unchanged: str | None, result: RunResult) -> None:
         """Attributes into `base`. An unchanged file (cache key `unchanged`) that had none in the
@@ -426,7 +514,7 @@ class FilesJob(S3Job):
     def _xattr_memo_path(self) -> Path:
         return self.cfg.state_dir / "cache" / f"{self.job.name}.xattr-paths"
 
-    def _special(self, writer: ManifestWriter, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
+    def _special(self, writer: InOrder, st: os.stat_result, base: dict[str, Any], result: RunResult) -> None:
         """FIFOs and device nodes are entries of their own; sockets cannot be made by anyone but
         the program that listens on them, so they are skipped, and counted and listed as such."""
         kind = _SPECIAL.get(stat.S_IFMT(st.st_mode))
@@ -440,7 +528,7 @@ class FilesJob(S3Job):
             base.update(major=os.major(st.st_rdev), minor=os.minor(st.st_rdev))
         writer.add(Entry(type=kind, **base))
 
-    def _hard_link(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], st: os.stat_result,
+    def _hard_link(self, writer: InOrder, staged: list[tuple[Any, ...]], st: os.stat_result,
                    base: dict[str, Any], counter: str, result: RunResult) -> bool:
         """Every path of one inode carries the first path's name as its `hardlink` key, so a
         restore links them again. A later path reuses the first one's stored content without
@@ -454,12 +542,12 @@ class FilesJob(S3Job):
         setattr(result, counter, getattr(result, counter) + 1)
         result.bytes_total += known.size
         writer.add(Entry(type="file", size=known.size, sha256=known.sha256, object=known.object, offset=known.offset,
-                         extents=known.extents, length=known.length, **base))
+                         stored=known.stored, chunks=known.chunks, extents=known.extents, length=known.length, **base))
         staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
-                       known.sha256, known.object, known.offset))
+                       known.sha256, known.object or "", known.offset, _ref(known)))
         return True
 
-    def _sparse(self, writer: ManifestWriter, packer: PackUploader, pool: ThreadPoolExecutor,
+    def _sparse(self, writer: InOrder, packer: PackUploader, pool: ThreadPoolExecutor,
                 large: list[tuple[Future[LargeResult], str]], staged: list[tuple[Any, ...]], st: os.stat_result,
                 base: dict[str, Any], counter: str, result: RunResult) -> bool:
         """A file with holes stores only its data regions; True when it was handled so (False:
@@ -479,7 +567,7 @@ class FilesJob(S3Job):
             if extents is None:
                 return False
             if sum(n for _, n in extents) >= self.cfg.storage.large_file_size:
-                large.append((pool.submit(self._store_spooled, path, st, base, result, extents, extents), counter))
+                large.append((pool.submit(self._store_large, path, st, base, result, packer, extents), counter))
                 return True
             data = fsmeta.read_ranges(fd, extents)
             after = os.fstat(fd)
@@ -492,19 +580,34 @@ class FilesJob(S3Job):
         setattr(result, counter, getattr(result, counter) + 1)
         result.bytes_total += len(data)
         sha = hashlib.sha256(data).hexdigest()
-        loc = (self.cache.lookup_blob(sha) or packer.known.get(sha) or packer.add(data, sha)) if data else ("", 0)
         base.update(extents=_trim(extents, len(data)), length=st.st_size)
-        self._add_file(writer, staged, base, st, sha, loc[0], loc[1], len(data))
+        self._add_file(writer, staged, base, st, sha, len(data), packer.store(data, sha)[0] if data else None)
         return True
 
-    def _add_file(self, writer: ManifestWriter, staged: list[tuple[Any, ...]], base: dict[str, Any],
-                  st: os.stat_result, sha: str, obj: str, offset: int, size: int) -> None:
-        entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset, **base)
-        writer.add(entry)
-        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj,
-                       offset))
-        if entry.hardlink is not None:
-            self._linked[(st.st_dev, st.st_ino)] = entry
+    def _add_file(self, writer: InOrder, staged: list[tuple[Any, ...]], base: dict[str, Any],
+                  st: os.stat_result, sha: str, size: int, loc: Loc | Future[tuple[Loc, int]] | None = None,
+                  chunks: list[Chunk] | None = None) -> None:
+        """A file's entry: its content in one piece at `loc` (or where a pending store puts it),
+        in `chunks`, or none (empty)."""
+
+        def made(loc: Loc | None) -> Entry:
+            if chunks is not None:
+                entry = Entry(type="file", size=size, sha256=sha, chunks=chunks, **base)
+            elif loc is not None:
+                entry = Entry(type="file", size=size, sha256=sha, object=loc[0], offset=loc[1], stored=loc[2],
+                              **base)
+            else:
+                entry = Entry(type="file", size=size, sha256=sha, object="", offset=0, **base)
+            staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha,
+                           entry.object or "", entry.offset, _ref(entry)))
+            if entry.hardlink is not None:
+                self._linked[(st.st_dev, st.st_ino)] = entry
+            return entry
+
+        if isinstance(loc, Future):
+            writer.later(loc, made, size)
+        else:
+            writer.add(made(loc))
 
     @staticmethod
     def _note_changed(path: str, st: os.stat_result, after: os.stat_result, stored: int, result: RunResult) -> None:
@@ -537,117 +640,77 @@ class FilesJob(S3Job):
         self._note_changed(path, st, after, len(data), result)
         return data, st
 
-    def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any],
-                     result: RunResult) -> LargeResult:
-        for _ in range(2):
+    def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
+                     packer: PackUploader, extents: list[tuple[int, int]] | None = None) -> LargeResult:
+        """A big file (or a sparse file's data regions, `extents`) in content-defined chunks, each
+        stored once: a file that grew or changed in place adds only the chunks around the change.
+
+        One read: the bytes chunked are the bytes hashed and stored, whatever the file does
+        meanwhile. A file that changed during the read is read once more (its unchanged chunks
+        are found in this run's packs); if it changes again, what the read saw is kept, with a
+        warning. Only the first st_size bytes are read: what grows meanwhile is the next run's."""
+        for attempt in range(2):
             try:
-                sha, size = _hash_file(path, st.st_size)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
                 return None
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None
-            # One large upload at a time, and the blob lookup, upload and blob record together:
-            # an identical file hashed by the other worker then finds this one's content.
-            with self.one_upload:
-                outcome = self._store_hashed(path, st, base, result, sha, size)
-            if not isinstance(outcome, os.stat_result):
-                return outcome
-            st = outcome  # changed while read: hash and store it again
-        # Changed during both reads (a log being written): a copy of its first st_size bytes,
-        # taken once and hashed on the way, is what gets uploaded, so the stored object is
-        # exactly what was hashed. It costs that much space in state_dir/tmp, for such files only.
-        return self._store_spooled(path, st, base, result, [(0, st.st_size)], None)
-
-    def _store_spooled(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
-                       ranges: list[tuple[int, int]], extents: list[tuple[int, int]] | None) -> LargeResult:
-        """Store `ranges` of the file from a private copy (sparse data regions, or the prefix of
-        a file that keeps changing); `extents`: where the regions go (sparse files)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
-            return None
-        try:
-            with tempfile.TemporaryFile(dir=self.cfg.state_dir / "tmp") as spool:
-                try:
-                    sha, size = fsmeta.spool_ranges(fd, ranges, spool)
-                    after = os.fstat(fd)
-                finally:
-                    os.close(fd)
-                uploaded = 0
-                with self.one_upload:
-                    found = self.cache.lookup_blob(sha) if size else ("", 0)
-                    if found:
-                        obj, offset = found
-                    else:
-                        obj, offset = layout.large_file_key(path, sha, self.root), 0
-                        self.store.put_file(self.root + obj, spool.fileno(), size, sha256=sha, name=path,
-                                            storage_class=self.storage_class)
-                        self.cache.add_blobs([(sha, obj, 0, size)])
-                        uploaded = size
-        except OSError as exc:
-            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
-            return None
+            try:
+                chunks, sha, size, new = self._chunk(fd, extents or [(0, st.st_size)], packer)
+                after = os.fstat(fd)
+            except OSError as exc:
+                result.failed.append({"path": path, "error": exc.strerror or str(exc)})
+                return None
+            finally:
+                os.close(fd)
+            changed = (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (st.st_size, st.st_mtime_ns,
+                                                                                st.st_ctime_ns)
+            if not changed or attempt or extents is not None:  # holes may have moved: no second read
+                break
+            log.info("%s changed while read: reading it again", path)
+            st = after
         self._note_changed(path, st, after, size, result)
         fields: dict[str, Any] = {**base, "mtime_ns": st.st_mtime_ns}
         if extents is not None:
             fields.update(extents=_trim(extents, size), length=st.st_size)
-        entry = Entry(type="file", size=size, sha256=sha if size else EMPTY_SHA256, object=obj, offset=offset,
-                      **fields)
-        row = (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256, obj, offset)
-        return entry, row, uploaded
+        if size:
+            entry = Entry(type="file", size=size, sha256=sha, chunks=chunks, **fields)
+        else:  # emptied meanwhile
+            entry = Entry(type="file", size=0, sha256=EMPTY_SHA256, object="", offset=0, **fields)
+        row = (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256, "", 0,
+               _ref(entry))
+        return entry, row, new
 
-    def _store_hashed(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
-                      sha: str, size: int) -> LargeResult | os.stat_result:
-        """Find or upload content hashed as `sha`; a stat result means: changed, read it again."""
-        uploaded = 0
-        found = self.cache.lookup_blob(sha)
-        try:
-            if found:
-                obj, offset = found
-            else:
-                obj, offset = layout.large_file_key(path, sha, self.root), 0
-                self._upload_file(path, obj, size, sha)
-                uploaded = size
-            after = os.stat(path)
-        except FileNotFoundError:  # vanished between hashing and uploading: not in this snapshot
-            return None
-        except (FileShrank, StoreError) as exc:
-            # A single PUT carries the SHA-256 of the bytes we hashed; S3 refuses a body that no
-            # longer matches it (a file rewritten in place after hashing, same size).
-            if isinstance(exc, StoreError) and exc.code != "BadDigest":
-                raise
-            log.info("%s changed while uploaded: reading it again", path)
-            try:
-                return os.stat(path)
-            except OSError:
-                return None
-        except OSError as exc:
-            result.failed.append({"path": path, "error": exc.strerror or str(exc)})
-            return None
-        # The upload reads the file again: what it sent is the hashed content only if the file
-        # did not change meanwhile (ctime too: writers that restore the mtime still change it).
-        # A changed file is read again; the object it left may hold other bytes than `sha` says
-        # and is never recorded in the cache (prune removes it).
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (size, st.st_mtime_ns, st.st_ctime_ns):
-            log.info("%s changed while read: reading it again", path)
-            return after
-        if uploaded:
-            self.cache.add_blobs([(sha, obj, 0, size)])
-        entry = Entry(type="file", size=size, sha256=sha, object=obj, offset=offset,
-                      **{**base, "mtime_ns": st.st_mtime_ns})
-        row = (_cache_key(path), size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha, obj, offset)
-        return entry, row, uploaded
+    def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
+               ) -> tuple[list[Chunk], str, int, int]:
+        """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes, bytes added
+        to packs). Chunks are encoded on the encoder threads while this one cuts the next ones;
+        at most CHUNKS_AHEAD bytes wait."""
+        whole = hashlib.sha256()
+        pending: deque[tuple[Future[tuple[Loc, int]], int, str]] = deque()
+        chunks: list[Chunk] = []
+        size = new = ahead = 0
 
-    def _upload_file(self, path: str, obj: str, size: int, sha: str) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            self.store.put_file(self.root + obj, fd, size, sha256=sha, name=path, storage_class=self.storage_class)
-        finally:
-            os.close(fd)
+        def settle(until: int) -> None:
+            nonlocal new, ahead
+            while pending and ahead > until:
+                fut, n, sha = pending.popleft()
+                loc, added = fut.result()
+                chunks.append((loc[0], loc[1], loc[2], n, sha))
+                new += added
+                ahead -= n
+
+        for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
+            whole.update(data)
+            sha = hashlib.sha256(data).hexdigest()
+            pending.append((packer.submit(data, sha), len(data), sha))
+            size += len(data)
+            ahead += len(data)
+            settle(CHUNKS_AHEAD)
+        settle(-1)
+        return chunks, whole.hexdigest(), size, new
 
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
         """A new disk or node has no cache: learn what content the newest snapshot already stores,
@@ -663,32 +726,46 @@ class FilesJob(S3Job):
             return None
         newest = snaps[-1].id
         sizes = {o.key[len(self.root) :]: o.size for o in self.list_keys("")}
-        batch: list[tuple[str, str, int, int]] = []
+        batch: list[tuple[str, str, int, int, int]] = []
         reused = skipped = 0
         try:
-            with self.open_manifest(newest) as (_, entries, _):
+            with self.open_manifest(newest) as (header, entries, _):
+                if not self._same_encoding(header):
+                    log.info("job %s: snapshot %s was stored by an earlier version or under another "
+                             "encryption key: its content is stored again", self.job.name, newest)
+                    return newest
                 for e in entries:
-                    if e.type != "file" or e.size <= 0 or not e.sha256 or not e.object:
+                    if e.type != "file" or e.size <= 0 or not e.sha256:
                         continue
-                    if e.object in damaged or sizes.get(e.object, -1) < e.offset + e.size:
-                        skipped += 1
-                        continue
-                    batch.append((e.sha256, e.object, e.offset, e.size))
-                    reused += 1
+                    pieces = e.chunks if e.chunks is not None else \
+                        [(str(e.object), e.offset, e.stored, e.size, e.sha256)] if e.stored is not None else []
+                    for obj, offset, stored, size, sha in pieces:
+                        if obj in damaged or sizes.get(obj, -1) < offset + stored:
+                            skipped += 1
+                            continue
+                        batch.append((sha, obj, offset, size, stored))
+                        reused += 1
                     if len(batch) >= STAGE_BATCH:
                         self.cache.add_blobs(batch)
                         batch = []
-        except (IntegrityError, JobFailed) as exc:
+        except (IntegrityError, JobFailed, ConfigError) as exc:
             log.warning("job %s: cannot reuse what snapshot %s stores (%s): uploading all content",
                         self.job.name, newest, exc)
             self.cache.reset()
             return None  # not ours, maybe: its name must not set the time of the snapshots to come
         self.cache.add_blobs(batch)
-        log.info("no local cache: reusing content stored by snapshot %s (%d entries)", newest, reused)
+        log.info("no local cache: reusing content stored by snapshot %s (%d pieces)", newest, reused)
         if skipped:
-            log.warning("job %s: snapshot %s: %d file(s) point at missing, short or damaged objects: "
+            log.warning("job %s: snapshot %s: %d piece(s) point at missing, short or damaged objects: "
                         "storing their content again", self.job.name, newest, skipped)
         return newest
+
+    def _same_encoding(self, header: dict[str, Any]) -> bool:
+        """Whether a snapshot's content is encoded as this run would (format 3, the same key or
+        none): only then may this run point at it."""
+        enc = header.get("encoding")
+        return (header.get("version") == 3 and isinstance(enc, dict)
+                and enc.get("key_id") == self.encoding.key_id)
 
     # --- restore -------------------------------------------------------------------------------
 
@@ -813,6 +890,52 @@ class FilesJob(S3Job):
                 "snapshot": sid, "target": root}
 
 
+def _ref(entry: Entry) -> str | None:
+    """The cache row's `ref`: what format 3 adds to a file's entry (state.FileCache)."""
+    if entry.chunks is not None:
+        return json.dumps({"chunks": entry.chunks}, separators=(",", ":"))
+    if entry.stored is not None:
+        return f'{{"stored":{entry.stored}}}'
+    return None
+
+
+def _cached_location(row: tuple[Any, ...]) -> tuple[Loc | None, list[Chunk] | None]:
+    """Where an unchanged file's content is, from its cache row."""
+    ref = json.loads(row[7]) if row[7] else {}
+    if "chunks" in ref:
+        return None, [(str(c[0]), int(c[1]), int(c[2]), int(c[3]), str(c[4])) for c in ref["chunks"]]
+    if "stored" in ref:
+        return (str(row[5]), int(row[6]), int(ref["stored"])), None
+    return None, None
+
+
+class _RangeReader:
+    """Regions of a file back to back, as a file the chunker reads; a region cut short (the
+    file shrank) ends it."""
+
+    def __init__(self, fd: int, ranges: list[tuple[int, int]]) -> None:
+        self.fd = fd
+        self.ranges = [r for r in ranges if r[1] > 0]
+        self.index = 0
+        self.done = 0  # bytes of the current range read
+
+    def read(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        want = n
+        while want > 0 and self.index < len(self.ranges):
+            off, length = self.ranges[self.index]
+            got = os.pread(self.fd, min(want, length - self.done), off + self.done)
+            if not got:  # shrank: nothing after this
+                self.index = len(self.ranges)
+                break
+            parts.append(got)
+            want -= len(got)
+            self.done += len(got)
+            if self.done >= length:
+                self.index, self.done = self.index + 1, 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def _already_restored(root: str, e: Entry) -> bool:
     """Written by an earlier run of the same restore: a verified file gets its mtime last. Looked
     up through real directories only: a link planted in the target since cannot pass a file
@@ -835,20 +958,6 @@ def _read_upto(fd: int, want: int) -> bytes:
             break
         data += more
     return data
-
-
-def _hash_file(path: str, limit: int) -> tuple[str, int]:
-    """SHA-256 of the first `limit` bytes (the size seen when the read began: what grows
-    meanwhile belongs to the next run), or of fewer if the file is shorter now."""
-    h = hashlib.sha256()
-    n = 0
-    buf = bytearray(1 << 20)  # reused: fresh 4 MiB reads were mapped, faulted in and unmapped each time
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0, opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as fh:
-        while n < limit and (got := fh.readinto(view[: min(len(buf), limit - n)])):
-            h.update(view[:got])
-            n += got
-    return h.hexdigest(), n
 
 
 def _cache_key(path: str) -> str:

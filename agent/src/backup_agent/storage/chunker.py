@@ -1,6 +1,6 @@
 """Content-defined chunking of big files (FastCDC-style gear hash, normalised chunking).
 
-Not wired into the jobs yet (issue #20; docs/PERFORMANCE.md, "Issue #20", has the figures).
+Used by files jobs for big files (jobs/files.py; docs/PERFORMANCE.md, "Issue #20", has the figures).
 A big file is cut where the content says so, not at fixed offsets, so bytes inserted in the
 middle move the later boundaries along with the data and only the chunks around the edit change.
 
@@ -32,7 +32,7 @@ import hashlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Protocol
 
 try:
     # Any-typed on purpose: the agent does not require numpy, and mypy must pass without it.
@@ -42,8 +42,14 @@ except ImportError:  # pragma: no cover - depends on the install
 
 KIB = 1024
 WINDOW = 32  # bytes the hash sees
-BLOCK = 2 << 20  # bytes read and hashed at a time (peak memory: about 14x this while hashing)
+BLOCK = 1 << 20  # bytes read and hashed at a time (peak memory: about 24x this, kept buffers included)
 DEFAULT_SEED = b"backup-agent gear v1"
+
+
+class Readable(Protocol):
+    """What the chunker reads from: a file, or regions of one (a sparse file's data)."""
+
+    def read(self, n: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Chunker:
     def fast(self) -> bool:
         return self._np_table is not None
 
-    def chunks(self, f: IO[bytes]) -> Iterator[bytes]:
+    def chunks(self, f: Readable) -> Iterator[bytes]:
         """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks."""
         buf = b""
         eof = False
@@ -115,19 +121,24 @@ class Chunker:
         np = _np
         p = self.params
         n = len(buf)
-        h = self._np_table[np.frombuffer(buf, dtype=np.uint8)]
-        if self._tmp is None or len(self._tmp) < n:
-            self._tmp = np.empty(n, dtype=np.uint32)
-        tmp = self._tmp
+        if self._tmp is None or len(self._tmp[0]) < n:
+            # Kept between blocks: fresh arrays cost a page fault per 4 KiB each time. Sized once
+            # for a block and the most a block can carry over (less than a chunk).
+            self._tmp = None
+            size = max(n, BLOCK + self.params.max_size)
+            self._tmp = (np.empty(size, dtype=np.uint32), np.empty(size, dtype=np.uint32), np.empty(size, dtype=bool))
+        h, tmp, below = (a[:n] for a in self._tmp)
+        # mode="clip": with the default ("raise") numpy buffers `out` (one more array per block).
+        np.take(self._np_table, np.frombuffer(buf, dtype=np.uint8), out=h, mode="clip")
         w = 1
         while w < WINDOW:  # window doubling: five passes give the 32-byte gear hash at every byte
             # Into a kept buffer: `h[w:] += h[:-w] << w` allocates a temporary each pass (half the speed).
             np.left_shift(h[:-w], np.uint32(w), out=tmp[:n - w])
             np.add(h[w:], tmp[:n - w], out=h[w:])
             w *= 2
-        cand_l = np.flatnonzero(h < np.uint32(self._limit_l))
+        np.less(h, np.uint32(self._limit_l), out=below)
+        cand_l = np.flatnonzero(below)
         cand_s = cand_l[h[cand_l] < np.uint32(self._limit_s)]
-        del h
         out: list[int] = []
         s = 0
         while s < n:

@@ -1,6 +1,6 @@
 """How one stored piece is encoded: optional zstd, optional AES-256-GCM, a small header to say which.
 
-Not wired into the jobs yet (issue #20; docs/PERFORMANCE.md, "Issue #20", has the plan and the
+Jobs use it through storage/encoding.py (issue #20; docs/PERFORMANCE.md, "Issue #20", has the
 figures). A piece is whatever the agent stores as one unit: a small file's bytes in a pack, a
 chunk of a big file, a manifest, a command job's dump.
 

@@ -1,10 +1,11 @@
 """Where things live in the bucket, relative to `<prefix>/<job>/`.
 
     snapshots/<id>.json.gz        the manifest; written last, so its presence means "complete"
-    packs/<xx>/<random id>        small files concatenated; the manifest holds offsets
-    files/<abs path>@<hash16>     large files under a readable key (aws s3 cp works on them)
-    blobs/<xx>/<sha256>           large files whose path cannot be an S3 key (control chars, bad UTF-8,
-                                  too long: see `fits`)
+                                  (sealed, under the same name, when an encryption key is set)
+    packs/<xx>/<random id>        encoded pieces back to back: small files and chunks of big
+                                  files; the manifest holds offsets and lengths
+    files/<abs path>@<hash16>     large files under a readable key, written before format 3 (read only)
+    blobs/<xx>/<sha256>           large files whose path could not be an S3 key, before format 3 (read only)
     dumps/<snapshot id>.<ext>     command job output (one object per snapshot)
 """
 

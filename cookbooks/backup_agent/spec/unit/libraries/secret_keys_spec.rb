@@ -8,6 +8,7 @@ describe BackupAgentCookbook::SecretKeys do
   let(:job_values) { { 'password' => 'pw', 'env' => { 'API_TOKEN' => 't0k' } } }
   let(:item) do
     { 'bucket' => 'b', 'access_key_id' => 'AKIA1', 'secret_access_key' => 's3cr3t',
+      'encryption_key' => 'k' * 32, 'previous_encryption_keys' => ['o' * 32],
       'job_secrets' => { 'pg' => job_values },
       'notify' => { 'healthchecks_url' => 'https://hc.example/ping/uuid', 'webhook_url' => 'https://hooks.example/t' } }
   end
@@ -66,6 +67,14 @@ describe BackupAgentCookbook::SecretKeys do
     secrets = BackupAgentCookbook::Secrets.from_run_state(item, 'test')
     expect(secrets.keys.sort).to eq(item.keys.sort)
     expect(secrets['notify']).to eq(item['notify'])
+  end
+
+  it 'every storage key of the item is rendered under storage, lists as lists' do
+    config = BackupAgentCookbook::ConfigBuilder.build(
+      settings: {}, jobs: {}, secrets: BackupAgentCookbook::Secrets.from_run_state(item, 'test'), node_name: 'n', environment: 'e'
+    )
+    (described_class::STORAGE & item.keys).each { |key| expect(config['storage'][key]).to eq(item[key]) }
+    expect(config['storage']['previous_encryption_keys']).to eq(['o' * 32])
   end
 
   it "db_password becomes a database destination's storage.password, and such an item needs no bucket" do

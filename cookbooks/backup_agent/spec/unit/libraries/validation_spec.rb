@@ -25,6 +25,11 @@ describe BackupAgentCookbook::Validation do
 
   # One bad input each: the message names the attribute and says what is wrong.
   {
+    'extras as a string' => [->(a) { a['install']['extras'] = 'chunking' },
+                             "node['backup_agent']['install']['extras']: must be a list of the agent's extra names " \
+                             '(e.g. ["chunking"], or []), got the string "chunking"'],
+    'an extra that is no name' => [->(a) { a['install']['extras'] = ['chunking; rm -rf /'] },
+                                   /\['install'\]\['extras'\]: must be a list of the agent's extra names/],
     'jobs as a list' => [->(a) { a['jobs'] = %w(etc) },
                          "node['backup_agent']['jobs']: must be a map keyed by job name, got a list"],
     'a job that is a string' => [->(a) { a['jobs'] = { 'etc' => 'daily' } },

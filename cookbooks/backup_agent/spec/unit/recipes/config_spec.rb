@@ -105,11 +105,101 @@ describe 'backup_agent::config' do
     end
   end
 
+  describe 'client-side encryption: encryption_key and previous_encryption_keys of the item' do
+    let(:key) { 'TESTONLY-encryption-key-0123456789abcdef' }
+    let(:old_key) { 'TESTONLY-old-encryption-key-0123456789ab' }
+
+    def item_with(extra)
+      encrypted(BackupAgentSpec.plain_item('staging').merge(extra))
+    end
+
+    it 'renders nothing of encryption when the item has no key' do
+      expect(BackupAgentSpec.plain_item('staging')).not_to have_key('encryption_key')
+      expect(config['storage'].keys).not_to include('encryption_key', 'previous_encryption_keys')
+    end
+
+    context 'with both in the item' do
+      before do
+        stub_data_bag_item('backup_agent', 'staging')
+          .and_return(item_with('encryption_key' => key, 'previous_encryption_keys' => [old_key]))
+      end
+
+      it 'renders them as storage.encryption_key and storage.previous_encryption_keys, after the credentials' do
+        expect(config['storage']).to include('encryption_key' => key, 'previous_encryption_keys' => [old_key])
+        expect(config['storage'].keys.last(2)).to eq(%w(encryption_key previous_encryption_keys))
+      end
+
+      it 'keeps them out of the node and of every resource that is not sensitive' do
+        attributes_json = JSON.generate(chef_run.node.attributes.to_hash)
+        exposed = chef_run.resource_collection.reject(&:sensitive).map(&:to_text).join("\n")
+        [key, old_key].each do |secret|
+          expect(attributes_json).not_to include(secret)
+          expect(exposed).not_to include(secret)
+        end
+        expect(chef_run.template(BackupAgentSpec::CONFIG_PATH)).to have_attributes(sensitive: true, mode: '0600')
+      end
+    end
+
+    context 'in the production environment (its test item has a key and a previous one)' do
+      let(:environment) { 'production' }
+
+      it "renders the item's keys, from the real encrypted fixture" do
+        item = BackupAgentSpec.plain_item('production')
+        expect(item['encryption_key'].length).to be >= 32
+        expect(config['storage']).to include('encryption_key' => item['encryption_key'],
+                                             'previous_encryption_keys' => item['previous_encryption_keys'])
+      end
+    end
+
+    {
+      'a short encryption_key' => [{ 'encryption_key' => 'TESTONLY-too-short' }, 'encryption_key'],
+      'a short previous key' => [{ 'encryption_key' => 'TESTONLY-encryption-key-0123456789abcdef',
+                                   'previous_encryption_keys' => %w(TESTONLY-old-encryption-key-0123456789ab TESTONLY-short-old) },
+                                 'previous_encryption_keys.1'],
+    }.each do |problem, (extra, name)|
+      it "stops at compile time with #{problem}, naming the item and the key, never the value" do
+        stub_data_bag_item('backup_agent', 'staging').and_return(item_with(extra))
+        expect { chef_run }.to raise_error(BackupAgentCookbook::SecretsError) { |error|
+          expect(error.message).to eq("backup_agent: key '#{name}' of data bag item 'backup_agent/staging' must be at " \
+                                      'least 32 characters (a random one: `openssl rand -base64 33`)')
+          expect(error.message).not_to include('TESTONLY')
+        }
+      end
+    end
+
+    it 'stops at compile time when previous_encryption_keys is not a list' do
+      stub_data_bag_item('backup_agent', 'staging').and_return(item_with('encryption_key' => key, 'previous_encryption_keys' => old_key))
+      expect { chef_run }.to raise_error(
+        BackupAgentCookbook::SecretsError,
+        "backup_agent: key 'previous_encryption_keys' of data bag item 'backup_agent/staging' must be a list of strings, got String"
+      )
+    end
+
+    it 'stops at compile time with previous keys but no encryption_key' do
+      stub_data_bag_item('backup_agent', 'staging').and_return(item_with('previous_encryption_keys' => [old_key]))
+      expect { chef_run }.to raise_error(BackupAgentCookbook::SecretsError,
+                                         %r{'backup_agent/staging' has 'previous_encryption_keys' but no 'encryption_key'})
+    end
+
+    context 'set as an attribute' do
+      let(:attributes) { { 'config' => { 'storage' => { 'encryption_key' => key } } } }
+
+      it 'is refused, pointing at the data bag item, and the value is not echoed' do
+        expect { chef_run }.to raise_error(BackupAgentCookbook::ConfigError) { |error|
+          expect(error.message).to include("node['backup_agent']['config']['storage']['encryption_key']: comes from the " \
+                                           "encrypted data bag item (key 'encryption_key'), never from an attribute")
+          expect(error.message).not_to include(key)
+        }
+      end
+    end
+  end
+
   context 'with optional settings set' do
     let(:attributes) do
       { 'config' => {
         'node' => 'web-01', 'splay' => 300, 'max_parallel_jobs' => 2, 'log_format' => 'json',
-        'storage' => { 'prefix' => 'fleet/web-01', 'sse' => 'AES256', 'concurrency' => 16 },
+        'storage' => { 'prefix' => 'fleet/web-01', 'sse' => 'AES256', 'concurrency' => 16,
+                       'compression_level' => 6, 'read_unencrypted_snapshots' => true },
         'notify' => { 'timeout' => 5 },
         'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' },
         'aws' => { 'imds_endpoint' => 'http://169.254.169.254' }
@@ -132,7 +222,8 @@ describe 'backup_agent::config' do
         'metrics' => { 'textfile' => '/var/lib/node_exporter/textfile/backup_agent.prom' }
       )
       expect(config['storage']).to include('bucket' => 'backup-agent-staging', 'prefix' => 'fleet/web-01',
-                                           'sse' => 'AES256', 'concurrency' => 16)
+                                           'sse' => 'AES256', 'concurrency' => 16, 'compression_level' => 6,
+                                           'read_unencrypted_snapshots' => true)
     end
 
     it 'keeps the notification URLs off the node' do

@@ -40,12 +40,50 @@ describe 'backup_agent::install' do
     )
   end
 
-  it 'installs the dependencies from the lock with --require-hashes, from pip defaults when no source is set' do
+  it 'installs the dependencies and the chunking extra from the locks with --require-hashes, from pip defaults when no source is set' do
     expect(chef_run).to run_execute('install backup-agent dependencies').with(
       command: [pip, 'install', '--disable-pip-version-check', '--no-input', '--require-hashes',
-                '--only-binary', ':all:', '-r', '/opt/backup-agent/dist/requirements.lock'],
+                '--only-binary', ':all:', '-r', '/opt/backup-agent/dist/requirements.lock',
+                '-r', '/opt/backup-agent/dist/requirements-chunking.lock'],
       environment: {}, sensitive: false
     )
+  end
+
+  it "copies the chunking extra's lock (numpy, hashed) beside the main one" do
+    lock = File.join(files, 'requirements-chunking.lock')
+    expect(File.read(lock)).to match(/^numpy==\S+ \\\n    --hash=sha256:\h{64}/)
+    expect(chef_run).to create_cookbook_file('/opt/backup-agent/dist/requirements-chunking.lock').with(
+      source: 'agent/requirements-chunking.lock', checksum: Digest::SHA256.file(lock).hexdigest
+    )
+  end
+
+  context 'with no extras' do
+    let(:attributes) { { 'extras' => [] } }
+
+    it 'installs the main lock only, and copies no lock of an extra' do
+      expect(deps.command).to eq([pip, 'install', '--disable-pip-version-check', '--no-input', '--require-hashes',
+                                  '--only-binary', ':all:', '-r', '/opt/backup-agent/dist/requirements.lock'])
+      expect(chef_run.find_resources(:cookbook_file).map(&:path)).not_to include(/requirements-/)
+    end
+
+    it 'installs again when extras are turned back on (the marker names them)' do
+      without = chef_run.file('/opt/backup-agent/.chef-backup-agent-install').content
+      with = ChefSpec::SoloRunner.new.converge(described_recipe).file('/opt/backup-agent/.chef-backup-agent-install').content
+      expect(without).not_to include('extra=')
+      expect(with).to include('extra=chunking lock-sha256=')
+    end
+  end
+
+  context 'with an extra the cookbook carries no lock for' do
+    let(:attributes) { { 'extras' => %w(chunking gpu) } }
+
+    it 'stops at compile time, naming the attribute, the missing lock and the extras it carries' do
+      expect { chef_run }.to raise_error(
+        BackupAgentCookbook::ConfigError,
+        "backup_agent: node['backup_agent']['install']['extras'] names \"gpu\", but the cookbook carries no " \
+        'files/agent/requirements-gpu.lock (extras it carries: chunking)'
+      )
+    end
   end
 
   it "installs the agent from the cookbook's wheel only: no index, no dependencies" do
@@ -88,7 +126,8 @@ describe 'backup_agent::install' do
 
     it 'records the version in the marker, the wheel, the lock and the settings only as digests' do
       expect(chef_run).to render_file('/opt/backup-agent/.chef-backup-agent-install').with_content { |content|
-        expect(content).to match(/\Abackup-agent==0\.1\.0\nwheel-sha256=\h{64}\nlock-sha256=\h{64}\npip-settings-sha256=\h{64}\n\z/)
+        expect(content).to match(/\Abackup-agent==0\.1\.0\nwheel-sha256=\h{64}\nlock-sha256=\h{64}\n
+                                   extra=chunking\ lock-sha256=\h{64}\npip-settings-sha256=\h{64}\n\z/x)
         expect(content).not_to include('example')
       }
     end
@@ -114,8 +153,9 @@ describe 'backup_agent::install' do
   context "with the operator's own lock" do
     let(:attributes) { { 'lock_file' => '/etc/backup-agent/requirements-py313.lock' } }
 
-    it 'installs the dependencies from it, and copies no lock of the cookbook' do
-      expect(deps.command).to include('-r', '/etc/backup-agent/requirements-py313.lock')
+    it "installs the dependencies from it and its extras' locks beside it, and copies no lock of the cookbook" do
+      expect(deps.command).to include('-r', '/etc/backup-agent/requirements-py313.lock',
+                                      '-r', '/etc/backup-agent/requirements-py313-chunking.lock')
       expect(chef_run.find_resources(:cookbook_file).map(&:path)).to eq(["/opt/backup-agent/dist/#{wheel}"])
     end
 
