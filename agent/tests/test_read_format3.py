@@ -369,3 +369,76 @@ def test_a_plain_manifest_is_refused_when_a_key_is_set(tmp_path: Path) -> None:
     reader.restore(snapshot=None, at=None, target=str(target), paths=[])
     assert restored(target, "/src/a") == b"a\n"
     assert reader.check(read_data=True)["status"] == "ok"
+
+
+# --- real runs: what the files job writes reads back ----------------------------------------------
+
+
+def real_job(tmp_path: Path, store: MemoryStore, src: Path, key: str | None = KEY) -> FilesJob:
+    st: dict[str, Any] = {"bucket": "mem", "prefix": "n", "large_file_mb": 1}
+    if key is not None:
+        st["encryption_key"] = key
+    cfg = config.from_dict({"state_dir": str(tmp_path / "state"), "storage": st,
+                            "jobs": {"data": {"type": "files", "paths": [str(src)]}}})
+    return FilesJob(cfg, cfg.job("data"), store=store)
+
+
+def real_tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    for i in range(30):
+        (src / "etc" / f"conf{i}").write_bytes(text(200 * i + 1, i))
+    (src / "big.log").write_bytes(text(3 << 20, 100) + incompressible(1 << 20, 101))
+    (src / "twin.log").write_bytes((src / "big.log").read_bytes())
+    with open(src / "disk.img", "wb") as f:  # sparse: data regions around holes, ending in one
+        f.write(incompressible(700 << 10, 102))
+        f.seek(4 << 20)
+        f.write(text(900 << 10, 103))
+        f.truncate(8 << 20)
+    return src
+
+
+def chunked(job: FilesJob, path: str) -> Entry:
+    with job.open_manifest(job.snapshots()[-1].id) as (_, entries, _):
+        found = [e for e in entries if e.path == path]
+    assert found and found[0].chunks is not None, "the writer stores files above large_file_mb in chunks"
+    return found[0]
+
+
+def test_a_run_restores_byte_exact_and_check_names_a_damaged_chunk(tmp_path: Path, key: str | None) -> None:
+    from support.treeutil import capture
+
+    store = MemoryStore()
+    src = real_tree(tmp_path)
+    job = real_job(tmp_path, store, src, key)
+    assert job.run().status == "success"
+    target = tmp_path / "target"
+    job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    copy = target / str(src).lstrip("/")
+    assert capture(copy) == capture(src)
+    assert (copy / "disk.img").stat().st_blocks < (src / "disk.img").stat().st_blocks + 64
+    assert job.check(read_data=True)["status"] == "ok"
+
+    big = chunked(job, f"{src}/big.log")
+    obj, offset, stored, _, _ = big.chunks[len(big.chunks) // 2]  # type: ignore[index]
+    flip(store, job.root + obj, offset + stored - 20)
+    with pytest.raises(IntegrityError) as err:
+        job.check(read_data=True)
+    assert f"{src}/big.log" in str(err.value) and err.value.details["damaged_objects"] == [obj]
+    with pytest.raises(IntegrityError, match=r"big\.log"), browse.dump(job, f"{src}/big.log", None, None):
+        pass
+    with browse.dump(job, f"{src}/disk.img", None, None) as (_, fh):  # other files still read
+        assert fh.read() == (src / "disk.img").read_bytes()
+
+
+def test_a_run_read_with_another_key_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    store = MemoryStore()
+    src = real_tree(tmp_path)
+    real_job(tmp_path, store, src, KEY).run()
+    target = tmp_path / "target"
+    for key in (OTHER_KEY, None):
+        with pytest.raises(ConfigError) as err:
+            real_job(tmp_path, store, src, key).restore(snapshot=None, at=None, target=str(target), paths=[])
+        assert err.value.exit_code == 2 and "\n" not in str(err.value)
+        assert "encryption_key" in str(err.value)
+    assert not target.exists() or not any(target.iterdir())
