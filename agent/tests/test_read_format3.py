@@ -295,6 +295,17 @@ def test_chunks_whose_sizes_do_not_add_up_are_refused_before_anything_is_written
     assert not target.exists() or not any(target.iterdir())
 
 
+def test_a_chunk_larger_than_any_the_agent_writes_is_refused_unread(tmp_path: Path) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    b.big("/src/huge", incompressible(4 << 20, 14), [b.pack()], chunk=2 << 20)  # the chunker cuts <= 256 KiB
+    b.commit()
+    with pytest.raises(IntegrityError, match="larger than any this agent writes"):
+        job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    assert not (tmp_path / "t/src/huge").exists()
+
+
 def test_glacier_restore_asks_for_every_pack_of_a_chunked_file_and_waits_for_all(tmp_path: Path) -> None:
     store = MemoryStore()
     job = job_for(tmp_path, store)

@@ -43,6 +43,9 @@ IN_MEMORY = 16 << 20
 # A big file's chunks in one object this close together are read with one GET (a file written
 # in one run has its chunks back to back; reused ones from earlier runs sit elsewhere).
 CHUNK_GAP = 256 << 10
+# The chunker cuts at most 256 KiB (chunker.DEFAULT); a chunk above this, with a few bytes of
+# header and tags, is refused unread.
+MAX_CHUNK = 1 << 20
 # Decoded bytes of one big file held ahead of its sink: the GETs and decoding of the next chunks
 # run while the sink hashes and writes the current ones.
 READ_AHEAD = 8 << 20
@@ -341,8 +344,8 @@ def _run_chunks(body: Body, key: str, run: list[Chunk], piece: Piece, encoding: 
                 return
             pos += _skip(body, offset - pos)
             what = f"{key} at {offset}"
-            if stored > IN_MEMORY or size > IN_MEMORY:
-                # Only a crafted manifest: the agent's chunks are at most 256 KiB.
+            if stored > MAX_CHUNK or size > MAX_CHUNK:
+                # Only a crafted manifest: the read-ahead would hold 32 of them.
                 raise IntegrityError(f"{what}: a chunk of {size} bytes is larger than any this agent writes")
             blob = _read(body, stored)
             pos += len(blob)
