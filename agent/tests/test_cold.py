@@ -27,6 +27,7 @@ import pytest
 import requests
 import yaml
 from botocore.config import Config as BotoConfig
+from support.contentkeys import content_keys, runner_for
 from support.seaweedfs import free_port
 from support.treeutil import capture
 
@@ -129,12 +130,21 @@ def ca(moto: Moto, tmp_path: Path, capsys: Any) -> ColdAgent:
         "state_dir": str(tmp_path / "state"),
         "log_level": "INFO",
         "storage": {"bucket": bucket, "endpoint_url": moto.endpoint, "access_key_id": "testing",
-                    "secret_access_key": "testing", "large_file_mb": 1, "concurrency": 4},
+                    "secret_access_key": "testing", "large_file_mb": 1, "pack_size_mb": 1, "concurrency": 4},
         "jobs": {},
     }
     a = ColdAgent(tmp_path / "config.yaml", data, moto, bucket, capsys)
     a.path.write_text(yaml.safe_dump(data))
     return a
+
+
+def files_within(ca: ColdAgent, job: str, keys: set[str]) -> set[str]:
+    """The paths of the newest snapshot's files whose content lies entirely in `keys` (a restore
+    writes them as soon as those objects are readable)."""
+    runner = runner_for(ca.path, job)
+    with runner.open_manifest(runner.snapshots()[-1].id) as (_, entries, _):
+        return {e.path for e in entries if e.type == "file" and e.size
+                and all(runner.root + o in keys for o in e.objects())}
 
 
 def make_tree(root: Path, large: int = 1) -> None:
@@ -145,7 +155,8 @@ def make_tree(root: Path, large: int = 1) -> None:
     (root / "etc" / "link").symlink_to("hosts")
     (root / "etc").chmod(0o750)
     for i in range(large):
-        (root / f"large-{i}.bin").write_bytes(os.urandom((3 << 19) + i))  # over large_file_mb: own object
+        # over large_file_mb: chunks, over pack_size_mb: in more than one pack
+        (root / f"large-{i}.bin").write_bytes(os.urandom((3 << 19) + i))
 
 
 def test_deep_archive_restore_asks_once_waits_then_completes(ca: ColdAgent, tmp_path: Path) -> None:
@@ -154,12 +165,13 @@ def test_deep_archive_restore_asks_once_waits_then_completes(ca: ColdAgent, tmp_
     ca.job("cold", type="files", paths=[str(src)], storage_class="DEEP_ARCHIVE")
     sid = ca.json("run", "cold")["snapshot"]
     data = ca.data_keys("cold")
-    assert len(data) == 2 and all(ca.head(k)["StorageClass"] == "DEEP_ARCHIVE" for k in data)
+    n = len(data)  # packs: small files and the large file's chunks
+    assert n >= 2 and all(ca.head(k)["StorageClass"] == "DEEP_ARCHIVE" for k in data)
     manifest = f"node/cold/snapshots/{sid}.json.gz"
     assert "StorageClass" not in ca.head(manifest)  # manifests stay STANDARD
     [snap] = ca.json("snapshots", "cold")
     assert snap["storage_class"] == "DEEP_ARCHIVE" and snap["instant_restore"] is False
-    assert snap["archived_objects"] == 2
+    assert snap["archived_objects"] == n
 
     target = tmp_path / "restore"
     # Expedited does not exist for DEEP_ARCHIVE: refused before anything is requested
@@ -168,10 +180,10 @@ def test_deep_archive_restore_asks_once_waits_then_completes(ca: ColdAgent, tmp_
     assert all("Restore" not in ca.head(k) for k in data)
 
     first = ca.json("restore", "cold", "--target", str(target), code=75)
-    assert first["status"] == "restore_pending" and first["requested_now"] == 2
+    assert first["status"] == "restore_pending" and first["requested_now"] == n
     assert sorted(p["key"] for p in first["pending"]) == sorted(k.removeprefix("node/cold/") for k in data)
     deep = first["by_class"]["DEEP_ARCHIVE"]
-    assert deep["tier"] == "Standard" and deep["expected_delay"] == "within 12 hours" and deep["objects"] == 2
+    assert deep["tier"] == "Standard" and deep["expected_delay"] == "within 12 hours" and deep["objects"] == n
     assert first["files_restored"] == 0
     assert not [p for p in target.rglob("*") if p.is_file()]
     record = json.loads((tmp_path / "state" / "restores" / "cold.json").read_text())
@@ -182,12 +194,12 @@ def test_deep_archive_restore_asks_once_waits_then_completes(ca: ColdAgent, tmp_
     rc, _, err = ca.cli("restore", "cold", "--target", str(target))
     assert rc == 75
     [line] = [ln for ln in err.splitlines() if ln.startswith("backup-agent:")]
-    assert "2 object(s)" in line and "DEEP_ARCHIVE" in line and "within 12 hours" in line
-    assert "restore requested now for 0, earlier for 2" in line and "--wait" in line
+    assert f"{n} object(s)" in line and "DEEP_ARCHIVE" in line and "within 12 hours" in line
+    assert f"restore requested now for 0, earlier for {n}" in line and "--wait" in line
 
     ca.moto.release(ca.bucket, data)
     done = ca.json("restore", "cold", "--target", str(target))
-    assert done["restores_requested"] == 0 and done["archived_objects"] == 2
+    assert done["restores_requested"] == 0 and done["archived_objects"] == n
     assert capture(target / str(src).lstrip("/")) == capture(src)
     assert not (tmp_path / "state" / "restores" / "cold.json").exists()
 
@@ -198,32 +210,35 @@ def test_restore_interrupted_half_way_resumes(ca: ColdAgent, tmp_path: Path) -> 
     ca.job("cold", type="files", paths=[str(src)], storage_class="DEEP_ARCHIVE", restore_tier="Bulk")
     ca.json("run", "cold")
     data = ca.data_keys("cold")
-    assert len(data) == 3
     target = tmp_path / "restore"
-    assert ca.json("restore", "cold", "--target", str(target), code=75)["requested_now"] == 3
-    first_large = next(k for k in data if "/large-0.bin@" in k)
+    assert ca.json("restore", "cold", "--target", str(target), code=75)["requested_now"] == len(data)
+    small_pack = content_keys(ca.path, "cold", f"{src}/etc/hosts")  # where the small files went
     ca.moto.hold(ca.bucket, data)
-    ca.moto.release(ca.bucket, [first_large])  # S3 finished one of the three
+    ca.moto.release(ca.bucket, small_pack)  # S3 finished that one
+    # The files with all their content in it; never a large file: 1.5 MiB spans two 1 MiB packs.
+    whole = files_within(ca, "cold", set(small_pack))
+    assert f"{src}/etc/hosts" in whole and not {f"{src}/large-0.bin", f"{src}/large-1.bin"} & whole
 
     half = ca.json("restore", "cold", "--target", str(target), code=75)
-    assert half["requested_now"] == 0 and half["files_restored"] == 1 and half["objects_pending"] == 2
+    assert half["requested_now"] == 0 and half["files_restored"] == len(whole)
+    assert half["objects_pending"] == len(data) - 1
     assert half["by_class"]["DEEP_ARCHIVE"]["tier"] == "Bulk"
     restored = target / str(src).lstrip("/")
-    assert (restored / "large-0.bin").read_bytes() == (src / "large-0.bin").read_bytes()
-    assert not (restored / "large-1.bin").exists() and not (restored / "etc" / "hosts").exists()
+    assert (restored / "etc" / "hosts").read_bytes() == (src / "etc" / "hosts").read_bytes()
+    assert not (restored / "large-0.bin").exists() and not (restored / "large-1.bin").exists()
 
     ca.moto.release(ca.bucket, data)
     done = ca.json("restore", "cold", "--target", str(target))
-    size0 = (src / "large-0.bin").stat().st_size
+    before = sum(Path(p).stat().st_size for p in whole)
     total = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
-    assert done["files_already_restored"] == 1 and done["bytes"] == total - size0  # not downloaded twice
+    assert done["files_already_restored"] == len(whole) and done["bytes"] == total - before  # not downloaded twice
     assert done["restores_requested"] == 0
     assert capture(restored) == capture(src)
 
 
 def test_a_resumed_restore_takes_nothing_beyond_a_planted_link_for_restored(ca: ColdAgent, tmp_path: Path) -> None:
     """Between two passes, the target's first directory becomes a link to a copy outside whose
-    large-0.bin has the restored size and mtime but other bytes: the next pass must not count it
+    etc/hosts has the restored size and mtime but other bytes: the next pass must not count it
     as restored (a look-up through the link did), nor write there."""
     src = tmp_path / "src"
     make_tree(src, large=2)
@@ -233,14 +248,16 @@ def test_a_resumed_restore_takes_nothing_beyond_a_planted_link_for_restored(ca: 
     target = tmp_path / "restore"
     ca.json("restore", "cold", "--target", str(target), code=75)
     ca.moto.hold(ca.bucket, data)
-    ca.moto.release(ca.bucket, [next(k for k in data if "/large-0.bin@" in k)])
-    assert ca.json("restore", "cold", "--target", str(target), code=75)["files_restored"] == 1
+    small_pack = content_keys(ca.path, "cold", f"{src}/etc/hosts")
+    ca.moto.release(ca.bucket, small_pack)
+    whole = files_within(ca, "cold", set(small_pack))
+    assert ca.json("restore", "cold", "--target", str(target), code=75)["files_restored"] == len(whole)
     first = str(src).lstrip("/").split("/")[0]
     outside = tmp_path / "outside"
     outside.mkdir()
     (target / first).rename(outside / first)
     (target / first).symlink_to(outside / first)
-    fake = outside / str(src).lstrip("/") / "large-0.bin"
+    fake = outside / str(src).lstrip("/") / "etc" / "hosts"
     st = fake.stat()
     fake.write_bytes(b"x" * st.st_size)
     os.utime(fake, ns=(st.st_mtime_ns, st.st_mtime_ns))
@@ -274,7 +291,7 @@ def test_wait_polls_with_backoff_and_a_killed_wait_resumes(ca: ColdAgent, tmp_pa
         seen = []
         for line in proc.stderr:
             seen.append(line)
-            if "waiting for 2 archived object(s)" in line:
+            if f"waiting for {len(data)} archived object(s)" in line:
                 break
         else:
             pytest.fail("restore --wait never waited: " + "".join(seen))
@@ -313,20 +330,24 @@ def test_prune_and_check_on_cold_data_need_no_retrieval(ca: ColdAgent, tmp_path:
     (src / "etc" / "hosts").write_text("10.0.0.1 changed\n")
     time.sleep(1.1)  # snapshot ids have second resolution
     ca.json("run", "cold")
-    assert len(ca.data_keys("cold")) == 4
+    stored = ca.data_keys("cold")
+    runner = runner_for(ca.path, "cold")
+    kept = {runner.root + o for o in runner.referenced_objects(runner.snapshots()[-1].id)}
+    only_old = [k for k in stored if k not in kept]  # packs of the old large-0.bin no kept file uses
+    assert only_old
 
     assert ca.json("check", "cold")["snapshots_checked"] == 2
     pruned = ca.json("prune", "cold")
-    # the old large-0.bin goes; the first pack stays, the unchanged small files still live in it
-    assert len(pruned["forget"]) == 1 and pruned["objects_deleted"] == 1
-    assert pruned["objects_deleted_early"] == 1  # DEEP_ARCHIVE bills 180 days whatever happens
+    # the old large-0.bin's own packs go; a pack that also holds kept files' content stays
+    assert len(pruned["forget"]) == 1 and pruned["objects_deleted"] == len(only_old)
+    assert pruned["objects_deleted_early"] == len(only_old)  # DEEP_ARCHIVE bills 180 days whatever happens
     assert ca.json("check", "cold")["status"] == "ok"
     data = ca.data_keys("cold")
-    assert len(data) == 3 and all("Restore" not in ca.head(k) for k in data)  # nothing was retrieved
+    assert sorted(data) == sorted(kept) and all("Restore" not in ca.head(k) for k in data)  # nothing retrieved
 
     # reading the data back does need a retrieval: check --read-data asks like restore does
     asked = ca.json("check", "cold", "--read-data", code=75)
-    assert asked["requested_now"] == 3 and asked["status"] == "restore_pending"
+    assert asked["requested_now"] == len(data) and asked["status"] == "restore_pending"
     ca.moto.release(ca.bucket, data)
     assert ca.json("check", "cold", "--read-data")["status"] == "ok"
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.contentkeys import piece_at
 from support.treeutil import capture
 
 from backup_agent import config
@@ -63,10 +64,13 @@ def test_check_names_a_damaged_object(tmp_path: Path) -> None:
     make_src(tmp_path)
     job = files_job(tmp_path, store, clock)
     job.run()
-    big = next(k for k in store.objects if "/snapshots/" not in k and "/packs/" not in k)
-    store.objects[big].data = b"x" + store.objects[big].data[1:]
-    with pytest.raises(IntegrityError, match="does not match its sha256"):
+    key, offset, stored = piece_at(job, f"{tmp_path}/src/big", 2)  # a big file is chunks in packs
+    data = bytearray(store.objects[key].data)
+    data[offset + stored // 2] ^= 0xFF
+    store.objects[key].data = bytes(data)
+    with pytest.raises(IntegrityError, match=f"{tmp_path}/src/big: ") as err:
         job.check(read_data=True)
+    assert err.value.details["damaged_objects"] == [key.removeprefix(job.root)]
 
 
 def test_prune_skips_and_counts_what_object_lock_keeps(tmp_path: Path) -> None:
