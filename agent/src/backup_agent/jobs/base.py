@@ -41,22 +41,25 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
         raise IntegrityError(str(exc)) from None
 
 
-def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
+def stored_entries(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
             damaged: set[str]) -> Iterator[Entry]:
     """The files with bytes whose object the listing shows whole; the others go to `problems`,
     their objects to `damaged`."""
     for e in entries:
-        if e.type != "file" or e.size == 0:
-            continue
-        assert e.object is not None
-        have = sizes.get(e.object)
-        if have is None:
-            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is missing")
-            damaged.add(e.object)
-        elif have < e.offset + e.size:
-            problems.append(f"snapshot {sid}: {e.path}: object {e.object} is {have} bytes, needs {e.offset + e.size}")
-            damaged.add(e.object)
-        else:
+        whole = True
+        # ranges(): an encoded piece takes `stored` bytes, not `size` (manifest format 3).
+        for obj, offset, length in e.ranges():
+            have = sizes.get(obj)
+            if have is None:
+                problems.append(f"snapshot {sid}: {e.path}: object {obj} is missing")
+            elif have < offset + length:
+                problems.append(f"snapshot {sid}: {e.path}: object {obj} is {have} bytes, needs {offset + length}")
+            else:
+                continue
+            damaged.add(obj)
+            whole = False
+            break
+        if whole and e.type == "file" and e.size:
             yield e
 
 
@@ -572,10 +575,11 @@ class S3Job(JobRunner):
             raise NotReady(thaw.pending_message(survey, f"check --read-data {self.job.name}"),
                            {"job": self.job.name, **thaw.pending_details(survey)})
 
-    def check(self, *, read_data: bool) -> dict[str, Any]:
+    def read_data(self, sid: str, passes: Callable[[], tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]],
+                  sizes: dict[str, int], damaged: set[str]) -> list[str]:
+        """`check --read-data` of one snapshot whose listing is whole: every file's content read
+        and verified; returns the problems, adds the objects at fault to `damaged`."""
         from backup_agent.storage.reader import Piece, hashing, read_all
-
-        damaged: set[str] = set()
 
         def verify(piece: Piece, chunks: Iterator[bytes]) -> str | None:
             problem = hashing(chunks, piece, lambda _c: None)
@@ -583,6 +587,12 @@ class S3Job(JobRunner):
                 damaged.add(piece.object)
             return problem
 
+        whole = stored_entries(passes()[1], sizes, sid, [], set())
+        bad = read_all(self.store, self.root, whole, self.cfg.storage, verify)
+        return [f"snapshot {sid}: {p}" for p in bad]
+
+    def check(self, *, read_data: bool) -> dict[str, Any]:
+        damaged: set[str] = set()
         listing = [o for o in self.list_keys("") if layout.is_owned(o.key[len(self.root) :])]
         sizes = {o.key[len(self.root) :]: o.size for o in listing}
         problems: list[str] = []
@@ -595,15 +605,13 @@ class S3Job(JobRunner):
             with contextlib.ExitStack() as stack:
                 try:
                     passes = stack.enter_context(self.manifest_passes(snap.id))
-                    for _ in _stored(passes()[1], sizes, snap.id, found, damaged):  # all of it before any data
+                    for _ in stored_entries(passes()[1], sizes, snap.id, found, damaged):  # all of it before any data
                         pass
                 except (IntegrityError, JobFailed) as exc:
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    bad = read_all(self.store, self.root,
-                                   _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify)
-                    found += [f"snapshot {snap.id}: {p}" for p in bad]
+                    found += self.read_data(snap.id, passes, sizes, damaged)
             problems += found
             checked += 1
         healing = bool(damaged) and self.record_damage(damaged)
