@@ -31,6 +31,8 @@ from backup_agent.storage.store import Denied, Locked, NotFound, ObjectInfo, Sto
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# What manifest_passes yields: each call reads the spooled manifest again (header, entries, trailer).
+Passes = Callable[[], tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]]
 
 
 def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
@@ -42,7 +44,7 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
 
 
 def stored_entries(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
-            damaged: set[str]) -> Iterator[Entry]:
+                   damaged: set[str]) -> Iterator[Entry]:
     """The files with bytes whose object the listing shows whole; the others go to `problems`,
     their objects to `damaged`."""
     for e in entries:
@@ -575,8 +577,7 @@ class S3Job(JobRunner):
             raise NotReady(thaw.pending_message(survey, f"check --read-data {self.job.name}"),
                            {"job": self.job.name, **thaw.pending_details(survey)})
 
-    def read_data(self, sid: str, passes: Callable[[], tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]],
-                  sizes: dict[str, int], damaged: set[str]) -> list[str]:
+    def verify_data(self, sid: str, passes: Passes, sizes: dict[str, int], damaged: set[str]) -> list[str]:
         """`check --read-data` of one snapshot whose listing is whole: every file's content read
         and verified; returns the problems, adds the objects at fault to `damaged`."""
         from backup_agent.storage.reader import Piece, hashing, read_all
@@ -611,7 +612,7 @@ class S3Job(JobRunner):
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    found += self.read_data(snap.id, passes, sizes, damaged)
+                    found += self.verify_data(snap.id, passes, sizes, damaged)
             problems += found
             checked += 1
         healing = bool(damaged) and self.record_damage(damaged)

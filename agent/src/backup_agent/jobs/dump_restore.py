@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
 from backup_agent.jobs import presets
-from backup_agent.jobs.base import S3Job, stored_entries
+from backup_agent.jobs.base import Passes, S3Job, stored_entries
 from backup_agent.jobs.compression import SUFFIX, Decoder
 from backup_agent.jobs.process import Child, RunAs, child_env, resolve_user
 from backup_agent.jobs.restore_files import commit, discard, open_new
@@ -78,8 +78,7 @@ class DumpRestore(S3Job):
         thaw.finish([key])
         return out
 
-    def read_data(self, sid: str, passes: Callable[[], tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]],
-                  sizes: dict[str, int], damaged: set[str]) -> list[str]:
+    def verify_data(self, sid: str, passes: Passes, sizes: dict[str, int], damaged: set[str]) -> list[str]:
         """`check --read-data`: the dump read as a restore reads it (opened by the codec when
         sealed, decompressed to its end) with the bytes thrown away; a wrong key is WrongKey."""
         header, entries, _ = passes()
