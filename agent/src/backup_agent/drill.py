@@ -169,6 +169,8 @@ def _command(cfg: Config, job: Job, runner: Any) -> dict[str, Any]:
         except NotReady:
             raise
         except AgentError as exc:
+            if exc.exit_code == 2:
+                raise  # bad input or a wrong storage.encryption_key: the data may be fine
             out["errors"].append(str(exc))
             return out
         out["restore_s"] = time.monotonic() - t0

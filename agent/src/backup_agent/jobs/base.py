@@ -32,6 +32,8 @@ from backup_agent.storage.store import Denied, Locked, NotFound, ObjectInfo, Sto
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# What manifest_passes yields: each call reads the spooled manifest again (header, entries, trailer).
+Passes = Callable[[], tuple[dict[str, Any], Iterator[Entry], dict[str, Any]]]
 
 
 def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
@@ -42,8 +44,8 @@ def _checked(entries: Iterator[Entry]) -> Iterator[Entry]:
         raise IntegrityError(str(exc)) from None
 
 
-def _stored(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
-            damaged: set[str]) -> Iterator[Entry]:
+def stored_entries(entries: Iterator[Entry], sizes: dict[str, int], sid: str, problems: list[str],
+                   damaged: set[str]) -> Iterator[Entry]:
     """The files with bytes whose objects the listing shows whole (every range a file's content
     needs, chunks included); the others go to `problems` (one line per file), their missing or
     short objects to `damaged`."""
@@ -591,10 +593,10 @@ class S3Job(JobRunner):
             raise NotReady(thaw.pending_message(survey, f"check --read-data {self.job.name}"),
                            {"job": self.job.name, **thaw.pending_details(survey)})
 
-    def check(self, *, read_data: bool) -> dict[str, Any]:
+    def verify_data(self, sid: str, passes: Passes, sizes: dict[str, int], damaged: set[str]) -> list[str]:
+        """`check --read-data` of one snapshot whose listing is whole: every file's content read
+        and verified; returns the problems, adds the objects at fault to `damaged`."""
         from backup_agent.storage.reader import Piece, hashing, read_all
-
-        damaged: set[str] = set()
 
         def verify(piece: Piece, chunks: Iterator[bytes]) -> str | None:
             problem = hashing(chunks, piece, lambda _c: None)
@@ -603,6 +605,12 @@ class S3Job(JobRunner):
                 damaged.update(piece.damaged or piece.objects())
             return problem
 
+        whole = stored_entries(passes()[1], sizes, sid, [], set())
+        bad = read_all(self.store, self.root, whole, self.cfg.storage, verify, self.data_encoding(sid))
+        return [f"snapshot {sid}: {p}" for p in bad]
+
+    def check(self, *, read_data: bool) -> dict[str, Any]:
+        damaged: set[str] = set()
         listing = [o for o in self.list_keys("") if layout.is_owned(o.key[len(self.root) :])]
         sizes = {o.key[len(self.root) :]: o.size for o in listing}
         problems: list[str] = []
@@ -615,16 +623,13 @@ class S3Job(JobRunner):
             with contextlib.ExitStack() as stack:
                 try:
                     passes = stack.enter_context(self.manifest_passes(snap.id))
-                    for _ in _stored(passes()[1], sizes, snap.id, found, damaged):  # all of it before any data
+                    for _ in stored_entries(passes()[1], sizes, snap.id, found, damaged):  # all of it before any data
                         pass
                 except (IntegrityError, JobFailed) as exc:
                     problems.append(str(exc))
                     continue
                 if read_data:
-                    bad = read_all(self.store, self.root,
-                                   _stored(passes()[1], sizes, snap.id, [], set()), self.cfg.storage, verify,
-                                   self.data_encoding(snap.id))
-                    found += [f"snapshot {snap.id}: {p}" for p in bad]
+                    found += self.verify_data(snap.id, passes, sizes, damaged)
             problems += found
             checked += 1
         healing = bool(damaged) and self.record_damage(damaged)

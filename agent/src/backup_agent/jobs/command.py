@@ -10,6 +10,12 @@ nothing touches the local disk. A non-zero exit, a timeout or a signal aborts th
 snapshot and no parts remain (the bucket's abort-incomplete-multipart rule catches a crash of
 the agent itself).
 
+With `storage.encryption_key` set, the compressed dump is then one streamed piece of the codec
+(storage/codec.py: sealed with AES-256-GCM, a MiB segment at a time) under
+`dumps/<snapshot id>.sealed`, bound to that name: the entry's `size`/`sha256` describe the
+compressed dump as before and `stored` the encoded object. Without a key nothing changes: the
+object is the compressed dump itself (`aws s3 cp … - | zstd -d` reads it).
+
 This module runs a job; the pieces live beside it: process.py (the child process),
 compression.py, stream_upload.py (the streamed upload), dump_restore.py (restoring a dump).
 """
@@ -17,11 +23,13 @@ compression.py, stream_upload.py (the streamed upload), dump_restore.py (restori
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import select
 import tempfile
 import time
+from collections.abc import Iterator
 
 from backup_agent.config import Config, Job
 from backup_agent.config_schema import DEFAULT_COMMAND_TIMEOUT
@@ -64,6 +72,7 @@ class CommandJob(DumpRestore):
         run_as = resolve_user(self.opts.get("user"), self.where)
         if self.compression == "zstd":
             zstd()
+        _ = self.encoding  # a bad storage.encryption_key fails here, before the command runs
         ensure_dir(self.cfg.state_dir)
         with JobLock(self.cfg.state_dir, self.job.name):
             return self._run(started, run_as)
@@ -86,7 +95,9 @@ class CommandJob(DumpRestore):
         result = RunResult(job=self.job.name, snapshot=None)
         self.warn_if_unversioned(result)
         name = f"{self.job.name}.dump{SUFFIX[self.compression]}"
-        obj = f"dumps/{sid}.dump{SUFFIX[self.compression]}"
+        sealed = self.encoding.sealed
+        # A sealed object is not a readable dump: its name does not pretend to be one.
+        obj = f"dumps/{sid}.sealed" if sealed else f"dumps/{sid}.dump{SUFFIX[self.compression]}"
         key = self.root + obj
         upload = StreamUpload(self.store, key, self.opts["storage_class"])
         owner = (run_as.uid, run_as.gid) if run_as else None
@@ -96,7 +107,8 @@ class CommandJob(DumpRestore):
             log.info("job %s: running %s", self.job.name, prepared.argv[0])
             child = Child(prepared.argv, env, run_as, job=self.job.name, redact=self.opts.get("password"),
                           timeout=self.timeout)
-            raw = self._stream(child, upload)
+            dump = self._stream(child, upload, obj if sealed else None)
+        raw = dump.raw
         if raw == 0 and not self.opts["allow_empty"]:
             # A dump tool that exits 0 without output (wrong database, a wrapper that swallowed
             # the error) is not a backup: nothing is stored and the run fails.
@@ -114,15 +126,20 @@ class CommandJob(DumpRestore):
         result.duration_s = time.monotonic() - started
         summary = {"files_new": 1, "bytes_uploaded": upload.size, "bytes_total": raw, "bytes_raw": raw,
                    "bytes_stored": upload.size, "parts": parts, "duration_s": round(result.duration_s, 3)}
+        if sealed:
+            size, sha256, stored = dump.size, dump.sha.hexdigest(), upload.size
+        else:  # the object is the compressed dump: `size`/`sha256` describe it, as before #20
+            size, sha256, stored = upload.size, upload.sha.hexdigest(), None
         header = {"snapshot": sid, "job": self.job.name, "node": self.cfg.node, "type": "command",
                   "environment": self.cfg.environment, "time": rfc3339(now),
                   "preset": self.opts.get("preset"),
                   "tool": os.path.basename(prepared.argv[0]), "compression": self.compression,
-                  "storage_class": self.opts["storage_class"], "extension": presets.extension(self.opts)}
+                  "storage_class": self.opts["storage_class"], "extension": presets.extension(self.opts),
+                  **({"encoding": self.encoding.header()} if sealed else {})}
         with tempfile.TemporaryFile(dir=ensure_dir(self.cfg.state_dir / "tmp")) as spool:
             writer = ManifestWriter(spool, header)
-            writer.add(Entry(path=f"/{name}", type="file", size=upload.size, sha256=upload.sha.hexdigest(),
-                             object=obj, offset=0, mode=0o600, mtime_ns=int(now.timestamp() * 1e9)))
+            writer.add(Entry(path=f"/{name}", type="file", size=size, sha256=sha256, object=obj, offset=0,
+                             stored=stored, mode=0o600, mtime_ns=int(now.timestamp() * 1e9)))
             writer.close(summary)
             try:
                 self.upload_manifest(sid, spool)
@@ -137,34 +154,19 @@ class CommandJob(DumpRestore):
         result.duration_s = time.monotonic() - started
         return result
 
-    def _stream(self, child: Child, upload: StreamUpload) -> int:
-        """Pump the command's stdout through the compressor into the upload; return raw bytes."""
-        codec = compressor(self.compression)
-        raw = 0
+    def _stream(self, child: Child, upload: StreamUpload, aad: str | None) -> _Dump:
+        """Pump the command's stdout through the compressor (and, with `aad`, the codec, sealed
+        for that name) into the upload; return what the dump was before the codec."""
+        dump = _Dump(hashed=aad is not None)
         assert child.proc.stdout is not None
-        fd = child.proc.stdout.fileno()
-        buf = bytearray(READ_SIZE)  # reused: no allocation per read
-        view = memoryview(buf)
-        exited_at: float | None = None
         try:
-            while True:
-                # Never block on the pipe alone: once the program exits, whatever still holds its
-                # output must not keep the job (and the daemon's slot) forever.
-                ready, _, _ = select.select([fd], [], [], 0.5)
-                if ready:
-                    n = os.readv(fd, [buf])
-                    if not n:
-                        break
-                    raw += n
-                    upload.write(codec.compress(view[:n]))
-                elif exited_at is None and child.exited():
-                    child.kill_leftovers()
-                    exited_at = time.monotonic()
-                elif exited_at is not None and time.monotonic() - exited_at > EOF_GRACE:
-                    log.warning("job %s: a process outside %s's group still holds its output: ignored",
-                                self.job.name, child.label)
-                    break
-            upload.write(codec.flush())
+            pieces: Iterator[bytes | memoryview] = self._output(child, dump)
+            if aad is not None:
+                # The codec holds on to parts it has not consumed yet: bytes, never views of the
+                # reused read buffer (bytes() of a bytes object is that object: no copy).
+                pieces = self.encoding.data.encode_iter((bytes(p) for p in pieces), aad.encode())
+            for piece in pieces:
+                upload.write(piece)
             code = child.wait()
         except StoreError as exc:
             child.kill()
@@ -181,7 +183,35 @@ class CommandJob(DumpRestore):
         if code != 0 or child.timed_out:
             upload.abort()
             raise JobFailed(f"job {self.job.name}: {child.failure(code, self.timeout)}; no snapshot made")
-        return raw
+        return dump
+
+    def _output(self, child: Child, dump: _Dump) -> Iterator[bytes | memoryview]:
+        """The command's output, compressed, as it comes; counted into `dump`. A view yielded here
+        is only valid until the next one (the read buffer is reused)."""
+        codec = compressor(self.compression)
+        assert child.proc.stdout is not None
+        fd = child.proc.stdout.fileno()
+        buf = bytearray(READ_SIZE)  # reused: no allocation per read
+        view = memoryview(buf)
+        exited_at: float | None = None
+        while True:
+            # Never block on the pipe alone: once the program exits, whatever still holds its
+            # output must not keep the job (and the daemon's slot) forever.
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                n = os.readv(fd, [buf])
+                if not n:
+                    break
+                dump.raw += n
+                yield dump.add(codec.compress(view[:n]))
+            elif exited_at is None and child.exited():
+                child.kill_leftovers()
+                exited_at = time.monotonic()
+            elif exited_at is not None and time.monotonic() - exited_at > EOF_GRACE:
+                log.warning("job %s: a process outside %s's group still holds its output: ignored",
+                            self.job.name, child.label)
+                break
+        yield dump.add(codec.flush())
 
     def _finish(self, upload: StreamUpload) -> int:
         try:
@@ -207,3 +237,20 @@ class CommandJob(DumpRestore):
         # Without a manifest nothing references the object; prune would delete it later anyway.
         with contextlib.suppress(StoreError):
             self.store.delete([key])
+
+
+class _Dump:
+    """The command's output: bytes read (`raw`), and the compressed dump's size and SHA-256 as the
+    manifest records them. Hashed only when the codec comes after (the upload hashes otherwise)."""
+
+    def __init__(self, hashed: bool) -> None:
+        self.raw = 0
+        self.size = 0
+        self.sha = hashlib.sha256()
+        self.hashed = hashed
+
+    def add(self, data: bytes | memoryview) -> bytes | memoryview:
+        self.size += len(data)
+        if self.hashed:
+            self.sha.update(data)
+        return data

@@ -83,6 +83,8 @@ class PackUploader:
         self.known: dict[str, Loc] = {}  # content packed in this run, not yet in the cache
         self.futures: list[Future[int]] = []
         self.lock = threading.Lock()
+        # Where big files' chunks go: packs of their own (see _scan).
+        self.for_big: PackUploader = self
 
     def find(self, sha256: str) -> Loc | None:
         """Where this content is stored already: by an earlier run (the cache) or this one."""
@@ -314,7 +316,11 @@ class FilesJob(S3Job):
         with ThreadPoolExecutor(max_workers=conc, thread_name_prefix="upload") as pool, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="large") as big_pool, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode") as encoders:
+            # Big files' chunks go to packs of their own: a pack is deleted only when no kept snapshot
+            # needs any piece of it, and the chunks of a file that was replaced or deleted then
+            # go together instead of staying with small files that are still there.
             packer = PackUploader(self, pool, in_flight=max(2, conc // 2), encoders=encoders)
+            packer.for_big = PackUploader(self, pool, in_flight=2, encoders=encoders)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
             order = InOrder(writer)
@@ -327,8 +333,8 @@ class FilesJob(S3Job):
                         self.cache.stage_files(list(staged))
                         staged.clear()
                 order.flush()
-                # Big files' chunks go into the same packs: they are all cut before the last
-                # pack is sealed. bytes_uploaded counts packs as sent (encoded).
+                # All chunks are cut before the last packs are sealed. bytes_uploaded counts
+                # packs as sent (encoded).
                 for lf, counter in large:
                     done = lf.result()
                     if done is not None:
@@ -337,14 +343,15 @@ class FilesJob(S3Job):
                         result.bytes_total += entry.size
                         writer.add(entry)
                         staged.append(row)
-                packer.seal()
-                for fut in packer.futures:
+                for p in (packer, packer.for_big):
+                    p.seal()
+                for fut in packer.futures + packer.for_big.futures:
                     result.bytes_uploaded += fut.result()
                 self.cache.stage_files(staged)
                 if preflight is not None and not preflight.result():
                     raise _LastSnapshotGone(str(last))
             except StoreError as exc:
-                for f in packer.futures:
+                for f in packer.futures + packer.for_big.futures:
                     f.cancel()
                 for lf, _ in large:
                     lf.cancel()
@@ -447,7 +454,7 @@ class FilesJob(S3Job):
             self._add_file(writer, staged, base, st, EMPTY_SHA256, 0)
             return
         if st.st_size >= self.cfg.storage.large_file_size:
-            large.append((pool.submit(self._store_large, path, st, base, result, packer), counter))
+            large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big), counter))
             return
         try:
             data, st = self._read_small(path, st, result)
@@ -459,7 +466,7 @@ class FilesJob(S3Job):
             log.warning("cannot read %s: %s", path, exc.strerror)
             return
         if data is None:  # grew past the large-file threshold while we looked
-            large.append((pool.submit(self._store_large, path, st, base, result, packer), counter))
+            large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big), counter))
             return
         setattr(result, counter, getattr(result, counter) + 1)
         result.bytes_total += len(data)
@@ -567,7 +574,7 @@ class FilesJob(S3Job):
             if extents is None:
                 return False
             if sum(n for _, n in extents) >= self.cfg.storage.large_file_size:
-                large.append((pool.submit(self._store_large, path, st, base, result, packer, extents), counter))
+                large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big, extents), counter))
                 return True
             data = fsmeta.read_ranges(fd, extents)
             after = os.fstat(fd)
