@@ -221,7 +221,8 @@ def main() -> int:
                 for t_no, tname in enumerate(chosen):
                     tool = tool_types[tname](via, "bench", src, work)
                     tool.reset(d_no * 10 + t_no)
-                    row: dict[str, object] = {"dataset": dname, "tool": tool.name, "change": ds.change_label}
+                    row: dict[str, object] = {"dataset": dname, "tool": tool.name, "change": ds.change_label,
+                                              "size": size}
                     relay.reset()
                     row["full_s"], rss1 = timed(tool.backup(), tool.env)
                     row["full_up"] = relay.sent
@@ -275,9 +276,9 @@ def report(rows: list[dict[str, object]]) -> None:
                  f"restore {float(a['restore_s']) / float(b['restore_s']):.2f} [<= 0.8]"]
         if dname == "log":
             parts.append(f"growth after append {mb(a['growth'])} MB [<= 9 MB at scale 1]")
-        if dname == "db":
-            size = max(1, int(a["full_up"]))
-            parts.append(f"rerun upload {100 * int(a['rerun_up']) / size:.1f} % of the full [<= 5 %]")
+        if dname == "db":  # the goal is on the file's size; against the (compressed) full upload too
+            parts.append(f"rerun upload {100 * int(a['rerun_up']) / max(1, int(a['size'])):.1f} % of the file "
+                         f"[<= 5 %] ({100 * int(a['rerun_up']) / max(1, int(a['full_up'])):.1f} % of the full upload)")
         print(f"- {dname}: " + ", ".join(parts))
 
 
