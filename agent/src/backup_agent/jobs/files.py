@@ -46,6 +46,9 @@ STAGE_BATCH = 2000
 # A restore's first pass keeps up to this many entries for the next (about 25 MB), so a usual
 # snapshot's manifest is parsed once; a larger one is read again in each pass instead of held.
 HOLD_ENTRIES = 50_000
+# Pieces smaller than this are encoded on the scan thread (zstd takes a few µs on them; a
+# future and a thread hand-off take tens).
+INLINE = 16 << 10
 # Bytes of a big file's chunks cut but not yet encoded and packed (memory: about twice this).
 CHUNKS_AHEAD = 16 << 20
 # Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
@@ -112,7 +115,8 @@ class PackUploader:
     def submit(self, data: bytes, sha256: str) -> Future[tuple[Loc, int]]:
         """store() on an encoder thread: the scan reads the next files while zstd works."""
         loc = self.find(sha256)
-        if loc is not None or self.encoders is None:
+        # A piece below INLINE encodes faster than a hand-off to another thread costs.
+        if loc is not None or self.encoders is None or len(data) < INLINE:
             done: Future[tuple[Loc, int]] = Future()
             done.set_result((loc, 0) if loc is not None else self.store(data, sha256))
             return done
