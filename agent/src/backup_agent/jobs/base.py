@@ -483,6 +483,11 @@ class S3Job(JobRunner):
             result["note"] = f"jobs.{self.job.name}.retention is not set: every snapshot is kept"
         if dry_run or (not decision.forget and not snaps):
             return result
+        if decision.forget:
+            # A key that does not open this job's snapshots (WrongKey: exit 2) must delete
+            # nothing: retention decided by names alone would otherwise forget snapshots, then
+            # fail to read the kept ones.
+            self._manifest_header(max([*decision.keep, *decision.forget], key=layout.snapshot_order))
         # Manifests first: a snapshot disappears whole before any of its data does.
         locked = self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
         # A forgotten snapshot whose manifest is still under Object Lock stays whole: its data is
