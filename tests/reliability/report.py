@@ -54,10 +54,10 @@ SCENARIOS = [
     Scenario("crash.pack_first", "crash", "small-file packing: the first pack PUT in flight"),
     Scenario("crash.pack_third", "crash", "small-file packing: two packs stored, the third PUT in flight"),
     Scenario("crash.pack_stored", "crash", "a pack stored by S3, the agent killed before it saw the answer"),
-    Scenario("crash.large_put", "crash", "a large file's single PUT in flight"),
-    Scenario("crash.mpu_create", "crash", "multipart upload: CreateMultipartUpload in flight"),
-    Scenario("crash.mpu_part", "crash", "multipart upload: one part stored, the next in flight"),
-    Scenario("crash.mpu_complete", "crash", "multipart upload: every part stored, CompleteMultipartUpload in flight"),
+    Scenario("crash.large_pack_first", "crash", "big files chunked: the first of their packs' PUT in flight"),
+    Scenario("crash.large_pack_third", "crash", "big files chunked: two packs stored, the third PUT in flight"),
+    Scenario("crash.large_pack_stored", "crash",
+             "big files chunked: a pack stored by S3, the agent killed before it saw the answer"),
     Scenario("crash.manifest", "crash", "between data and manifest: all data stored, the manifest PUT in flight"),
     Scenario("crash.manifest_stored", "crash", "the manifest stored, the agent killed before it recorded the run"),
     Scenario("crash.prune_manifests", "crash", "prune: DeleteObjects of the expired manifests in flight"),
@@ -73,10 +73,10 @@ SCENARIOS = [
     Scenario("local.restore_full", "local", "restore into a full file system"),
     Scenario("local.read_only", "local", "state_dir on a read-only file system"),
     Scenario("local.small_changes", "local", "small files deleted and rewritten after the scan listed them"),
-    Scenario("local.large_vanish", "local", "a large file deleted while its upload is under way"),
-    Scenario("local.large_change", "local", "a large file rewritten while it is uploaded"),
-    Scenario("local.large_truncate", "local", "a large file truncated between its parts (copytruncate)"),
-    Scenario("local.large_rewrite_put", "local", "a large file rewritten in place between its hash and its PUT"),
+    Scenario("local.large_vanish", "local", "a big file deleted while it is chunked"),
+    Scenario("local.large_change", "local", "a big file rewritten in place while it is chunked"),
+    Scenario("local.large_truncate", "local", "a big file truncated while it is chunked (copytruncate)"),
+    Scenario("local.large_rewrite_put", "local", "a big file rewritten in place after its read, its pack PUT held"),
     Scenario("local.permissions", "local", "permission denied: the agent as `nobody`"),
     Scenario("local.clock_back", "local", "the clock jumps back a day between runs"),
     Scenario("local.same_instant", "local", "runs in the same instant (a stopped clock)"),
@@ -136,7 +136,7 @@ and, for S3 faults, `tests/support/faultproxy.py`: a threaded HTTP proxy that fo
 request unchanged (SigV4 stays valid) or holds, fails or mangles it.
 
 Kill points are found without hooks in the product: the proxy holds one chosen request
-(the first PUT to `packs/`, an `UploadPart`, the PUT of `snapshots/*.json.gz`, a
+(the first PUT to `packs/`, the PUT of `snapshots/*.json.gz`, a
 `DeleteObjects` of prune...) and the agent is SIGKILLed while it waits; the scan point is
 found by watching `/proc/PID/fd`. After every kill: the next run exits 0, no snapshot is
 listed that was not complete, `check --read-data` passes, and the snapshots restore

@@ -1,44 +1,44 @@
-"""SIGKILL while large files go up (single PUT, each step of a multipart upload) and around the
-manifest, the object whose presence makes a snapshot."""
+"""SIGKILL while big files are chunked and their packs go up, and around the manifest, the object
+whose presence makes a snapshot.
+
+Since manifest format 3 a big file (large_file_mb and above) is read once and cut into chunks
+that go into packs of their own (one PUT each, in the background): there is no upload of the
+file as one object any more, so the kill points are its packs' PUTs, while the read still goes on."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from reliability.crash import Crashes, is_manifest_put, write_files
+from reliability.crash import Crashes, is_manifest_put, is_pack_put, write_files
 from reliability.lab import Lab
 
-MULTIPART = 12 << 20  # above 2 x multipart_chunk_mb (5): three parts
-SINGLE = 9 << 20  # above large_file_mb (8), below the multipart threshold: one PUT
+BIG = 12 << 20  # above large_file_mb (8): chunked, about twelve packs of 1 MiB
+SECOND = 9 << 20  # a second big file, chunked at the same time by the other worker
 
 
 def test_kill_during_large_uploads_and_around_the_manifest(lab: Lab, tmp_path: Path) -> None:
     rng = random.Random(11)
     src = tmp_path / "src"
-    write_files(src / "small", 200, rng)
-    big, single = src / "disk.img", src / "archive.tar"
+    write_files(src / "small", 200, rng)  # ~300 KB: one small-file pack, sealed at the end of the scan
+    big, second = src / "disk.img", src / "archive.tar"
 
-    def rewrite() -> None:  # new content for the multipart file (the single-PUT one matters once)
-        big.write_bytes(rng.randbytes(MULTIPART))
+    def rewrite() -> None:  # new content for both big files: every run chunks and packs them again
+        big.write_bytes(rng.randbytes(BIG))
+        second.write_bytes(rng.randbytes(SECOND))
 
     rewrite()
-    single.write_bytes(rng.randbytes(SINGLE))
-    # One upload at a time, so "part 2" below means part 1 is stored and part 3 not yet sent.
-    lab.storage(multipart_chunk_mb=5, concurrency=1)
+    # One upload at a time and 1 MiB packs: "the third pack" means two are stored and the big
+    # files' reads are still under way (two packs wait at most, then the chunkers wait).
+    lab.storage(pack_size_mb=1, concurrency=1)
     lab.job("data", type="files", paths=[str(src)])
     c = Crashes(lab, "data", src)
 
-    def single_put(r) -> bool:  # type: ignore[no-untyped-def]
-        return r.method == "PUT" and "/files/" in r.path and "archive.tar@" in r.path and not r.query
-
-    c.kill("crash.large_put", match=single_put)
+    c.kill("crash.large_pack_first", match=is_pack_put)
     rewrite()
-    c.kill("crash.mpu_create", match=lambda r: r.method == "POST" and "uploads" in r.query)
+    c.kill("crash.large_pack_third", match=is_pack_put, nth=3)
     rewrite()
-    c.kill("crash.mpu_part", match=lambda r: r.method == "PUT" and "uploadId" in r.query, nth=2)
-    rewrite()
-    c.kill("crash.mpu_complete", match=lambda r: r.method == "POST" and "uploadId" in r.query)
+    c.kill("crash.large_pack_stored", match=is_pack_put, nth=5, after=True)
 
     rewrite()
     write_files(src / "late", 50, rng, prefix="l")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from support.contentkeys import keys_in
 
 from reliability.crash import write_files
 from reliability.lab import AGENT, NODE, Lab, capture
@@ -23,16 +24,17 @@ from reliability.report import record
 ROOT = f"{NODE}/data/"
 
 
-def damage(lab: Lab, *, corrupt: bool) -> dict[str, str]:
-    """One pack deleted, another rewritten with one byte flipped (same size, if `corrupt`), one
-    large file's object deleted; returns what was done to which relative key."""
-    keys = lab.object_keys(ROOT)
-    packs = sorted(k for k in keys if "/packs/" in k)
-    large = sorted(k for k in keys if "/files/" in k)
-    assert len(packs) >= 2 and large, keys
+def damage(lab: Lab, big: Path, *, corrupt: bool) -> dict[str, str]:
+    """One small-file pack deleted, another rewritten with one byte flipped (same size, if
+    `corrupt`), one pack of the big file's chunks deleted; returns what was done to which
+    relative key. The big file's packs are found through the newest manifest (format 3: its
+    chunks are in packs of their own, not in an object named after it)."""
+    big_packs = sorted(keys_in(lab.verifier("data"), str(big)))
+    packs = sorted(k for k in lab.object_keys(ROOT) if "/packs/" in k and k not in big_packs)
+    assert len(packs) >= 2 and len(big_packs) >= 2, (packs, big_packs)
     lab.s3.delete_object(Bucket=lab.bucket, Key=packs[0])
-    lab.s3.delete_object(Bucket=lab.bucket, Key=large[0])
-    done = {packs[0][len(ROOT) :]: "deleted", large[0][len(ROOT) :]: "deleted"}
+    lab.s3.delete_object(Bucket=lab.bucket, Key=big_packs[1])
+    done = {packs[0][len(ROOT) :]: "deleted", big_packs[1][len(ROOT) :]: "deleted"}
     if corrupt:
         body = bytearray(lab.s3.get_object(Bucket=lab.bucket, Key=packs[1])["Body"].read())
         body[len(body) // 2] ^= 0x01
@@ -47,7 +49,7 @@ def heal_once(lab: Lab, src: Path, *, variant: str) -> tuple[int, int, int]:
     first = lab.json("run", "data")
     # A corrupt object keeps its size: only `check --read-data` finds it, and only what it
     # recorded in state_dir tells the run. Deleted ones are also found by a lost cache's LIST.
-    done = damage(lab, corrupt=variant != "state_dir lost, no check")
+    done = damage(lab, src / "large.bin", corrupt=variant != "state_dir lost, no check")
     if variant != "state_dir kept":
         shutil.rmtree(lab.state_dir)
     if variant != "state_dir lost, no check":
@@ -77,7 +79,7 @@ def test_damage_found_by_check_heals(lab: Lab, tmp_path: Path) -> None:
     for i, variant in enumerate(variants):
         src = tmp_path / f"src-{i}"
         write_files(src, 600, rng, size=(2000, 9000))  # about 3 MB: three packs of 1 MiB
-        (src / "large.bin").write_bytes(rng.randbytes(3 << 20))
+        (src / "large.bin").write_bytes(rng.randbytes(3 << 20))  # chunked: three packs of its own
         lab.storage(pack_size_mb=1, large_file_mb=2)
         lab.job("data", type="files", paths=[str(src)], retention={"keep_last": 1})
         for k in lab.object_keys(ROOT):  # each variant on an empty job
@@ -88,7 +90,8 @@ def test_damage_found_by_check_heals(lab: Lab, tmp_path: Path) -> None:
         figures.append(f"{variant}: {objects} objects, {uploaded / 2**20:.1f} of {total / 2**20:.1f} MiB "
                        "uploaded again")
     record("damage.heal", cases=len(variants),
-           result="a pack deleted, a pack corrupted (same size), a large file's object deleted; state_dir kept "
+           result="a small-file pack deleted, one corrupted (same size), one of a big file's chunk packs deleted; "
+                  "state_dir kept "
                   "or lost before check: check --read-data exit 1 naming exactly those objects; state_dir lost and "
                   "no check (deletions only): found by the run's LIST. The next run exit 0 uploads their content "
                   "again (only theirs); restore identical; after prune check --read-data ok and the following "

@@ -12,15 +12,19 @@ import random
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from support.faultproxy import Request
+from support.waiting import wait_for
 
-from reliability.crash import write_files
+from reliability.crash import is_pack_put, write_files
 from reliability.lab import Lab, capture, one_line_error
 from reliability.report import record
 
@@ -140,123 +144,179 @@ def test_small_files_and_a_directory_change_after_the_scan_listed_them(lab: Lab,
                   "the content read (deleted ones absent)")
 
 
-def _multipart_tree(lab: Lab, src: Path, rng: random.Random) -> Path:
+BIG = 24 << 20  # above CHUNKS_AHEAD (16 MiB) + two 1 MiB packs: its read stalls midway (see _big_tree)
+
+
+def _big_tree(lab: Lab, src: Path, rng: random.Random, size: int = BIG) -> Path:
+    """50 small files and one big file, chunked into 1 MiB packs of its own, one upload at a
+    time. With the first pack PUT held, the second waits for the one upload thread and a third
+    pack waits for a slot: the chunks cut meanwhile wait too, and once CHUNKS_AHEAD bytes wait
+    the read stops at about 16 MiB + 3 packs, before the end of the 24 MiB file: the fault lands in
+    the middle of its read."""
     write_files(src / "small", 50, rng)
     big = src / "disk.img"
-    big.write_bytes(rng.randbytes(12 << 20))
-    lab.storage(multipart_chunk_mb=5)
+    big.write_bytes(rng.randbytes(size))
+    lab.storage(pack_size_mb=1, concurrency=1)
     lab.job("data", type="files", paths=[str(src)])
     return big
 
 
-def _create_mpu(r: Request) -> bool:
-    return r.method == "POST" and "uploads" in r.query
+def _reading(proc: subprocess.Popen[bytes], path: Path) -> bool:
+    """Does the agent have `path` open (it is chunking it)?"""
+    fd_dir = f"/proc/{proc.pid}/fd"
+    with contextlib.suppress(OSError):
+        return any(os.readlink(os.path.join(fd_dir, fd)) == str(path) for fd in os.listdir(fd_dir))
+    return False
+
+
+def _held_while_read(lab: Lab, big: Path) -> tuple[subprocess.Popen[bytes], Any]:
+    """Start a run and hold the first pack PUT; returns once the agent is stalled in `big`'s read."""
+    hold = lab.proxy.hold(is_pack_put)
+    proc = lab.popen("run", "data", "--json", out="run.json")
+    assert hold.wait(120), lab.log()
+    time.sleep(0.5)  # the chunker fills its read-ahead and waits
+    assert _reading(proc, big), f"the agent is not reading {big} while its pack is held:\n{lab.log()}"
+    return proc, hold
+
+
+def _report(lab: Lab, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    assert proc.wait(120) == 0, lab.log()
+    out: dict[str, Any] = json.loads((lab.tmp / "run.json").read_text())
+    assert out["status"] == "success", out
+    return out
 
 
 def test_large_file_deleted_during_its_upload(lab: Lab, tmp_path: Path) -> None:
     src = tmp_path / "src"
-    big = _multipart_tree(lab, src, random.Random(31))
-    hold = lab.proxy.hold(_create_mpu)  # hashed, upload started, its parts not read yet
-    proc = lab.popen("run", "data")
-    assert hold.wait(120), lab.log()
-    big.unlink()
+    big = _big_tree(lab, src, random.Random(31))
+    proc, hold = _held_while_read(lab, big)
+    big.unlink()  # the open descriptor still reads the old bytes; the unlink changes the ctime
     hold.release(forward=True)
-    assert proc.wait(120) == 0, lab.log()
+    out = _report(lab, proc)
+    assert out["failed"] == [] and out["changed_while_read"] == [], out
     assert lab.check("data") == 1
-    lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})
+    lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})  # without disk.img
     record("local.large_vanish", cases=1,
-           result="run exit 0 without the file; check --read-data ok; restore identical")
+           result="deleted while it is chunked (its pack PUT held, its read stalled before its end): run exit 0, "
+                  "the file not in the snapshot (noticed at the end of the read, gone at the second), "
+                  "nothing reported failed; check --read-data ok; restore identical to the tree without it")
 
 
 def test_large_file_rewritten_during_its_upload(lab: Lab, tmp_path: Path) -> None:
     rng = random.Random(32)
     src = tmp_path / "src"
-    big = _multipart_tree(lab, src, rng)
+    big = _big_tree(lab, src, rng)
 
-    # Rewritten during both attempts: the third read copies it aside while hashing and stores
-    # that copy, so the object is exactly what was hashed; the file is in the snapshot.
-    holds = [lab.proxy.hold(_create_mpu, nth=n) for n in (1, 2)]
-    proc = lab.popen("run", "data", "--json")
-    for h in holds:
-        assert h.wait(120), lab.log()
-        big.write_bytes(rng.randbytes(12 << 20))
-        h.release(forward=True)
-    assert proc.wait(120) == 0, lab.log()
+    # Rewritten in place once, size and mtime put back, while its read is stalled midway: the
+    # ctime gives it away, the second read stores the new content whole.
+    proc, hold = _held_while_read(lab, big)
+    st = big.stat()
+    with open(big, "r+b") as fh:
+        fh.write(rng.randbytes(BIG))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hold.release(forward=True)
+    out = _report(lab, proc)
+    assert out["changed_while_read"] == [] and out["files_new"] == 51, out
     first = lab.snapshot_ids("data")[-1]
     expected = capture(src)
 
-    # Rewritten once with its size and mtime put back: ctime gives it away, the retry stores it.
-    big.write_bytes(rng.randbytes(12 << 20))  # new content, so the next run uploads it
-    time.sleep(1.05)
-    hold = lab.proxy.hold(_create_mpu)
-    proc = lab.popen("run", "data", "--json")
-    assert hold.wait(120), lab.log()
-    st = big.stat()
-    big.write_bytes(rng.randbytes(12 << 20))
-    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
-    hold.release(forward=True)
-    assert proc.wait(120) == 0, lab.log()
+    # Rewritten all the time, block by block, mtime put back after each block: both reads see it
+    # change. The run keeps what its second read saw, says so, and that is what restores: every
+    # byte comes from one of the versions written at that place (no shifted or foreign bytes).
+    versions = [big.read_bytes(), rng.randbytes(BIG), rng.randbytes(BIG)]
+    mtime = big.stat().st_mtime_ns
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        with open(big, "r+b", buffering=0) as fh:
+            while not stop.is_set():
+                for v in versions[1:]:
+                    for off in range(0, BIG, 1 << 20):
+                        os.pwrite(fh.fileno(), v[off : off + (1 << 20)], off)
+                        os.utime(big, ns=(mtime, mtime))
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    time.sleep(1.05)  # a new snapshot id
+    writer.start()
+    try:
+        proc = lab.popen("run", "data", "--json", out="run.json")
+        out = _report(lab, proc)
+    finally:
+        stop.set()
+        writer.join(30)
+    assert out["changed_while_read"] == [str(big)], out
+    assert any(w.startswith(f"{big}: changed while read") for w in out["warnings"]), out
     second = lab.snapshot_ids("data")[-1]
     assert lab.check("data") == 2
-    lab.assert_restores("data", src, {first: expected, second: capture(src)})
+    target = tmp_path / "restored"
+    proc2 = lab.run("restore", "data", "--snapshot", second, "--target", str(target))
+    assert proc2.returncode == 0, proc2.stderr
+    got = np.frombuffer((target / str(big).lstrip("/")).read_bytes(), dtype=np.uint8)
+    assert got.size == BIG
+    vs = [np.frombuffer(v, dtype=np.uint8) for v in versions]
+    foreign = ~((got == vs[0]) | (got == vs[1]) | (got == vs[2]))
+    assert not foreign.any(), f"{int(foreign.sum())} restored bytes were never written at their place"
+    lab.assert_restores("data", src, {first: expected})
     record("local.large_change", cases=2,
-           result="rewritten during both upload attempts: stored from a copy taken on the third read, exit 0; "
-                  "rewritten with size and mtime put back: detected by ctime, stored on retry, exit 0; "
-                  "check --read-data ok, restores identical")
+           result="rewritten in place once, size and mtime put back, while its read is stalled before its end: "
+                  "the ctime gives it away, read again, the new content stored, exit 0, no warning, restore identical; "
+                  "rewritten all the time: exit 0, reported in changed_while_read and a warning, kept as the "
+                  "second read saw it (every restored byte was written at its place); check --read-data ok")
 
 
 def test_large_file_truncated_during_its_upload(lab: Lab, tmp_path: Path) -> None:
-    """copytruncate log rotation: the file shrinks between its parts. The upload stops at the
-    short read (no body shorter than its Content-Length waiting for S3's RequestTimeout), is
-    aborted, and the file is read again."""
+    """copytruncate log rotation while the file is chunked: the read ends at the new end, the
+    change is seen and the file read again in its new size."""
     rng = random.Random(33)
     src = tmp_path / "src"
-    big = _multipart_tree(lab, src, rng)
-    lab.storage(multipart_chunk_mb=5, concurrency=1)  # parts in order: part 1 is held, 2 and 3 not read yet
-    hold = lab.proxy.hold(lambda r: r.method == "PUT" and r.query.get("partNumber") == ["1"])
-    proc = lab.popen("run", "data", "--json")
-    assert hold.wait(120), lab.log()
+    big = _big_tree(lab, src, rng)
+    proc, hold = _held_while_read(lab, big)
+    shutil.copy(big, tmp_path / "disk.img.1")  # the rotated copy, outside the backed-up tree
     with open(big, "r+b") as fh:
-        fh.truncate(6 << 20)  # still a large file: one PUT on the second attempt
+        fh.truncate(6 << 20)  # below where the stalled read stands
     hold.release(forward=True)
-    assert proc.wait(120) == 0, lab.log()
-    aborted = [s for s in lab.proxy.seen if s.method == "DELETE" and "uploadId" in s.query]
-    assert len(aborted) == 1, [(s.method, s.path, s.query) for s in lab.proxy.seen]
+    out = _report(lab, proc)
+    assert out["changed_while_read"] == [] and out["files_new"] == 51, out
     assert lab.check("data") == 1
     lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})
     record("local.large_truncate", cases=1,
-           result="multipart upload aborted at the short read, the file read again and stored in its new size: "
-                  "run exit 0 at once (no RequestTimeout), check --read-data ok, restore identical")
+           result="truncated to 6 MiB while its read is stalled further in: the read ends at the new end, the "
+                  "file read again and stored in its new size: run exit 0 at once, no warning, "
+                  "check --read-data ok, restore identical")
 
 
-def test_large_file_rewritten_between_its_hash_and_its_put(lab: Lab, tmp_path: Path) -> None:
-    """A file rewritten in place (same size, mtime put back) after it was hashed: the single PUT
-    carries the old SHA-256, S3 refuses the body (BadDigest), the file is hashed and sent again."""
+def test_large_file_rewritten_while_its_packs_are_held(lab: Lab, tmp_path: Path) -> None:
+    """The bytes chunked are the bytes stored: a file rewritten in place (same size, mtime put
+    back) after its read, while its packs wait to go up, changes nothing in this snapshot; the
+    next run stores the new content."""
     rng = random.Random(34)
     src = tmp_path / "src"
     write_files(src / "small", 20, rng)
-    for name in ("a.img", "b.img"):
-        (src / name).write_bytes(rng.randbytes(9 << 20))  # large, one PUT each
-    lab.job("data", type="files", paths=[str(src)])
-    # Large files go up one at a time: while the first PUT is held, the other is hashed and waits.
-    hold = lab.proxy.hold(lambda r: r.method == "PUT" and ".img@" in r.path)
-    proc = lab.popen("run", "data", "--json")
+    big = src / "a.img"
+    big.write_bytes(rng.randbytes(9 << 20))
+    lab.job("data", type="files", paths=[str(src)])  # 16 MiB packs: its one pack goes up after the scan
+    hold = lab.proxy.hold(is_pack_put)
+    proc = lab.popen("run", "data", "--json", out="run.json")
     assert hold.wait(120), lab.log()
-    assert hold.request is not None
-    other = src / ("b.img" if "/a.img@" in hold.request.path else "a.img")
-    time.sleep(1)  # hashing 9 MiB takes milliseconds
-    st = other.stat()
-    other.write_bytes(rng.randbytes(9 << 20))
-    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    wait_for(lambda: not _reading(proc, big), 30, "the end of the big file's read")
+    as_read = capture(src)
+    st = big.stat()
+    with open(big, "r+b") as fh:
+        fh.write(rng.randbytes(9 << 20))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
     hold.release(forward=True)
-    assert proc.wait(120) == 0, lab.log()
-    puts = [s.status for s in lab.proxy.seen if s.method == "PUT" and f"/{other.name}@" in s.path]
-    assert len(puts) == 2 and puts[0] == 400 and puts[1] == 200, puts
-    assert lab.check("data") == 1
-    lab.assert_restores("data", src, {lab.snapshot_ids("data")[-1]: capture(src)})
-    record("local.large_rewrite_put", cases=1,
-           result="the PUT refused by S3 (BadDigest), the file hashed and sent again: run exit 0, "
-                  "check --read-data ok, restore identical to the rewritten file")
+    out = _report(lab, proc)
+    assert out["changed_while_read"] == [], out
+    first = lab.snapshot_ids("data")[-1]
+    time.sleep(1.05)
+    again = lab.json("run", "data")
+    assert again["status"] == "success" and again["files_changed"] == 1, again
+    assert lab.check("data") == 2
+    lab.assert_restores("data", src, {first: as_read, again["snapshot"]: capture(src)})
+    record("local.large_rewrite_put", cases=2,
+           result="rewritten in place, size and mtime put back, after its read while its pack PUT is held: "
+                  "run exit 0, the snapshot restores the content read (not the new one); the next run notices "
+                  "the ctime and stores the new content; check --read-data ok, both restore identical")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the agent as nobody")
