@@ -88,6 +88,9 @@ class PackUploader:
         self.lock = threading.Lock()
         # Where big files' chunks go: packs of their own (see _scan).
         self.for_big: PackUploader = self
+        # Held while one big file's chunks are placed: a file's chunks then sit back to back, in
+        # order, in its packs, and a restore reads them with one GET per pack.
+        self.one_file = threading.Lock()
 
     def find(self, sha256: str) -> Loc | None:
         """Where this content is stored already: by an earlier run (the cache) or this one."""
@@ -99,14 +102,17 @@ class PackUploader:
         if loc is not None:
             return loc, 0
         # Encoded outside the lock: zstd and AES release the GIL, so both cores work.
-        piece = self.job.encoding.seal_data(data, sha256)
+        return self.place(self.job.encoding.seal_data(data, sha256), sha256, len(data))
+
+    def place(self, piece: bytes, sha256: str, size: int) -> tuple[Loc, int]:
+        """An encoded piece into the current pack (unless this run placed its content already)."""
         with self.lock:
             if (loc := self.known.get(sha256)) is not None:
                 return loc, 0
             loc = (self.key, self.size, len(piece))
             self.pieces.append(piece)
             self.size += len(piece)
-            self.blobs.append((sha256, self.key, loc[1], len(data), len(piece)))
+            self.blobs.append((sha256, self.key, loc[1], size, len(piece)))
             self.known[sha256] = loc
             if self.size >= self.job.cfg.storage.pack_size:
                 self._seal()
@@ -697,30 +703,40 @@ class FilesJob(S3Job):
     def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
                ) -> tuple[list[Chunk], str, int, int]:
         """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes, bytes added
-        to packs). Chunks are encoded on the encoder threads while this one cuts the next ones;
-        at most CHUNKS_AHEAD bytes wait."""
+        to packs). Chunks are encoded on the encoder threads while this one cuts the next ones
+        (at most CHUNKS_AHEAD bytes wait) and placed in the pack in the file's order, one file at
+        a time."""
         whole = hashlib.sha256()
-        pending: deque[tuple[Future[tuple[Loc, int]], int, str]] = deque()
+        pending: deque[tuple[Future[bytes] | Loc, int, str]] = deque()
         chunks: list[Chunk] = []
         size = new = ahead = 0
 
         def settle(until: int) -> None:
             nonlocal new, ahead
             while pending and ahead > until:
-                fut, n, sha = pending.popleft()
-                loc, added = fut.result()
+                work, n, sha = pending.popleft()
+                if isinstance(work, Future):
+                    loc, added = packer.place(work.result(), sha, n)
+                else:
+                    loc, added = work, 0
                 chunks.append((loc[0], loc[1], loc[2], n, sha))
                 new += added
                 ahead -= n
 
-        for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
-            whole.update(data)
-            sha = hashlib.sha256(data).hexdigest()
-            pending.append((packer.submit(data, sha), len(data), sha))
-            size += len(data)
-            ahead += len(data)
-            settle(CHUNKS_AHEAD)
-        settle(-1)
+        encode = self.encoding.seal_data
+        with packer.one_file:
+            for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
+                whole.update(data)
+                sha = hashlib.sha256(data).hexdigest()
+                found = packer.find(sha)
+                work: Future[bytes] | Loc = found if found is not None else \
+                    packer.encoders.submit(encode, data, sha) if packer.encoders is not None else \
+                    _done(encode(data, sha))
+                pending.append((work, len(data), sha))
+                size += len(data)
+                ahead += len(data)
+                settle(CHUNKS_AHEAD)
+            settle(-1)
         return chunks, whole.hexdigest(), size, new
 
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
@@ -899,6 +915,12 @@ class FilesJob(S3Job):
         return {**totals, "files_already_restored": skipped, "archived_objects": archived,
                 "restores_requested": survey.requested_now, "errors": [], "job": self.job.name,
                 "snapshot": sid, "target": root}
+
+
+def _done(piece: bytes) -> Future[bytes]:
+    fut: Future[bytes] = Future()
+    fut.set_result(piece)
+    return fut
 
 
 def _ref(entry: Entry) -> str | None:
