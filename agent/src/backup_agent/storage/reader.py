@@ -17,6 +17,7 @@ lacks raises WrongKey (exit 2) and stops everything.
 from __future__ import annotations
 
 import hashlib
+import io
 import queue
 import threading
 from collections import defaultdict, deque
@@ -268,6 +269,9 @@ def _chunk_runs(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
 
 
 _DONE = object()
+# Short runs of a big file's chunks fetched at once (see _decoded_chunks).
+SMALL_RUN = 1 << 20
+PREFETCH = 6
 
 
 def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: Encoding) -> list[str]:
@@ -321,18 +325,50 @@ def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: 
 def _decoded_chunks(store: Store, root: str, piece: Piece, encoding: Encoding,
                     stop: threading.Event) -> Generator[bytes, None, None]:
     """The plaintexts of a big file's chunks in order, one GET per run of adjacent chunks.
-    (Opening the next run's GET while reading this one was tried: on SeaweedFS it cost 70 % more
-    CPU and half the throughput; the store's body reads ahead within a run already.)"""
+
+    A file changed in place over several runs alternates between its first packs and each later
+    run's: many short runs, each a round trip. Runs up to SMALL_RUN bytes are fetched whole, up
+    to PREFETCH of them at once ahead of the one being decoded (a database file with 1 % of its
+    pages rewritten: ~700 GETs, 17 s one after the other on SeaweedFS). Longer runs are streamed
+    one at a time: opening the next long run's GET early was measured slower (70 % more CPU, half
+    the throughput: the store's body reads ahead within a run already)."""
     assert piece.chunks is not None
-    for run in _chunk_runs(piece.chunks):
-        if stop.is_set():
-            return
-        key = root + run[0][0]
-        body = _get(store, key, run[0][1], run[-1][1] + run[-1][2])
+    runs = list(_chunk_runs(piece.chunks))
+
+    def fetch(run: list[Chunk]) -> bytes:
+        start, end = run[0][1], run[-1][1] + run[-1][2]
+        body = _get(store, root + run[0][0], start, end)
         try:
-            yield from _run_chunks(body, key, run, piece, encoding, stop)
+            return _read(body, end - start)
+        except StoreError as exc:
+            raise JobFailed(f"cannot read {root + run[0][0]}: {exc}") from None
         finally:
             body.close()
+
+    with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="prefetch") as pool:
+        ahead: dict[int, Future[bytes]] = {}
+        try:
+            for i, run in enumerate(runs):
+                if stop.is_set():
+                    return
+                for j in range(i, min(len(runs), i + PREFETCH + 1)):
+                    if j not in ahead and _run_bytes(runs[j]) <= SMALL_RUN:
+                        ahead[j] = pool.submit(fetch, runs[j])
+                key = root + run[0][0]
+                fetched = ahead.pop(i, None)
+                body: Body = io.BytesIO(fetched.result()) if fetched is not None else \
+                    _get(store, key, run[0][1], run[-1][1] + run[-1][2])
+                try:
+                    yield from _run_chunks(body, key, run, piece, encoding, stop)
+                finally:
+                    body.close()
+        finally:
+            for fut in ahead.values():
+                fut.cancel()
+
+
+def _run_bytes(run: list[Chunk]) -> int:
+    return run[-1][1] + run[-1][2] - run[0][1]
 
 
 def _run_chunks(body: Body, key: str, run: list[Chunk], piece: Piece, encoding: Encoding,
