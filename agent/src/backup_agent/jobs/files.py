@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from backup_agent.config import Config, Job
 from backup_agent.errors import ConfigError, IntegrityError, JobFailed, NotReady
@@ -53,10 +53,11 @@ INLINE = 16 << 10
 CHUNKS_AHEAD = 16 << 20
 # Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
 XATTR_MEMO_LIMIT = 200_000
-# A large file's manifest entry, its cache row and the bytes uploaded; None when it vanished.
-LargeResult = tuple[Entry, tuple[Any, ...], int] | None
+# A large file's manifest entry and its cache row; None when it vanished.
+LargeResult = tuple[Entry, tuple[Any, ...]] | None
 # Where a piece of content is stored: (object, offset, encoded length).
 Loc = tuple[str, int, int]
+T = TypeVar("T")
 
 
 class _LastSnapshotGone(Exception):
@@ -123,9 +124,7 @@ class PackUploader:
         loc = self.find(sha256)
         # A piece below INLINE encodes faster than a hand-off to another thread costs.
         if loc is not None or self.encoders is None or len(data) < INLINE:
-            done: Future[tuple[Loc, int]] = Future()
-            done.set_result((loc, 0) if loc is not None else self.store(data, sha256))
-            return done
+            return _done((loc, 0) if loc is not None else self.store(data, sha256))
         return self.encoders.submit(self.store, data, sha256)
 
     def seal(self) -> None:
@@ -348,7 +347,7 @@ class FilesJob(S3Job):
                 for lf, counter in large:
                     done = lf.result()
                     if done is not None:
-                        entry, row, _new = done
+                        entry, row = done
                         setattr(result, counter, getattr(result, counter) + 1)
                         result.bytes_total += entry.size
                         writer.add(entry)
@@ -675,7 +674,7 @@ class FilesJob(S3Job):
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None
             try:
-                chunks, sha, size, new = self._chunk(fd, extents or [(0, st.st_size)], packer)
+                chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer)
                 after = os.fstat(fd)
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
@@ -698,29 +697,24 @@ class FilesJob(S3Job):
             entry = Entry(type="file", size=0, sha256=EMPTY_SHA256, object="", offset=0, **fields)
         row = (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256, "", 0,
                _ref(entry))
-        return entry, row, new
+        return entry, row
 
     def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
-               ) -> tuple[list[Chunk], str, int, int]:
-        """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes, bytes added
-        to packs). Chunks are encoded on the encoder threads while this one cuts the next ones
-        (at most CHUNKS_AHEAD bytes wait) and placed in the pack in the file's order, one file at
-        a time."""
+               ) -> tuple[list[Chunk], str, int]:
+        """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes). Chunks are
+        encoded on the encoder threads while this one cuts the next ones (at most CHUNKS_AHEAD
+        bytes wait) and placed in the pack in the file's order, one file at a time."""
         whole = hashlib.sha256()
         pending: deque[tuple[Future[bytes] | Loc, int, str]] = deque()
         chunks: list[Chunk] = []
-        size = new = ahead = 0
+        size = ahead = 0
 
         def settle(until: int) -> None:
-            nonlocal new, ahead
+            nonlocal ahead
             while pending and ahead > until:
                 work, n, sha = pending.popleft()
-                if isinstance(work, Future):
-                    loc, added = packer.place(work.result(), sha, n)
-                else:
-                    loc, added = work, 0
+                loc = packer.place(work.result(), sha, n)[0] if isinstance(work, Future) else work
                 chunks.append((loc[0], loc[1], loc[2], n, sha))
-                new += added
                 ahead -= n
 
         encode = self.encoding.seal_data
@@ -737,7 +731,7 @@ class FilesJob(S3Job):
                 ahead += len(data)
                 settle(CHUNKS_AHEAD)
             settle(-1)
-        return chunks, whole.hexdigest(), size, new
+        return chunks, whole.hexdigest(), size
 
     def _seed_cache_from_bucket(self, damaged: set[str]) -> str | None:
         """A new disk or node has no cache: learn what content the newest snapshot already stores,
@@ -917,9 +911,10 @@ class FilesJob(S3Job):
                 "snapshot": sid, "target": root}
 
 
-def _done(piece: bytes) -> Future[bytes]:
-    fut: Future[bytes] = Future()
-    fut.set_result(piece)
+def _done(value: T) -> Future[T]:
+    """A future that already holds its result (work done on the caller's thread)."""
+    fut: Future[T] = Future()
+    fut.set_result(value)
     return fut
 
 
