@@ -76,3 +76,24 @@ def test_names_that_are_not_utf8_are_remembered(tmp_path: Path, monkeypatch: pyt
     _snapshot(cache, "s2", rows[1:])  # the odd one deleted
     assert cache.lookup_file(odd) is None and cache.lookup_file("/srv/ok") == tuple(rows[2][1:])
     cache.close()
+
+
+@pytest.mark.parametrize("limit", [1_000_000, 1], ids=["filtered", "above-the-filter-limit"])
+def test_stored_content_is_found_whatever_the_filter_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          limit: int) -> None:
+    """Content recorded before the run and during it is found (never uploaded twice); content
+    never stored is not. The Bloom filter in front of the blobs table only spares queries."""
+    monkeypatch.setattr(state, "BLOB_FILTER_LIMIT", limit)
+    before = [(f"{i:064x}", "pack/old", i * 10, 10, 12) for i in range(1, 50)]
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    cache.add_blobs(before)
+    cache.close()
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    try:
+        assert cache.lookup_blob(f"{7:064x}") == ("pack/old", 70, 12)
+        assert cache.lookup_blob("f" * 64) is None
+        cache.add_blobs([("e" * 64, "pack/new", 0, 5, 9)])  # a pack this run uploaded
+        assert cache.lookup_blob("e" * 64) == ("pack/new", 0, 9)
+        assert all(cache.lookup_blob(sha) == (obj, off, stored) for sha, obj, off, _, stored in before)
+    finally:
+        cache.close()

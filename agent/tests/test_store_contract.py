@@ -168,7 +168,9 @@ def test_large_put_goes_in_parts_and_reads_back_in_small_pieces(made: Made) -> N
 
 
 def test_put_of_a_pack_of_pieces(made: Made) -> None:
-    parts = [os.urandom(n) for n in (1, 5000, 0, 70000)]
+    # Parts of every size around the stores' read sizes (awscrt copies them into its buffer,
+    # botocore reads them joined): each byte where it belongs.
+    parts = [os.urandom(n) for n in (1, 5000, 0, 70000, 65536, 3, 1 << 20, 0, 12345)]
     whole = b"".join(parts)
     made.store.put("pack", Pieces(parts), sha256=_sha(whole))
     assert made.store.get("pack").read() == whole

@@ -103,7 +103,7 @@ class PackUploader:
         if loc is not None:
             return loc, 0
         # Encoded outside the lock: zstd and AES release the GIL, so both cores work.
-        return self.place(self.job.encoding.seal_data(data, sha256), sha256, len(data))
+        return self._encode_place(data, sha256)
 
     def place(self, piece: bytes, sha256: str, size: int) -> tuple[Loc, int]:
         """An encoded piece into the current pack (unless this run placed its content already)."""
@@ -122,10 +122,16 @@ class PackUploader:
     def submit(self, data: bytes, sha256: str) -> Future[tuple[Loc, int]]:
         """store() on an encoder thread: the scan reads the next files while zstd works."""
         loc = self.find(sha256)
+        if loc is not None:
+            return _done((loc, 0))
+        # Not looked up again (store() would): place() still keeps this run's content once.
         # A piece below INLINE encodes faster than a hand-off to another thread costs.
-        if loc is not None or self.encoders is None or len(data) < INLINE:
-            return _done((loc, 0) if loc is not None else self.store(data, sha256))
-        return self.encoders.submit(self.store, data, sha256)
+        if self.encoders is None or len(data) < INLINE:
+            return _done(self._encode_place(data, sha256))
+        return self.encoders.submit(self._encode_place, data, sha256)
+
+    def _encode_place(self, data: bytes, sha256: str) -> tuple[Loc, int]:
+        return self.place(self.job.encoding.seal_data(data, sha256), sha256, len(data))
 
     def seal(self) -> None:
         with self.lock:

@@ -7,6 +7,8 @@ reads it, instead of growing one buffer (docs/PERFORMANCE.md, "Packs are a list"
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 
 
@@ -67,14 +69,35 @@ class FileRange(_Body):
 
 
 class Pieces(_Body):
-    """A pack: small files' bytes back to back, kept as they were read; `read` joins them once,
-    on first use."""
+    """A pack: small files' bytes back to back, kept as they were read. `readinto` copies them
+    straight into the caller's buffer (awscrt's: one copy of each byte); `read` joins them once,
+    on first use (botocore)."""
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
         self.length = sum(map(len, parts))
         self.pos = 0
         self._joined: memoryview | None = None
+        self._starts = list(itertools.accumulate(map(len, parts), initial=0))
+
+    def readinto(self, m: memoryview) -> int:
+        """Up to len(m) bytes from `pos` into m.
+
+        Copying the parts where they belong instead of read()'s join-then-slice: that made two
+        more copies of every pack in fresh memory, and their page faults were a fifth of a first
+        backup's CPU on a tree of small files."""
+        want = min(len(m), self.length - self.pos)
+        i = bisect.bisect_right(self._starts, self.pos) - 1
+        done = 0
+        while done < want:
+            part = self.parts[i]
+            skip = self.pos + done - self._starts[i]
+            n = min(len(part) - skip, want - done)
+            m[done : done + n] = part[skip : skip + n] if skip or n < len(part) else part
+            done += n
+            i += 1
+        self.pos += done
+        return done
 
     def read(self, n: int = -1) -> bytes:
         if self._joined is None:

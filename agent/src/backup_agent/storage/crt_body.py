@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from backup_agent.storage.bodies import FileRange, FileShrank
+from backup_agent.storage.bodies import FileRange, FileShrank, Pieces
 from backup_agent.storage.store import Readable, StoreError
 
 WINDOW = 8 << 20
@@ -81,7 +81,7 @@ class UploadStream:
                     raise FileShrank(f"{src.path}: ended at {src.start + self.pos + got} bytes while being uploaded")
                 got += n
             return got
-        if isinstance(src, io.BytesIO):
+        if isinstance(src, io.BytesIO | Pieces):
             return src.readinto(m)
         data = src.read(len(m))
         m[: len(data)] = data
