@@ -645,7 +645,7 @@ class FilesJob(S3Job):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 # One byte more than expected, to notice growth.
-                data = _read_upto(fd, min(limit, st.st_size + 1))
+                data = _read_upto(fd, min(limit, st.st_size + 1), st.st_size)
                 after = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -979,14 +979,16 @@ def _already_restored(root: str, e: Entry) -> bool:
             and st.st_mtime_ns == e.mtime_ns)
 
 
-def _read_upto(fd: int, want: int) -> bytes:
-    """Up to `want` bytes, fewer only at the end of the file.
+def _read_upto(fd: int, want: int, expect: int) -> bytes:
+    """Up to `want` bytes, fewer only at the end of the file or once `expect` bytes are read.
 
     Asking for exactly the size we expect (plus one byte, to notice growth) instead of the
     large-file threshold: a read of 8 MiB allocates 8 MiB first, which glibc maps and unmaps
-    for every small file."""
+    for every small file. A read that returns the expected size is not followed by one that
+    finds the end (each read gives up the GIL, a wait behind the encoders to get it back):
+    growth after it shows in the fstat the caller compares."""
     data = os.read(fd, want)
-    while 0 < len(data) < want:
+    while 0 < len(data) < want and len(data) != expect:
         more = os.read(fd, want - len(data))
         if not more:
             break

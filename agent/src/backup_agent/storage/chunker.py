@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# numpy's OpenBLAS starts a thread per core that spins while idle; the chunker does no linear
+# algebra, and those threads took CPU from zstd and the scan on a 2-core node. Set before the
+# import (OpenBLAS reads it once); an operator's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 try:
     # Any-typed on purpose: the agent does not require numpy, and mypy must pass without it.
     _np: Any = importlib.import_module("numpy")
