@@ -108,11 +108,14 @@ def b64_sha256(hex_digest: str) -> str:
 
 
 class _Window:
-    __slots__ = ("chunks", "done", "end", "error", "headers", "received", "request", "start", "status")
+    __slots__ = ("chunks", "done", "end", "error", "headers", "received", "request", "start", "status", "taken")
 
     def __init__(self, start: int, end: int | None) -> None:
         self.start, self.end = start, end  # end exclusive; None: to the object's end (first window)
         self.chunks: deque[bytes] = deque()
+        # Bytes of chunks[0] already handed out: the runtime delivers a whole window in one
+        # callback, and slicing off the rest at every small read copied megabytes per read.
+        self.taken = 0
         self.received = 0
         self.done = False
         self.error: BaseException | None = None
@@ -236,10 +239,15 @@ class WindowedBody:
                     continue
                 w = self._windows[0]
                 if w.chunks:
-                    data = w.chunks.popleft()
-                    if n >= 0 and have + len(data) > n:
-                        w.chunks.appendleft(data[n - have:])
-                        data = data[: n - have]
+                    data, at = w.chunks[0], w.taken
+                    stop = len(data) if n < 0 else min(len(data), at + n - have)
+                    if stop == len(data):
+                        w.chunks.popleft()
+                        w.taken = 0
+                    else:
+                        w.taken = stop
+                    if at or stop != len(data):
+                        data = data[at:stop]
                     out.append(data)
                     have += len(data)
                     self._top_up()
