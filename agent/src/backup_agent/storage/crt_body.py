@@ -31,8 +31,12 @@ from typing import Any
 from backup_agent.storage.bodies import FileRange, FileShrank
 from backup_agent.storage.store import Readable, StoreError
 
-WINDOW = 8 << 20
-AHEAD = 1
+# awscrt hands a window over only once all of it arrived: a reader waits for a whole window at
+# the start of a body and whenever it catches up. 2 MiB windows, three requested ahead (8 MiB in
+# flight, as one 8 MiB window with one ahead was), cut a restore's peak RSS by a third (eight
+# bodies at once on small files: 205 → 133 MB) at the same speed.
+WINDOW = 2 << 20
+AHEAD = 3
 MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
