@@ -24,7 +24,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     setting is left alone when its MALLOC_*_ variable is set.
 
     Reading also frees and allocates the same large blocks over and over (awscrt's buffer for each
-    8 MiB window of a GET, the window's bytes in Python): glibc mapped each one fresh and returned
+    window of a GET, the window's bytes in Python): glibc mapped each one fresh and returned
     it after use, so every byte downloaded was page-faulted and zeroed by the kernel once more
     (a tenth of a big file's restore CPU). Blocks up to MMAP_THRESHOLD come from the heap, which
     keeps up to TRIM_THRESHOLD free at its top: a db file's restore took 40 % less system time
