@@ -282,7 +282,7 @@ class _Plan:
     release: dict[int, list[Chunk]]  # chunk index → kept chunks whose last use it is
 
 
-def _plan(chunks: list[Chunk], what: str) -> _Plan:
+def _plan(chunks: list[Chunk], root: str) -> _Plan:
     """How a big file's chunks are read, decided before the first byte is.
 
     Chunks are placed in their packs in file order (one file at a time), so the chunks of one
@@ -290,10 +290,11 @@ def _plan(chunks: list[Chunk], what: str) -> _Plan:
     however often the file alternates between packs (a file changed in place over several runs:
     its first run's packs and each later run's). A chunk behind its object's span or far after it
     starts a new span; a chunk used again is kept in memory until its last use (REPEATS)."""
-    for _obj, _off, stored, size, _sha in chunks:
+    for obj, off, stored, size, _sha in chunks:
         if stored > MAX_CHUNK or size > MAX_CHUNK:
             # Only a crafted manifest: refused before anything is read.
-            raise IntegrityError(f"{what}: a chunk of {max(stored, size)} bytes is larger than any this agent writes")
+            raise IntegrityError(f"{root + obj} at {off}: a chunk of {max(stored, size)} bytes is larger than "
+                                 "any this agent writes")
     last_use = {c: i for i, c in enumerate(chunks)}
     spans: list[_Span] = []
     where = [0] * len(chunks)
@@ -420,14 +421,14 @@ class _Cursor:
 def _decoded_chunks(store: Store, root: str, piece: Piece, encoding: Encoding,
                     stop: threading.Event) -> Generator[tuple[Chunk | None, bytes], None, None]:
     """(chunk, plaintext) of a big file's chunks in order (chunk None: a repeat, its plaintext
-    checked at its first use), read as _plan says: a 256 MiB database
-    file with 1 % of its pages rewritten (3,564 chunks alternating between its first run's 6 packs
-    and the second run's) is read with 7 GETs, one per pack (it was one per stretch of adjacent
-    chunks: 564 round trips). A cursor opens its GET when the file first needs it: opening the
-    next one early on a thread of its own showed no gain and 10-25 MB more peak RSS."""
+    checked at its first use), read as _plan says: a 256 MiB database file with 1 % of its pages
+    rewritten (3,564 chunks alternating between its first run's 6 packs and the second run's) is
+    read with 7 GETs, one per pack (it was one per stretch of adjacent chunks: 564 round trips).
+    A cursor opens its GET when the file first needs it: opening the next one early on a thread
+    of its own showed no gain and 10-25 MB more peak RSS."""
     assert piece.chunks is not None
     chunks = piece.chunks
-    plan = _plan(chunks, f"{piece.entries[0].path}")
+    plan = _plan(chunks, root)
     cursors: dict[int, _Cursor] = {}  # insertion order: least recently used first
     kept: dict[Chunk, bytes] = {}
     try:
