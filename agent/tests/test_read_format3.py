@@ -20,7 +20,7 @@ from backup_agent import config
 from backup_agent.errors import ConfigError, IntegrityError, NotReady
 from backup_agent.jobs import browse
 from backup_agent.jobs.files import FilesJob
-from backup_agent.storage import layout
+from backup_agent.storage import layout, reader
 from backup_agent.storage.encoding import Encoding, WrongKey, for_storage
 from backup_agent.storage.manifest import Chunk, Entry, ManifestWriter
 from backup_agent.storage.memory import MemoryStore
@@ -71,6 +71,11 @@ class Builder:
         self.packs[pack] += data
         self.entries.append(Entry(path=path, type="file", mode=0o640, mtime_ns=2_000_000_000, size=len(data),
                                   sha256=sha(data), object=pack, offset=offset))
+
+    def chunk(self, data: bytes, pack: str) -> Chunk:
+        """One chunk of a big file, appended to `pack`."""
+        offset, stored = self._put(pack, data)
+        return (pack, offset, stored, len(data), sha(data))
 
     def small(self, path: str, data: bytes, pack: str) -> None:
         offset, stored = self._put(pack, data)
@@ -165,19 +170,85 @@ def test_restore_check_and_dump_of_encoded_files_are_byte_exact(tmp_path: Path, 
         assert fh.read() == smalls["/src/notes.txt"]
 
 
-def test_a_big_file_is_read_with_one_get_per_run_of_adjacent_chunks(tmp_path: Path) -> None:
+def test_a_file_alternating_between_packs_is_read_with_one_get_per_pack(tmp_path: Path) -> None:
+    # A file changed in place over runs: its chunks alternate between the packs of each run.
     store = MemoryStore()
     job = job_for(tmp_path, store)
     b = Builder(job)
-    p1, p2 = b.pack(), b.pack()
-    big = incompressible(40 * (64 << 10), 6)  # 40 chunks: runs of 3 alternating between 2 packs
-    b.big("/src/big", big, [p1, p2])
+    p1, p2, p3 = b.pack(), b.pack(), b.pack()
+    b.small("/src/between", b"another file's piece between the chunks\n", p1)
+    big = incompressible(40 * (64 << 10), 6)  # 40 chunks, one at a time from each of 3 packs
+    b.big("/src/big", big, [p1, p2, p3], run=1)
     b.commit()
     store.calls.clear()
-    job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
-    gets = [k for op, k in store.calls if op == "get" and "/packs/" in k]
-    assert len(gets) == 14  # ceil(40 / 3) runs, not 40 GETs
+    out = job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    assert out["errors"] == []
     assert restored(tmp_path / "t", "/src/big") == big
+    gets = [k for op, k in store.calls if op == "get" and "/packs/" in k]
+    # one GET for the small file, one per pack for the big file (it was one per chunk: 40)
+    assert len(gets) == 4
+
+
+def test_a_file_over_more_packs_than_are_kept_open_restores_exactly(tmp_path: Path) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store)
+    b = Builder(job)
+    packs = [b.pack() for _ in range(reader.OPEN_SPANS + 3)]
+    big = text(60 * (16 << 10), 15)
+    b.big("/src/big", big, packs, chunk=16 << 10, run=1)
+    b.commit()
+    out = job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    assert out["errors"] == [] and restored(tmp_path / "t", "/src/big") == big
+    assert job.check(read_data=True)["status"] == "ok"
+
+
+def test_repeated_chunks_and_far_apart_ones_restore_exactly(tmp_path: Path, key: str | None) -> None:
+    # Repeated content (the same chunk listed again, behind the stream's position) and chunks
+    # further apart than a span reads through.
+    store = MemoryStore()
+    job = job_for(tmp_path, store, key)
+    b = Builder(job)
+    p1, p2 = b.pack(), b.pack()
+    a, c, d = incompressible(64 << 10, 16), text(64 << 10, 17), incompressible(30 << 10, 18)
+    ca, cc = b.chunk(a, p1), b.chunk(c, p2)
+    b.packs[p1] += incompressible(reader.SPAN_GAP + 1, 19)  # other files' bytes
+    cd = b.chunk(d, p1)
+    order = [ca, cc, ca, ca, cd, ca, cc, cd]
+    data = {ca: a, cc: c, cd: d}
+    content = b"".join(data[x] for x in order)
+    b.entries.append(Entry(path="/src/rep", type="file", mode=0o600, mtime_ns=3_000_000_000, size=len(content),
+                           sha256=sha(content), chunks=order))
+    b.commit()
+    store.calls.clear()
+    out = job.restore(snapshot=None, at=None, target=str(tmp_path / "t"), paths=[])
+    assert out["errors"] == [] and restored(tmp_path / "t", "/src/rep") == content
+    # repeats come from memory: p1 twice (the gap), p2 once
+    assert len([k for op, k in store.calls if op == "get" and "/packs/" in k]) == 3
+    with browse.dump(job, "/src/rep", None, None) as (_, fh):
+        assert fh.read() == content
+
+
+def test_a_damaged_chunk_in_the_middle_of_a_pack_fails_the_file_loudly(tmp_path: Path, key: str | None) -> None:
+    store = MemoryStore()
+    job = job_for(tmp_path, store, key, compression_level=0)
+    b = Builder(job)
+    p1, p2 = b.pack(), b.pack()
+    big = incompressible(20 * (64 << 10), 20)
+    b.big("/src/big", big, [p1, p2], run=1)
+    b.small("/src/after", b"read after the damaged file\n", p2)
+    b.commit()
+    pack, offset, stored, _, _ = b.placed["/src/big"][10]  # p1, between chunks read from it
+    assert pack == p1
+    flip(store, job.root + p1, offset + stored // 2)
+    target = tmp_path / "target"
+    with pytest.raises(IntegrityError, match="/src/big") as err:
+        job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert "/src/after" not in str(err.value)
+    assert not (target / "src/big").exists()
+    assert restored(target, "/src/after") == b"read after the damaged file\n"
+    with pytest.raises(IntegrityError) as checked:
+        job.check(read_data=True)
+    assert checked.value.details["damaged_objects"] == [p1]
 
 
 def flip(store: MemoryStore, key: str, at: int) -> None:

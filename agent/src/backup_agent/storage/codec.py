@@ -185,6 +185,14 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per thread (a context each: making one per chunk showed in profiles)."""
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "unzstd", None)
+    if d is None:
+        d = _local.unzstd = zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG_MAX)
+    return d
+
+
 def _new_compressor(level: int) -> zstandard.ZstdCompressor:
     params = zstandard.ZstdCompressionParameters.from_level(level, window_log=WINDOW_LOG_MAX)
     return zstandard.ZstdCompressor(compression_params=params)
@@ -331,11 +339,21 @@ class Codec:
     # --- reading -------------------------------------------------------------------------------
 
     def decode(self, blob: bytes, content_id: bytes, size: int | None = None) -> bytes:
-        """A piece held in memory. Sealed pieces whose size is known are opened in place and
-        decompressed in one call; anything else goes through decode_iter."""
-        if size is None or len(blob) < 5 + KEY_ID_LEN + SALT_LEN or blob[:3] != MAGIC or blob[3] != VERSION \
-                or blob[4] & ~_KNOWN_FLAGS or not blob[4] & FLAG_ENCRYPTED or self.keyring is None:
+        """A piece held in memory. A piece whose size is known, sealed (with a keyring) or plain
+        (without one), is opened in place and decompressed in one call; anything else goes
+        through decode_iter, which also says what is wrong with a piece that is neither."""
+        flags = blob[4] if len(blob) >= 5 and blob[:3] == MAGIC and blob[3] == VERSION else -1
+        if size is None or flags < 0 or flags & ~_KNOWN_FLAGS or bool(flags & FLAG_ENCRYPTED) != (
+                self.keyring is not None) or (self.keyring is not None and len(blob) < 5 + KEY_ID_LEN + SALT_LEN):
             return b"".join(self.decode_iter([blob], content_id, size))
+        if self.keyring is None:
+            # Plain: a header and the body, one call each (a big file's chunks and small files
+            # went through the stream's generators and buffers). A piece that does not open goes
+            # that way after all, for the same error.
+            try:
+                return self._decompressed(memoryview(blob)[5:], flags, size, exact=True)
+            except DamagedPieceError:
+                return b"".join(self.decode_iter([blob], content_id, size))
         head = bytes(blob[:5 + KEY_ID_LEN + SALT_LEN])
         key = self.keyring.get(head[5:5 + KEY_ID_LEN])
         aead = _piece_aead(key.purpose_key(self.purpose), head[5 + KEY_ID_LEN:])
@@ -349,23 +367,29 @@ class Codec:
         except InvalidTag:
             raise DamagedPieceError("piece fails authentication (truncated, altered, or not the content "
                                     "asked for)") from None
-        if blob[4] & FLAG_COMPRESSED:
-            # The frame is authentic (we wrote it); a frame from a stream does not record its size.
+        return self._decompressed(body, flags, size)
+
+    @staticmethod
+    def _decompressed(body: bytes | memoryview, flags: int, size: int, exact: bool = False) -> bytes:
+        """The body after its header (and tags); `exact`: bytes after the frame are damage (a
+        sealed frame is authentic: we wrote it; a plain one is refused as decode_iter does)."""
+        if flags & FLAG_COMPRESSED:
+            # A frame from a stream does not record its size.
             try:
                 content_size = zstandard.frame_content_size(body)
             except zstandard.ZstdError as e:
                 raise DamagedPieceError(f"compressed piece is damaged: {e}") from None
             if content_size == -1:
-                return b"".join(_sized(_decompress(iter([body])), size))
+                return b"".join(_sized(_decompress(iter([bytes(body)])), size))
             if content_size != size:
                 raise DamagedPieceError(f"piece holds {content_size} bytes, {size} recorded")
             try:
-                body = zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG_MAX).decompress(body)
+                body = _decompressor().decompress(body, allow_extra_data=not exact)
             except zstandard.ZstdError as e:
                 raise DamagedPieceError(f"compressed piece is damaged: {e}") from None
         if len(body) != size:
             raise DamagedPieceError(f"piece holds {len(body)} bytes, {size} recorded")
-        return body
+        return bytes(body)
 
     def decode_iter(self, chunks: Iterable[bytes], content_id: bytes, size: int | None = None) -> Iterator[bytes]:
         """The plaintext, at most a MiB at a time. Raises WrongKeyError or DamagedPieceError; bytes

@@ -31,8 +31,12 @@ from typing import Any
 from backup_agent.storage.bodies import FileRange, FileShrank, Pieces
 from backup_agent.storage.store import Readable, StoreError
 
-WINDOW = 8 << 20
-AHEAD = 1
+# awscrt hands a window over only once all of it arrived: a reader waits for a whole window at
+# the start of a body and whenever it catches up. 2 MiB windows, three requested ahead (8 MiB in
+# flight, as one 8 MiB window with one ahead was), cut a restore's peak RSS by a third (eight
+# bodies at once on small files: 205 → 133 MB) at the same speed.
+WINDOW = 2 << 20
+AHEAD = 3
 MAX_RESUMES = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -108,11 +112,14 @@ def b64_sha256(hex_digest: str) -> str:
 
 
 class _Window:
-    __slots__ = ("chunks", "done", "end", "error", "headers", "received", "request", "start", "status")
+    __slots__ = ("chunks", "done", "end", "error", "headers", "received", "request", "start", "status", "taken")
 
     def __init__(self, start: int, end: int | None) -> None:
         self.start, self.end = start, end  # end exclusive; None: to the object's end (first window)
         self.chunks: deque[bytes] = deque()
+        # Bytes of chunks[0] already handed out: the runtime delivers a whole window in one
+        # callback, and slicing off the rest at every small read copied megabytes per read.
+        self.taken = 0
         self.received = 0
         self.done = False
         self.error: BaseException | None = None
@@ -236,10 +243,15 @@ class WindowedBody:
                     continue
                 w = self._windows[0]
                 if w.chunks:
-                    data = w.chunks.popleft()
-                    if n >= 0 and have + len(data) > n:
-                        w.chunks.appendleft(data[n - have:])
-                        data = data[: n - have]
+                    data, at = w.chunks[0], w.taken
+                    stop = len(data) if n < 0 else min(len(data), at + n - have)
+                    if stop == len(data):
+                        w.chunks.popleft()
+                        w.taken = 0
+                    else:
+                        w.taken = stop
+                    if at or stop != len(data):
+                        data = data[at:stop]
                     out.append(data)
                     have += len(data)
                     self._top_up()

@@ -17,11 +17,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from backup_agent.config import Storage
 from backup_agent.errors import ConfigError, IntegrityError
-from backup_agent.storage import chunker, codec
+from backup_agent.storage import codec
 from backup_agent.storage.codec import Codec, CodecError, DamagedPieceError, Keyring, WrongKeyError
+
+if TYPE_CHECKING:
+    from backup_agent.storage import chunker
 
 # The first bytes of an encoded piece (a sealed manifest starts with them; a gzip one with 1f 8b).
 MAGIC = codec.MAGIC
@@ -35,13 +39,16 @@ class WrongKey(ConfigError):
 class Encoding:
     data: Codec
     manifest: Codec
-    gear_seed: bytes
+    gear_seed: bytes | None  # None: chunker.DEFAULT_SEED (no key)
     key_id: str | None  # the current key's id (hex); None: no encryption
     read_unencrypted: bool
 
     def chunker(self) -> chunker.Chunker:
-        """A chunker of its own for each big file (it keeps buffers between blocks)."""
-        return chunker.Chunker(seed=self.gear_seed)
+        """A chunker of its own for each big file (it keeps buffers between blocks). Imported
+        here: it brings numpy (0.1 s, and OpenBLAS threads), which restore, check and dump never use."""
+        from backup_agent.storage import chunker
+
+        return chunker.Chunker(seed=self.gear_seed or chunker.DEFAULT_SEED)
 
     @property
     def sealed(self) -> bool:
@@ -99,7 +106,7 @@ def for_storage(storage: Storage) -> Encoding:
     level = storage.compression_level
     data = Codec(keyring, codec.PURPOSE_DATA, level=max(level, 1), compress=level > 0)
     manifest = Codec(keyring, codec.PURPOSE_MANIFEST, compress=False)
-    seed = keyring.current.gear_seed if keyring is not None else chunker.DEFAULT_SEED
+    seed = keyring.current.gear_seed if keyring is not None else None
     return Encoding(data=data, manifest=manifest, gear_seed=seed,
                     key_id=keyring.current.key_id.hex() if keyring is not None else None,
                     read_unencrypted=storage.read_unencrypted_snapshots)

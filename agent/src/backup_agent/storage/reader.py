@@ -17,7 +17,6 @@ lacks raises WrongKey (exit 2) and stops everything.
 from __future__ import annotations
 
 import hashlib
-import io
 import queue
 import threading
 from collections import defaultdict, deque
@@ -41,9 +40,6 @@ WINDOW = 20_000
 # An encoded piece up to this size is read whole and opened in place (Codec.decode: one call per
 # piece); a bigger one (a small file only by `storage.large_file_mb`) is opened as a stream.
 IN_MEMORY = 16 << 20
-# A big file's chunks in one object this close together are read with one GET (a file written
-# in one run has its chunks back to back; reused ones from earlier runs sit elsewhere).
-CHUNK_GAP = 256 << 10
 # The chunker cuts at most 256 KiB (chunker.DEFAULT); a chunk above this, with a few bytes of
 # header and tags, is refused unread.
 MAX_CHUNK = 1 << 20
@@ -254,31 +250,99 @@ def _opened(raw: Iterator[bytes], p: Piece, key: str, encoding: Encoding) -> Ite
         raise
 
 
-def _chunk_runs(chunks: list[Chunk]) -> Iterator[list[Chunk]]:
-    """Consecutive chunks in one object, each starting at most CHUNK_GAP after the one before."""
-    run: list[Chunk] = []
-    for c in chunks:
-        if run:
-            prev = run[-1]
-            if c[0] != prev[0] or not 0 <= c[1] - (prev[1] + prev[2]) <= CHUNK_GAP:
-                yield run
-                run = []
-        run.append(c)
-    if run:
-        yield run
+# A big file's chunks in one object are read through one forward stream (a span) while each
+# starts at most SPAN_GAP after the one before: the bytes between (chunks of other files, or
+# older versions of this file's) are read and dropped, cheaper than another request.
+SPAN_GAP = 1 << 20
+# Spans of one file open at once (each a GET streaming ahead of its reader); beyond it the least
+# recently used is closed, and opened again where it stopped when the file needs it next.
+OPEN_SPANS = 4
+# Plaintext of chunks the file uses again further on (repeated content) is kept for the next use,
+# up to this many bytes per file; beyond it a repeat is read again.
+REPEATS = 16 << 20
+# Decoded chunks are handed to the sink's thread about this many bytes at a time.
+BATCH = 1 << 20
+
+
+@dataclass(slots=True)
+class _Span:
+    """One stream over [start, end) of an object; `last`: the last chunk read through it."""
+
+    object: str
+    start: int
+    end: int
+    last: int
+
+
+@dataclass(slots=True)
+class _Plan:
+    spans: list[_Span]
+    where: list[int]  # per chunk: its span, or -1 (a repeat served from memory)
+    keep: set[int]  # chunks whose plaintext is kept for a repeat
+    release: dict[int, list[Chunk]]  # chunk index → kept chunks whose last use it is
+
+
+def _plan(chunks: list[Chunk], root: str) -> _Plan:
+    """How a big file's chunks are read, decided before the first byte is.
+
+    Chunks are placed in their packs in file order (one file at a time), so the chunks of one
+    pack that a file needs come in increasing offsets: one span per pack serves them in order,
+    however often the file alternates between packs (a file changed in place over several runs:
+    its first run's packs and each later run's). A chunk behind its object's span or far after it
+    starts a new span; a chunk used again is kept in memory until its last use (REPEATS)."""
+    for obj, off, stored, size, _sha in chunks:
+        if stored > MAX_CHUNK or size > MAX_CHUNK:
+            # Only a crafted manifest: refused before anything is read.
+            raise IntegrityError(f"{root + obj} at {off}: a chunk of {max(stored, size)} bytes is larger than "
+                                 "any this agent writes")
+    last_use = {c: i for i, c in enumerate(chunks)}
+    spans: list[_Span] = []
+    where = [0] * len(chunks)
+    keep: set[int] = set()
+    release: dict[int, list[Chunk]] = {}
+    current: dict[str, int] = {}
+    held = 0
+    kept: set[Chunk] = set()
+    for i, c in enumerate(chunks):
+        obj, off, stored, size, _ = c
+        if c in kept:
+            where[i] = -1
+        else:
+            s = current.get(obj)
+            if s is not None and 0 <= off - spans[s].end <= SPAN_GAP:
+                spans[s].end, spans[s].last = off + stored, i
+            else:
+                s = current[obj] = len(spans)
+                spans.append(_Span(obj, off, off + stored, i))
+            where[i] = s
+            if last_use[c] > i and held + size <= REPEATS:
+                keep.add(i)
+                kept.add(c)
+                held += size
+                release.setdefault(last_use[c], []).append(c)
+        for done in release.get(i, ()):
+            kept.discard(done)
+            held -= done[3]
+    return _Plan(spans, where, keep, release)
 
 
 _DONE = object()
-# Short runs of a big file's chunks fetched at once (see _decoded_chunks).
-SMALL_RUN = 1 << 20
-PREFETCH = 6
 
 
 def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: Encoding) -> list[str]:
     """A big file's chunks, in order, as one piece: a thread of its own GETs and decodes up to
-    READ_AHEAD bytes ahead while the sink hashes and writes (with restore's threads all busy on
-    big files this keeps both halves moving: the decoding and hashing release the GIL)."""
-    ahead: queue.Queue[object] = queue.Queue(maxsize=max(2, READ_AHEAD // (256 << 10)))
+    READ_AHEAD bytes ahead while the sink's thread checks each plain chunk's sha256, then hashes
+    and writes (with restore's threads all busy on big files this keeps both halves moving: the
+    decoding, hashing and writing release the GIL). Decoded chunks cross between the threads in
+    batches of about BATCH bytes.
+
+    A plain chunk (no key) is hashed on its own so damage is pinned on the pack that holds it,
+    and before any of its bytes reach the sink (`dump` streams to stdout). That hash ran on the
+    decoding thread, which the sink's thread then waited for half the time; on the sink's thread
+    the two halves take about as long (db file, six rounds under load: 1.16-1.31 s, 1.18-2.69
+    with the hash on the decoding thread)."""
+    check = not encoding.sealed
+    ahead: queue.Queue[object] = queue.Queue(maxsize=max(2, READ_AHEAD // BATCH))
     stop = threading.Event()
 
     def put(item: object) -> bool:
@@ -292,11 +356,18 @@ def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: 
 
     def produce() -> None:
         parts = _decoded_chunks(store, root, piece, encoding, stop)
+        batch: list[tuple[Chunk | None, bytes]] = []
+        size = 0
         try:
             for part in parts:
-                if not put(part):
-                    return
-            put(_DONE)
+                batch.append(part)
+                size += len(part[1])
+                if size >= BATCH:
+                    if not put(batch):
+                        return
+                    batch, size = [], 0
+            if (batch and not put(batch)) or not put(_DONE):
+                return
         except BaseException as exc:  # handed to the sink's thread, which raises it
             put(exc)
         finally:
@@ -309,8 +380,13 @@ def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: 
                 return
             if isinstance(item, BaseException):
                 raise item
-            assert isinstance(item, bytes)
-            yield item
+            assert isinstance(item, list)
+            for chunk, plain in item:
+                if chunk is not None and check and hashlib.sha256(plain).hexdigest() != chunk[4]:
+                    # A sealed chunk was authenticated for its sha256 where it was opened.
+                    piece.damaged.add(chunk[0])
+                    raise IntegrityError(f"{root + chunk[0]} at {chunk[1]}: chunk does not match its sha256")
+                yield plain
 
     producer = threading.Thread(target=produce, name="chunks", daemon=True)
     producer.start()
@@ -322,84 +398,85 @@ def _fetch_chunked(store: Store, root: str, piece: Piece, sink: Sink, encoding: 
     return [problem] if problem else []
 
 
+class _Cursor:
+    """A span's body and the object offset of the next byte it gives."""
+
+    __slots__ = ("body", "key", "pos")
+
+    def __init__(self, store: Store, key: str, start: int, end: int) -> None:
+        self.key, self.pos = key, start
+        self.body = _get(store, key, start, end)
+
+    def take(self, offset: int, n: int) -> bytes:
+        """The n bytes at `offset` (at or after pos); fewer only where the object ends."""
+        self.pos += _skip(self.body, offset - self.pos)
+        blob = _read(self.body, n)
+        self.pos += len(blob)
+        return blob
+
+    def close(self) -> None:
+        self.body.close()
+
+
 def _decoded_chunks(store: Store, root: str, piece: Piece, encoding: Encoding,
-                    stop: threading.Event) -> Generator[bytes, None, None]:
-    """The plaintexts of a big file's chunks in order, one GET per run of adjacent chunks.
-
-    A file changed in place over several runs alternates between its first packs and each later
-    run's: many short runs, each a round trip. Runs up to SMALL_RUN bytes are fetched whole, up
-    to PREFETCH of them at once ahead of the one being decoded (a database file with 1 % of its
-    pages rewritten: ~700 GETs, 17 s one after the other on SeaweedFS). Longer runs are streamed
-    one at a time: opening the next long run's GET early was measured slower (70 % more CPU, half
-    the throughput: the store's body reads ahead within a run already)."""
+                    stop: threading.Event) -> Generator[tuple[Chunk | None, bytes], None, None]:
+    """(chunk, plaintext) of a big file's chunks in order (chunk None: a repeat, its plaintext
+    checked at its first use), read as _plan says: a 256 MiB database file with 1 % of its pages
+    rewritten (3,564 chunks alternating between its first run's 6 packs and the second run's) is
+    read with 7 GETs, one per pack (it was one per stretch of adjacent chunks: 564 round trips).
+    A cursor opens its GET when the file first needs it: opening the next one early on a thread
+    of its own showed no gain and 10-25 MB more peak RSS."""
     assert piece.chunks is not None
-    runs = list(_chunk_runs(piece.chunks))
-
-    def fetch(run: list[Chunk]) -> bytes:
-        start, end = run[0][1], run[-1][1] + run[-1][2]
-        body = _get(store, root + run[0][0], start, end)
-        try:
-            return _read(body, end - start)
-        except StoreError as exc:
-            raise JobFailed(f"cannot read {root + run[0][0]}: {exc}") from None
-        finally:
-            body.close()
-
-    with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="prefetch") as pool:
-        ahead: dict[int, Future[bytes]] = {}
-        try:
-            for i, run in enumerate(runs):
-                if stop.is_set():
-                    return
-                for j in range(i, min(len(runs), i + PREFETCH + 1)):
-                    if j not in ahead and _run_bytes(runs[j]) <= SMALL_RUN:
-                        ahead[j] = pool.submit(fetch, runs[j])
-                key = root + run[0][0]
-                fetched = ahead.pop(i, None)
-                body: Body = io.BytesIO(fetched.result()) if fetched is not None else \
-                    _get(store, key, run[0][1], run[-1][1] + run[-1][2])
-                try:
-                    yield from _run_chunks(body, key, run, piece, encoding, stop)
-                finally:
-                    body.close()
-        finally:
-            for fut in ahead.values():
-                fut.cancel()
-
-
-def _run_bytes(run: list[Chunk]) -> int:
-    return run[-1][1] + run[-1][2] - run[0][1]
-
-
-def _run_chunks(body: Body, key: str, run: list[Chunk], piece: Piece, encoding: Encoding,
-                stop: threading.Event) -> Iterator[bytes]:
-    pos = run[0][1]
+    chunks = piece.chunks
+    plan = _plan(chunks, root)
+    cursors: dict[int, _Cursor] = {}  # insertion order: least recently used first
+    kept: dict[Chunk, bytes] = {}
     try:
-        for obj, offset, stored, size, sha in run:
+        for i, c in enumerate(chunks):
             if stop.is_set():
                 return
-            pos += _skip(body, offset - pos)
-            what = f"{key} at {offset}"
-            if stored > MAX_CHUNK or size > MAX_CHUNK:
-                # Only a crafted manifest: the read-ahead would hold 32 of them.
-                raise IntegrityError(f"{what}: a chunk of {size} bytes is larger than any this agent writes")
-            blob = _read(body, stored)
-            pos += len(blob)
-            try:
-                if len(blob) != stored:
-                    raise IntegrityError(f"{what}: object ended after {len(blob)} of {stored} stored bytes")
-                plain = encoding.open_data(blob, aad=sha, size=size, what=what)
-                # A sealed piece is authenticated for its content id (the chunk's sha256); a
-                # plain one is hashed, so damage is pinned on the chunk's own object.
-                if not encoding.sealed and hashlib.sha256(plain).hexdigest() != sha:
-                    raise IntegrityError(f"{what}: chunk does not match its sha256")
-            except Exception as exc:
-                if damaged(exc):
-                    piece.damaged.add(obj)
-                raise
-            yield plain
-    except StoreError as exc:
-        raise JobFailed(f"cannot read {key}: {exc}") from None
+            s = plan.where[i]
+            fresh: Chunk | None = None
+            if s < 0:
+                plain = kept[c]
+            else:
+                fresh = c
+                obj, offset, stored, size, sha = c
+                cur = cursors.pop(s, None)
+                if cur is None or cur.pos > offset:
+                    if cur is not None:
+                        cur.close()
+                    while len(cursors) >= OPEN_SPANS:
+                        cursors.pop(next(iter(cursors))).close()
+                    cur = _Cursor(store, root + obj, offset, plan.spans[s].end)
+                if plan.spans[s].last != i:
+                    cursors[s] = cur  # most recently used: last
+                what = f"{cur.key} at {offset}"
+                try:
+                    try:
+                        blob = cur.take(offset, stored)
+                    except StoreError as exc:
+                        raise JobFailed(f"cannot read {cur.key}: {exc}") from None
+                    finally:
+                        if plan.spans[s].last == i:
+                            cur.close()
+                    if len(blob) != stored:
+                        raise IntegrityError(f"{what}: object ended after {len(blob)} of {stored} stored bytes")
+                    # A sealed chunk is authenticated for its content id (the chunk's sha256); a
+                    # plain one is hashed on the sink's thread.
+                    plain = encoding.open_data(blob, aad=sha, size=size, what=what)
+                except Exception as exc:
+                    if damaged(exc):
+                        piece.damaged.add(obj)
+                    raise
+                if i in plan.keep:
+                    kept[c] = plain
+            for done in plan.release.get(i, ()):
+                kept.pop(done, None)
+            yield fresh, plain
+    finally:
+        for cur in cursors.values():
+            cur.close()
 
 
 def _read(body: Body, n: int) -> bytes:
