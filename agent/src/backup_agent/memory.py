@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 M_ARENA_MAX = -8  # glibc's <malloc.h>
+M_MMAP_THRESHOLD = -3
+# Allocations of this size or more get a mapping of their own, given back to the system when freed.
+BIG_BUFFER = 4 << 20
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -17,10 +21,32 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     when MALLOC_ARENA_MAX is set."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_ARENA_MAX, arenas)
+
+
+def return_big_buffers(threshold: int = BIG_BUFFER) -> None:
+    """Give large buffers back to the system when they are freed; call before a verb's threads start.
+
+    glibc maps an allocation above its mmap threshold (128 KiB at first) and unmaps it when freed,
+    but then raises the threshold to that size (up to 32 MiB): the next such buffers come from the
+    heap, and their memory stays with the process once freed. A backup's packs (16 MiB, copied
+    into awscrt's buffer for their PUT) kept 30-40 MB per upload in flight that way, for the rest
+    of the run (docs/PERFORMANCE.md, "Peak memory after format 3"). A fixed threshold ends that
+    adjustment; 4 MiB keeps the chunker's 2 MiB blocks and most small files on the heap (no page
+    faults for fresh memory there). A no-op without glibc, or when MALLOC_MMAP_THRESHOLD_ is set."""
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return
+    mallopt = _mallopt()
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+def _mallopt() -> Any:
     try:
         import ctypes
 
-        mallopt = ctypes.CDLL(None).mallopt
+        return ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return
-    mallopt(M_ARENA_MAX, arenas)
+        return None

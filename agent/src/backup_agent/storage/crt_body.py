@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from backup_agent.storage.bodies import FileRange, FileShrank
+from backup_agent.storage.bodies import FileRange, FileShrank, Pieces
 from backup_agent.storage.store import Readable, StoreError
 
 WINDOW = 8 << 20
@@ -69,7 +69,7 @@ class UploadStream:
     def _fill(self, m: memoryview) -> int:
         """Bytes straight into awscrt's buffer: a file range with preadv (no Python copies: with
         one 200 MiB part, pread-then-copy took 3.5 s of a 7.7 s upload, faulting in fresh memory
-        twice), a BytesIO with readinto, anything else through read()."""
+        twice), a BytesIO or a pack (bodies.Pieces) with readinto, anything else through read()."""
         if not len(m):
             return 0
         src = self.src
@@ -81,7 +81,7 @@ class UploadStream:
                     raise FileShrank(f"{src.path}: ended at {src.start + self.pos + got} bytes while being uploaded")
                 got += n
             return got
-        if isinstance(src, io.BytesIO):
+        if isinstance(src, io.BytesIO | Pieces):
             return src.readinto(m)
         data = src.read(len(m))
         m[: len(data)] = data
