@@ -10,11 +10,18 @@ import random
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
+from backup_agent import config
+from backup_agent.jobs.files import FilesJob
 from backup_agent.storage.bodies import Pieces
+from backup_agent.storage.memory import MemoryStore
+from backup_agent.storage.store import Readable
 
 
 def test_a_pack_reads_back_as_its_pieces_joined_from_anywhere() -> None:
@@ -81,3 +88,47 @@ def test_a_freed_pack_sized_buffer_goes_back_to_the_system(fixed: bool) -> None:
         assert grown < 4 << 20
     else:  # the test still tells the two apart on this libc
         assert grown >= 12 << 20
+
+
+class SlowStore(MemoryStore):
+    """Packs take a while to go up, as on a slow link: how many wait at once is what memory holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.most = 0
+        self.count = threading.Lock()
+
+    def put(self, key: str, data: bytes | Readable, *, sha256: str, storage_class: str | None = None) -> None:
+        packs = "/packs/" in key
+        if packs:
+            with self.count:
+                self.now += 1
+                self.most = max(self.most, self.now)
+            time.sleep(0.05)
+        try:
+            super().put(key, data, sha256=sha256, storage_class=storage_class)
+        finally:
+            if packs:
+                with self.count:
+                    self.now -= 1
+
+
+def test_packs_in_flight_are_bounded_for_small_and_big_files_together(tmp_path: Path) -> None:
+    # concurrency 4: at most 2 packs of 1 MiB wait for their PUT, whether small files or big
+    # files' chunks fill them (each costs about twice its size until the PUT ends).
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(3)
+    for i in range(40):
+        (src / f"small{i}").write_bytes(rnd.randbytes(100_000))
+    for i in range(2):
+        (src / f"big{i}").write_bytes(rnd.randbytes(3 << 20))
+    cfg = config.from_dict({"state_dir": str(tmp_path / "state"),
+                            "storage": {"bucket": "mem", "prefix": "n", "concurrency": 4, "pack_size_mb": 1,
+                                        "large_file_mb": 1},
+                            "jobs": {"data": {"type": "files", "paths": [str(src)]}}})
+    store = SlowStore()
+    result = FilesJob(cfg, cfg.job("data"), store=store).run()
+    assert result.status == "success" and result.files_new == 42
+    assert sum("/packs/" in k for k in store.objects) >= 8
+    assert store.most == 2
