@@ -11,7 +11,7 @@ M_TRIM_THRESHOLD = -1
 # Allocations of this size or more get a mapping of their own, given back to the system when freed.
 BIG_BUFFER = 4 << 20
 # Free memory at the top of the heap beyond this goes back to the system.
-HEAP_TRIM = 1 << 20
+HEAP_TRIM = 4 << 20
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -39,8 +39,9 @@ def return_big_buffers(threshold: int = BIG_BUFFER, trim: int = HEAP_TRIM) -> No
     of the run (docs/PERFORMANCE.md, "Peak memory after format 3"). A fixed threshold ends that
     adjustment; 4 MiB keeps the chunker's blocks and most small files on the heap (fresh
     memory costs a page fault per 4 KiB). Fixing it stops glibc adjusting the heap's trim
-    threshold too, so that is set as well: at 1 MiB the real tree's backup peaked lowest (165 MB;
-    128 KiB: 175, 4 MiB: 200) and faulted less than at 128 KiB.
+    threshold too, so that is set as well: 4 MiB (real tree backup peak ~196 MB) faulted about as
+    often as glibc's defaults; 1 MiB peaked lower (~170 MB) but took ~30 % more page faults and
+    looked a little slower; 128 KiB (glibc's start) peaked like 1 MiB, with still more faults.
     A no-op without glibc, or when MALLOC_MMAP_THRESHOLD_ is set."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return
