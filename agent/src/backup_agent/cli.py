@@ -219,7 +219,9 @@ def _config_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool
         return _emit(doc, as_json, text=None if as_json else format_table(doc))
     if args.verb == "daemon":
         from backup_agent.daemon import run_daemon
+        from backup_agent.memory import return_big_buffers
 
+        return_big_buffers()  # its jobs' buffers too, or each run's stay with the daemon until it ends
         return run_daemon(cfg.path)
     if args.verb == "bucket":
         from backup_agent.storage.bucket import setup_bucket
@@ -249,10 +251,12 @@ def _job_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -
     from backup_agent.state import record_snapshot_count
 
     job = cfg.job(args.job)
-    if args.verb in ("restore", "check"):
-        from backup_agent.memory import limit_malloc_arenas
+    if args.verb in ("run", "drill", "restore", "check"):
+        from backup_agent import memory
 
-        limit_malloc_arenas()  # before their download threads exist
+        memory.return_big_buffers()  # before their upload and download threads exist
+        if args.verb in ("restore", "check"):
+            memory.limit_malloc_arenas()
     if args.verb == "run":
         return _run(cfg, job, args, as_json)
     runner = runner_for(cfg, job)

@@ -68,16 +68,16 @@ class PackUploader:
     """Collects encoded pieces (small files, chunks of big files) into a pack and uploads full
     packs in the background. The scan thread and the big-file workers add to it at once.
 
-    At most `in_flight` packs wait for upload at once, which bounds memory to about
-    (in_flight + 1) * pack_size.
+    At most `in_flight` packs wait for upload at once (`slots`: a count shared with another
+    packer), each held twice meanwhile (its pieces, and the store's copy for the PUT).
     """
 
     def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int,
-                 encoders: ThreadPoolExecutor | None = None) -> None:
+                 encoders: ThreadPoolExecutor | None = None, slots: threading.Semaphore | None = None) -> None:
         self.job = job
         self.pool = pool
         self.encoders = encoders
-        self.slots = threading.Semaphore(in_flight)
+        self.slots = slots or threading.Semaphore(in_flight)
         # The files' bytes as read, never copied into one buffer (bodies.Pieces): a growing
         # bytearray is copied over and over (docs/PERFORMANCE.md, "Packs are a list").
         self.pieces: list[bytes] = []
@@ -335,7 +335,9 @@ class FilesJob(S3Job):
             # needs any piece of it, and the chunks of a file that was replaced or deleted then
             # go together instead of staying with small files that are still there.
             packer = PackUploader(self, pool, in_flight=max(2, conc // 2), encoders=encoders)
-            packer.for_big = PackUploader(self, pool, in_flight=2, encoders=encoders)
+            # One count of packs in flight for both: each costs twice pack_size until its PUT
+            # ends, and where uploads are slow, 2 more for big files' chunks were 64 MB more.
+            packer.for_big = PackUploader(self, pool, in_flight=0, encoders=encoders, slots=packer.slots)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
             order = InOrder(writer)

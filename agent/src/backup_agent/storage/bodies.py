@@ -69,40 +69,43 @@ class FileRange(_Body):
 
 
 class Pieces(_Body):
-    """A pack: small files' bytes back to back, kept as they were read. `readinto` copies them
-    straight into the caller's buffer (awscrt's: one copy of each byte); `read` joins them once,
-    on first use (botocore)."""
+    """A pack: small files' bytes back to back, kept as they were read.
+
+    Reads copy from the parts themselves, never from one joined copy: a 16 MiB pack read as one
+    join, then a copy per read, then awscrt's own buffer was four copies of every pack in flight
+    (about 60 MB of a real tree's 265 MB peak); `readinto` fills the store's buffer directly."""
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
-        self.length = sum(map(len, parts))
+        self.starts = list(itertools.accumulate(map(len, parts), initial=0))  # offset of each part
+        self.length = self.starts[-1]
         self.pos = 0
-        self._joined: memoryview | None = None
-        self._starts = list(itertools.accumulate(map(len, parts), initial=0))
 
-    def readinto(self, m: memoryview) -> int:
-        """Up to len(m) bytes from `pos` into m.
-
-        Copying the parts where they belong instead of read()'s join-then-slice: that made two
-        more copies of every pack in fresh memory, and their page faults were a fifth of a first
-        backup's CPU on a tree of small files."""
-        want = min(len(m), self.length - self.pos)
-        i = bisect.bisect_right(self._starts, self.pos) - 1
-        done = 0
-        while done < want:
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        view = memoryview(buf).cast("B")
+        want = min(len(view), self.length - self.pos)
+        i = bisect.bisect_right(self.starts, self.pos) - 1
+        got = 0
+        while got < want:
             part = self.parts[i]
-            skip = self.pos + done - self._starts[i]
-            n = min(len(part) - skip, want - done)
-            m[done : done + n] = part[skip : skip + n] if skip or n < len(part) else part
-            done += n
+            skip = self.pos + got - self.starts[i]
+            n = min(len(part) - skip, want - got)
+            view[got : got + n] = memoryview(part)[skip : skip + n]
+            got += n
             i += 1
-        self.pos += done
-        return done
+        self.pos += got
+        return got
 
     def read(self, n: int = -1) -> bytes:
-        if self._joined is None:
-            self._joined = memoryview(b"".join(self.parts))
-        end = self.length if n is None or n < 0 else min(self.length, self.pos + n)
-        data = bytes(self._joined[self.pos : end])
-        self.pos = end
-        return data
+        want = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
+        if want <= 0:
+            return b""
+        i = bisect.bisect_right(self.starts, self.pos) - 1
+        skip = self.pos - self.starts[i]
+        part = self.parts[i]
+        if len(part) - skip >= want:  # within one part (http.client's 16 KiB reads, mostly)
+            self.pos += want
+            return part if skip == 0 and want == len(part) else part[skip : skip + want]
+        buf = bytearray(want)
+        self.readinto(buf)
+        return bytes(buf)

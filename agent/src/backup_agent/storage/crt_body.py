@@ -73,7 +73,7 @@ class UploadStream:
     def _fill(self, m: memoryview) -> int:
         """Bytes straight into awscrt's buffer: a file range with preadv (no Python copies: with
         one 200 MiB part, pread-then-copy took 3.5 s of a 7.7 s upload, faulting in fresh memory
-        twice), a BytesIO with readinto, anything else through read()."""
+        twice), a BytesIO or a pack (bodies.Pieces) with readinto, anything else through read()."""
         if not len(m):
             return 0
         src = self.src
