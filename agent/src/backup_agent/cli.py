@@ -251,12 +251,13 @@ def _job_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -
     from backup_agent.state import record_snapshot_count
 
     job = cfg.job(args.job)
-    if args.verb in ("run", "drill", "restore", "check"):
+    if args.verb in ("restore", "check"):
         from backup_agent import memory
 
-        memory.return_big_buffers()  # before their upload and download threads exist
-        if args.verb in ("restore", "check"):
-            memory.limit_malloc_arenas()
+        # Not for `run`: return_big_buffers' fixed 4 MiB thresholds lowered a small-file tree's
+        # peak by ~40 MB but made a big file's backup 50 % slower (its 16 MiB reads mapped and
+        # page-faulted afresh each time; docs/PERFORMANCE.md, "Peak memory after format 3").
+        memory.limit_malloc_arenas()  # before their download threads exist
     if args.verb == "run":
         return _run(cfg, job, args, as_json)
     runner = runner_for(cfg, job)
