@@ -221,7 +221,9 @@ def _config_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool
         from backup_agent.daemon import run_daemon
         from backup_agent.memory import return_big_buffers
 
-        return_big_buffers()  # its jobs' buffers too, or each run's stay with the daemon until it ends
+        # Its jobs and drills are processes of their own; this only keeps what the long-lived
+        # daemon itself frees (status, reports) from staying with it.
+        return_big_buffers()
         return run_daemon(cfg.path)
     if args.verb == "bucket":
         from backup_agent.storage.bucket import setup_bucket

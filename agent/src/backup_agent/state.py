@@ -201,13 +201,17 @@ BLOB_FILTER_BITS = 1 << 24
 BLOB_FILTER_LIMIT = 1_000_000
 
 
+def _probes(sha256: str) -> tuple[int, int]:
+    return int(sha256[:6], 16), int(sha256[6:12], 16)
+
+
 def _filter_add(bits: bytearray, sha256: str) -> None:
-    for probe in (int(sha256[:6], 16), int(sha256[6:12], 16)):
+    for probe in _probes(sha256):
         bits[probe >> 3] |= 1 << (probe & 7)
 
 
 def _filter_has(bits: bytearray, sha256: str) -> bool:
-    a, b = int(sha256[:6], 16), int(sha256[6:12], 16)
+    a, b = _probes(sha256)  # unrolled: once per piece a scan stores
     return bool(bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)))
 
 
@@ -315,7 +319,7 @@ class FileCache:
     def lookup_blob(self, sha256: str) -> tuple[str, int, int] | None:
         """Where content with this sha256 is stored: (object, offset, encoded length)."""
         if self._blob_filter is None:
-            self._blob_filter = self._build_blob_filter()
+            self._build_blob_filter()
         if self._blob_filter and not _filter_has(self._blob_filter, sha256):
             return None  # new content, the common case of a first run: no query, no lock
         with self.lock:
@@ -324,18 +328,21 @@ class FileCache:
         return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
 
     @_locked
-    def _build_blob_filter(self) -> bytearray:
+    def _build_blob_filter(self) -> None:
         """A Bloom filter of the content ids in `blobs` (BLOB_FILTER_BITS bits, two probes), so
         content that is new costs no query: one per piece was a fifth of a first run's scan on
         a tree of small files. Empty (no filter) above BLOB_FILTER_LIMIT rows, where building it
         would cost more than the queries it saves on a run that changes little."""
+        if self._blob_filter is not None:
+            return  # another thread built it while this one waited for the lock
         (count,) = self.db.execute("SELECT COUNT(*) FROM blobs").fetchone()
         if count > BLOB_FILTER_LIMIT:
-            return bytearray()
+            self._blob_filter = bytearray()
+            return
         bits = bytearray(BLOB_FILTER_BITS // 8)
         for (sha,) in self.db.execute("SELECT sha256 FROM blobs"):
             _filter_add(bits, sha)
-        return bits
+        self._blob_filter = bits
 
     @_locked
     def add_blobs(self, rows: list[tuple[str, str, int, int, int]]) -> None:

@@ -36,14 +36,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # numpy's OpenBLAS starts a thread per core that spins while idle; the chunker does no linear
-# algebra, and those threads took CPU from zstd and the scan on a 2-core node. Set before the
-# import (OpenBLAS reads it once); an operator's own setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# algebra, and those threads took CPU from zstd and the scan on a 2-core node. OpenBLAS reads the
+# variable once, as numpy loads it; it is set for that moment only, so hooks and dump commands
+# this process starts later do not inherit it. An operator's own setting wins.
+_blas_set = "OPENBLAS_NUM_THREADS" not in os.environ
+if _blas_set:
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 try:
     # Any-typed on purpose: the agent does not require numpy, and mypy must pass without it.
     _np: Any = importlib.import_module("numpy")
 except ImportError:  # pragma: no cover - depends on the install
     _np = None
+finally:
+    if _blas_set:
+        del os.environ["OPENBLAS_NUM_THREADS"]
 
 KIB = 1024
 WINDOW = 32  # bytes the hash sees
