@@ -83,6 +83,18 @@ def test_text_is_stored_compressed_and_random_bytes_cost_nothing_extra(tmp_path:
     assert raw <= grown < raw * 1.01
 
 
+def test_text_after_random_bytes_in_one_big_file_is_still_compressed(tmp_path: Path) -> None:
+    """After a chunk stays raw, the next ones are probed on a sample first (random data then costs
+    little CPU); the probe must not leave the rest of the file uncompressed."""
+    bench = Bench(tmp_path)
+    rnd = random.Random(3)
+    image = os.urandom(6 * MIB)
+    text = log_text(rnd, 6 * MIB)
+    (bench.src / "disk.img").write_bytes(image + text + os.urandom(2 * MIB) + text[::-1])
+    _, grown = bench.run()
+    assert grown < 8 * MIB + 0.35 * 12 * MIB, grown
+
+
 def test_a_growing_log_uploads_about_what_was_appended(tmp_path: Path) -> None:
     bench = Bench(tmp_path)
     rnd = random.Random(1)

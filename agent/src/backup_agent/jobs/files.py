@@ -35,7 +35,7 @@ from backup_agent.jobs.fsmeta import read_xattrs
 from backup_agent.jobs.restore_files import lstat_inside, restore_entries
 from backup_agent.jobs.scan import Excluder, Found, walk
 from backup_agent.state import FileCache, JobLock, atomic_write, clear_damage, ensure_dir, read_damage, save_damage
-from backup_agent.storage import cold, layout
+from backup_agent.storage import codec, cold, layout
 from backup_agent.storage.bodies import Pieces
 from backup_agent.storage.manifest import Chunk, Entry, ManifestWriter
 from backup_agent.storage.store import Store, StoreError
@@ -725,7 +725,14 @@ class FilesJob(S3Job):
                 chunks.append((loc[0], loc[1], loc[2], n, sha))
                 ahead -= n
 
-        encode = self.encoding.seal_data
+        seal = self.encoding.seal_data
+        raw = [False]  # the file's last chunk encoded stayed raw: the next ones probe first
+
+        def encode(data: bytes | memoryview, sha: str) -> bytes:
+            piece = seal(data, sha, raw[0])
+            raw[0] = not codec.is_compressed(piece)
+            return piece
+
         with packer.one_file:
             for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
                 whole.update(data)

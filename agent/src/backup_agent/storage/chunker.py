@@ -28,9 +28,11 @@ on the secret too (restic randomises its polynomial per repository for the same 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,7 +55,8 @@ finally:
 
 KIB = 1024
 WINDOW = 32  # bytes the hash sees
-BLOCK = 1 << 20  # bytes read and hashed at a time (peak memory: about 24x this, kept buffers included)
+BLOCK = 1 << 20  # bytes read at a time (a chunk is a view of its block: a few blocks stay alive)
+SEGMENT = 64 << 10  # bytes hashed at a time (three arrays of about 4 bytes a byte: in the L2 cache)
 DEFAULT_SEED = b"backup-agent gear v1"
 
 
@@ -105,8 +108,14 @@ class Chunker:
     def fast(self) -> bool:
         return self._np_table is not None
 
-    def chunks(self, f: Readable) -> Iterator[bytes]:
-        """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks."""
+    def chunks(self, f: Readable) -> Iterator[bytes | memoryview]:
+        """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks. With
+        numpy a chunk is a view of the block it lies in (copied only when it spans two)."""
+        if self._np_table is not None:
+            return self._chunks_numpy(f)
+        return self._chunks_python(f)
+
+    def _chunks_python(self, f: Readable) -> Iterator[bytes]:
         buf = b""
         eof = False
         while not eof:
@@ -116,61 +125,87 @@ class Chunker:
             if not buf:
                 return
             start = 0
-            for cut in self.cuts(buf, eof):
+            for cut in self._cuts_python(buf, eof):
                 yield buf[start:cut]
                 start = cut
             buf = buf[start:]
 
-    def cuts(self, buf: bytes, eof: bool) -> list[int]:
-        """Chunk ends within buf, which starts at a chunk boundary. Without eof, the bytes after
-        the last cut (fewer than max_size, or no boundary found yet) wait for more data."""
-        if self._np_table is not None:
-            return self._cuts_numpy(buf, eof)
-        return self._cuts_python(buf, eof)
-
-    def _cuts_numpy(self, buf: bytes, eof: bool) -> list[int]:
-        np = _np
+    def _chunks_numpy(self, f: Readable) -> Iterator[bytes | memoryview]:
+        """Each block is hashed once, with the WINDOW-1 bytes before it as look-back: the bytes
+        after the last cut are never hashed again nor joined with the next block, and a chunk is
+        handed out as a view (two copies per byte fewer than slicing; PERFORMANCE.md)."""
         p = self.params
-        n = len(buf)
-        if self._tmp is None or len(self._tmp[0]) < n:
-            # Kept between blocks: fresh arrays cost a page fault per 4 KiB each time. Sized once
-            # for a block and the most a block can carry over (less than a chunk).
-            self._tmp = None
-            size = max(n, BLOCK + self.params.max_size)
-            self._tmp = (np.empty(size, dtype=np.uint32), np.empty(size, dtype=np.uint32), np.empty(size, dtype=bool))
-        h, tmp, below = (a[:n] for a in self._tmp)
-        # mode="clip": with the default ("raise") numpy buffers `out` (one more array per block).
-        np.take(self._np_table, np.frombuffer(buf, dtype=np.uint8), out=h, mode="clip")
-        w = 1
-        while w < WINDOW:  # window doubling: five passes give the 32-byte gear hash at every byte
-            # Into a kept buffer: `h[w:] += h[:-w] << w` allocates a temporary each pass (half the speed).
-            np.left_shift(h[:-w], np.uint32(w), out=tmp[:n - w])
-            np.add(h[w:], tmp[:n - w], out=h[w:])
-            w *= 2
-        np.less(h, np.uint32(self._limit_l), out=below)
-        cand_l = np.flatnonzero(below)
-        cand_s = cand_l[h[cand_l] < np.uint32(self._limit_s)]
-        out: list[int] = []
-        s = 0
-        while s < n:
-            # A chunk of length L ends at i = s + L - 1.
-            lo, mid, hi = s + p.min_size - 1, s + p.avg_size - 1, s + p.max_size - 1
-            j = int(np.searchsorted(cand_s, lo))
-            if j < len(cand_s) and cand_s[j] < mid:
-                cut = int(cand_s[j]) + 1
-            elif mid > n - 1 and not eof:
-                break  # the harder range runs past the data read so far
-            else:
-                j = int(np.searchsorted(cand_l, mid))
-                if j < len(cand_l) and cand_l[j] <= hi:
-                    cut = int(cand_l[j]) + 1
-                elif (forced := _forced_cut(hi, n, eof)) is not None:
-                    cut = forced
+        blocks: deque[tuple[int, memoryview]] = deque()  # (offset in the file, bytes) not yet all cut
+        tail = b""  # the last WINDOW-1 bytes read
+        cand_l: list[int] = []  # offsets i after the current chunk's start where h(i) < limit_l
+        cand_s: list[int] = []  # those where h(i) < limit_s too
+        s = n = 0  # the current chunk's start; bytes read
+        eof = False
+        while not eof:
+            data = f.read(BLOCK)
+            eof = not data
+            if data:
+                self._candidates(tail, data, n, cand_l, cand_s)
+                blocks.append((n, memoryview(data)))
+                n += len(data)
+                tail = (tail + data[-(WINDOW - 1):])[-(WINDOW - 1):]
+            while s < n:
+                # A chunk of length L ends at i = s + L - 1 (the rules of _cuts_python).
+                lo, mid, hi = s + p.min_size - 1, s + p.avg_size - 1, s + p.max_size - 1
+                j = bisect.bisect_left(cand_s, lo)
+                if j < len(cand_s) and cand_s[j] < mid:
+                    cut = cand_s[j] + 1
+                elif mid > n - 1 and not eof:
+                    break  # the harder range runs past the data read so far
                 else:
-                    break
-            out.append(cut)
-            s = cut
-        return out
+                    j = bisect.bisect_left(cand_l, mid)
+                    if j < len(cand_l) and cand_l[j] <= hi:
+                        cut = cand_l[j] + 1
+                    elif (forced := _forced_cut(hi, n, eof)) is not None:
+                        cut = forced
+                    else:
+                        break
+                yield _span(blocks, s, cut)
+                s = cut
+            while blocks and blocks[0][0] + len(blocks[0][1]) <= s:
+                blocks.popleft()
+            del cand_l[:bisect.bisect_left(cand_l, s)]
+            del cand_s[:bisect.bisect_left(cand_s, s)]
+
+    def _candidates(self, tail: bytes, data: bytes, base: int, cand_l: list[int], cand_s: list[int]) -> None:
+        """Append the offsets (base = data's offset in the file) in data where a chunk may end.
+        Hashed SEGMENT bytes at a time: the arrays then stay in the CPU's cache, where a whole
+        block's (4 bytes a byte, several passes) went to memory and back each pass."""
+        np = _np
+        if self._tmp is None:
+            size = SEGMENT + WINDOW
+            self._tmp = (np.empty(size, dtype=np.uint32), np.empty(size, dtype=np.uint32), np.empty(size, dtype=bool))
+        hs, ts, bs = self._tmp
+        table = self._np_table
+        limit_l, limit_s = np.uint32(self._limit_l), np.uint32(self._limit_s)
+        u8 = np.frombuffer(data, dtype=np.uint8)
+        back = np.frombuffer(tail, dtype=np.uint8)
+        for o in range(0, len(data), SEGMENT):
+            # The look-back: the end of the previous block, or of the previous segment.
+            lb = len(back) if o == 0 else WINDOW - 1
+            end = min(len(data), o + SEGMENT)
+            m = lb + end - o
+            h, tmp, below = hs[:m], ts[:m], bs[:m]
+            # mode="clip": with the default ("raise") numpy buffers `out` (one more array each time).
+            np.take(table, back if o == 0 else u8[o - lb:o], out=h[:lb], mode="clip")
+            np.take(table, u8[o:end], out=h[lb:], mode="clip")
+            w = 1
+            while w < WINDOW:  # window doubling: five passes give the 32-byte gear hash at every byte
+                # Into a kept buffer: `h[w:] += h[:-w] << w` allocates a temporary each pass.
+                np.left_shift(h[:-w], np.uint32(w), out=tmp[:m - w])
+                np.add(h[w:], tmp[:m - w], out=h[w:])
+                w *= 2
+            np.less(h[lb:], limit_l, out=below[lb:])
+            found = np.flatnonzero(below[lb:])
+            if len(found):
+                first = base + o
+                cand_l.extend((found + first).tolist())
+                cand_s.extend((found[h[found + lb] < limit_s] + first).tolist())
 
     def _cuts_python(self, buf: bytes, eof: bool) -> list[int]:
         p = self.params
@@ -208,3 +243,15 @@ def _forced_cut(hi: int, n: int, eof: bool) -> int | None:
     if eof:
         return n
     return None
+
+
+def _span(blocks: deque[tuple[int, memoryview]], start: int, end: int) -> bytes | memoryview:
+    """Bytes [start, end) of the file from the blocks read: a view when one block holds them."""
+    parts = []
+    for off, view in blocks:
+        if off + len(view) <= start:
+            continue
+        if off >= end:
+            break
+        parts.append(view[max(0, start - off):end - off])
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -68,6 +68,10 @@ SEGMENT = 1 << 20
 # The compression trial: the first SAMPLE bytes at level 1; below MIN_GAIN saved, store raw.
 SAMPLE = 64 << 10
 MIN_GAIN = 0.05
+# A piece encoded with `probe` (a big file's chunk after one that stayed raw) first tries this
+# many bytes from its middle at level 1: a random or already-compressed file costs 1/8 of a
+# compression per chunk instead of a whole one that is thrown away.
+PROBE = 8 << 10
 DEFAULT_LEVEL = 3
 MIN_SECRET_LEN = 32
 # zstd frames are written with at most this window, and readers refuse larger ones: a reader's
@@ -202,11 +206,25 @@ def _smaller(packed: int, raw: int) -> bool:
     return packed <= raw * (1 - MIN_GAIN)
 
 
-def worth_compressing(sample: bytes) -> bool:
+def worth_compressing(sample: bytes | memoryview) -> bool:
     """The decision for a stream: does level-1 zstd save at least MIN_GAIN on its first bytes?"""
     if len(sample) < 64:  # a frame header costs more than it could save
         return False
     return _smaller(len(_compressor(1).compress(sample)), len(sample))
+
+
+def _try_whole(data: bytes | memoryview, probe: bool) -> bool:
+    """Whether to compress the whole piece: yes, unless `probe` and PROBE bytes from its middle
+    (not copied; a chunk's start is often some format's header) do not compress."""
+    if not probe or len(data) < 4 * PROBE:
+        return True
+    at = (len(data) - PROBE) // 2
+    return worth_compressing(memoryview(data)[at:at + PROBE])
+
+
+def is_compressed(piece: bytes) -> bool:
+    """Whether an encoded piece's body is zstd-compressed (its header's flag)."""
+    return bool(piece[len(MAGIC) + 1] & FLAG_COMPRESSED)
 
 
 def _nonce(index: int, last: bool) -> bytes:
@@ -254,12 +272,14 @@ class Codec:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def encode(self, data: bytes, content_id: bytes, stats: EncodeStats | None = None) -> bytes:
+    def encode(self, data: bytes | memoryview, content_id: bytes, stats: EncodeStats | None = None,
+               probe: bool = False) -> bytes:
         """A piece held in memory (a chunk, a small file): compressed once, kept raw if that
-        saved less than MIN_GAIN, sealed in place. Same format as encode_iter, fewer copies."""
+        saved less than MIN_GAIN, sealed in place. Same format as encode_iter, fewer copies.
+        With `probe`, a PROBE-byte sample decides first whether the whole is worth trying."""
         st = stats if stats is not None else EncodeStats()
         body, flags = data, 0
-        if self.compress and len(data) >= 64:
+        if self.compress and len(data) >= 64 and _try_whole(data, probe):
             packed = _compressor(self.level).compress(data)
             if _smaller(len(packed), len(data)):
                 body, flags = packed, FLAG_COMPRESSED

@@ -58,9 +58,9 @@ class Encoding:
         """What a manifest header records of the encoding its data was written with."""
         return {"key_id": self.key_id, "compression_level": self.data.level if self.data.compress else 0}
 
-    def seal_data(self, data: bytes, aad: str) -> bytes:
-        """A data piece held in memory (a small file, a chunk), encoded."""
-        return self.data.encode(data, aad.encode())
+    def seal_data(self, data: bytes | memoryview, aad: str, probe: bool = False) -> bytes:
+        """A data piece held in memory (a small file, a chunk), encoded (`probe`: Codec.encode)."""
+        return self.data.encode(data, aad.encode(), probe=probe)
 
     def manifest_aad(self, root: str, sid: str) -> bytes:
         return f"{root}{sid}".encode()
