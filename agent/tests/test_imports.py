@@ -108,3 +108,14 @@ def test_loading_the_config_imports_no_storage_client_and_no_job_runner() -> Non
             "or m in ('backup_agent.jobs.base', 'backup_agent.storage.s3', 'backup_agent.storage.cold')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_files_job_loads_without_numpy_http_client_or_boto() -> None:
+    """A rerun that finds little changed is mostly start-up: numpy (100 ms) comes only when a big
+    file is cut, http.client (ssl, email: 25 ms) only when storage.endpoints are probed, botocore
+    only as a fallback store."""
+    code = ("import sys, backup_agent.cli, backup_agent.jobs.files, backup_agent.storage.open, "
+            "backup_agent.storage.s3_crt, backup_agent.storage.endpoints; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'http', 'botocore', 'boto3')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -524,3 +524,14 @@ def test_a_run_read_with_another_key_exits_2_and_writes_nothing(tmp_path: Path) 
         assert err.value.exit_code == 2 and "\n" not in str(err.value)
         assert "encryption_key" in str(err.value)
     assert not target.exists() or not any(target.iterdir())
+
+
+def test_restore_threads_are_capped_at_the_cores_not_the_transfers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More fetch-and-write threads than cores only fought over the GIL (PERFORMANCE.md)."""
+    storage = config.from_dict({"storage": {"bucket": "bkt", "concurrency": 8}, "jobs": {}}).storage
+    monkeypatch.setattr(reader.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    assert reader.restore_workers(storage) == 2
+    monkeypatch.setattr(reader.os, "sched_getaffinity", lambda _pid: set(range(32)), raising=False)
+    assert reader.restore_workers(storage) == 8
+    one = config.from_dict({"storage": {"bucket": "bkt", "concurrency": 1}, "jobs": {}}).storage
+    assert reader.restore_workers(one) == 1

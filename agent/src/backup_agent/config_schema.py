@@ -210,7 +210,9 @@ TOP_LEVEL: dict[str, Any] = {
                 "kms_key_id": _str,
                 "pack_size_mb": {"type": "integer", "minimum": 1, "maximum": 512, "default": 16},
                 "large_file_mb": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 8},
-                "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8},
+                "concurrency": {"type": "integer", "minimum": 1, "maximum": 64, "default": 8,
+                                "description": "transfers at once; a restore's fetch-and-write threads are "
+                                               "also capped at the node's cores (two at least)"},
                 "multipart_chunk_mb": {
                     "type": "integer", "minimum": 5, "maximum": 5000, "default": 128,
                     "description": "part size of multipart uploads; files under two parts use one PUT",

@@ -50,7 +50,7 @@ HOLD_ENTRIES = 50_000
 # future and a thread hand-off take tens).
 INLINE = 16 << 10
 # Bytes of a big file's chunks cut but not yet encoded and packed (memory: about twice this).
-CHUNKS_AHEAD = 16 << 20
+CHUNKS_AHEAD = 4 << 20
 # Above this many files with xattrs the memo of which ones have them is not kept (each file is asked).
 XATTR_MEMO_LIMIT = 200_000
 # A large file's manifest entry and its cache row; None when it vanished.

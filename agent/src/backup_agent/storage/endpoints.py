@@ -15,7 +15,6 @@ behind it too; a refused connection, a timeout or a 5xx (a gateway whose filer i
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import logging
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
@@ -36,6 +35,10 @@ class NoEndpoint(AgentError):
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     """None when `url` answers like a live S3 gateway, else the reason it does not (one line)."""
+    # Here, not at the top: http.client brings ssl and email (~25 ms), and every run imports this
+    # module while only nodes with storage.endpoints ever probe.
+    import http.client
+
     parts = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(parts.hostname or "", parts.port, timeout=timeout)

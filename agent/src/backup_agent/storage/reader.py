@@ -17,6 +17,7 @@ lacks raises WrongKey (exit 2) and stops everything.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from collections import defaultdict, deque
@@ -127,7 +128,7 @@ def read_all(store: Store, root: str, entries: Iterable[Entry], storage: Storage
              encoding: Encoding, concurrency: int | None = None) -> list[str]:
     """Fetch every piece once and feed it to `sink`; return the problems found. `encoding` opens
     format 3 pieces (the job's: its keys)."""
-    workers = concurrency or storage.concurrency
+    workers = concurrency or restore_workers(storage)
     problems: list[str] = []
     pending: deque[Future[list[str]]] = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -153,6 +154,16 @@ def read_all(store: Store, root: str, entries: Iterable[Entry], storage: Storage
             for f in pending:  # a failed read or a bad manifest entry: nothing more is started
                 f.cancel()
     return problems
+
+
+def restore_workers(storage: Storage) -> int:
+    """Threads that fetch and write: `concurrency`, but no more than the cores (two at least).
+    Writing small files is Python and syscalls under the GIL, and the network waits happen in
+    awscrt's event loop (WindowedBody reads ahead), so threads beyond the cores only contend: on
+    2 cores, 8 threads made 226k futex calls restoring 5,000 small files, 2 threads 30k, and the
+    random anchor's restore took 18 % less time and 50 MB less memory (PERFORMANCE.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(storage.concurrency, max(2, cores)))
 
 
 def _windows(entries: Iterable[Entry]) -> Iterator[list[Entry]]:
