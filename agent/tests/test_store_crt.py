@@ -28,8 +28,10 @@ from test_store_contract import no_creds_but_imds
 from backup_agent.config import Storage
 from backup_agent.errors import ConfigError
 from backup_agent.storage import crt_credentials
+from backup_agent.storage.bodies import BodyReleased, Pieces
+from backup_agent.storage.crt_body import UploadStream
 from backup_agent.storage.s3_crt import CrtStore, endpoint_for
-from backup_agent.storage.store import Denied, NotFound
+from backup_agent.storage.store import Denied, NotFound, StoreError
 
 SECRET = "not-the-right-secret-0000000000000000000"
 
@@ -366,6 +368,39 @@ def test_a_download_that_breaks_off_is_resumed_where_it_broke(seaweed: SeaweedFS
                 rest += chunk
         assert proxy.faulted() == 2
     assert first + rest == data
+
+
+@pytest.mark.parametrize("fault", ["503", "500", "reset"])
+def test_a_pack_let_go_after_awscrt_copied_it_is_still_resent_whole_on_retries(seaweed: SeaweedFS,
+                                                                                fault: str) -> None:
+    """A pack's pieces are released once awscrt has them in its buffer (one copy per upload in
+    flight instead of two): its retries must resend that buffer, never read the pack again."""
+    bucket = f"c-{uuid.uuid4().hex[:16]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    parts = [os.urandom(n) for n in (70_000, 1, 300_000, 5_000) * 8]
+    whole = b"".join(parts)
+    with FaultProxy(seaweed.endpoint_url) as proxy:
+        store = CrtStore.from_storage(_storage(bucket, proxy.url, access_key_id=seaweed.access_key,
+                                               secret_access_key=seaweed.secret_key))
+        proxy.inject(lambda r: r.method == "PUT", fault, times=2)
+        body = Pieces(list(parts))
+        store.put("pack", body, sha256=_sha(whole))
+        assert proxy.faulted() == 2
+    assert body.released and body.parts == []
+    assert len(body) == len(whole)
+    assert seaweed.client().get_object(Bucket=bucket, Key="pack")["Body"].read() == whole
+
+
+def test_a_released_pack_is_never_sent_again_short() -> None:
+    body = Pieces([b"abc", b"defg"])
+    stream = UploadStream(body)
+    buf = bytearray(16)
+    assert stream.readinto(memoryview(buf)) == 7 and bytes(buf[:7]) == b"abcdefg"
+    assert stream.readinto(memoryview(buf)) == 0  # the end, asked again: no error
+    assert body.released
+    with pytest.raises(BodyReleased, match="cannot be sent again") as err:
+        body.seek(0)  # what a region redirect's second attempt does first
+    assert isinstance(err.value, StoreError)  # the run fails as an upload failure, never sends it short
 
 
 # --- settings on every write -------------------------------------------------------------------------

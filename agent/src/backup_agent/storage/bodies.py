@@ -2,7 +2,8 @@
 
 Both are re-readable (`read`/`seek`, what the S3 stores and a retry need): a file range reads
 through the one descriptor with pread, and a pack keeps the files' bytes as read until a store
-reads it, instead of growing one buffer (docs/PERFORMANCE.md, "Packs are a list").
+reads it, instead of growing one buffer (docs/PERFORMANCE.md, "Packs are a list"). A pack is let
+go (`Pieces.release`) once awscrt has copied all of it: awscrt retries from its own copy.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import bisect
 import itertools
 import os
 
+from backup_agent.storage.store import StoreError
+
 
 class FileShrank(Exception):
     """The file ended before the size it had when its upload started."""
+
+
+class BodyReleased(StoreError):
+    """A pack's bytes were let go once the store held its own copy, and were asked for again."""
 
 
 class _Body:
@@ -77,13 +84,32 @@ class Pieces(_Body):
 
     def __init__(self, parts: list[bytes]) -> None:
         self.parts = parts
+        self.released = False
         self.starts = list(itertools.accumulate(map(len, parts), initial=0))  # offset of each part
         self.length = self.starts[-1]
         self.pos = 0
 
+    def release(self) -> None:
+        """Let the parts go: the store has read all of them into a buffer of its own and resends
+        from that (awscrt reads a request's body once, then retries from its copy), so a pack
+        waiting for its PUT to end is held once, not twice (docs/PERFORMANCE.md). Reading or
+        rewinding afterwards raises BodyReleased: never a short or empty body."""
+        self.parts, self.released = [], True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._check_held()
+        return super().seek(offset, whence)
+
+    def _check_held(self) -> None:
+        if self.released:
+            raise BodyReleased("a pack's bytes were released once the store had copied them and cannot be "
+                               "sent again (the upload is retried by the next run)")
+
     def readinto(self, buf: memoryview | bytearray) -> int:
         view = memoryview(buf).cast("B")
         want = min(len(view), self.length - self.pos)
+        if want > 0:
+            self._check_held()
         i = bisect.bisect_right(self.starts, self.pos) - 1
         got = 0
         while got < want:
@@ -100,6 +126,7 @@ class Pieces(_Body):
         want = self.length - self.pos if n is None or n < 0 else min(n, self.length - self.pos)
         if want <= 0:
             return b""
+        self._check_held()
         i = bisect.bisect_right(self.starts, self.pos) - 1
         skip = self.pos - self.starts[i]
         part = self.parts[i]

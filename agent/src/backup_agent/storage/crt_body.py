@@ -68,6 +68,10 @@ class UploadStream:
             self.error = exc
             raise
         self.pos += n
+        if self.pos >= self.length and isinstance(self.src, Pieces):
+            # All of it is in awscrt's buffer now, which its retries resend (aws-c-s3 reads a
+            # request's body only when preparing it the first time).
+            self.src.release()
         return n
 
     def _fill(self, m: memoryview) -> int:
