@@ -69,7 +69,8 @@ class PackUploader:
     packs in the background. The scan thread and the big-file workers add to it at once.
 
     At most `in_flight` packs wait for upload at once (`slots`: a count shared with another
-    packer), each held twice meanwhile (its pieces, and the store's copy for the PUT).
+    packer), each held once meanwhile: by its pieces until the store has copied them, then by
+    the store's copy (awscrt; bodies.Pieces.release). botocore rereads on retries: twice there.
     """
 
     def __init__(self, job: FilesJob, pool: ThreadPoolExecutor, in_flight: int,
@@ -335,8 +336,9 @@ class FilesJob(S3Job):
             # needs any piece of it, and the chunks of a file that was replaced or deleted then
             # go together instead of staying with small files that are still there.
             packer = PackUploader(self, pool, in_flight=max(2, conc // 2), encoders=encoders)
-            # One count of packs in flight for both: each costs twice pack_size until its PUT
-            # ends, and where uploads are slow, 2 more for big files' chunks were 64 MB more.
+            # One count of packs in flight for both: each costs pack_size until its PUT ends (twice
+            # through botocore), and where uploads are slow, 2 more for big files' chunks cost that
+            # much more again.
             packer.for_big = PackUploader(self, pool, in_flight=0, encoders=encoders, slots=packer.slots)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
