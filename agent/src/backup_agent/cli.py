@@ -261,6 +261,9 @@ def _job_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -
         # page-faulted afresh each time; docs/PERFORMANCE.md, "Peak memory after format 3").
         memory.limit_malloc_arenas()  # before their download threads exist
     if args.verb == "run":
+        from backup_agent import memory
+
+        memory.reuse_pack_buffers()  # before the job's upload threads exist
         return _run(cfg, job, args, as_json)
     runner = runner_for(cfg, job)
     if args.verb == "drill":

@@ -14,6 +14,9 @@ M_ARENA_MAX = -8
 # goes back too.
 BIG_BUFFER = 4 << 20
 HEAP_TRIM = 4 << 20
+# Backups (reuse_pack_buffers): the same, sized for awscrt's buffer of each PUT (a pack).
+PACK_MMAP_THRESHOLD = 32 << 20
+PACK_TRIM_THRESHOLD = 64 << 20
 # Restore and check (limit_malloc_arenas): blocks up to this size come from the heap, and this
 # much free memory stays at its top.
 MMAP_THRESHOLD = 16 << 20
@@ -46,6 +49,20 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
             mallopt(param, value)
 
 
+def reuse_pack_buffers(threshold: int = PACK_MMAP_THRESHOLD, trim: int = PACK_TRIM_THRESHOLD) -> None:
+    """For a backup (`run`): keep the buffers a PUT needs for reuse; call before its threads start.
+
+    awscrt allocates a buffer of the body's size for every PUT (a pack: `pack_size`, 16 MiB) and
+    frees it when the PUT ends; copying the pack into fresh pages was 9 % of a big random file's
+    backup CPU, and page faults as much again (docs/PERFORMANCE.md, "The random-data anchor
+    again"). Up to `threshold` (glibc's maximum, 32 MiB) blocks come from the heap, which keeps up
+    to `trim` free at its top: about four PUTs' buffers, the packs in flight by default. Fixing
+    the mmap threshold also stops glibc raising it by itself, which is why both are set (a trim
+    threshold alone left it at 128 KiB and mapped every chunk afresh: 3.5 times the CPU).
+    A no-op without glibc; each setting is left alone when its MALLOC_*_ variable is set."""
+    _set_thresholds(threshold, trim)
+
+
 def return_big_buffers(threshold: int = BIG_BUFFER, trim: int = HEAP_TRIM) -> None:
     """Give large buffers back to the system when they are freed; call before a verb's threads start.
 
@@ -65,10 +82,17 @@ def return_big_buffers(threshold: int = BIG_BUFFER, trim: int = HEAP_TRIM) -> No
     A no-op without glibc, or when MALLOC_MMAP_THRESHOLD_ is set."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return
+    _set_thresholds(threshold, trim)
+
+
+def _set_thresholds(threshold: int, trim: int) -> None:
     mallopt = _mallopt()
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, threshold)
-        mallopt(M_TRIM_THRESHOLD, trim)
+    if mallopt is None:
+        return
+    for var, param, value in (("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, threshold),
+                              ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD, trim)):
+        if not os.environ.get(var):
+            mallopt(param, value)
 
 
 def _mallopt() -> Any:
