@@ -46,8 +46,10 @@ class ContentChanged(StoreError):
 
 
 class UploadStream:
-    def __init__(self, data: bytes | Readable, *, verify_sha256: str | None = None, label: str = "") -> None:
+    def __init__(self, data: bytes | Readable, *, verify_sha256: str | None = None, label: str = "",
+                 release: bool = False) -> None:
         self.src: Readable | io.BytesIO = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        self.release = release  # let a pack (bodies.Pieces) go once all of it is in awscrt's buffer
         self.length = len(data)
         self.pos = 0
         self.want = verify_sha256
@@ -68,7 +70,7 @@ class UploadStream:
             self.error = exc
             raise
         self.pos += n
-        if self.pos >= self.length and isinstance(self.src, Pieces):
+        if self.release and self.pos >= self.length and isinstance(self.src, Pieces):
             # All of it is in awscrt's buffer now, which its retries resend (aws-c-s3 reads a
             # request's body only when preparing it the first time).
             self.src.release()

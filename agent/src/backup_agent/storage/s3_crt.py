@@ -121,6 +121,10 @@ class CrtStore:
         self._credentials = credentials
         self._bootstrap = ClientBootstrap.get_or_create_static_default()
         self._lock = threading.Lock()
+        # Set once any request has been answered: the region is right from then on (a wrong one
+        # is answered with a redirect). Until then a pack's bytes are kept after awscrt copied
+        # them, since a redirect's second attempt must read them again (UploadStream `release`).
+        self.answered = False
         self._open(region)
 
     @classmethod
@@ -193,7 +197,9 @@ class CrtStore:
         """Run one operation; follow one region redirect; map failures to the store's errors."""
         for redirected in (False, True):
             try:
-                return attempt()
+                answer = attempt()
+                self.answered = True
+                return answer
             except S3ResponseError as exc:
                 region = self._redirect_region(exc)
                 if region and not redirected and region != self.region:
@@ -418,7 +424,8 @@ class CrtStore:
         def run() -> None:
             if not isinstance(data, bytes | bytearray | memoryview):
                 data.seek(0)
-            stream = UploadStream(data, verify_sha256=sha256 if multipart else None, label=f"{self.label}/{key}")
+            stream = UploadStream(data, verify_sha256=sha256 if multipart else None, label=f"{self.label}/{key}",
+                                  release=self.answered)
             req = self.client.make_request(
                 type=S3RequestType.PUT_OBJECT, operation_name="PutObject",
                 request=self._http("PUT", key, None, headers, stream, size), checksum_config=checksum,
