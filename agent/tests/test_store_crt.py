@@ -148,7 +148,7 @@ def test_a_put_refused_before_its_body_is_read_shows_the_servers_error(tmp_path:
 
 # --- regions ----------------------------------------------------------------------------------------
 
-PUTS: list[bytes] = []  # bodies regional_server stored
+STORED: list[bytes] = []  # bodies regional_server stored
 
 
 @contextmanager
@@ -156,7 +156,7 @@ def regional_server(home: str) -> Iterator[tuple[str, list[str]]]:
     """Answers 301 PermanentRedirect, the region only in the error body, to requests signed for
     another region than `home`; 200 to HEADs signed for `home`."""
     regions: list[str] = []
-    puts = PUTS
+    puts = STORED
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
@@ -232,7 +232,7 @@ def test_a_pack_redirected_on_the_stores_first_request_is_sent_again_whole(
     copied it, so the redirect's second attempt can read it again (a rerun's first PUTs race the
     preflight's requests)."""
     _clean_env(monkeypatch, tmp_path)
-    PUTS.clear()
+    STORED.clear()
     parts = [os.urandom(n) for n in (50_000, 3, 200_000)]
     whole = b"".join(parts)
     with regional_server("eu-west-1") as (url, regions):
@@ -244,7 +244,8 @@ def test_a_pack_redirected_on_the_stores_first_request_is_sent_again_whole(
         store.put("packs/p2", later, sha256=_sha(whole))
         assert later.released  # answered once: the region is right, the copy is let go
     assert regions == ["PUT us-east-1", "PUT eu-west-1", "PUT eu-west-1"]
-    assert PUTS == [whole, whole]
+    stored = list(STORED)
+    assert stored == [whole, whole]
 
 
 def test_a_head_redirected_without_a_region_header_finds_the_region(tmp_path: Path,
