@@ -31,7 +31,9 @@ import binascii
 import gzip
 import json
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, Any
@@ -127,11 +129,17 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 
 
 class ManifestWriter:
-    """Lines are buffered and compressed in batches: per-line gzip writes cost more than the scan."""
+    """Lines are buffered and compressed in batches: per-line gzip writes cost more than the scan.
+    The batches are compressed on a thread of their own (zlib lets go of the GIL), in order, while
+    the scan goes on; at most WRITING of them wait."""
+
+    WRITING = 4
 
     def __init__(self, fileobj: IO[bytes], header: dict[str, Any]) -> None:
         # Level 1: manifests are written on every run and read rarely; speed beats a few % size.
         self._gz = gzip.GzipFile(fileobj=fileobj, mode="wb", compresslevel=1)
+        self._zip: ThreadPoolExecutor | None = None
+        self._writing: deque[Future[int]] = deque()
         self._pending: list[str] = []
         self.count = 0
         self.objects: set[str] = set()  # every object the manifest's files live in
@@ -143,9 +151,15 @@ class ManifestWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            self._gz.write(("\n".join(self._pending) + "\n").encode())
-            self._pending = []
+        if not self._pending:
+            return
+        data = ("\n".join(self._pending) + "\n").encode()
+        self._pending = []
+        if self._zip is None:
+            self._zip = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
+        self._writing.append(self._zip.submit(self._gz.write, data))
+        while self._writing and (len(self._writing) > self.WRITING or self._writing[0].done()):
+            self._writing.popleft().result()  # raises what the write raised (a full disk)
 
     def add(self, entry: Entry) -> None:
         # Hand-assembled around json-encoded strings: the same bytes json.dumps would give for
@@ -170,6 +184,12 @@ class ManifestWriter:
     def close(self, summary: dict[str, Any]) -> None:
         self._line({"end": True, "entries": self.count, "summary": summary})
         self._flush()
+        try:
+            while self._writing:
+                self._writing.popleft().result()
+        finally:
+            if self._zip is not None:
+                self._zip.shutdown()
         self._gz.close()
 
 
