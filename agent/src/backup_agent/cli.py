@@ -264,6 +264,7 @@ def _job_verb(cfg: config_mod.Config, args: argparse.Namespace, as_json: bool) -
         from backup_agent import memory
 
         memory.reuse_pack_buffers()  # before the job's upload threads exist
+        memory.fewer_gc_passes()
         return _run(cfg, job, args, as_json)
     runner = runner_for(cfg, job)
     if args.verb == "drill":
