@@ -172,6 +172,8 @@ class InOrder:
         self.before_wait = before_wait
         self.queue: deque[tuple[Future[Any] | None, Entry | Callable[[Any], Entry | None], int]] = deque()
         self.queued = 0
+        self._done: Future[Any] | None = None  # the newest future whose result was taken, and that result
+        self._outcome: Any = None
 
     def add(self, entry: Entry) -> None:
         if self.queue:
@@ -191,10 +193,13 @@ class InOrder:
         """Write the queue's ready head; with `wait`, wait for the oldest piece first."""
         while self.queue:
             fut, item, size = self.queue[0]
-            if fut is not None and not fut.done():
-                if not wait:
-                    return
-                self.before_wait()
+            if fut is not None and fut is not self._done:
+                if not fut.done():
+                    if not wait:
+                        return
+                    self.before_wait()
+                # A batch's files share its future: its lock is taken once, not once a file.
+                self._done, self._outcome = fut, fut.result()
             self.queue.popleft()
             if fut is None:
                 assert isinstance(item, Entry)
@@ -203,7 +208,7 @@ class InOrder:
             wait = False
             self.queued -= size
             assert callable(item)
-            entry = item(fut.result())
+            entry = item(self._outcome)
             if entry is not None:
                 self.writer.add(entry)
 
