@@ -113,3 +113,30 @@ def test_many_small_files_keep_their_order_and_content(tmp_path: Path, monkeypat
     for d in range(7):
         for i in range(50):
             assert (back / f"d{d}" / f"f{i:03d}").read_bytes() == f"{d}/{i}\n".encode() * (i * 20 + 1)
+
+
+def test_each_new_file_has_its_attributes_listed_once_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hard-link and sparse checks list a file's attributes on the scan thread; a small file
+    that then takes the batched read must not be asked again on the encoder thread."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("plain.txt", "linked.txt", "tiny.txt"):
+        (src / name).write_bytes(name.encode() * (1 if name == "tiny.txt" else BIG_ENOUGH))
+        os.setxattr(src / name, "user.name", name.encode())
+    os.link(src / "linked.txt", tmp_path / "outside-link")  # nlink 2: the first path of a hard link
+    asked: list[str] = []
+    real = files.read_xattrs
+
+    def counting(path: str, follow: bool) -> dict[str, bytes]:
+        asked.append(os.path.basename(path))
+        return real(path, follow)
+
+    monkeypatch.setattr(files, "read_xattrs", counting)
+    job, result = run_with(tmp_path, src, {}, monkeypatch)
+    assert result.files_new == 3, result
+    assert sorted(a for a in asked if a.endswith(".txt")) == ["linked.txt", "plain.txt", "tiny.txt"]
+    target = tmp_path / "t"
+    job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    back = target / str(src).lstrip("/")
+    for name in ("plain.txt", "linked.txt", "tiny.txt"):
+        assert os.getxattr(back / name, "user.name") == name.encode()

@@ -387,8 +387,9 @@ class FilesJob(S3Job):
             packer.for_big = PackUploader(self, pool, in_flight=0, encoders=encoders, slots=packer.slots)
             large: list[tuple[Future[LargeResult], str]] = []
             staged: list[tuple[Any, ...]] = []
-            self._small = SmallBatches(lambda items: [self._read_one(p, st, b, packer, result) for p, st, b in items],
-                                       encoders)
+            self._small = SmallBatches(
+                lambda items: [self._read_one(p, st, b, listed, packer, result) for p, st, b, listed in items],
+                encoders)
             order = InOrder(writer, before_wait=self._small.hand_over)
             try:
                 for found in walk(self.opts["paths"], excluded, self.opts["one_file_system"],
@@ -502,9 +503,12 @@ class FilesJob(S3Job):
         # Counted once stored: a file that vanishes or cannot be read is neither new nor changed.
         same = row is not None and tuple(row[:4]) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         counter = "files_unchanged" if same else "files_changed" if row else "files_new"
-        if same or st.st_nlink > 1 or st.st_blocks * 512 < st.st_size or st.st_size == 0 \
-                or st.st_size >= self.cfg.storage.large_file_size:
-            self._xattrs(base, key if same else None, result)  # else on the encoder thread, in _read_one
+        # Listed here when the checks below need them or no small-file read follows; else listed
+        # with the read, on an encoder thread (_read_one), and only there.
+        listed = same or st.st_nlink > 1 or st.st_blocks * 512 < st.st_size or st.st_size == 0 \
+            or st.st_size >= self.cfg.storage.large_file_size
+        if listed:
+            self._xattrs(base, key if same else None, result)
         if st.st_nlink > 1 and self._hard_link(writer, staged, st, base, counter, result):
             return
         # Fewer blocks than bytes: holes, or a compressing file system (_sparse tells them apart).
@@ -541,19 +545,20 @@ class FilesJob(S3Job):
             return None
 
         if st.st_size < READ_INLINE:
-            entry = finish(self._read_one(path, st, base, packer, result))
+            entry = finish(self._read_one(path, st, base, listed, packer, result))
             if entry is not None:
                 writer.add(entry)
             return
-        fut, index = self._small.add((path, st, base), st.st_size)
+        fut, index = self._small.add((path, st, base, listed), st.st_size)
         writer.later(fut, lambda outcomes: finish(outcomes[index]), st.st_size)
 
-    def _read_one(self, path: str, st: os.stat_result, base: dict[str, Any], packer: PackUploader,
-                  result: RunResult) -> tuple[Any, ...]:
-        """On an encoder thread (the scan's, below READ_INLINE): a small file's attributes, bytes
-        and hash, its content packed.
+    def _read_one(self, path: str, st: os.stat_result, base: dict[str, Any], listed: bool,
+                  packer: PackUploader, result: RunResult) -> tuple[Any, ...]:
+        """On an encoder thread (the scan's, below READ_INLINE): a small file's attributes (unless
+        `listed` already), bytes and hash, its content packed.
         ("stored", stat after, sha256, size, location), ("large", stat), ("failed", why) or ("gone",)."""
-        self._xattrs(base, None, result)
+        if not listed:
+            self._xattrs(base, None, result)
         try:
             data, st = self._read_small(path, st, result)
         except FileNotFoundError:
