@@ -51,6 +51,27 @@ def test_numpy_and_python_cut_in_the_same_places(blob: bytes) -> None:
     assert sizes(Chunker(small), blob) == sizes(Chunker(small, use_numpy=False), blob)
 
 
+class ShortReads(io.BytesIO):
+    """Reads that stop short at odd places (a sparse file's regions end anywhere)."""
+
+    def __init__(self, blob: bytes) -> None:
+        super().__init__(blob)
+        self.rnd = random.Random(5)
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        return super().read(min(n if n is not None and n >= 0 else 1 << 30, self.rnd.choice([1, 31, 33, 4097, 70_001])))
+
+
+@needs_numpy
+def test_numpy_cuts_where_the_byte_loop_does_whatever_the_reads() -> None:
+    """numpy hashes byte pairs from aligned views: reads of odd lengths shift every later pair."""
+    small = Params(min_size=2048, avg_size=8192, max_size=32768)
+    blob = data(1 << 20, 3)
+    want = sizes(Chunker(small, use_numpy=False), blob)
+    got = [len(x) for x in Chunker(small).chunks(ShortReads(blob))]
+    assert got == want
+
+
 def test_boundaries_do_not_depend_on_how_the_file_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     blob = data(6 << 20)
     whole = sizes(Chunker(), blob)

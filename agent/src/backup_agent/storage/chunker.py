@@ -30,6 +30,7 @@ on the secret too (restic randomises its polynomial per repository for the same 
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import importlib
 import os
@@ -60,6 +61,7 @@ KIB = 1024
 WINDOW = 32  # bytes the hash sees
 BLOCK = 1 << 20  # bytes read at a time (a chunk is a view of its block: a few blocks stay alive)
 SEGMENT = 128 << 10  # bytes hashed at a time: fewer numpy calls (each takes the GIL) against cache misses
+LOOK = WINDOW  # look-back hashed before a segment: WINDOW - 1 bytes, rounded up to keep pairs aligned
 DEFAULT_SEED = b"backup-agent gear v1"
 # Blocks hashed ahead of the cutting, on threads of their own (numpy lets go of the GIL while it
 # hashes): where a core is free, as when a changed log or database file is read again, a big file
@@ -109,7 +111,10 @@ class Chunker:
         # A chunk may end at i when h(i) < limit: the top `bits` bits are zero.
         self._limit_s = 1 << (32 - (params.bits + 2))
         self._limit_l = 1 << (32 - (params.bits - 2))
-        self._np_table: Any = _np.array(self.table, dtype=_np.uint32) if use_numpy and _np is not None else None
+        self._np_table: Any = None
+        self._pairs: Any = None
+        if use_numpy and _np is not None:
+            self._np_table, self._pairs = _numpy_tables(seed)
 
     @property
     def fast(self) -> bool:
@@ -208,37 +213,46 @@ class Chunker:
         np = _np
         tmp = getattr(_scratch, "arrays", None)
         if tmp is None:  # per thread: blocks of one file are hashed on several at once
-            size = SEGMENT + WINDOW
+            size = LOOK + SEGMENT
             tmp = _scratch.arrays = (np.empty(size, dtype=np.uint32), np.empty(size, dtype=np.uint32),
                                      np.empty(size, dtype=bool))
         hs, ts, bs = tmp
-        table = self._np_table
+        table, pairs = self._np_table, self._pairs
         limit_l, limit_s = np.uint32(self._limit_l), np.uint32(self._limit_s)
         u8 = np.frombuffer(data, dtype=np.uint8)
+        u16 = np.frombuffer(data, dtype=np.uint16, count=len(data) // 2)
         back = np.frombuffer(tail, dtype=np.uint8)
         cand_l: list[int] = []
         cand_s: list[int] = []
         for o in range(0, len(data), SEGMENT):
-            # The look-back: the end of the previous block, or of the previous segment.
-            lb = len(back) if o == 0 else WINDOW - 1
+            # h[LOOK:] is the segment's hash; before it the look-back (the end of the previous
+            # block, or of the previous segment), and zeros where the file has no bytes before.
             end = min(len(data), o + SEGMENT)
-            m = lb + end - o
+            n = end - o
+            m = LOOK + n
             h, tmp, below = hs[:m], ts[:m], bs[:m]
+            lb = back if o == 0 else u8[o - LOOK:o]
+            h[:LOOK - len(lb)] = 0
             # mode="clip": with the default ("raise") numpy buffers `out` (one more array each time).
-            np.take(table, back if o == 0 else u8[o - lb:o], out=h[:lb], mode="clip")
-            np.take(table, u8[o:end], out=h[lb:], mode="clip")
+            np.take(table, lb, out=h[LOOK - len(lb):LOOK], mode="clip")
+            # Two bytes' gear values per gather (a table of byte pairs): the gathers were most of
+            # the time. o is even (SEGMENT is), and h[LOOK:] 8-byte aligned, so the pairs' values
+            # land in place as uint64s; an odd last byte is looked up alone.
+            np.take(pairs, u16[o // 2:o // 2 + n // 2], out=h[LOOK:LOOK + n - n % 2].view(np.uint64), mode="clip")
+            if n % 2:
+                h[m - 1] = table[u8[end - 1]]
             w = 1
             while w < WINDOW:  # window doubling: five passes give the 32-byte gear hash at every byte
                 # Into a kept buffer: `h[w:] += h[:-w] << w` allocates a temporary each pass.
                 np.left_shift(h[:-w], np.uint32(w), out=tmp[:m - w])
                 np.add(h[w:], tmp[:m - w], out=h[w:])
                 w *= 2
-            np.less(h[lb:], limit_l, out=below[lb:])
-            found = np.flatnonzero(below[lb:])
+            np.less(h[LOOK:], limit_l, out=below[LOOK:])
+            found = np.flatnonzero(below[LOOK:])
             if len(found):
                 first = base + o
                 cand_l.extend((found + first).tolist())
-                cand_s.extend((found[h[found + lb] < limit_s] + first).tolist())
+                cand_s.extend((found[h[found + LOOK] < limit_s] + first).tolist())
         return cand_l, cand_s
 
     def _cuts_python(self, buf: bytes, eof: bool) -> list[int]:
@@ -267,6 +281,20 @@ class Chunker:
             out.append(cut)
             s = cut
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _numpy_tables(seed: bytes) -> tuple[Any, Any]:
+    """The gear table as a numpy array, and the table of byte pairs: for the 2 bytes a uint16
+    reads, both bytes' gear values as one uint64 (512 KiB; made once per seed, and a chunker is
+    made per big file)."""
+    np = _np
+    table = np.array(gear_table(seed), dtype=np.uint32)
+    pair = np.arange(1 << 16, dtype=np.uint32)
+    low, high = table[pair & 0xFF].astype(np.uint64), table[pair >> 8].astype(np.uint64)
+    # Either byte order: the first byte is the uint16's low byte and the uint64's first uint32
+    # holds its low half (little-endian), or both are the high ones (big-endian).
+    return table, low | (high << np.uint64(32))
 
 
 _scratch = threading.local()
