@@ -5,6 +5,7 @@ commits leaves the previous baseline as it was."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from backup_agent.state import FileCache
 
 def _row(path: str, size: int, sha: str = "a" * 64) -> tuple[Any, ...]:
     return (path, size, 1_700_000_000_000_000_000 + size, 1000 + size, 1_700_000_000_000_000_001, sha, "pack/1", size,
-            f'{{"stored":{size + 5}}}')
+            None, size + 5)
 
 
 def _snapshot(cache: FileCache, sid: str, rows: list[tuple[Any, ...]], batch: int = 2) -> None:
@@ -95,5 +96,59 @@ def test_stored_content_is_found_whatever_the_filter_says(tmp_path: Path, monkey
         cache.add_blobs([("e" * 64, "pack/new", 0, 5, 9)])  # a pack this run uploaded
         assert cache.lookup_blob("e" * 64) == ("pack/new", 0, 9)
         assert all(cache.lookup_blob(sha) == (obj, off, stored) for sha, obj, off, _, stored in before)
+    finally:
+        cache.close()
+
+
+def test_a_cache_written_before_the_stored_column_keeps_its_baseline_and_blobs(tmp_path: Path) -> None:
+    """An upgraded agent's first run must find its files unchanged and its content stored: the
+    old one JSON `ref` per file ({"stored": n} or {"chunks": [...]}) becomes the columns."""
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    cache.close()
+    db = sqlite3.connect(tmp_path / "cache" / "data.sqlite")
+    db.executescript("""
+        DROP TABLE files;
+        CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT,
+            object TEXT, offset INT, ref TEXT);
+        INSERT INTO files VALUES ('/src/small', 3, 10, 11, 12, 'aa', 'pack/1', 40, '{"stored":9}');
+        INSERT INTO files VALUES ('/src/big', 9000, 20, 21, 22, 'bb', '', 0,
+            '{"chunks":[["pack/2",0,77,4096,"cc"],["pack/3",5,66,4904,"dd"]]}');
+        INSERT INTO files VALUES ('/src/empty', 0, 30, 31, 32, 'ee', '', 0, NULL);
+        INSERT INTO meta VALUES ('last_snapshot', 's1');
+        INSERT INTO blobs VALUES ('SHA', 'pack/1', 40, 3, 9);
+    """.replace("SHA", "f" * 64))
+    db.commit()
+    db.close()
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    try:
+        assert cache.get_meta("last_snapshot") == "s1"
+        assert cache.lookup_file("/src/small") == (3, 10, 11, 12, "aa", "pack/1", 40, None, 9)
+        big = cache.lookup_file("/src/big")
+        assert big is not None and big[7:] == ('[["pack/2",0,77,4096,"cc"],["pack/3",5,66,4904,"dd"]]', None)
+        assert cache.lookup_file("/src/empty") == (0, 30, 31, 32, "ee", "", 0, None, None)
+        assert cache.lookup_blob("f" * 64) == ("pack/1", 40, 9)
+        cache.forget_objects({"pack/3"})  # a chunk's pack is still found in the moved list
+        assert cache.lookup_file("/src/big") is None and cache.lookup_file("/src/small") is not None
+    finally:
+        cache.close()
+
+
+def test_an_older_cache_that_cannot_be_read_is_rebuilt(tmp_path: Path) -> None:
+    FileCache(tmp_path, "data", "s3://b/p").close()
+    db = sqlite3.connect(tmp_path / "cache" / "data.sqlite")
+    db.executescript("""
+        DROP TABLE files;
+        CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT,
+            object TEXT, offset INT, ref TEXT);
+        INSERT INTO files VALUES ('/src/torn', 3, 10, 11, 12, 'aa', 'pack/1', 40, '{"stored":');
+        INSERT INTO meta VALUES ('last_snapshot', 's1');
+    """)
+    db.commit()
+    db.close()
+    cache = FileCache(tmp_path, "data", "s3://b/p")
+    try:
+        assert cache.lookup_file("/src/torn") is None and cache.get_meta("last_snapshot") is None
+        _snapshot(cache, "s2", [_row("/src/new", 4)])
+        assert cache.lookup_file("/src/new") == _row("/src/new", 4)[1:]
     finally:
         cache.close()

@@ -187,11 +187,21 @@ def _db_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(_db_path(r[0]), *r[1:]) for r in rows]
 
 
-# A file's row: its stat keys, its content's sha256 and where that lives: `object`/`offset` for
-# one piece, `ref` the manifest fields format 3 adds as JSON ({"stored": n} or {"chunks": [...]};
-# chunked files have object '').
+# A file's row: its stat keys, its content's sha256 and where that lives: `object`/`offset`/`stored`
+# (its encoded length) for one piece in a pack; `chunks` the manifest's chunk list as JSON for a
+# big file cut in pieces (object ''). An empty file has none of them.
 _FILES_COLUMNS = ("path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT, object TEXT, "
-                  "offset INT, ref TEXT")
+                  "offset INT, chunks TEXT, stored INT")
+_FILES_SELECT = "size, mtime_ns, ino, ctime_ns, sha256, object, offset, chunks, stored"
+# A cache of the agent before the `stored` column: format 3's fields were one JSON `ref`
+# ({"stored": n} or {"chunks": [...]}). Moved into the columns in place: the cache keeps its
+# baseline and its blobs, so the upgrade's first run neither re-reads nor re-uploads anything.
+_FILES_FROM_REF = """
+    ALTER TABLE files ADD COLUMN stored INT;
+    UPDATE files SET stored = json_extract(ref, '$.stored'), ref = json_extract(ref, '$.chunks') WHERE ref IS NOT NULL;
+    ALTER TABLE files RENAME COLUMN ref TO chunks;
+    DROP TABLE IF EXISTS files_next;
+"""
 
 
 # The Bloom filter over content ids (FileCache._build_blob_filter): 2 MiB, two probes of 24
@@ -251,7 +261,9 @@ class FileCache:
             # A cache from before format 3 has no `ref`/`stored` columns: it is rebuilt (a rescan
             # and re-hash; what it described is raw content format 3 does not reuse anyway).
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
-            if cols and "ref" not in cols:
+            if "ref" in cols and self._columns_from_ref():
+                cols = {"chunks"}
+            if cols and "chunks" not in cols:
                 self.db.executescript("DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS blobs; "
                                       "DROP TABLE IF EXISTS files_next; DELETE FROM meta;")
             self.db.executescript(
@@ -268,6 +280,17 @@ class FileCache:
             raise JobFailed(f"state_dir: cache {path} is unusable ({exc}); delete it to rebuild") from None
         if self.get_meta("target") != target:
             self.reset()
+
+    def _columns_from_ref(self) -> bool:
+        """The `ref` of an older cache moved into its columns; False (nothing changed) when a row's
+        JSON is unreadable: then the cache is rebuilt, as any cache can be."""
+        try:
+            self.db.executescript(f"BEGIN; {_FILES_FROM_REF} COMMIT;")
+            return True
+        except sqlite3.DatabaseError:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            return False
 
     def _tx(self, statements: list[tuple[str, Any]]) -> None:
         self.db.execute("BEGIN")
@@ -302,7 +325,7 @@ class FileCache:
             return self._files.get(path)
         with self.lock:
             return self.db.execute(  # type: ignore[no-any-return]
-                "SELECT size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref FROM files WHERE path=?",
+                f"SELECT {_FILES_SELECT} FROM files WHERE path=?",
                 (_db_path(path),)
             ).fetchone()
 
@@ -313,7 +336,7 @@ class FileCache:
         (count,) = self.db.execute("SELECT COUNT(*) FROM files").fetchone()
         if count > PRELOAD_LIMIT:
             return None
-        rows = self.db.execute("SELECT path, size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref FROM files")
+        rows = self.db.execute(f"SELECT path, {_FILES_SELECT} FROM files")
         return {_py_path(r[0]): r[1:] for r in rows}
 
     def lookup_blob(self, sha256: str) -> tuple[str, int, int] | None:
@@ -374,7 +397,7 @@ class FileCache:
 
     @_locked
     def stage_files(self, rows: list[tuple[Any, ...]]) -> None:
-        """Rows (path, size, mtime_ns, ino, ctime_ns, sha256, object, offset, ref) of this snapshot."""
+        """Rows (path, size, mtime_ns, ino, ctime_ns, sha256, object, offset, chunks, stored) of this snapshot."""
         if self._files is not None:
             old = self._files
             for row in rows:
@@ -389,7 +412,7 @@ class FileCache:
             rows = self._changed + [(p, *old[p]) for p in self._seen - changed]
             self._files, self._changed, self._seen = None, [], set()
             self._create_next()
-        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
+        self._tx([("INSERT OR REPLACE INTO files_next VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(rows))])
 
     @_locked
     def commit_files(self, snapshot_id: str, referenced: set[str]) -> None:
@@ -405,7 +428,7 @@ class FileCache:
         confirm = [("DELETE FROM blobs WHERE object=?", stale), mark]
         if self._files is not None:
             gone = [(_db_path(p),) for p in self._files.keys() - self._seen]
-            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
+            self._tx([("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _db_rows(self._changed)),
                       ("DELETE FROM files WHERE path=?", gone), *confirm])
         else:
             self._tx([("DROP TABLE files", ()), ("ALTER TABLE files_next RENAME TO files", ()), *confirm])
@@ -417,10 +440,10 @@ class FileCache:
         be uploaded again, and files stored there are read again."""
         self._files, self._preload_tried = None, False
         params = [(o,) for o in objects]
-        # A chunked file's objects are in its `ref` (pack keys are 32 random hex digits: a
+        # A chunked file's objects are in its `chunks` (pack keys are 32 random hex digits: a
         # substring match names exactly that pack).
         self._tx([("DELETE FROM blobs WHERE object=?", params),
-                  ("DELETE FROM files WHERE object=?1 OR (object='' AND instr(ref, ?1) > 0)", params)])
+                  ("DELETE FROM files WHERE object=?1 OR (object='' AND instr(chunks, ?1) > 0)", params)])
 
     def close(self) -> None:
         self.db.close()

@@ -647,8 +647,7 @@ class FilesJob(S3Job):
         result.bytes_total += known.size
         writer.add(Entry(type="file", size=known.size, sha256=known.sha256, object=known.object, offset=known.offset,
                          stored=known.stored, chunks=known.chunks, extents=known.extents, length=known.length, **base))
-        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
-                       known.sha256, known.object or "", known.offset, _ref(known)))
+        staged.append(_cache_row(base["path"], st, known))
         return True
 
     def _sparse(self, writer: InOrder, packer: PackUploader, pool: ThreadPoolExecutor,
@@ -703,8 +702,7 @@ class FilesJob(S3Job):
             entry = Entry(type="file", size=size, sha256=sha, object=loc[0], offset=loc[1], stored=loc[2], **base)
         else:
             entry = Entry(type="file", size=size, sha256=sha, object="", offset=0, **base)
-        staged.append((_cache_key(base["path"]), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, sha,
-                       entry.object or "", entry.offset, _ref(entry)))
+        staged.append(_cache_row(base["path"], st, entry))
         if entry.hardlink is not None:
             self._linked[(st.st_dev, st.st_ino)] = entry
         return entry
@@ -779,9 +777,7 @@ class FilesJob(S3Job):
             entry = Entry(type="file", size=size, sha256=sha, chunks=chunks, **fields)
         else:  # emptied meanwhile
             entry = Entry(type="file", size=0, sha256=EMPTY_SHA256, object="", offset=0, **fields)
-        row = (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256, "", 0,
-               _ref(entry))
-        return entry, row
+        return entry, _cache_row(path, st, entry)
 
     def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
                ) -> tuple[list[Chunk], str, int]:
@@ -1009,26 +1005,19 @@ def _done(value: T) -> Future[T]:
     return fut
 
 
-def _ref(entry: Entry) -> str | None:
-    """The cache row's `ref`: what format 3 adds to a file's entry (state.FileCache)."""
-    if entry.chunks is not None:
-        return json.dumps({"chunks": entry.chunks}, separators=(",", ":"))
-    if entry.stored is not None:
-        return f'{{"stored":{entry.stored}}}'
-    return None
+def _cache_row(path: str, st: os.stat_result, entry: Entry) -> tuple[Any, ...]:
+    """The cache's row of a file (state.FileCache): the stat keys it was read with, where its content is."""
+    chunks = None if entry.chunks is None else json.dumps(entry.chunks, separators=(",", ":"))
+    return (_cache_key(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, entry.sha256,
+            entry.object or "", entry.offset, chunks, entry.stored)
 
 
 def _cached_location(row: tuple[Any, ...]) -> tuple[Loc | None, list[Chunk] | None]:
-    """Where an unchanged file's content is, from its cache row."""
-    text = row[7]
-    if text and text.startswith('{"stored":') and text[10:-1].isdigit():
-        # The row of a small file, as _ref writes it: no JSON parser on a rerun's hot path.
-        return (str(row[5]), int(row[6]), int(text[10:-1])), None
-    ref = json.loads(text) if text else {}
-    if "chunks" in ref:
-        return None, [(str(c[0]), int(c[1]), int(c[2]), int(c[3]), str(c[4])) for c in ref["chunks"]]
-    if "stored" in ref:
-        return (str(row[5]), int(row[6]), int(ref["stored"])), None
+    """Where an unchanged file's content is, from its cache row: a pack's piece, or chunks."""
+    if row[8] is not None:
+        return (str(row[5]), int(row[6]), int(row[8])), None
+    if row[7]:
+        return None, [(str(c[0]), int(c[1]), int(c[2]), int(c[3]), str(c[4])) for c in json.loads(row[7])]
     return None, None
 
 
