@@ -76,8 +76,10 @@ chefspec: bundle
 # CI job at a time; they run where CI=true (or when asked), else skip saying why.
 MACHINE_SUITES := tests/converge $(wildcard tests/e2e) tests/containers
 MACHINE_LOCK := flock /tmp/machine-suite.lock
+# Three workers on two cores: the suites wait on servers and subprocesses a good part of the time
+# (2026-12-04: 758 s with two workers, 631 s with three, same tests).
 pytest: venv wheel
-	$(BIN)/pytest -n 2 --dist loadfile $(addprefix --ignore=,$(MACHINE_SUITES))
+	$(BIN)/pytest -n 3 --dist loadfile $(addprefix --ignore=,$(MACHINE_SUITES))
 	$(MACHINE_LOCK) $(BIN)/pytest $(MACHINE_SUITES)
 
 test-converge: deps venv bundle
