@@ -176,6 +176,13 @@ TOOLS: dict[str, Callable[..., Tool]] = {"agent": Agent, "restic": Restic, "s5cm
                                          "rclone": Rclone}
 
 
+
+def compile_agent(python: Path) -> None:
+    """As on a node, where pip compiled the wheel's modules at install time: without this, every
+    run under PYTHONDONTWRITEBYTECODE=1 compiles the agent's modules again (70-150 ms a run)."""
+    subprocess.run([str(python), "-c", "import backup_agent, compileall, os; "
+                    "compileall.compile_dir(os.path.dirname(backup_agent.__file__), quiet=1)"], check=True)
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -190,10 +197,7 @@ def main() -> int:
         missing.append("time")
     if missing:
         sys.exit(f"bench: missing tools: {', '.join(missing)} (apt-get install awscli rclone restic time)")
-    # As on a node, where pip compiled the wheel's modules at install time: without this, every
-    # run under PYTHONDONTWRITEBYTECODE=1 compiles the agent's ~25 modules again (~70 ms).
-    subprocess.run([str(BIN / "python"), "-c", "import backup_agent, compileall, os; "
-                    "compileall.compile_dir(os.path.dirname(backup_agent.__file__), quiet=1)"], check=True)
+    compile_agent(BIN / "python")
     work = Path(tempfile.mkdtemp(prefix="backup-agent-bench-"))
     try:
         # Large volumes, and the bucket's first volumes grown before any tool runs: SeaweedFS

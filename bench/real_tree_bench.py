@@ -26,7 +26,7 @@ from pathlib import Path
 # files_bench beside this file, and tests/support (SeaweedFS) as files_bench itself finds it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from files_bench import Agent
+from files_bench import Agent, compile_agent
 from support.seaweedfs import SeaweedFS
 
 SCENARIOS = ("full", "nochange", "restore")
@@ -70,10 +70,8 @@ def main() -> int:
     args = ap.parse_args()
     builds = [(label, Path(path).resolve()) for label, path in (a.split("=", 1) for a in args.agent)]
     sources = [Path(s) for s in (args.source or ["/usr/share/doc", "/usr/lib/python3.11", "/usr/lib/python3"])]
-    # Each build's modules compiled, as pip does on a node (see files_bench).
     for _, exe in builds:
-        subprocess.run([str(exe.parent / "python"), "-c", "import backup_agent, compileall, os; "
-                        "compileall.compile_dir(os.path.dirname(backup_agent.__file__), quiet=1)"], check=True)
+        compile_agent(exe.parent / "python")
     work = Path(tempfile.mkdtemp(prefix="backup-agent-realbench-"))
     try:
         src = work / "data"
