@@ -100,25 +100,30 @@ def test_stored_content_is_found_whatever_the_filter_says(tmp_path: Path, monkey
         cache.close()
 
 
-def test_a_cache_written_before_the_stored_column_keeps_its_baseline_and_blobs(tmp_path: Path) -> None:
-    """An upgraded agent's first run must find its files unchanged and its content stored: the
-    old one JSON `ref` per file ({"stored": n} or {"chunks": [...]}) becomes the columns."""
-    cache = FileCache(tmp_path, "data", "s3://b/p")
-    cache.close()
+def _older_cache(tmp_path: Path, rows: str) -> None:
+    """A cache as agents before the `stored` column left it (format 3's fields in one JSON `ref`)."""
+    FileCache(tmp_path, "data", "s3://b/p").close()
     db = sqlite3.connect(tmp_path / "cache" / "data.sqlite")
     db.executescript("""
         DROP TABLE files;
         CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT,
             object TEXT, offset INT, ref TEXT);
+        INSERT INTO meta VALUES ('last_snapshot', 's1');
+    """ + rows)
+    db.commit()
+    db.close()
+
+
+def test_a_cache_written_before_the_stored_column_keeps_its_baseline_and_blobs(tmp_path: Path) -> None:
+    """An upgraded agent's first run must find its files unchanged and its content stored: the
+    old one JSON `ref` per file ({"stored": n} or {"chunks": [...]}) becomes the columns."""
+    _older_cache(tmp_path, """
         INSERT INTO files VALUES ('/src/small', 3, 10, 11, 12, 'aa', 'pack/1', 40, '{"stored":9}');
         INSERT INTO files VALUES ('/src/big', 9000, 20, 21, 22, 'bb', '', 0,
             '{"chunks":[["pack/2",0,77,4096,"cc"],["pack/3",5,66,4904,"dd"]]}');
         INSERT INTO files VALUES ('/src/empty', 0, 30, 31, 32, 'ee', '', 0, NULL);
-        INSERT INTO meta VALUES ('last_snapshot', 's1');
         INSERT INTO blobs VALUES ('SHA', 'pack/1', 40, 3, 9);
     """.replace("SHA", "f" * 64))
-    db.commit()
-    db.close()
     cache = FileCache(tmp_path, "data", "s3://b/p")
     try:
         assert cache.get_meta("last_snapshot") == "s1"
@@ -134,17 +139,9 @@ def test_a_cache_written_before_the_stored_column_keeps_its_baseline_and_blobs(t
 
 
 def test_an_older_cache_that_cannot_be_read_is_rebuilt(tmp_path: Path) -> None:
-    FileCache(tmp_path, "data", "s3://b/p").close()
-    db = sqlite3.connect(tmp_path / "cache" / "data.sqlite")
-    db.executescript("""
-        DROP TABLE files;
-        CREATE TABLE files (path TEXT PRIMARY KEY, size INT, mtime_ns INT, ino INT, ctime_ns INT, sha256 TEXT,
-            object TEXT, offset INT, ref TEXT);
+    _older_cache(tmp_path, """
         INSERT INTO files VALUES ('/src/torn', 3, 10, 11, 12, 'aa', 'pack/1', 40, '{"stored":');
-        INSERT INTO meta VALUES ('last_snapshot', 's1');
     """)
-    db.commit()
-    db.close()
     cache = FileCache(tmp_path, "data", "s3://b/p")
     try:
         assert cache.lookup_file("/src/torn") is None and cache.get_meta("last_snapshot") is None
