@@ -190,3 +190,26 @@ def test_a_cache_from_before_format_3_is_rebuilt(tmp_path: Path) -> None:
     uploaded, _ = bench.run()
     assert uploaded > 0
     assert bench.run()[0] == 0
+
+
+def test_a_sealed_jobs_prune_downloads_its_newest_manifest_once(tmp_path: Path) -> None:
+    """A sealed manifest opens only whole, its header too: the key check before anything is
+    deleted and the garbage step after it share one download."""
+    bench = Bench(tmp_path, encryption_key=KEY)
+    for i in range(3):
+        (bench.src / "f.txt").write_text(f"version {i}\n" * 1000)
+        bench.run()
+    cfg = config.from_dict({"state_dir": str(bench.state),
+                            "storage": {"bucket": "mem", "prefix": "n", "encryption_key": KEY},
+                            "jobs": {"data": {"type": "files", "paths": [str(bench.src)],
+                                              "retention": {"keep_last": 1}}}})
+    job = FilesJob(cfg, cfg.job("data"), clock=lambda: bench.now, store=bench.store)
+    newest = job.snapshots()[-1].id
+    bench.store.calls.clear()
+    out = job.prune(dry_run=False)
+    assert len(out["forget"]) == 2 and out["objects_deleted"] >= 1, out
+    gets = [key for op, key in bench.store.calls if op == "get" and newest in key]
+    assert len(gets) == 1, gets
+    target = tmp_path / "restored"
+    job.restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert (target / str(bench.src).lstrip("/") / "f.txt").read_text() == "version 2\n" * 1000

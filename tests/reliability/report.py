@@ -61,7 +61,7 @@ SCENARIOS = [
     Scenario("crash.manifest", "crash", "between data and manifest: all data stored, the manifest PUT in flight"),
     Scenario("crash.manifest_stored", "crash", "the manifest stored, the agent killed before it recorded the run"),
     Scenario("crash.prune_manifests", "crash", "prune: DeleteObjects of the expired manifests in flight"),
-    Scenario("crash.prune_reading", "crash", "prune: manifests deleted, reading the kept snapshots' manifests"),
+    Scenario("crash.prune_reading", "crash", "prune: manifests deleted, listing the data to collect"),
     Scenario("crash.prune_data", "crash", "prune: unreferenced data deleted by S3, the agent killed before the answer"),
     Scenario("s3.faults", "s3", "backup, rerun, check --read-data and restores with faults on ≥ 20 % of requests"),
     Scenario("s3.lost_answers", "s3", "S3 applied a request but its answer was lost (connection reset)"),

@@ -1,16 +1,33 @@
-"""SIGKILL `prune` at each of its steps: manifests first, then reading what is kept, then data."""
+"""SIGKILL `prune` at each of its steps: deleting manifests, then listing the data, then deleting it."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
+
+from support.faultproxy import Request
 
 from reliability.crash import Crashes, write_files
 from reliability.lab import Lab
 
 
-def is_delete(r) -> bool:  # type: ignore[no-untyped-def]
+def is_delete(r: Request) -> bool:
     return r.method == "POST" and "delete" in r.query
+
+
+def after_the_first(match: Callable[[Request], bool]) -> Callable[[Request], bool]:
+    """Matches any request after the first one `match` matches."""
+    seen: list[Request] = []
+
+    def matcher(r: Request) -> bool:
+        if seen:
+            return True
+        if match(r):
+            seen.append(r)
+        return False
+
+    return matcher
 
 
 def test_kill_during_prune(lab: Lab, tmp_path: Path) -> None:
@@ -32,11 +49,10 @@ def test_kill_during_prune(lab: Lab, tmp_path: Path) -> None:
 
     doc.write_bytes(versions[2])
     c.run_ok()
-    # killed once the expired manifests were gone, while reading the kept ones (the first
-    # manifest GET is prune opening the newest one, before it deletes anything: a key that
-    # cannot open the job's snapshots must delete nothing)
-    c.kill("crash.prune_reading", verb=("prune",), match=lambda r: r.method == "GET" and "/snapshots/" in r.path,
-           nth=2)
+    # killed once the expired manifests were gone, before any data was: prune reads what the kept
+    # snapshot references before it deletes anything (a key that cannot open the job's snapshots
+    # must delete nothing), so the next request after the manifests' delete lists the data
+    c.kill("crash.prune_reading", verb=("prune",), match=after_the_first(is_delete))
 
     # Killed after S3 deleted the unreferenced data, before prune saw the answer (and so before
     # it could update the local cache). Version 0 then comes back: its content lived only in

@@ -483,11 +483,19 @@ class S3Job(JobRunner):
             result["note"] = f"jobs.{self.job.name}.retention is not set: every snapshot is kept"
         if dry_run or (not decision.forget and not snaps):
             return result
+        referencing: dict[str, set[str]] = {}  # what kept snapshots reference, when read already
         if decision.forget:
             # A key that does not open this job's snapshots (WrongKey: exit 2) must delete
             # nothing: retention decided by names alone would otherwise forget snapshots, then
             # fail to read the kept ones.
-            self._manifest_header(max([*decision.keep, *decision.forget], key=layout.snapshot_order))
+            last = max([*decision.keep, *decision.forget], key=layout.snapshot_order)
+            if collect_garbage and last in decision.keep:
+                # Read below anyway, and a sealed manifest opens only whole, its header too: once.
+                # Unreadable: the header alone decides here, the garbage step reports it.
+                with contextlib.suppress(IntegrityError):
+                    referencing[last] = self.referenced_objects(last)
+            if last not in referencing:
+                self._manifest_header(last)
         # Manifests first: a snapshot disappears whole before any of its data does.
         locked = self._delete([self.root + layout.manifest_key(s) for s in decision.forget])
         # A forgotten snapshot whose manifest is still under Object Lock stays whole: its data is
@@ -504,7 +512,7 @@ class S3Job(JobRunner):
         unreadable: list[str] = []
         for sid in [*decision.keep, *still_there]:
             try:
-                referenced |= self.referenced_objects(sid)
+                referenced |= referencing[sid] if sid in referencing else self.referenced_objects(sid)
             except IntegrityError as exc:
                 unreadable.append(str(exc))
         if unreadable:
