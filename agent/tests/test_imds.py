@@ -82,3 +82,26 @@ def test_a_silent_endpoint_times_out() -> None:
         with pytest.raises(ImdsUnavailable, match="timed out"):
             Imds(url, timeout=(0.2, 0.2), attempts=2, backoff=0.01).identity()
         assert time.monotonic() - t0 < 3
+
+
+def test_without_an_endpoint_of_its_own_it_asks_where_the_aws_sdks_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_EC2_METADATA_SERVICE_ENDPOINT (the SDKs' variable, which `aws.imds_endpoint` is also
+    exported to) moves the EBS job's lookup of the instance along with the credentials."""
+    imds = server()
+    with imds.serve() as url:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", url + "/")
+        assert Imds().identity().instance_id == "i-0123456789abcdef0"
+    assert imds.requests
+
+
+def test_the_configs_endpoint_is_exported_for_the_sdks_and_wins() -> None:
+    from backup_agent import config
+
+    cfg = config.from_dict({"storage": {"bucket": "acme-backups"}, "aws": {"imds_endpoint": "http://[fd00:ec2::254]/"}})
+    env = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://169.254.169.254"}
+    cfg.share_imds_endpoint(env)
+    assert env == {"AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://[fd00:ec2::254]"}
+    plain = config.from_dict({"storage": {"bucket": "acme-backups"}})
+    untouched: dict[str, str] = {}
+    plain.share_imds_endpoint(untouched)
+    assert untouched == {}

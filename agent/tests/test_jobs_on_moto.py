@@ -213,6 +213,28 @@ def test_a_small_command_job(cli: Cli) -> None:
     cli.ok("drill", "small")
 
 
+def test_the_configs_imds_endpoint_serves_the_instance_profile_too(moto: SigMoto, imds: Imds, tmp_path: Path) -> None:
+    """aws.imds_endpoint in the config, nothing in the environment: the credentials come from that
+    metadata service as well, not only the instance's identity (an IPv6-only node sets
+    http://[fd00:ec2::254] there; the link-local IPv4 address does not answer it)."""
+    before = len(imds.imds.fetches)
+    cli = _cli(moto, tmp_path, _env(tmp_path))
+    cli.data["aws"] = {"imds_endpoint": imds.url + "/"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello\n")
+    cli.job("data", type="files", paths=[str(src)])
+    cli.job("dump", type="command", command=["printf", "%s", "dumped"])
+
+    assert cli.json("run", "data")["status"] == "success"
+    assert cli.json("run", "dump")["status"] == "success"
+    assert cli.ok("restore", "dump", "--target", "-").stdout == b"dumped"
+    target = tmp_path / "restored"
+    cli.ok("restore", "data", "--target", str(target))
+    assert (target / str(src).lstrip("/") / "a.txt").read_text() == "hello\n"
+    assert len(imds.imds.fetches) > before
+
+
 @pytest.mark.parametrize(("wrong", "named"), [("secret", "SignatureDoesNotMatch"), ("key-id", "InvalidAccessKeyId")])
 def test_wrong_static_keys_fail_in_one_line_without_the_secret(moto: SigMoto, tmp_path: Path, wrong: str,
                                                                named: str) -> None:

@@ -198,6 +198,7 @@ def _dispatch(args: argparse.Namespace, as_json: bool) -> int:
         print(json.dumps(full_schema(), indent=2))
         return EXIT_OK
     cfg = config_mod.load(config_mod.config_path(args.config))
+    cfg.share_imds_endpoint()
     setup_logging("DEBUG" if args.verbose else cfg.log_level, cfg.log_format, secret_values(cfg))
     code = _config_verb(cfg, args, as_json)
     if code is not None:

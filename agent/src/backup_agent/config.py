@@ -37,6 +37,9 @@ DEFAULT_STATE_DIR: str = TOP_LEVEL["properties"]["state_dir"]["default"]
 # Part of the digest a validated text is remembered by: bump it whenever a rule of this module
 # changes, so a text the old rules accepted is checked again by the new ones.
 RULES_REVISION = 3
+# Where the AWS SDKs look for the instance metadata service (botocore, and awscrt's credential
+# providers in C): the environment only, never the agent's config.
+IMDS_ENDPOINT_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,16 @@ class Config:
     metrics: dict[str, Any]
     maintenance: dict[str, Any] = field(default_factory=dict)  # `prune --all-nodes` only
     cost: dict[str, Any] = field(default_factory=dict)  # `cost.prices`: over the packaged price table
+
+    def share_imds_endpoint(self, environ: dict[str, str] | None = None) -> None:
+        """`aws.imds_endpoint` for every client of this process, not only the EBS job's lookup of
+        the instance: instance-profile credentials come from botocore and awscrt, which read the
+        environment. A node whose metadata service is not at the link-local IPv4 address (an
+        IPv6-only subnet: http://[fd00:ec2::254]) would otherwise find itself and then fail to sign
+        anything. The config wins over the variable: it is what Chef wrote for this node."""
+        endpoint = self.aws.get("imds_endpoint")
+        if endpoint:
+            (os.environ if environ is None else environ)[IMDS_ENDPOINT_ENV] = endpoint.rstrip("/")
 
     def job(self, name: str) -> Job:
         try:

@@ -8,11 +8,14 @@ as such rather than quietly used.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+
+from backup_agent.config import IMDS_ENDPOINT_ENV
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL = 300
@@ -44,7 +47,9 @@ class Identity:
 class Imds:
     def __init__(self, endpoint: str | None = None, *, timeout: tuple[float, float] = TIMEOUT,
                  attempts: int = ATTEMPTS, backoff: float = 0.2) -> None:
-        self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        # Without an endpoint of its own, the one the AWS SDKs would use (the config's
+        # aws.imds_endpoint is exported there: Config.share_imds_endpoint).
+        self.endpoint = (endpoint or os.environ.get(IMDS_ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff = backoff
