@@ -260,9 +260,9 @@ class FileCache:
             self.db.execute("PRAGMA synchronous=OFF")
             # A cache from before format 3 has no `ref`/`stored` columns: it is rebuilt (a rescan
             # and re-hash; what it described is raw content format 3 does not reuse anyway).
-            cols = {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
+            cols = self._file_columns()
             if "ref" in cols and self._columns_from_ref():
-                cols = {"chunks"}
+                cols = self._file_columns()
             if cols and "chunks" not in cols:
                 self.db.executescript("DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS blobs; "
                                       "DROP TABLE IF EXISTS files_next; DELETE FROM meta;")
@@ -280,6 +280,9 @@ class FileCache:
             raise JobFailed(f"state_dir: cache {path} is unusable ({exc}); delete it to rebuild") from None
         if self.get_meta("target") != target:
             self.reset()
+
+    def _file_columns(self) -> set[str]:
+        return {r[1] for r in self.db.execute("PRAGMA table_info(files)")}
 
     def _columns_from_ref(self) -> bool:
         """The `ref` of an older cache moved into its columns; False (nothing changed) when a row's

@@ -99,9 +99,11 @@ class Params:
 DEFAULT = Params(min_size=16 * KIB, avg_size=64 * KIB, max_size=256 * KIB)
 
 
-def gear_table(seed: bytes = DEFAULT_SEED) -> list[int]:
-    """256 pseudo-random 32-bit values, fixed forever for a seed (boundaries depend on them)."""
-    return [int.from_bytes(hashlib.sha256(seed + bytes([i])).digest()[:4], "little") for i in range(256)]
+@functools.lru_cache(maxsize=4)
+def gear_table(seed: bytes = DEFAULT_SEED) -> tuple[int, ...]:
+    """256 pseudo-random 32-bit values, fixed forever for a seed (boundaries depend on them).
+    Made once per seed and process: a chunker is made per big file."""
+    return tuple(int.from_bytes(hashlib.sha256(seed + bytes([i])).digest()[:4], "little") for i in range(256))
 
 
 class Chunker:
