@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -104,7 +105,8 @@ class CredentialImds:
     tokens: set[str] = field(default_factory=set)
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
+    def serve(self, host: str = "127.0.0.1") -> Iterator[str]:
+        """The service on `host` ("::1": over IPv6, as on an IPv6-only subnet); yields its URL."""
         imds = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -142,12 +144,15 @@ class CredentialImds:
                 else:
                     self._reply(404)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = Server((host, 0), Handler)
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
+            yield f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
         finally:
             server.shutdown()
             server.server_close()

@@ -9,6 +9,7 @@ rerun, prune and drill. One moto server and one IMDS per module; a bucket per te
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -213,26 +214,32 @@ def test_a_small_command_job(cli: Cli) -> None:
     cli.ok("drill", "small")
 
 
-def test_the_configs_imds_endpoint_serves_the_instance_profile_too(moto: SigMoto, imds: Imds, tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_configs_imds_endpoint_serves_the_instance_profile_too(moto: SigMoto, tmp_path: Path, host: str) -> None:
     """aws.imds_endpoint in the config, nothing in the environment: the credentials come from that
-    metadata service as well, not only the instance's identity (an IPv6-only node sets
-    http://[fd00:ec2::254] there; the link-local IPv4 address does not answer it)."""
-    before = len(imds.imds.fetches)
-    cli = _cli(moto, tmp_path, _env(tmp_path))
-    cli.data["aws"] = {"imds_endpoint": imds.url + "/"}
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("hello\n")
-    cli.job("data", type="files", paths=[str(src)])
-    cli.job("dump", type="command", command=["printf", "%s", "dumped"])
+    metadata service as well, not only the instance's identity. On an IPv6-only subnet that is
+    http://[fd00:ec2::254] (here [::1]); the link-local IPv4 address does not answer there."""
+    served = CredentialImds(moto.role_name, moto.assume_role)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(served.serve(host))
+        except OSError as exc:  # pragma: no cover - a machine without IPv6 on loopback
+            pytest.skip(f"cannot listen on {host}: {exc}")
+        cli = _cli(moto, tmp_path, _env(tmp_path))
+        cli.data["aws"] = {"imds_endpoint": url + "/"}
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "a.txt").write_text("hello\n")
+        cli.job("data", type="files", paths=[str(src)])
+        cli.job("dump", type="command", command=["printf", "%s", "dumped"])
 
-    assert cli.json("run", "data")["status"] == "success"
-    assert cli.json("run", "dump")["status"] == "success"
-    assert cli.ok("restore", "dump", "--target", "-").stdout == b"dumped"
-    target = tmp_path / "restored"
-    cli.ok("restore", "data", "--target", str(target))
-    assert (target / str(src).lstrip("/") / "a.txt").read_text() == "hello\n"
-    assert len(imds.imds.fetches) > before
+        assert cli.json("run", "data")["status"] == "success"
+        assert cli.json("run", "dump")["status"] == "success"
+        assert cli.ok("restore", "dump", "--target", "-").stdout == b"dumped"
+        target = tmp_path / "restored"
+        cli.ok("restore", "data", "--target", str(target))
+        assert (target / str(src).lstrip("/") / "a.txt").read_text() == "hello\n"
+        assert served.fetches
 
 
 @pytest.mark.parametrize(("wrong", "named"), [("secret", "SignatureDoesNotMatch"), ("key-id", "InvalidAccessKeyId")])
