@@ -4,14 +4,18 @@ bytes (the in-memory store), the way a user reading the bill or the bucket would
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from backup_agent import config
 from backup_agent.jobs.files import FilesJob
+from backup_agent.storage.chunker import Chunker
 from backup_agent.storage.memory import MemoryStore
 
 KEY = "a long random secret of forty characters!"
@@ -126,6 +130,51 @@ def test_pages_rewritten_in_place_upload_a_fraction_of_the_file(tmp_path: Path) 
     # bytes move a boundary, a neighbour: ~15 % of this incompressible file (database pages,
     # which compress, cost ~4 %: docs/PERFORMANCE.md). Storing the file again would be 100 %.
     assert uploaded < 0.2 * pages * 8192, uploaded
+
+
+def _chunk_list(bench: Bench, path: Path) -> list[tuple[int, str]]:
+    db = sqlite3.connect(bench.state / "cache" / "data.sqlite")
+    (chunks,) = db.execute("SELECT chunks FROM files WHERE path=?", (str(path),)).fetchone()
+    db.close()
+    return [(c[3], c[4]) for c in json.loads(chunks)]
+
+
+def test_a_changed_big_files_rerun_finds_its_old_chunks_and_restores_exactly(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun cuts a changed big file guided by its chunks of last time (Chunker.guided): the
+    gear hash runs only around the changes, the chunks are those a first backup of the new
+    content gets, and the restore is exact."""
+    hashed: list[int] = []
+    real = Chunker._candidates
+
+    def counting(self: Chunker, tail: bytes, block: bytes, base: int) -> tuple[list[int], list[int]]:
+        hashed.append(len(block))
+        return real(self, tail, block, base)
+
+    monkeypatch.setattr(Chunker, "_candidates", counting)
+    bench = Bench(tmp_path / "a")
+    rnd = random.Random(5)
+    db = bench.src / "table.db"
+    db.write_bytes(rnd.randbytes(12 * MIB) + log_text(rnd, 4 * MIB))
+    bench.run()
+    body = bytearray(db.read_bytes())
+    for page in rnd.sample(range(len(body) // 8192), 10):  # pages rewritten in place
+        body[page * 8192:(page + 1) * 8192] = rnd.randbytes(8192)
+    body[5 * MIB:5 * MIB] = b"a line inserted\n" * 50
+    body += log_text(rnd, MIB)  # and appended to
+    db.write_bytes(bytes(body))
+    hashed.clear()
+    uploaded, _ = bench.run()
+    assert uploaded < 0.25 * len(body), uploaded
+    assert sum(hashed) < 0.25 * len(body), sum(hashed)
+
+    scratch = Bench(tmp_path / "b")
+    (scratch.src / "table.db").write_bytes(bytes(body))
+    scratch.run()
+    assert _chunk_list(bench, db) == _chunk_list(scratch, scratch.src / "table.db")
+    target = tmp_path / "restored"
+    bench.job().restore(snapshot=None, at=None, target=str(target), paths=[])
+    assert (target / str(db).lstrip("/")).read_bytes() == bytes(body)
 
 
 def test_identical_and_shifted_content_is_stored_once(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -526,7 +527,8 @@ class FilesJob(S3Job):
             self._add_file(writer, staged, base, st, EMPTY_SHA256, 0)
             return
         if st.st_size >= self.cfg.storage.large_file_size:
-            large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big), counter))
+            large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big,
+                                      previous=_previous_chunks(row)), counter))
             return
 
         def finish(out: tuple[Any, ...]) -> Entry | None:
@@ -739,7 +741,8 @@ class FilesJob(S3Job):
         return data, st
 
     def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
-                     packer: PackUploader, extents: list[tuple[int, int]] | None = None) -> LargeResult:
+                     packer: PackUploader, extents: list[tuple[int, int]] | None = None,
+                     previous: list[tuple[int, str]] | None = None) -> LargeResult:
         """A big file (or a sparse file's data regions, `extents`) in content-defined chunks, each
         stored once: a file that grew or changed in place adds only the chunks around the change.
 
@@ -756,7 +759,7 @@ class FilesJob(S3Job):
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None
             try:
-                chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer)
+                chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer, previous)
                 after = os.fstat(fd)
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
@@ -779,11 +782,14 @@ class FilesJob(S3Job):
             entry = Entry(type="file", size=0, sha256=EMPTY_SHA256, object="", offset=0, **fields)
         return entry, _cache_row(path, st, entry)
 
-    def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader
-               ) -> tuple[list[Chunk], str, int]:
+    def _chunk(self, fd: int, ranges: list[tuple[int, int]], packer: PackUploader,
+               previous: list[tuple[int, str]] | None = None) -> tuple[list[Chunk], str, int]:
         """The chunks of `ranges` of the file, stored: (chunks, sha256 of all, bytes). Chunks are
         encoded on the encoder threads while this one cuts the next ones (at most CHUNKS_AHEAD
-        bytes wait) and placed in the pack in the file's order, one file at a time."""
+        bytes wait) and placed in the pack in the file's order, one file at a time. With the
+        file's chunks of last time (`previous`), those still there are found by their SHA-256
+        instead of the gear hash (Chunker.guided: same chunks, a grown log or a database file
+        changed in place costs one hash pass instead of two)."""
         whole = hashlib.sha256()
         pending: deque[tuple[Future[bytes] | Loc, int, str]] = deque()
         chunks: list[Chunk] = []
@@ -805,10 +811,16 @@ class FilesJob(S3Job):
             raw[0] = not codec.is_compressed(piece)
             return piece
 
+        chunker = self.encoding.chunker()
+        pieces: Iterator[tuple[bytes | memoryview, str | None]]
+        if previous and len(ranges) == 1 and ranges[0][0] == 0:
+            pieces = chunker.guided(partial(_pread_at, fd), ranges[0][1], previous)
+        else:
+            pieces = ((data, None) for data in chunker.chunks(_RangeReader(fd, ranges)))
         with packer.one_file:
-            for data in self.encoding.chunker().chunks(_RangeReader(fd, ranges)):
+            for data, known in pieces:
                 whole.update(data)
-                sha = hashlib.sha256(data).hexdigest()
+                sha = known or hashlib.sha256(data).hexdigest()
                 found = packer.find(sha)
                 work: Future[bytes] | Loc = found if found is not None else \
                     packer.encoders.submit(encode, data, sha) if packer.encoders is not None else \
@@ -1019,6 +1031,29 @@ def _cached_location(row: tuple[Any, ...]) -> tuple[Loc | None, list[Chunk] | No
     if row[7]:
         return None, [(str(c[0]), int(c[1]), int(c[2]), int(c[3]), str(c[4])) for c in json.loads(row[7])]
     return None, None
+
+
+def _previous_chunks(row: tuple[Any, ...] | None) -> list[tuple[int, str]] | None:
+    """A big file's chunks of last time (size, sha256), from its cache row; None for a file
+    stored in one piece or never seen. The cache is kept per key (FileCache's target), so they
+    were cut with this key's gear table: a guided cut never carries the boundaries of another
+    (the public default's, before encryption was turned on) into snapshots under this one."""
+    if row is None or not row[7]:
+        return None
+    return [(int(c[3]), str(c[4])) for c in json.loads(row[7])]
+
+
+def _pread_at(fd: int, offset: int, n: int) -> bytes:
+    """n bytes of the file from offset; fewer only where it ends."""
+    data = os.pread(fd, n, offset)
+    if len(data) in (0, n):
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := os.pread(fd, n - got, offset + got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 class _RangeReader:

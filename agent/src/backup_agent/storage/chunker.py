@@ -36,7 +36,7 @@ import importlib
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -67,6 +67,9 @@ DEFAULT_SEED = b"backup-agent gear v1"
 # hashes): where a core is free, as when a changed log or database file is read again, a big file
 # is cut up to twice as fast. Each block ahead costs BLOCK bytes.
 HASH_AHEAD = 2
+# Blocks of a guided cut (Chunker.guided) where it leaves last time's chunks: it usually finds them
+# again a chunk or two later, and what it read and hashed beyond that is thrown away.
+GUIDED_BLOCK = 64 << 10
 HASH_THREADS = 2
 
 
@@ -74,6 +77,18 @@ class Readable(Protocol):
     """What the chunker reads from: a file, or regions of one (a sparse file's data)."""
 
     def read(self, n: int, /) -> bytes: ...
+
+
+class _Slice:
+    """Bytes [start, end) of a file read by offset, as a Readable."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], start: int, end: int) -> None:
+        self.read_at, self.pos, self.end = read_at, start, end
+
+    def read(self, n: int) -> bytes:
+        data = self.read_at(self.pos, min(n, self.end - self.pos)) if self.pos < self.end else b""
+        self.pos += len(data)
+        return data
 
 
 @dataclass(frozen=True)
@@ -122,18 +137,62 @@ class Chunker:
     def fast(self) -> bool:
         return self._np_table is not None
 
-    def chunks(self, f: Readable) -> Iterator[bytes | memoryview]:
-        """The file's bytes as chunks, read BLOCK at a time: memory stays at a few blocks. With
-        numpy a chunk is a view of the block it lies in (copied only when it spans two)."""
+    def chunks(self, f: Readable, block: int = BLOCK, ahead: int = HASH_AHEAD) -> Iterator[bytes | memoryview]:
+        """The file's bytes as chunks, read `block` bytes at a time (`ahead` of them hashed ahead):
+        memory stays at a few blocks. With numpy a chunk is a view of the block it lies in (copied
+        only when it spans two)."""
         if self._np_table is not None:
-            return self._chunks_numpy(f)
-        return self._chunks_python(f)
+            return self._chunks_numpy(f, block, ahead)
+        return self._chunks_python(f, block)
 
-    def _chunks_python(self, f: Readable) -> Iterator[bytes]:
+    def guided(self, read_at: Callable[[int, int], bytes], size: int, previous: Sequence[tuple[int, str]]
+               ) -> Iterator[tuple[bytes | memoryview, str]]:
+        """The chunks of a changed file of `size` bytes and their SHA-256s (hex), given its
+        chunks of last time (`previous`: size and SHA-256 of each, in order): the same chunks as
+        `chunks` gives, with far less hashing where the file kept its content.
+
+        Where a chunk is cut depends only on the bytes from its start (its window never reaches
+        back past it), so a chunk of last time whose bytes are found unchanged where the next
+        chunk begins is exactly the chunk the gear hash would cut there: it is taken after a
+        SHA-256 of those bytes, which the caller needs anyway. Elsewhere (a changed region, an
+        insertion) the gear hash cuts as usual, in small blocks, until a chunk it cuts is one of
+        last time's; the one after that is tried next. Last time's final chunk ended where the
+        file did, not where its content says: it is never taken this way. `read_at(offset, n)`
+        gives n bytes (fewer only at the end of the file)."""
+        olds = list(previous[:-1])
+        after = {sha: i + 1 for i, (_, sha) in reversed(list(enumerate(olds)))}  # its first occurrence
+        pos, nxt = 0, 0
+        while pos < size:
+            if nxt < len(olds) and pos + olds[nxt][0] <= size:
+                n, want = olds[nxt]
+                same = read_at(pos, n)
+                if len(same) == n and hashlib.sha256(same).hexdigest() == want:
+                    yield same, want
+                    pos, nxt = pos + n, nxt + 1
+                    continue
+            # Out of step: small blocks, since the old chunks usually come back soon; after a
+            # BLOCK of new content, the usual blocks (a file rewritten whole is cut at full speed).
+            nxt, lost = len(olds), 0
+            for block, ahead in ((GUIDED_BLOCK, 1), (BLOCK, HASH_AHEAD)):
+                for data in self.chunks(_Slice(read_at, pos, size), block, ahead):
+                    sha = hashlib.sha256(data).hexdigest()
+                    yield data, sha
+                    pos, lost = pos + len(data), lost + len(data)
+                    if after.get(sha, len(olds)) < len(olds):  # back in step with last time's chunks
+                        nxt = after[sha]
+                        break
+                    if lost >= BLOCK and block < BLOCK:
+                        break
+                else:
+                    return  # the end of the file (or of what it still holds)
+                if nxt < len(olds):
+                    break
+
+    def _chunks_python(self, f: Readable, block: int = BLOCK) -> Iterator[bytes]:
         buf = b""
         eof = False
         while not eof:
-            data = f.read(BLOCK)
+            data = f.read(block)
             eof = not data
             buf = buf + data if buf else data
             if not buf:
@@ -144,7 +203,7 @@ class Chunker:
                 start = cut
             buf = buf[start:]
 
-    def _chunks_numpy(self, f: Readable) -> Iterator[bytes | memoryview]:
+    def _chunks_numpy(self, f: Readable, block: int = BLOCK, ahead: int = HASH_AHEAD) -> Iterator[bytes | memoryview]:
         """Each block is hashed once, with the WINDOW-1 bytes before it as look-back: the bytes
         after the last cut are never hashed again nor joined with the next block, and a chunk is
         handed out as a view (two copies per byte fewer than slicing; PERFORMANCE.md)."""
@@ -153,7 +212,7 @@ class Chunker:
         cand_l: list[int] = []  # offsets i after the current chunk's start where h(i) < limit_l
         cand_s: list[int] = []  # those where h(i) < limit_s too
         s = n = 0  # the current chunk's start; bytes hashed
-        for offset, data, found_l, found_s in self._hashed(f):
+        for offset, data, found_l, found_s in self._hashed(f, block, ahead):
             eof = not data
             if data:
                 cand_l.extend(found_l)
@@ -183,7 +242,8 @@ class Chunker:
             del cand_l[:bisect.bisect_left(cand_l, s)]
             del cand_s[:bisect.bisect_left(cand_s, s)]
 
-    def _hashed(self, f: Readable) -> Iterator[tuple[int, bytes, list[int], list[int]]]:
+    def _hashed(self, f: Readable, block: int = BLOCK, ahead_max: int = HASH_AHEAD
+                ) -> Iterator[tuple[int, bytes, list[int], list[int]]]:
         """(offset, block, candidates, harder candidates) of each block in order, then
         (size, b"", [], []); up to HASH_AHEAD blocks are read and hashed ahead on the hashing
         threads. Reads stay on the caller's thread."""
@@ -193,8 +253,8 @@ class Chunker:
         n = 0
         eof = False
         while True:
-            while not eof and len(ahead) < HASH_AHEAD:
-                data = f.read(BLOCK)
+            while not eof and len(ahead) < ahead_max:
+                data = f.read(block)
                 if not data:
                     eof = True
                     break
