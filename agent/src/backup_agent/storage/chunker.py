@@ -170,10 +170,11 @@ class Chunker:
                     yield same, want
                     pos, nxt = pos + n, nxt + 1
                     continue
-            # Out of step: small blocks, since the old chunks usually come back soon; after a
-            # BLOCK of new content, the usual blocks (a file rewritten whole is cut at full speed).
+            # Out of step: small blocks hashed on this thread, since the old chunks usually come
+            # back soon (a hand-off to the hashing threads and back waits for the GIL each way);
+            # after a BLOCK of new content, the usual blocks (a file rewritten whole is cut at full speed).
             nxt, lost = len(olds), 0
-            for block, ahead in ((GUIDED_BLOCK, 1), (BLOCK, HASH_AHEAD)):
+            for block, ahead in ((GUIDED_BLOCK, 0), (BLOCK, HASH_AHEAD)):
                 for data in self.chunks(_Slice(read_at, pos, size), block, ahead):
                     sha = hashlib.sha256(data).hexdigest()
                     yield data, sha
@@ -245,8 +246,11 @@ class Chunker:
     def _hashed(self, f: Readable, block: int = BLOCK, ahead_max: int = HASH_AHEAD
                 ) -> Iterator[tuple[int, bytes, list[int], list[int]]]:
         """(offset, block, candidates, harder candidates) of each block in order, then
-        (size, b"", [], []); up to HASH_AHEAD blocks are read and hashed ahead on the hashing
-        threads. Reads stay on the caller's thread."""
+        (size, b"", [], []); up to `ahead_max` blocks are read and hashed ahead on the hashing
+        threads (0: hashed on the caller's thread, as it asks). Reads stay on the caller's thread."""
+        if ahead_max == 0:
+            yield from self._hashed_here(f, block)
+            return
         pool = _hash_pool()
         ahead: deque[tuple[int, bytes, Future[tuple[list[int], list[int]]]]] = deque()
         tail = b""  # the last WINDOW-1 bytes read
@@ -266,6 +270,15 @@ class Chunker:
                 return
             offset, data, fut = ahead.popleft()
             yield (offset, data, *fut.result())
+
+    def _hashed_here(self, f: Readable, block: int) -> Iterator[tuple[int, bytes, list[int], list[int]]]:
+        tail = b""
+        n = 0
+        while data := f.read(block):
+            yield (n, data, *self._candidates(tail, data, n))
+            n += len(data)
+            tail = (tail + data[-(WINDOW - 1):])[-(WINDOW - 1):]
+        yield n, b"", [], []
 
     def _candidates(self, tail: bytes, data: bytes, base: int) -> tuple[list[int], list[int]]:
         """The offsets (base = data's offset in the file) in data where a chunk may end, and
