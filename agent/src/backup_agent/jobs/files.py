@@ -527,8 +527,9 @@ class FilesJob(S3Job):
             self._add_file(writer, staged, base, st, EMPTY_SHA256, 0)
             return
         if st.st_size >= self.cfg.storage.large_file_size:
+            # Its chunk list of last time (read on the big-file thread, not here: 16k chunks a GiB).
             large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big,
-                                      previous=_previous_chunks(row)), counter))
+                                      previous=row[7] if row is not None else None), counter))
             return
 
         def finish(out: tuple[Any, ...]) -> Entry | None:
@@ -742,7 +743,7 @@ class FilesJob(S3Job):
 
     def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
                      packer: PackUploader, extents: list[tuple[int, int]] | None = None,
-                     previous: list[tuple[int, str]] | None = None) -> LargeResult:
+                     previous: str | None = None) -> LargeResult:
         """A big file (or a sparse file's data regions, `extents`) in content-defined chunks, each
         stored once: a file that grew or changed in place adds only the chunks around the change.
 
@@ -759,7 +760,8 @@ class FilesJob(S3Job):
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
                 return None
             try:
-                chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer, previous)
+                chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer,
+                                                _previous_chunks(previous))
                 after = os.fstat(fd)
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})
@@ -788,8 +790,8 @@ class FilesJob(S3Job):
         encoded on the encoder threads while this one cuts the next ones (at most CHUNKS_AHEAD
         bytes wait) and placed in the pack in the file's order, one file at a time. With the
         file's chunks of last time (`previous`), those still there are found by their SHA-256
-        instead of the gear hash (Chunker.guided: same chunks, a grown log or a database file
-        changed in place costs one hash pass instead of two)."""
+        instead of the gear hash (Chunker.guided: same chunks; a grown log or a database file
+        changed in place costs its SHA-256 passes, no longer the gear hash's too)."""
         whole = hashlib.sha256()
         pending: deque[tuple[Future[bytes] | Loc, int, str]] = deque()
         chunks: list[Chunk] = []
@@ -1033,14 +1035,14 @@ def _cached_location(row: tuple[Any, ...]) -> tuple[Loc | None, list[Chunk] | No
     return None, None
 
 
-def _previous_chunks(row: tuple[Any, ...] | None) -> list[tuple[int, str]] | None:
-    """A big file's chunks of last time (size, sha256), from its cache row; None for a file
-    stored in one piece or never seen. The cache is kept per key (FileCache's target), so they
-    were cut with this key's gear table: a guided cut never carries the boundaries of another
+def _previous_chunks(listed: str | None) -> list[tuple[int, str]] | None:
+    """A big file's chunks of last time (size, sha256), from its cache row's chunk list; None for
+    a file stored in one piece or never seen. The cache is kept per key (FileCache's target), so
+    they were cut with this key's gear table: a guided cut never carries the boundaries of another
     (the public default's, before encryption was turned on) into snapshots under this one."""
-    if row is None or not row[7]:
+    if not listed:
         return None
-    return [(int(c[3]), str(c[4])) for c in json.loads(row[7])]
+    return [(int(c[3]), str(c[4])) for c in json.loads(listed)]
 
 
 def _pread_at(fd: int, offset: int, n: int) -> bytes:
