@@ -225,3 +225,18 @@ def test_a_guided_cut_hashes_only_around_what_changed(edit: str, at_most: int,
     monkeypatch.setattr(Chunker, "_candidates", counting)
     assert b"".join(bytes(x) for x, _ in c.guided(Reads(new), len(new), previous)) == new
     assert sum(hashed) <= at_most, (edit, sum(hashed))
+
+
+@pytest.mark.parametrize("use_numpy", [pytest.param(True, marks=needs_numpy), False], ids=["numpy", "python"])
+@pytest.mark.parametrize("keeps", [0, 100_000, 700_000, 1_000_000])
+def test_a_guided_cut_of_a_file_that_shrinks_while_read_ends_where_it_ends(use_numpy: bool, keeps: int) -> None:
+    """`size` is what stat said; the file then shrank to `keeps` bytes (reads come back short):
+    the cut gives what is there and stops, whether it was taking old chunks or hashing."""
+    c = Chunker(Params(2048, 8192, 32768), use_numpy=use_numpy)
+    old = data(1_000_000, 3)
+    previous = [(len(x), hashlib.sha256(x).hexdigest()) for x in c.chunks(io.BytesIO(old))]
+    changed = old[:400_000] + data(600_000, 6)  # old chunks up to 400 kB, new bytes after
+    now = changed[:keeps]
+    got = [bytes(x) for x, _ in c.guided(Reads(now), len(changed), previous)]
+    assert b"".join(got) == now
+    assert got == [bytes(x) for x in c.chunks(io.BytesIO(now))]
