@@ -529,7 +529,7 @@ class FilesJob(S3Job):
         if st.st_size >= self.cfg.storage.large_file_size:
             # Its chunk list of last time (read on the big-file thread, not here: 16k chunks a GiB).
             large.append((pool.submit(self._store_large, path, st, base, result, packer.for_big,
-                                      previous=row[7] if row is not None else None), counter))
+                                      previous_listed=row[7] if row is not None else None), counter))
             return
 
         def finish(out: tuple[Any, ...]) -> Entry | None:
@@ -743,7 +743,7 @@ class FilesJob(S3Job):
 
     def _store_large(self, path: str, st: os.stat_result, base: dict[str, Any], result: RunResult,
                      packer: PackUploader, extents: list[tuple[int, int]] | None = None,
-                     previous: str | None = None) -> LargeResult:
+                     previous_listed: str | None = None) -> LargeResult:
         """A big file (or a sparse file's data regions, `extents`) in content-defined chunks, each
         stored once: a file that grew or changed in place adds only the chunks around the change.
 
@@ -761,7 +761,7 @@ class FilesJob(S3Job):
                 return None
             try:
                 chunks, sha, size = self._chunk(fd, extents or [(0, st.st_size)], packer,
-                                                _previous_chunks(previous))
+                                                _previous_chunks(previous_listed))
                 after = os.fstat(fd)
             except OSError as exc:
                 result.failed.append({"path": path, "error": exc.strerror or str(exc)})

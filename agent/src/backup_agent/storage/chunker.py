@@ -248,21 +248,23 @@ class Chunker:
         """(offset, block, candidates, harder candidates) of each block in order, then
         (size, b"", [], []); up to `ahead_max` blocks are read and hashed ahead on the hashing
         threads (0: hashed on the caller's thread, as it asks). Reads stay on the caller's thread."""
-        if ahead_max == 0:
-            yield from self._hashed_here(f, block)
-            return
         pool = _hash_pool()
         ahead: deque[tuple[int, bytes, Future[tuple[list[int], list[int]]]]] = deque()
         tail = b""  # the last WINDOW-1 bytes read
         n = 0
         eof = False
         while True:
-            while not eof and len(ahead) < ahead_max:
+            while not eof and len(ahead) < max(ahead_max, 1):
                 data = f.read(block)
                 if not data:
                     eof = True
                     break
-                ahead.append((n, data, pool.submit(self._candidates, tail, data, n)))
+                if ahead_max:
+                    work = pool.submit(self._candidates, tail, data, n)
+                else:
+                    work = Future()
+                    work.set_result(self._candidates(tail, data, n))
+                ahead.append((n, data, work))
                 n += len(data)
                 tail = (tail + data[-(WINDOW - 1):])[-(WINDOW - 1):]
             if not ahead:
@@ -270,15 +272,6 @@ class Chunker:
                 return
             offset, data, fut = ahead.popleft()
             yield (offset, data, *fut.result())
-
-    def _hashed_here(self, f: Readable, block: int) -> Iterator[tuple[int, bytes, list[int], list[int]]]:
-        tail = b""
-        n = 0
-        while data := f.read(block):
-            yield (n, data, *self._candidates(tail, data, n))
-            n += len(data)
-            tail = (tail + data[-(WINDOW - 1):])[-(WINDOW - 1):]
-        yield n, b"", [], []
 
     def _candidates(self, tail: bytes, data: bytes, base: int) -> tuple[list[int], list[int]]:
         """The offsets (base = data's offset in the file) in data where a chunk may end, and
