@@ -96,3 +96,19 @@ def aws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EbsEnv]:
         monkeypatch.setenv(k, v)
     with ebs_env(shared_moto(), tmp_path) as env:
         yield env
+
+
+@pytest.fixture
+def gear_hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the blocks given to the chunker's gear hash (Chunker._candidates) from now on."""
+    from backup_agent.storage.chunker import Chunker
+
+    hashed: list[int] = []
+    real = Chunker._candidates
+
+    def counting(self: Chunker, tail: bytes, block: bytes, base: int) -> tuple[list[int], list[int]]:
+        hashed.append(len(block))
+        return real(self, tail, block, base)
+
+    monkeypatch.setattr(Chunker, "_candidates", counting)
+    return hashed
